@@ -49,6 +49,12 @@
 #ifndef EKV_H_INCLUDED
 #define EKV_H_INCLUDED
 
+/* The implementation needs clock_gettime (POSIX) even under strict -std=c99; this only
+   takes effect when ekv.h is the first header of the implementation's unit. */
+#if defined(EKV_IMPLEMENTATION) && !defined(_POSIX_C_SOURCE) && !defined(_WIN32)
+#define _POSIX_C_SOURCE 200809L
+#endif
+
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -220,7 +226,7 @@ typedef struct ekv_sweep_axis {
     int values[EKV_SWEEP_MAX]; /* enum values for --kv-dtype, --policy, --variant */
 } ekv_sweep_axis;
 
-#define EKV_SWEEP_AXES 13
+#define EKV_SWEEP_AXES 16
 typedef struct ekv_cli {
     ekv_config base;
     ekv_sweep_axis axes[EKV_SWEEP_AXES];
@@ -568,8 +574,10 @@ typedef struct ekv_report {
     ekv_stats stats;
     ekv_metrics metrics;
     ekv_accuracy accuracy;
+    ekv_cache_bytes cache_bytes;    /* the candidate cache as the kernel reads it */
     double kv_cache_bytes, kv_cache_bytes_uncompressed, peak_device_bytes;
     double kept_tokens_total;       /* sum over sequences of slots read */
+    double partial_bytes;           /* split partials written and read back */
     /* paired baseline (has_baseline = 0 when not run) */
     int has_baseline;
     double *baseline_samples_ms;

@@ -9,9 +9,15 @@ JSONL (one object per line). Standard library only.
 
 Matching. Two results describe the same workload when these agree:
   - top-level `backend` and `variant`;
-  - every key of `configuration` except the measurement keys in MEASUREMENT_KEYS
-    (reps, warmup, inner_loops, seed, label, truncate, ... see below), which say how a
-    workload was timed, not what was timed. Integral floats equal ints (2.0 == 2).
+  - every key of `configuration` except these measurement keys (MEASUREMENT_KEYS),
+    which say how a workload was timed or reported, not what was timed:
+        reps warmup inner_loops seed label truncate truncate_percent no_graphs
+        cuda_graphs graphs json jsonl out quiet dump_dir device peak_bw
+        paired_baseline baseline_dtype version help
+    So seq_len, batch, heads, kv_heads, head_dim, compression, kv_dtype, policy, recent,
+    sinks, observe, data, hot, layers, decode_tokens, variant, ... must all agree.
+    Integral floats equal ints (2.0 == 2). A top-level null `variant` falls back to
+    configuration.variant.
 Several results with the same workload in one file have their samples pooled (noted
 on stderr).
 
@@ -77,6 +83,8 @@ def load_results(path):
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as error:
+                if not records:  # not JSONL either: report the whole-document error
+                    raise InputError(f"{path}: not valid JSON: {whole_error}") from None
                 raise InputError(f"{path}: line {number}: not valid JSON: {error}") from None
         where = "line"
     if not records:
@@ -112,7 +120,9 @@ def workload(record):
     keys = {name: canonical(value) for name, value in configuration.items()
             if name not in MEASUREMENT_KEYS}
     keys["backend"] = record.get("backend")
-    keys["variant"] = canonical(record.get("variant"))
+    if record.get("variant") is not None:
+        keys["variant"] = canonical(record["variant"])
+    keys.setdefault("variant", None)
     return keys
 
 
@@ -137,6 +147,9 @@ def group_by_workload(records, path):
     """{workload id: (workload keys, pooled samples)}, in first-seen order."""
     groups = {}
     for index, record in enumerate(records, 1):
+        if not isinstance(record.get("configuration"), dict):
+            print(f"compare.py: {path}: result {index} has no configuration object; "
+                  f"matching it on backend and variant only", file=sys.stderr)
         keys = workload(record)
         key = workload_id(keys)
         samples = samples_of(record, path, index)
@@ -234,8 +247,12 @@ def compare_pair(base, new, threshold, resamples, seed, key):
 
 # ---------------------------------------------------------------- output
 
+def value_text(value):
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def describe(keys, shown):
-    parts = [f"{name}={keys.get(name)}" for name in shown]
+    parts = [f"{name}={value_text(keys.get(name))}" for name in shown]
     return " ".join(parts) if parts else "-"
 
 
@@ -250,7 +267,7 @@ def varying_keys(all_keys):
 def format_table(header, rows, markdown):
     if markdown:
         def cell(text):
-            return str(text).replace("|", "\\|")
+            return str(text).replace("|", "\\|").replace("*", "\\*")
         lines = ["| " + " | ".join(cell(h) for h in header) + " |",
                  "|" + "|".join(" --- " if i == 0 else " ---: " for i in range(len(header)))
                  + "|"]
@@ -322,7 +339,7 @@ def run(arguments):
     rows = []
     for key, c in comparisons:
         rows.append([describe(base_groups[key][0], shown), c["n_base"], c["n_new"],
-                     f"{c['median_base']:.4g}", f"{c['median_new']:.4g}",
+                     f"{c['median_base']:#.4g}", f"{c['median_new']:#.4g}",
                      f"{c['change']:+.2f}%",
                      f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]%",
                      f"{c['p']:.2g}" + ("*" if c["few_samples"] else ""),
@@ -330,14 +347,16 @@ def run(arguments):
 
     counts = {name: sum(1 for _, c in comparisons if c["verdict"] == name)
               for name in ("faster", "slower", "same", "noisy")}
-    out = [f"base: {arguments.base}", f"new:  {arguments.new}",
-           "common: " + describe(common, list(common)),
-           f"threshold {arguments.threshold:g}%, {arguments.resamples} bootstrap "
+    bullet = "- " if arguments.markdown else ""
+    out = [f"{bullet}base: {arguments.base}", f"{bullet}new:  {arguments.new}",
+           f"{bullet}common: " + describe(common, list(common)),
+           f"{bullet}threshold {arguments.threshold:g}%, {arguments.resamples} bootstrap "
            f"resamples (seed {arguments.seed}), Mann-Whitney U at p < {SIGNIFICANCE}",
            "", format_table(header, rows, arguments.markdown), ""]
     if any(c["few_samples"] for _, c in comparisons):
-        out.append(f"* fewer than {MIN_SAMPLES_FOR_NORMAL_APPROXIMATION} samples on a "
-                   f"side: the p-value's normal approximation is rough")
+        marker = "\\*" if arguments.markdown else "*"
+        out.append(f"{marker} fewer than {MIN_SAMPLES_FOR_NORMAL_APPROXIMATION} samples "
+                   f"on a side: the p-value's normal approximation is rough")
     out.append(f"{len(comparisons)} compared: " +
                ", ".join(f"{counts[name]} {name}" for name in counts))
     for label, keys_list, path in (("only in BASE", only_base, arguments.base),
@@ -345,7 +364,7 @@ def run(arguments):
         if keys_list:
             groups = base_groups if path == arguments.base else new_groups
             out.append(f"{len(keys_list)} {label} ({path}):")
-            out.extend("  " + describe(groups[key][0], list(groups[key][0]))
+            out.extend((bullet or "  ") + describe(groups[key][0], list(groups[key][0]))
                        for key in keys_list)
     print("\n".join(out))
     return 1 if counts["slower"] else 0

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #if defined(EKV_MALLOC) && defined(EKV_FREE) && defined(EKV_REALLOC)
 /* user-provided allocator */

@@ -1,0 +1,106 @@
+# ekv Makefile
+#   make          build build/ekv_bench (nvcc when present, else the C++ CPU build)
+#   make bench    build and run the default benchmark (GPU if present, else CPU backend)
+#   make test     every test suite; closing line "N passed, N failed, N skipped"
+#   make emu      build/ekv_bench_emu: the CUDA code on the CPU execution emulator
+#   make clean
+# Python tools and tests use a venv in .venv, created here from requirements.txt.
+
+BUILD   ?= build
+CC      ?= cc
+CXX     ?= g++
+NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+PYTHON  ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+HEADERS := ekv.h $(wildcard src/*.inl)
+CUDA_HEADERS := $(HEADERS) $(wildcard ekv_cuda.cuh)
+EMU_INC := -Itests/emu/include
+EMU_HEADERS := $(wildcard tests/emu/include/*.h)
+export BUILD
+
+.PHONY: all bench test emu clean venv test-build test-core test-cli test-python test-static test-gpu test-kernels-emu
+.DEFAULT_GOAL := all
+
+all: $(BUILD)/ekv_bench
+
+$(BUILD):
+	mkdir -p $(BUILD)
+
+ifneq ($(NVCC),)
+$(BUILD)/ekv_bench: bench/main.cu $(CUDA_HEADERS) | $(BUILD)
+	$(NVCC) -O3 -o $@ bench/main.cu
+else
+$(BUILD)/ekv_bench: bench/main.cu $(HEADERS) | $(BUILD)
+	$(CXX) -O2 -x c++ -o $@ bench/main.cu
+endif
+
+# The CPU-only build, as a user without CUDA makes it.
+$(BUILD)/ekv_bench_cpu: bench/main.cu $(HEADERS) | $(BUILD)
+	$(CXX) -O2 -Wall -Wextra -Werror -x c++ -o $@ bench/main.cu
+
+$(BUILD)/ekv_bench_cpu_san: bench/main.cu $(HEADERS) | $(BUILD)
+	$(CXX) -O1 -g $(SAN) -Wall -Wextra -Werror -x c++ -o $@ bench/main.cu
+
+emu: $(BUILD)/ekv_bench_emu
+
+$(BUILD)/ekv_bench_emu: bench/main.cu $(CUDA_HEADERS) $(EMU_HEADERS) | $(BUILD)
+	$(CXX) -O2 -g -std=c++17 -pthread -DEKV_EMULATOR $(EMU_INC) -Wall -Wextra -Werror -x c++ -o $@ bench/main.cu
+
+bench: $(BUILD)/ekv_bench
+	$(BUILD)/ekv_bench
+
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# ---- tests -------------------------------------------------------------------------
+
+C99FLAGS := -std=c99 -pedantic -Wall -Wextra -Werror
+CXXFLAGS_T := -Wall -Wextra -Werror
+
+$(BUILD)/t_%: tests/%.c $(HEADERS) tests/ekv_test.h | $(BUILD)
+	$(CC) $(C99FLAGS) -O2 -I. -o $@ $< -lm
+
+$(BUILD)/asan_%: tests/%.c $(HEADERS) tests/ekv_test.h | $(BUILD)
+	$(CC) $(C99FLAGS) -O1 -g $(SAN) -I. -o $@ $< -lm
+
+C_TESTS := $(patsubst tests/%.c,%,$(filter-out tests/two_tu_%.c,$(wildcard tests/test_*.c tests/fuzz_*.c)))
+
+test-build: | $(BUILD)
+	@tests/run_suite.sh build tests/check_build.sh
+
+test-core: $(addprefix $(BUILD)/t_,$(C_TESTS)) $(addprefix $(BUILD)/asan_,$(C_TESTS)) venv
+	@for t in $(C_TESTS); do \
+	  case $$t in \
+	    test_json) tests/run_suite.sh $$t tests/json_check.sh $(BUILD)/t_$$t; \
+	               tests/run_suite.sh $$t-asan tests/json_check.sh $(BUILD)/asan_$$t;; \
+	    test_npy)  tests/run_suite.sh $$t $(BUILD)/t_$$t $(BUILD)/npy_fixtures; \
+	               tests/run_suite.sh $$t-asan $(BUILD)/asan_$$t $(BUILD)/npy_fixtures;; \
+	    *)         tests/run_suite.sh $$t $(BUILD)/t_$$t; \
+	               tests/run_suite.sh $$t-asan $(BUILD)/asan_$$t;; \
+	  esac; \
+	done
+
+test-cli: $(BUILD)/ekv_bench_cpu $(BUILD)/ekv_bench_cpu_san venv
+	@tests/run_suite.sh cli tests/test_cli.sh $(BUILD)/ekv_bench_cpu
+	@tests/run_suite.sh cli-asan tests/test_cli.sh $(BUILD)/ekv_bench_cpu_san
+
+test-python: venv
+	@for t in $(wildcard tests/py/test_*.py); do \
+	  tests/run_suite.sh py-$$(basename $$t .py) $(VPY) $$t; done
+
+-include tests/emu/emu.mk
+
+test: venv
+	@rm -f $(BUILD)/logs/summary.txt
+	@$(MAKE) --no-print-directory test-build test-core test-cli test-python
+	@if [ -f tests/emu/emu.mk ]; then $(MAKE) --no-print-directory test-emu-suite; fi
+	@tests/summary.sh
+
+clean:
+	rm -rf $(BUILD) ekv_bench
