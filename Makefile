@@ -20,7 +20,7 @@ EMU_INC := -Itests/emu/include
 EMU_HEADERS := $(wildcard tests/emu/include/*.h)
 export BUILD
 
-.PHONY: all bench test emu clean venv test-build test-core test-cli test-python test-static test-gpu test-kernels-emu
+.PHONY: all bench test emu clean venv tools test-build test-core test-cli test-python test-static test-gpu test-kernels-emu
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/ekv_bench
@@ -51,7 +51,11 @@ $(BUILD)/ekv_bench_emu: bench/main.cu $(CUDA_HEADERS) $(EMU_HEADERS) | $(BUILD)
 bench: $(BUILD)/ekv_bench
 	$(BUILD)/ekv_bench
 
-venv: $(VENV)/.stamp
+venv: $(VENV)/.stamp tools
+
+# Debian tools the tests use (jq parses the JSON independently of Python)
+tools:
+	@command -v jq >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq jq >/dev/null; }
 
 $(VENV)/.stamp: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -87,8 +91,8 @@ test-core: $(addprefix $(BUILD)/t_,$(C_TESTS)) $(addprefix $(BUILD)/asan_,$(C_TE
 	done
 
 test-cli: $(BUILD)/ekv_bench_cpu $(BUILD)/ekv_bench_cpu_san venv
-	@tests/run_suite.sh cli tests/test_cli.sh $(BUILD)/ekv_bench_cpu
-	@tests/run_suite.sh cli-asan tests/test_cli.sh $(BUILD)/ekv_bench_cpu_san
+	@tests/run_suite.sh cli $(VPY) tests/test_cli.py $(BUILD)/ekv_bench_cpu
+	@ASAN_OPTIONS=detect_leaks=1 tests/run_suite.sh cli-asan $(VPY) tests/test_cli.py $(BUILD)/ekv_bench_cpu_san
 
 test-python: venv
 	@for t in $(wildcard tests/py/test_*.py); do \

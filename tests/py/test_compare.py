@@ -9,6 +9,7 @@ failure. Needs scipy (reference Mann-Whitney U); no pytest.
 import json
 import os
 import random
+import shutil
 import re
 import subprocess
 import sys
@@ -302,6 +303,10 @@ def main():
         else:
             passed += 1
             print(f"PASS {name}")
+    if failed:
+        print(f"files kept in {WORK}")
+    else:
+        shutil.rmtree(WORK, ignore_errors=True)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -237,6 +238,10 @@ def main():
         else:
             passed += 1
             print(f"PASS {name}")
+    if failed:
+        print(f"files kept in {WORK}")
+    else:
+        shutil.rmtree(WORK, ignore_errors=True)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 
