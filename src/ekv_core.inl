@@ -346,7 +346,7 @@ static ekv_result ekv__parse_enum(const ekv__flag *f, const char *text, int *out
     int ok = -1;
     size_t off = f->offset;
     if (off == EKV__OFF(kv_dtype) || off == EKV__OFF(baseline_dtype)) {
-        ekv_dtype d;
+        ekv_dtype d = EKV_DTYPE_F32;
         ok = ekv_dtype_parse(text, &d);
         *out = (int)d;
         if (ok < 0)
@@ -354,7 +354,7 @@ static ekv_result ekv__parse_enum(const ekv__flag *f, const char *text, int *out
                                  "%s='%s' is unknown: allowed f32, f16, bf16, int8, int4, fp8",
                                  f->name, text);
     } else if (off == EKV__OFF(policy)) {
-        ekv_policy p;
+        ekv_policy p = EKV_POLICY_NONE;
         ok = ekv_policy_parse(text, &p);
         *out = (int)p;
         if (ok < 0)
@@ -362,7 +362,7 @@ static ekv_result ekv__parse_enum(const ekv__flag *f, const char *text, int *out
                                  "%s='%s' is unknown: allowed none, stride, pool, window, topk",
                                  f->name, text);
     } else if (off == EKV__OFF(backend)) {
-        ekv_backend b;
+        ekv_backend b = EKV_BACKEND_AUTO;
         ok = ekv_backend_parse(text, &b);
         *out = (int)b;
         if (ok < 0)
@@ -370,7 +370,7 @@ static ekv_result ekv__parse_enum(const ekv__flag *f, const char *text, int *out
                                  "%s='%s' is unknown: allowed auto, cuda, cpu, emulator", f->name,
                                  text);
     } else if (off == EKV__OFF(variant)) {
-        ekv_variant v;
+        ekv_variant v = EKV_VARIANT_CACHE;
         ok = ekv_variant_parse(text, &v);
         *out = (int)v;
         if (ok < 0)
@@ -592,11 +592,6 @@ EKV_DEF ekv_result ekv_cli_parse(int argc, char **argv, ekv_cli *cli, FILE *out)
 }
 
 /* >>metrics (implementation) =============================================== */
-
-static double ekv__nan(void)
-{
-    return strtod("nan", NULL);
-}
 
 EKV_DEF void ekv_metrics_compute(ekv_metrics *m, const ekv_cache_bytes *cache_bytes, int batch,
                                  int heads, int head_dim, double kept_tokens_total,
@@ -975,9 +970,17 @@ EKV_DEF void ekv_report_print_table(const ekv_report *r, FILE *out)
     fprintf(out, ", scales+bias ");
     ekv__print_bytes(out, m->bytes.scales + m->bytes.bias);
     fprintf(out, ")  kept tokens %.0f\n", r->kept_tokens_total);
-    fprintf(out, "bandwidth  %.2f GB/s  (%.1f%% of theoretical %.1f GB/s, %.1f%% of measured copy %.1f GB/s)\n",
-            m->achieved_gbs, 100.0 * m->efficiency_vs_theoretical, m->peak_bw_theoretical_gbs,
-            100.0 * m->efficiency_vs_measured, m->peak_bw_measured_gbs);
+    fprintf(out, "bandwidth  %.2f GB/s  (", m->achieved_gbs);
+    if (m->peak_bw_theoretical_gbs == m->peak_bw_theoretical_gbs)
+        fprintf(out, "%.1f%% of theoretical %.1f GB/s, ", 100.0 * m->efficiency_vs_theoretical,
+                m->peak_bw_theoretical_gbs);
+    else
+        fprintf(out, "theoretical peak unknown (--peak-bw), ");
+    if (m->peak_bw_measured_gbs == m->peak_bw_measured_gbs)
+        fprintf(out, "%.1f%% of measured copy %.1f GB/s)\n", 100.0 * m->efficiency_vs_measured,
+                m->peak_bw_measured_gbs);
+    else
+        fprintf(out, "copy bandwidth not measured)\n");
     fprintf(out, "roofline   AI %.3f flop/B  %.2f GFLOP/s  score %.3f\n", m->arithmetic_intensity,
             m->achieved_gflops, m->roofline_score);
     fprintf(out, "accuracy   total rel_l2 %.3e (max_abs %.3e, cos %.6f)  compression %.3e  kernel %.3e\n",
