@@ -20,7 +20,7 @@ EMU_INC := -Itests/emu/include
 EMU_HEADERS := $(wildcard tests/emu/include/*.h)
 export BUILD
 
-.PHONY: all bench test emu clean venv tools test-build test-core test-cli test-python test-static test-gpu test-kernels-emu
+.PHONY: all bench test emu clean venv tools test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/ekv_bench
@@ -83,7 +83,9 @@ test-core: $(addprefix $(BUILD)/t_,$(C_TESTS)) $(addprefix $(BUILD)/asan_,$(C_TE
 	  case $$t in \
 	    test_json) tests/run_suite.sh $$t tests/json_check.sh $(BUILD)/t_$$t; \
 	               tests/run_suite.sh $$t-asan tests/json_check.sh $(BUILD)/asan_$$t;; \
-	    test_npy)  tests/run_suite.sh $$t $(BUILD)/t_$$t $(BUILD)/npy_fixtures; \
+	    test_npy)  rm -rf $(BUILD)/npy_fixtures; $(VPY) tests/npy_make_fixtures.py $(BUILD)/npy_fixtures >/dev/null; \
+	               tests/run_suite.sh $$t $(BUILD)/t_$$t $(BUILD)/npy_fixtures; \
+	               tests/run_suite.sh npy-numpy-reads-ours $(VPY) tests/npy_make_fixtures.py --check $(BUILD)/npy_fixtures; \
 	               tests/run_suite.sh $$t-asan $(BUILD)/asan_$$t $(BUILD)/npy_fixtures;; \
 	    *)         tests/run_suite.sh $$t $(BUILD)/t_$$t; \
 	               tests/run_suite.sh $$t-asan $(BUILD)/asan_$$t;; \
@@ -94,6 +96,9 @@ test-cli: $(BUILD)/ekv_bench_cpu $(BUILD)/ekv_bench_cpu_san venv
 	@tests/run_suite.sh cli $(VPY) tests/test_cli.py $(BUILD)/ekv_bench_cpu
 	@ASAN_OPTIONS=detect_leaks=1 tests/run_suite.sh cli-asan $(VPY) tests/test_cli.py $(BUILD)/ekv_bench_cpu_san
 
+test-examples: venv
+	@tests/run_suite.sh examples tests/test_examples.sh
+
 test-python: venv
 	@for t in $(wildcard tests/py/test_*.py); do \
 	  tests/run_suite.sh py-$$(basename $$t .py) $(VPY) $$t; done
@@ -102,7 +107,7 @@ test-python: venv
 
 test: venv
 	@rm -f $(BUILD)/logs/summary.txt
-	@$(MAKE) --no-print-directory test-build test-core test-cli test-python
+	@$(MAKE) --no-print-directory test-build test-core test-cli test-python test-examples
 	@if [ -f tests/emu/emu.mk ]; then $(MAKE) --no-print-directory test-emu-suite; fi
 	@tests/summary.sh
 
