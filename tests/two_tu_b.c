@@ -1,5 +1,6 @@
 /* tests/two_tu_b.c - the declarations-only half of the two-unit link test (see
    two_tu_a.c): calls into the implementation that the other unit holds. */
+#include <string.h>
 #include "ekv.h"
 
 int two_tu_b(void)
