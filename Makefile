@@ -105,10 +105,50 @@ test-python: venv
 
 -include tests/emu/emu.mk
 
+# ekv_cuda.cuh's kernels on the emulator: plain, ASan+UBSan, TSan (race = failure)
+EMU_CXX := $(CXX) -std=c++17 -g -pthread -DEKV_EMULATOR $(EMU_INC) -Wall -Wextra -Werror
+KEMU_DEPS := $(CUDA_HEADERS) $(EMU_HEADERS) tests/ekv_test.h
+
+$(BUILD)/emu/%: tests/%.cpp $(KEMU_DEPS) | $(BUILD)
+	@mkdir -p $(BUILD)/emu
+	$(EMU_CXX) -O1 -o $@ $<
+
+$(BUILD)/emu/%_asan: tests/%.cpp $(KEMU_DEPS) | $(BUILD)
+	@mkdir -p $(BUILD)/emu
+	$(EMU_CXX) -O1 $(SAN) -o $@ $<
+
+$(BUILD)/emu/%_tsan: tests/%.cpp $(KEMU_DEPS) | $(BUILD)
+	@mkdir -p $(BUILD)/emu
+	$(EMU_CXX) -O1 -fsanitize=thread -o $@ $<
+
+EMU_TESTS := $(patsubst tests/%.cpp,%,$(wildcard tests/test_*_emu.cpp))
+
+test-kernels-emu: $(foreach t,$(EMU_TESTS),$(BUILD)/emu/$(t) $(BUILD)/emu/$(t)_asan $(BUILD)/emu/$(t)_tsan) $(BUILD)/ekv_bench_emu venv
+	@for t in $(EMU_TESTS); do \
+	  tests/run_suite.sh $$t $(BUILD)/emu/$$t; \
+	  tests/run_suite.sh $$t-asan $(BUILD)/emu/$${t}_asan; \
+	  tests/run_suite.sh $$t-tsan tests/tsan_run.sh $(BUILD)/emu/$${t}_tsan; \
+	done
+	@tests/run_suite.sh cli-emulator $(VPY) tests/test_cli.py $(BUILD)/ekv_bench_emu --backend=emulator
+
+# what needs nvcc but no GPU: builds for sm_75/80/90, ptxas spills, SASS load widths
+test-static: tools
+	@tests/run_suite.sh static tests/check_static.sh
+
+# the GPU test program builds everywhere nvcc exists and skips without a device
+test-gpu: | $(BUILD)
+	@if [ -n "$(NVCC)" ]; then \
+	  tests/run_suite.sh gpu-build tests/check_cmd.sh "nvcc builds tests/test_gpu.cu" $(NVCC) -O2 -arch=sm_90 -Werror all-warnings -o $(BUILD)/test_gpu tests/test_gpu.cu && \
+	  tests/run_suite.sh gpu $(BUILD)/test_gpu; \
+	else echo "SKIP gpu: no nvcc"; echo "gpu 0 0 1" >> $(BUILD)/logs/summary.txt; fi
+
+test-emu-suite: test-kernels-emu
+	@tests/run_suite.sh emulator $(MAKE) --no-print-directory -s test-emu
+
 test: venv
 	@rm -f $(BUILD)/logs/summary.txt
 	@$(MAKE) --no-print-directory test-build test-core test-cli test-python test-examples
-	@if [ -f tests/emu/emu.mk ]; then $(MAKE) --no-print-directory test-emu-suite; fi
+	@$(MAKE) --no-print-directory test-emu-suite test-static test-gpu
 	@tests/summary.sh
 
 clean:

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# tests/check_static.sh - what can be checked of ekv_cuda.cuh's kernels without a GPU:
+#   (a) bench/main.cu builds with nvcc for sm_75, sm_80 and sm_90 with -Werror all-warnings
+#       (tests/test_gpu.cu when there is no bench/main.cu);
+#   (b) ptxas -v: 0 spill bytes (stores and loads) in every attention kernel at head dims
+#       64 and 128 and in the merge kernel, for sm_90, sm_80 and sm_75;
+#   (c) SASS: the f16 attention kernels read K and V with 128-bit global loads
+#       (LDG.E.128...), counted with cuobjdump; when the toolkit has no cuobjdump/nvdisasm,
+#       they are installed from PyPI into $BUILD/tools (skipped if that fails).
+# It also prints the registers of every kernel (information, not a check).
+# Run: tests/check_static.sh   ($BUILD, default build/; $NVCC, default nvcc on PATH or
+#      /usr/local/cuda/bin/nvcc). About 1-2 minutes on 2 cores (three builds in parallel).
+set -u
+B=${BUILD:-build}/static
+mkdir -p "$B"
+pass=0; fail=0; skip=0
+ok()   { echo "PASS $1"; pass=$((pass+1)); }
+bad()  { echo "FAIL $1"; [ -n "${2:-}" ] && echo "$2" | head -20 | sed 's/^/    /'; fail=$((fail+1)); }
+skipped() { echo "SKIP $1: $2"; skip=$((skip+1)); }
+finish() {
+  if [ "$skip" -gt 0 ]; then echo "$pass passed, $fail failed, $skip skipped"
+  else echo "$pass passed, $fail failed"; fi
+  [ "$fail" -eq 0 ]; exit $?
+}
+
+NVCC=${NVCC:-$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)}
+if ! [ -x "$NVCC" ]; then skipped "static checks" "no nvcc"; finish; fi
+SRC=bench/main.cu
+if ! [ -f "$SRC" ]; then SRC=tests/test_gpu.cu; echo "note: no bench/main.cu; building $SRC"; fi
+ARCHS="sm_75 sm_80 sm_90"
+
+# (a) and the ptxas reports of (b) come from the same three builds
+for a in $ARCHS; do
+  "$NVCC" -O3 -arch="$a" -Werror all-warnings -Xptxas -v -o "$B/bench_$a" "$SRC" >"$B/build_$a.log" 2>&1 &
+  eval "pid_$a=$!"
+done
+for a in $ARCHS; do
+  pid_var="pid_$a"
+  if wait "${!pid_var}"; then ok "$SRC builds for $a with -Werror all-warnings"
+  else bad "$SRC builds for $a with -Werror all-warnings" "$(grep -v '^ptxas info' "$B/build_$a.log")"; fi
+done
+
+# per kernel: mangled name, stack, spill stores, spill loads, registers
+ptxas_table() {
+  awk '/Compiling entry function/ { match($0, /_Z[A-Za-z0-9_]+/); name = substr($0, RSTART, RLENGTH) }
+       /spill stores/ { stack = $1; stores = $5; loads = $9 }
+       /Used [0-9]+ registers/ { match($0, /Used [0-9]+/); regs = substr($0, RSTART + 5, RLENGTH - 5);
+                                 print name, stack, stores, loads, regs }' "$1"
+}
+readable() { # _Z26ekv_cuda__attention_kernelILi1ELi128ELi8E... -> f16 D=128 tile 8
+  sed -E 's/_Z26ekv_cuda__attention_kernelILi([0-9])ELi([0-9]+)ELi([0-9]+)E[^ ]*/attention dtype=\1 D=\2 tile=\3/;
+          s/dtype=0/f32/; s/dtype=1/f16/; s/dtype=2/bf16/; s/dtype=3/int8/; s/dtype=4/int4/; s/dtype=5/fp8/;
+          s/_Z22ekv_cuda__merge_kernel[^ ]*/merge/'
+}
+
+# (b)
+for a in sm_90 sm_80 sm_75; do
+  log="$B/build_$a.log"
+  if ! grep -q "Compiling entry function" "$log"; then skipped "no spills ($a)" "no ptxas report (build failed)"; continue; fi
+  ptxas_table "$log" | readable >"$B/ptxas_$a.txt"
+  checked=$(grep -cE '^(attention .* D=(64|128) |merge)' "$B/ptxas_$a.txt")
+  spills=$(grep -E '^(attention .* D=(64|128) |merge)' "$B/ptxas_$a.txt" | awk '$(NF-2) != 0 || $(NF-1) != 0')
+  if [ "$checked" -lt 25 ]; then bad "no spills ($a)" "only $checked of 25 kernels found in the ptxas report"
+  elif [ -z "$spills" ]; then ok "no spills in $checked kernels, head dims 64 and 128 and merge ($a)"
+  else bad "no spills ($a)" "$(echo "$spills" | awk '{print $0, "(stack, spill stores, spill loads, registers)"}')"; fi
+  echo "    registers ($a): $(awk '{print $(NF)}' "$B/ptxas_$a.txt" | sort -n | uniq -c | awk '{printf "%s kernels x %s, ", $1, $2}')"
+done
+
+# (c)
+TOOLS=${BUILD:-build}/tools
+CUOBJDUMP=$(command -v cuobjdump 2>/dev/null || true)
+[ -z "$CUOBJDUMP" ] && [ -x "$(dirname "$NVCC")/cuobjdump" ] && CUOBJDUMP=$(dirname "$NVCC")/cuobjdump
+if [ -z "$CUOBJDUMP" ] || ! PATH="$(dirname "$CUOBJDUMP"):$PATH" command -v nvdisasm >/dev/null 2>&1; then
+  if ! [ -x "$TOOLS/nvidia/cu13/bin/nvdisasm" ]; then
+    python3 -m pip install --quiet --disable-pip-version-check --target "$TOOLS" \
+      nvidia-cuda-cuobjdump==13.4.92 nvidia-cuda-nvdisasm==13.5.37 >"$B/pip.log" 2>&1
+  fi
+  [ -x "$TOOLS/nvidia/cu13/bin/cuobjdump" ] && CUOBJDUMP=$TOOLS/nvidia/cu13/bin/cuobjdump
+fi
+if [ -z "$CUOBJDUMP" ] || ! [ -x "$CUOBJDUMP" ]; then
+  skipped "128-bit K/V loads in SASS" "no cuobjdump (and pip could not install it: $B/pip.log)"
+else
+  export PATH="$(dirname "$CUOBJDUMP"):$PATH"
+  # tile 1 loads q with 2 and K, V with 2 x 4 tokens in flight; tile 8 loads q with 16
+  for a in sm_90 sm_80; do
+    [ -f "$B/bench_$a" ] || { skipped "128-bit K/V loads ($a)" "no build"; continue; }
+    for spec in "64 1 10" "128 1 10" "64 8 24" "128 8 24"; do
+      set -- $spec
+      fun="_Z26ekv_cuda__attention_kernelILi1ELi$1ELi$2EEv26ekv_cuda__attention_params"
+      sass=$("$CUOBJDUMP" -sass -fun "$fun" "$B/bench_$a" 2>/dev/null)
+      wide=$(grep -cE 'LDG\.E\.128' <<<"$sass")
+      mnemonic=$(grep -oE 'LDG\.E\.128[.A-Z0-9_]*' <<<"$sass" | sort -u | tr '\n' ' ')
+      if [ "$wide" -ge "$3" ]; then ok "f16 D=$1 tile $2 ($a): $wide 128-bit global loads ($mnemonic), q + K + V need $3"
+      else bad "f16 D=$1 tile $2 ($a): 128-bit global loads" "found $wide ($mnemonic), expected at least $3"; fi
+    done
+  done
+fi
+finish
