@@ -142,13 +142,10 @@ test-gpu: | $(BUILD)
 	  tests/run_suite.sh gpu $(BUILD)/test_gpu; \
 	else echo "SKIP gpu: no nvcc"; echo "gpu 0 0 1" >> $(BUILD)/logs/summary.txt; fi
 
-test-emu-suite: test-kernels-emu
-	@tests/run_suite.sh emulator $(MAKE) --no-print-directory -s test-emu
-
 test: venv
 	@rm -f $(BUILD)/logs/summary.txt
 	@$(MAKE) --no-print-directory test-build test-core test-cli test-python test-examples
-	@$(MAKE) --no-print-directory test-emu-suite test-static test-gpu
+	@$(MAKE) --no-print-directory test-emu-suite test-kernels-emu test-static test-gpu
 	@tests/summary.sh
 
 clean:

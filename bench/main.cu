@@ -102,11 +102,17 @@ static ekv_result bench_run_one(const ekv_config *config, ekv_report *report)
     if (backend != EKV_BACKEND_CPU) {
         r = ekv_cuda_run(config, &work, report);
         if (r == EKV_ERR_NO_DEVICE && backend == EKV_BACKEND_AUTO) {
-            char why[200];
-            snprintf(why, sizeof why, "%s", ekv_last_error());
+            /* keep the reason: the CPU run resets the report and the last error */
+            static const char prefix[] = "CPU backend: ";
+            char notice[sizeof report->notice];
+            size_t n = strlen(ekv_last_error());
+            if (n > sizeof notice - sizeof prefix) n = sizeof notice - sizeof prefix;
+            memcpy(notice, prefix, sizeof prefix - 1);
+            memcpy(notice + sizeof prefix - 1, ekv_last_error(), n);
+            notice[sizeof prefix - 1 + n] = '\0';
             ekv_report_free(report);
             r = ekv_cpu_run(config, &work, report);
-            snprintf(report->notice, sizeof report->notice, "ran on the CPU backend: %s", why);
+            memcpy(report->notice, notice, sizeof notice);
             if (!config->quiet) fprintf(stderr, "ekv_bench: notice: %s\n", report->notice);
         }
     } else {
