@@ -80,7 +80,22 @@ EKV_DEF uint64_t ekv_rng_below(ekv_rng *rng, uint64_t n)
     return high;
 }
 
-/* >>stats: sample statistics, Student t, bootstrap ============================ */
+/* >>stats: sample statistics, Student t, bootstrap ============================ *
+
+   Conventions beyond the numpy/scipy definitions in ekv.h:
+   - Samples must be finite: NaN or an infinity anywhere is EKV_ERR_INVALID_ARG naming
+     the index (a NaN would silently poison every order statistic).
+   - n = 1: std, cv and the CI of the mean are NaN (ddof = 1 leaves no degrees of
+     freedom, as numpy's nan); everything else is the one value.
+   - cv = std / mean as computed, so a zero mean gives an infinity (JSON null).
+   - Bootstrap: resample r draws n indices with ekv_rng_below(n) from one stream seeded
+     once with `seed`; the median's indices select from the sorted samples, the
+     ratio's from the pairs. The interval is the 2.5 and 97.5 percentiles (linear
+     interpolation) of the replicates, so it is reproducible from the seed alone.
+   - ekv_bootstrap_ratio needs candidate samples > 0 (they divide); resamples 0 means
+     EKV_BOOTSTRAP_RESAMPLES. On any error its outputs are NaN.
+   - ekv_median, ekv_trimmed_mean, ekv_quantile_sorted return NaN for NULL, n = 0, a
+     NaN in the data, or a proportion/quantile out of range. */
 
 /* NaN and infinities fail (x - x is NaN for both); portable where isfinite() is a
    macro in C and a function in C++. */
@@ -185,10 +200,11 @@ EKV_DEF double ekv_trimmed_mean(const double *samples, size_t n, double proporti
 }
 
 /* --- Student t ------------------------------------------------------------------
-   P(T > t) = I_x(df/2, 1/2) / 2 with x = df / (df + t^2), I the regularized incomplete
-   beta function, evaluated by its continued fraction. ln B(a, b) for large a comes from
-   the Stirling series, because lgamma(a) - lgamma(a + b) would lose ~|lgamma(a)| * eps
-   to cancellation (1e-9 relative at df = 1e6). */
+   P(T > t) = I_x(df/2, 1/2) / 2 and P(0 < T < t) = I_y(1/2, df/2) / 2 with
+   x = df / (df + t^2), y = t^2 / (df + t^2), I the regularized incomplete beta
+   function, evaluated by its continued fraction. The inverse solves whichever of the
+   two is the smaller probability, so neither the tails nor the centre lose digits to
+   a difference with 1/2. */
 
 /* lgamma(x) - [(x - 1/2) ln x - x + ln(2 pi)/2] for x >= 10: the series' next term is
    below 3e-17 there. */
@@ -203,87 +219,110 @@ static double ekv__stirling_correction(double x)
 }
 
 /* ln B(a, b) for a, b > 0, accurate to a few ulps of its terms when the smaller
-   argument stays moderate (the t distribution uses b = 1/2). */
+   argument stays moderate (the t distribution uses 1/2). For a large argument the
+   difference lgamma(big) - lgamma(big + small) comes from the Stirling series,
+   rearranged so that nothing cancels: the plain difference would lose
+   |lgamma(big)| * eps (1e-9 relative at df = 1e6). */
 static double ekv__log_beta(double a, double b)
 {
     double big = a > b ? a : b, small = a > b ? b : a;
     if (big < 10.0) return lgamma(a) + lgamma(b) - lgamma(a + b);
-    /* lgamma(big) - lgamma(big + small) from Stirling, rearranged to avoid cancellation */
     return lgamma(small) - (big - 0.5) * log1p(small / big) - small * log(big + small) + small +
            ekv__stirling_correction(big) - ekv__stirling_correction(big + small);
 }
 
-/* The continued fraction of I_x(a, b) (x below the mean (a+1)/(a+b+2), where it
-   converges in O(sqrt(max(a, b))) terms), by the modified Lentz method. */
-static double ekv__beta_fraction(double a, double b, double x)
+/* The continued fraction g of I_x(a, b) = x^a y^b / (a B(a, b) g), for x below the
+   mean (a+1)/(a+b+2) where it converges quickly. It is the even contraction of the
+   classic fraction 1/(1 + d1/(1 + d2/(1 + ...))):
+       g = (1 + d1) - d1 d2 / ((1 + d2 + d3) - d3 d4 / ((1 + d4 + d5) - ...))
+       d(2m+1) = -(a+m)(a+b+m) x / ((a+2m)(a+2m+1)),  d(2m) = m(b-m) x / ((a+2m-1)(a+2m)),
+   because 1 + d(2m+1), the sum that cancels, can then be written without cancellation:
+   when x is near 1 (the t tails at large df) it is
+       [a(1-b) + 2am + (2-b)m + 3m^2 + (a+m)(a+b+m) y] / ((a+2m)(a+2m+1)),
+   whose terms share a sign for the b = 1/2 of those tails; computed as 1 + d(2m+1) it
+   would lose digits in proportion to df. Modified Lentz. */
+static double ekv__beta_fraction(double a, double b, double x, double y)
 {
-    const double tiny = 1e-300, epsilon = 1e-16;
-    double c = 1.0, d = 1.0 - (a + b) * x / (a + 1.0), h;
+    const double tiny = 1e-300, epsilon = 2.0 * DBL_EPSILON; /* exactly 1 may never come */
+    double g, c, d = 0.0;
     int m;
-    if (fabs(d) < tiny) d = tiny;
-    d = 1.0 / d;
-    h = d;
+    g = y < x ? ((1.0 - b) + (a + b) * y) / (a + 1.0) : 1.0 - (a + b) * x / (a + 1.0);
+    if (fabs(g) < tiny) g = tiny;
+    c = g;
     for (m = 1; m <= 1000000; m++) {
-        double two_m = 2.0 * m, coefficient, delta;
-        coefficient = m * (b - m) * x / ((a + two_m - 1.0) * (a + two_m));
-        d = 1.0 + coefficient * d;
+        double odd_previous = -(a + m - 1.0) * (a + b + m - 1.0) * x /
+                              ((a + 2.0 * m - 2.0) * (a + 2.0 * m - 1.0));
+        double even = m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m));
+        double odd_denominator = (a + 2.0 * m) * (a + 2.0 * m + 1.0);
+        double one_plus_odd =
+            y < x ? (a * (1.0 - b) + 2.0 * a * m + (2.0 - b) * m + 3.0 * m * m +
+                     (a + m) * (a + b + m) * y) / odd_denominator
+                  : 1.0 - (a + m) * (a + b + m) * x / odd_denominator;
+        double numerator = -odd_previous * even, denominator = even + one_plus_odd, delta;
+        d = denominator + numerator * d;
         if (fabs(d) < tiny) d = tiny;
-        c = 1.0 + coefficient / c;
+        c = denominator + numerator / c;
         if (fabs(c) < tiny) c = tiny;
         d = 1.0 / d;
-        h *= d * c;
-        coefficient = -(a + m) * (a + b + m) * x / ((a + two_m) * (a + two_m + 1.0));
-        d = 1.0 + coefficient * d;
-        if (fabs(d) < tiny) d = tiny;
-        c = 1.0 + coefficient / c;
-        if (fabs(c) < tiny) c = tiny;
-        d = 1.0 / d;
-        delta = d * c;
-        h *= delta;
+        delta = c * d;
+        g *= delta;
         if (fabs(delta - 1.0) < epsilon) break;
     }
-    return h;
+    return g;
 }
 
 /* I_x(a, b) given both x and y = 1 - x, each computed without cancellation by the
    caller, so that either tail keeps full relative precision. */
 static double ekv__incomplete_beta(double a, double b, double x, double y)
 {
-    double log_x, log_y, front;
+    double log_x, log_y;
     if (x <= 0.0) return 0.0;
     if (y <= 0.0) return 1.0;
     if (x > (a + 1.0) / (a + b + 2.0)) return 1.0 - ekv__incomplete_beta(b, a, y, x);
     log_x = x < 0.5 ? log(x) : log1p(-y);
     log_y = y < 0.5 ? log(y) : log1p(-x);
-    front = exp(a * log_x + b * log_y - ekv__log_beta(a, b)) / a;
-    return front * ekv__beta_fraction(a, b, x);
+    return exp(a * log_x + b * log_y - ekv__log_beta(a, b)) / (a * ekv__beta_fraction(a, b, x, y));
+}
+
+/* x = df / (df + t^2) and y = 1 - x for t >= 0, both without cancellation. */
+static void ekv__t_beta_arguments(double t, double df, double *x, double *y)
+{
+    double t2 = t * t;
+    *x = df / (df + t2);
+    *y = t2 / (df + t2);
 }
 
 /* P(T > t) for t >= 0; df = infinity is the standard normal. */
 static double ekv__t_upper_tail(double t, double df)
 {
-    double t2, x, y;
+    double x, y, log_ratio;
     if (df == INFINITY) return 0.5 * erfc(t / sqrt(2.0));
-    if (t == INFINITY) return 0.0;
-    t2 = t * t;
-    if (t2 == INFINITY) {
-        x = df / t / t;
-        y = 1.0;
-    } else {
-        x = df / (df + t2);
-        y = t2 / (df + t2);
-    }
+    /* far tail, x < 1e-100: I_x(df/2, 1/2) = x^(df/2) / ((df/2) B) to within x, taken in
+       logarithms because x itself underflows long before the tail does (df = 1) */
+    log_ratio = log(t) - 0.5 * log(df);
+    if (log_ratio > 115.0) return exp(-df * log_ratio - ekv__log_beta(0.5 * df, 0.5)) / df;
+    ekv__t_beta_arguments(t, df, &x, &y);
     return 0.5 * ekv__incomplete_beta(0.5 * df, 0.5, x, y);
+}
+
+/* P(0 < T < t) for t >= 0. */
+static double ekv__t_centre(double t, double df)
+{
+    double x, y;
+    if (df == INFINITY) return 0.5 * erf(t / sqrt(2.0));
+    if (t == INFINITY) return 0.5;
+    ekv__t_beta_arguments(t, df, &x, &y);
+    return 0.5 * ekv__incomplete_beta(0.5, 0.5 * df, y, x);
 }
 
 /* ln of the density at t >= 0; log_norm = -ln B(df/2, 1/2) - ln(df)/2. */
 static double ekv__t_log_density(double t, double df, double log_norm)
 {
-    double ratio;
+    double log_ratio;
     if (df == INFINITY) return -0.5 * t * t - 0.5 * log(2.0 * EKV__PI);
-    ratio = t / sqrt(df);
-    if (ratio > 1e150) return log_norm - (df + 1.0) * log(ratio);
-    return log_norm - 0.5 * (df + 1.0) * log1p(ratio * ratio);
+    log_ratio = log(t) - 0.5 * log(df);
+    if (log_ratio > 115.0) return log_norm - (df + 1.0) * log_ratio;
+    return log_norm - 0.5 * (df + 1.0) * log1p(t / sqrt(df) * (t / sqrt(df)));
 }
 
 EKV_DEF double ekv_t_cdf(double t, double df)
@@ -293,41 +332,57 @@ EKV_DEF double ekv_t_cdf(double t, double df)
     return 1.0 - ekv__t_upper_tail(t, df);
 }
 
-/* The t >= 0 with P(T > t) = q, 0 < q < 1/2. Newton on ln P(T > t) against ln t (close
+/* The probability that ekv__t_solve matches: P(0 < T < t) or P(T > t). */
+static double ekv__t_probability(double t, double df, int centre)
+{
+    return centre ? ekv__t_centre(t, df) : ekv__t_upper_tail(t, df);
+}
+
+/* Whether `probability` puts t below the root (the centre grows with t, the tail
+   shrinks). */
+static int ekv__t_below_root(double probability, double target, int centre)
+{
+    return centre ? probability < target : probability > target;
+}
+
+/* The t >= 0 with P(T > t) = target (centre = 0), or P(0 < T < t) = target (centre =
+   1), target in (0, 1/4]. Newton on the log of that probability against ln t (close
    to linear in both the normal-like centre and the power-law tails), kept inside a
-   bracket that falls back to bisection, so it cannot diverge. */
-static double ekv__t_upper_quantile(double q, double df)
+   bracket that falls back to bisection, so it cannot diverge. Infinity when the root
+   lies beyond the largest double (df < 2 and a tail below ~1e-155). */
+static double ekv__t_solve(double target, double df, int centre)
 {
     double log_norm = df == INFINITY ? 0.0 : -ekv__log_beta(0.5 * df, 0.5) - 0.5 * log(df);
-    double log_q = log(q);
+    double log_target = log(target);
     double low, high, t;
     int iteration;
-    /* bracket: P(T > low) > q >= P(T > high), by squaring away from 1 */
-    if (ekv__t_upper_tail(1.0, df) > q) {
+    /* bracket [low, high] around the root, by squaring away from 1 */
+    if (ekv__t_below_root(ekv__t_probability(1.0, df, centre), target, centre)) {
         low = 1.0;
         high = 2.0;
-        while (ekv__t_upper_tail(high, df) > q) {
+        while (ekv__t_below_root(ekv__t_probability(high, df, centre), target, centre)) {
+            if (high == DBL_MAX) return INFINITY;
             low = high;
-            high = high * high;
+            high = high > 1e154 ? DBL_MAX : high * high;
         }
     } else {
         high = 1.0;
         low = 0.5;
-        while (ekv__t_upper_tail(low, df) <= q) {
+        while (!ekv__t_below_root(ekv__t_probability(low, df, centre), target, centre)) {
             high = low;
             low = low * low;
         }
     }
     t = low > 0.0 ? sqrt(low) * sqrt(high) : 0.5 * high;
     for (iteration = 0; iteration < 200; iteration++) {
-        double tail = ekv__t_upper_tail(t, df), next;
-        double slope; /* d ln(tail) / d ln(t), negative */
-        if (tail == q) return t;
-        if (tail > q) low = t;
+        double probability = ekv__t_probability(t, df, centre), next, slope;
+        if (probability == target) return t;
+        if (ekv__t_below_root(probability, target, centre)) low = t;
         else high = t;
-        slope = -t * exp(ekv__t_log_density(t, df, log_norm)) / tail;
-        next = t * exp((log_q - log(tail)) / slope);
-        if (!(next > low && next < high) || slope == 0.0)
+        /* d ln(probability) / d ln(t) */
+        slope = (centre ? t : -t) * exp(ekv__t_log_density(t, df, log_norm)) / probability;
+        next = t * exp((log_target - log(probability)) / slope);
+        if (!(next > low && next < high))
             next = low > 0.0 ? sqrt(low) * sqrt(high) : 0.5 * high;
         if (fabs(next - t) <= 4e-16 * t || next == low || next == high) return next;
         t = next;
@@ -341,9 +396,13 @@ EKV_DEF double ekv_t_inverse_cdf(double p, double df)
     if (p == 0.0) return -INFINITY;
     if (p == 1.0) return INFINITY;
     if (p == 0.5) return 0.0;
-    /* 1 - p is exact for p in [1/2, 1], so the upper tail loses nothing */
-    if (p < 0.5) return -ekv__t_upper_quantile(p, df);
-    return ekv__t_upper_quantile(1.0 - p, df);
+    /* p - 1/2 is exact for p in [1/4, 1] and 1 - p for p in [1/2, 1] (Sterbenz) */
+    if (p >= 0.25 && p <= 0.75) {
+        double t = ekv__t_solve(fabs(p - 0.5), df, 1);
+        return p < 0.5 ? -t : t;
+    }
+    if (p < 0.5) return -ekv__t_solve(p, df, 0);
+    return ekv__t_solve(1.0 - p, df, 0);
 }
 
 /* --- bootstrap ------------------------------------------------------------------
@@ -572,7 +631,14 @@ done:
     return result;
 }
 
-/* >>json: streaming writer ====================================================== */
+/* >>json: streaming writer ====================================================== *
+
+   The writer inserts commas, colons and (pretty) newlines with 2-space indentation
+   itself. Misuse (a value in an object without a key, a key outside an object,
+   mismatched or unbalanced ends, nesting beyond 64) and allocation failure set
+   `failed`, after which nothing more is written; the buffer always stays a NUL-
+   terminated prefix of the intended document (NULL only if ekv_json_init could not
+   allocate). Several top-level values are separated by newlines (JSONL). */
 
 /* json->first[d] describes the container open at depth d + 1: these flag bits. */
 #define EKV__JSON_EMPTY 1u  /* nothing written in it yet */
