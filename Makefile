@@ -30,7 +30,7 @@ $(BUILD):
 
 ifneq ($(NVCC),)
 $(BUILD)/ekv_bench: bench/main.cu $(CUDA_HEADERS) | $(BUILD)
-	$(NVCC) -O3 -o $@ bench/main.cu
+	$(NVCC) -O3 -o $@ bench/main.cu -lcublas
 else
 $(BUILD)/ekv_bench: bench/main.cu $(HEADERS) | $(BUILD)
 	$(CXX) -O2 -x c++ -o $@ bench/main.cu
@@ -138,7 +138,7 @@ test-static: tools
 # the GPU test program builds everywhere nvcc exists and skips without a device
 test-gpu: | $(BUILD)
 	@if [ -n "$(NVCC)" ]; then \
-	  tests/run_suite.sh gpu-build tests/check_cmd.sh "nvcc builds tests/test_gpu.cu" $(NVCC) -O2 -arch=sm_90 -Werror all-warnings -o $(BUILD)/test_gpu tests/test_gpu.cu && \
+	  tests/run_suite.sh gpu-build tests/check_cmd.sh "nvcc builds tests/test_gpu.cu" $(NVCC) -O2 -arch=sm_90 -Werror all-warnings -o $(BUILD)/test_gpu tests/test_gpu.cu -lcublas && \
 	  tests/run_suite.sh gpu $(BUILD)/test_gpu; \
 	else echo "SKIP gpu: no nvcc"; echo "gpu 0 0 1" >> $(BUILD)/logs/summary.txt; fi
 

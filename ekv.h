@@ -38,6 +38,7 @@
        >>report       one benchmark result, its table and JSON
        >>workload     everything a backend needs, prepared on the host
        >>cpu          the CPU backend
+       >>cycle        the inference cycle: decode steps over layers, per variant
 
    COMPILE-TIME OPTIONS
        #define EKV_MALLOC(n) / EKV_FREE(p) / EKV_REALLOC(p,n)
@@ -353,6 +354,8 @@ typedef struct ekv_host_cache {
     unsigned char *k, *v;
     unsigned char *k_scales, *v_scales;
     float *bias;
+    int *compressed; /* [batch]: leading slots produced by compression (see >>cacheops);
+                        NULL in a cache made by ekv_cache_build */
 } ekv_host_cache;
 
 /* Which original tokens one slot of a compressed cache holds: tokens
@@ -398,6 +401,89 @@ typedef struct ekv_cache_bytes {
    exactly these; capacity padding excluded). */
 EKV_DEF ekv_cache_bytes ekv_cache_bytes_of(ekv_dtype dtype, int batch, int kv_heads,
                                            int head_dim, const int *lengths, int has_bias);
+
+/* >>cacheops ============================================================== */
+
+/* The elastic cache, grown one token at a time and compressed in place. These functions
+   are the CPU reference of the device cache of ekv_cuda.cuh (ekv_cuda_elastic_*), which
+   produces bit-identical stored bytes.
+
+   Per sequence b the cache holds slots [0, lengths[b]): the first compressed[b] are
+   products of earlier compressions, the rest exact tokens appended since ("fresh").
+
+   append    writes one token per active sequence at slot lengths[b], quantized with the
+             formulas of ekv_quantize_row (int8/int4: a scale per row). An fp8 (sequence,
+             kv head) keeps the per-head scale set when it was first filled: by prefill,
+             amax of its prefill tokens / 448 (as ekv_cache_build); while that scale is 0
+             (nothing nonzero stored yet) each appended row sets it to amax(row) / 448.
+             Later values beyond 448 x scale saturate to +-448 x scale. A sequence at
+             capacity is an error, and nothing is written then.
+   compress  (an anchor step) applies the policy to the fresh region of each sequence,
+             [compressed[b], lengths[b]) with its recent window W = min(recent, fresh):
+             exactly ekv_policy_map over the `fresh` tokens of the region (same ceil
+             budget), where sinks count only while compressed[b] == 0 (they are the
+             sequence's real first tokens). Kept and pooled slots are written in place in
+             token order, the W exact recent slots follow, and
+                 compressed[b] += ceil((fresh - W) / C),  lengths[b] = compressed[b] + W
+             (= the old compressed[b] + ekv_policy_kept(desc, fresh)). Earlier compressed
+             slots never change, so nothing is pooled twice.
+             pool:  a slot's K and V are the means of its group's DEQUANTIZED stored rows,
+                    summed in double in token order, divided by the count and rounded to
+                    float, then quantized (fp8 with the head scale); its bias is
+                    (float)log(count). A group of one is copied byte for byte.
+             topk:  token scores are the attention mass from the observed queries, with the
+                    softmax over the WHOLE cache [0, lengths[b]) (compressed slots and their
+                    bias included), as ekv_cache_observed_scores defines it.
+   A single compress of a freshly prefilled cache gives ekv_cache_build's stored bytes for
+   stride and window (every dtype but fp8), for pool with f32, and for topk with f32 unless
+   two scores tie to within rounding (ekv_observed_scores sums the softmax total in token
+   order). Elsewhere it differs by design: pool averages the stored (already quantized)
+   rows where ekv_cache_build averages the original data; topk over a quantized cache
+   scores the stored keys; fp8 keeps the prefill scale where ekv_cache_build takes the amax
+   of the kept rows. Bit-identity with the GPU assumes, like the rest of ekv, a host build
+   that does not contract a * b + c into FMA (no -ffp-contract=fast with FMA hardware).
+
+   Memory (ekv_cache_memory_bytes and the device's ekv_cuda_elastic_memory_bytes):
+       batch x kv_heads x capacity x (2 x (row + row scale) + 4 if with_bias)
+       + 2 x 4 x batch x kv_heads for fp8
+   with row and row scale from ekv_dtype_row_bytes / ekv_dtype_row_scale_bytes (f32 4D,
+   f16/bf16 2D, int8 D + 4, int4 D/2 + 4 per group of 32, fp8 D); the per-sequence
+   counters are not counted. */
+
+/* The softmax denominator of topk scoring is summed as EKV_SCORE_LANES interleaved partial
+   sums (lane i adds slots i, i + LANES, ... in order), then the partials in lane order: a
+   fixed order that a GPU block can follow, so that CPU and GPU scores agree bit for bit. */
+#define EKV_SCORE_LANES 128
+
+/* An empty cache: every length 0, every scale 0. with_bias allocates the per-slot logit
+   bias that pool needs. head_dim must be even for f16, bf16 and int4. */
+EKV_DEF ekv_result ekv_cache_create(ekv_host_cache *cache, ekv_dtype dtype, int batch,
+                                    int kv_heads, int head_dim, int capacity, int with_bias);
+/* Replaces the contents with tokens [0, lengths[b]) of k and v, laid out as ekv_data's
+   [batch][kv_heads][source_capacity][head_dim] (pass data.k, data.v, data.capacity,
+   data.lengths); compressed[b] = 0; fp8 head scales from the amax of these tokens. */
+EKV_DEF ekv_result ekv_cache_prefill(ekv_host_cache *cache, const float *k, const float *v,
+                                     int source_capacity, const int *lengths);
+/* One token per sequence: k and v [batch][kv_heads][head_dim]; active [batch] selects the
+   sequences that take one (NULL = all). */
+EKV_DEF ekv_result ekv_cache_append(ekv_host_cache *cache, const float *k, const float *v,
+                                    const unsigned char *active);
+/* The elastic step (see above). q_observe [batch][heads][observe][head_dim] is needed by
+   topk only (NULL otherwise); softmax_scale 0 means 1/sqrt(head_dim). pool needs a cache
+   created with_bias. */
+EKV_DEF ekv_result ekv_cache_compress(ekv_host_cache *cache, const ekv_compress_desc *desc,
+                                      const float *q_observe, int heads, int observe,
+                                      double softmax_scale);
+/* scores [batch][kv_heads][capacity]: per slot s < lengths[b], the sum over the observed
+   queries of the GQA group (query head order, then observe order) of
+       exp(l_s - max_l) / total,   l_s = scale x dot(q, K_s) + bias_s  (in double)
+   with K_s the dequantized stored row, dot as four interleaved partial sums, and total
+   summed by EKV_SCORE_LANES lanes; slots beyond the length get 0. */
+EKV_DEF ekv_result ekv_cache_observed_scores(const ekv_host_cache *cache, const float *q_observe,
+                                             int heads, int observe, double softmax_scale,
+                                             double *scores);
+/* Bytes allocated for the stored form (the formula above). */
+EKV_DEF size_t ekv_cache_memory_bytes(const ekv_host_cache *cache);
 
 /* >>reference ============================================================== */
 
@@ -539,27 +625,47 @@ typedef struct ekv_accuracy {
     int heads_checked, heads_total; /* validation may sample heads of large problems */
 } ekv_accuracy;
 
+/* One point of the inference cycle's series: decode step `step` (1-based), the context
+   after its token was appended, the median over reps of that step's time (all layers),
+   the KV cache bytes in use after the step and the peak bytes allocated so far. */
 typedef struct ekv_series_point {
     int step, context_len;
     double latency_ms;
     double kv_cache_bytes, peak_device_bytes;
 } ekv_series_point;
 
+#define EKV_CYCLE_PHASES 4      /* projection, append, compress, attention */
+#define EKV_CYCLE_LAYERS_MAX 256
+
+/* One variant of the inference cycle (see >>cycle). Times in ms. */
 typedef struct ekv_cycle_result {
     ekv_variant variant;
-    int decode_tokens;
-    double total_ms;                  /* median over reps of the whole cycle */
-    double tokens_per_sec;
-    double phases_ms[4];              /* projection, append, compress, attention */
-    ekv_stats stats;
-    double *samples_ms;
+    int decode_tokens, layers;
+    ekv_dtype kv_dtype;               /* storage of this variant's cache */
+    double total_ms;                  /* median over reps of the whole decode loop */
+    double tokens_per_sec;            /* batch x decode_tokens x 1000 / total_ms */
+    double phases_ms[EKV_CYCLE_PHASES]; /* mean over reps of each phase's total; their sum
+                                           <= stats.mean */
+    ekv_stats stats;                  /* over samples_ms */
+    double *samples_ms;               /* [reps] the decode loop's time per repeat; the
+                                         same allocation holds baseline_samples_ms */
     size_t sample_count;
-    double kv_cache_bytes, peak_device_bytes;
-    ekv_series_point *series;
+    double kv_cache_bytes, peak_device_bytes; /* after the last step */
+    ekv_series_point *series;         /* [series_count] = one per decode step */
     int series_count;
-    double agreement_max_abs_diff;    /* nocache vs cache, NaN when not compared */
+    /* The last step's attention outputs against those of `cache` (nocache when the
+       variant is cache itself: has_agreement = 0 then): max |diff| over all layers,
+       whether bitwise equal, and the error per layer with cache as the reference. */
+    int has_agreement;
+    double agreement_max_abs_diff;
     int agreement_bitwise_equal;
-    ekv_error_stats error_vs_cache;   /* lossy variants */
+    ekv_error_stats error_vs_cache[EKV_CYCLE_LAYERS_MAX];
+    /* --paired-baseline: cache, interleaved ABAB with this variant (has_baseline = 0
+       when not run) */
+    int has_baseline;
+    double *baseline_samples_ms;      /* points into samples_ms's allocation */
+    double baseline_total_ms, baseline_tokens_per_sec;
+    double speedup, speedup_ci_lo, speedup_ci_hi; /* median(baseline)/median(variant) */
 } ekv_cycle_result;
 
 typedef struct ekv_report {
@@ -634,6 +740,45 @@ EKV_DEF ekv_result ekv_cpu_run(const ekv_config *config, const ekv_workload *wor
 EKV_DEF double ekv_cpu_copy_bandwidth_gbs(size_t bytes, int reps);
 EKV_DEF double ekv_time_ms(void); /* monotonic clock */
 
+/* >>cycle ================================================================== */
+
+/* The inference cycle: T = decode_tokens sequential decode steps over L = layers layers.
+   Model: hidden size d = heads x head_dim; per layer seeded weights Wq [d][heads x D],
+   Wk and Wv [d][kv_heads x D], N(0, 1/d); per layer seeded synthetic hidden inputs
+   [batch][seq_len + decode_tokens][d], N(0, 1): the prompt, then one per decode step.
+   MLPs and the dependency between layers are left out: each layer has its own inputs.
+
+   Prefill (not timed): the prompt's k and v projected into each layer's cache (elastic:
+   then one elastic step over the prompt). A decode step, per layer: project the new
+   token's x to q, k, v (projection); append k, v, quantized as the cache stores them
+   (append); decode attention with q (attention); at the anchor steps (step % N == 0,
+   N = compress_every or the compression ratio) the elastic step (compress), with
+   observed queries = the layer's last `observe` queries in time order, prompt queries
+   included (fewer while fewer exist).
+
+   Variants: nocache recomputes k and v of every token so far from the stored inputs with
+   a GEMM each step and stores them in kv_dtype for the attention (its "append" phase),
+   no cache kept between steps; cache stores kv_dtype; int8 stores int8; shared: layers
+   2i and 2i+1 share the cache of layer 2i (the odd layer projects only q; an odd last
+   layer keeps its own); int8-shared both; elastic: kv_dtype with policy, compression,
+   recent, sinks, observe. all runs the six on the same data.
+
+   Bytes: kv_cache_bytes = bytes of the slots in use (ekv_cache_bytes_of, all caches);
+   peak_device_bytes = bytes allocated for the variant's state (caches at capacity,
+   nocache's stored inputs and recompute buffers; on the GPU also weights, inputs,
+   workspaces). */
+EKV_DEF ekv_result ekv_cycle_run(const ekv_config *config, ekv_report *report);
+/* Bytes the cycle allocates on the device (or the host for the CPU backend) for the
+   variant (ALL: the largest), estimated before anything is allocated. */
+EKV_DEF double ekv_cycle_memory_estimate(const ekv_config *config, ekv_variant variant);
+/* One untimed cycle of `variant`: the attention outputs of every step,
+   outputs [decode_tokens][layers][batch][heads][head_dim] (tests compare backends). */
+EKV_DEF ekv_result ekv_cycle_outputs(const ekv_config *config, ekv_variant variant,
+                                     float *outputs);
+/* The report's inference cycle as the value of "inference_cycle" (null when none). */
+EKV_DEF void ekv_cycle_write_json(const ekv_report *report, ekv_json *json);
+EKV_DEF void ekv_cycle_print_table(const ekv_report *report, FILE *out);
+
 #ifdef __cplusplus
 }
 #endif
@@ -651,6 +796,8 @@ EKV_DEF double ekv_time_ms(void); /* monotonic clock */
 #include "src/ekv_base.inl"
 #include "src/ekv_numeric.inl"
 #include "src/ekv_data.inl"
+#include "src/ekv_cache_ops.inl"
+#include "src/ekv_cycle.inl"
 #include "src/ekv_core.inl"
 
 #endif /* EKV_IMPLEMENTATION_DONE */

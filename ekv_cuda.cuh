@@ -1677,5 +1677,9 @@ done:
     return result;
 }
 
+/* the elastic device cache and the inference cycle build on everything above */
+#include "src/ekv_cuda_cache.inl"
+#include "src/ekv_cuda_cycle.inl"
+
 #endif /* EKV_CUDA_IMPLEMENTATION_DONE */
 #endif /* EKV_IMPLEMENTATION */

@@ -95,8 +95,32 @@ static ekv_result bench_check_dir(const char *dir)
 static ekv_result bench_run_one(const ekv_config *config, ekv_report *report)
 {
     ekv_workload work;
-    ekv_result r = ekv_workload_prepare(config, &work);
+    ekv_result r;
     ekv_backend backend = config->backend;
+    /* --inference: the decode cycle (it builds its own model) instead of one attention */
+    if (config->inference) {
+#if EKV_BENCH_HAS_CUDA
+        if (backend != EKV_BACKEND_CPU) {
+            r = ekv_cuda_cycle_run(config, report);
+            if (r == EKV_ERR_NO_DEVICE && backend == EKV_BACKEND_AUTO) {
+                static const char prefix[] = "CPU backend: ";
+                char notice[sizeof report->notice];
+                size_t n = strlen(ekv_last_error());
+                if (n > sizeof notice - sizeof prefix) n = sizeof notice - sizeof prefix;
+                memcpy(notice, prefix, sizeof prefix - 1);
+                memcpy(notice + sizeof prefix - 1, ekv_last_error(), n);
+                notice[sizeof prefix - 1 + n] = '\0';
+                ekv_report_free(report);
+                r = ekv_cycle_run(config, report);
+                memcpy(report->notice, notice, sizeof notice);
+                if (!config->quiet) fprintf(stderr, "ekv_bench: notice: %s\n", report->notice);
+            }
+            return r;
+        }
+#endif
+        return ekv_cycle_run(config, report);
+    }
+    r = ekv_workload_prepare(config, &work);
     if (r != EKV_SUCCESS) return r;
 #if EKV_BENCH_HAS_CUDA
     if (backend != EKV_BACKEND_CPU) {

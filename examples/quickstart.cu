@@ -6,7 +6,7 @@
    host (ekv_cache_build selects the kept tokens and quantizes them) and uploaded once;
    decode attention then runs on the device with ekv_cuda_attention.
 
-   Build:  nvcc -O2 -o quickstart examples/quickstart.cu
+   Build:  nvcc -O2 -o quickstart examples/quickstart.cu -lcublas
    Without a GPU, on the CPU execution emulator of the tests (slow, but the same kernels):
            g++ -std=c++17 -pthread -DEKV_EMULATOR -Itests/emu/include -I. -x c++ -o quickstart examples/quickstart.cu */
 #define EKV_IMPLEMENTATION

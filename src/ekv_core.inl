@@ -186,10 +186,7 @@ EKV_DEF ekv_result ekv_config_validate(const ekv_config *c)
     if (c->baseline_dtype_set && !c->paired_baseline)
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "--baseline-dtype needs --paired-baseline");
-    if (c->inference)
-        return ekv_set_error(EKV_ERR_UNSUPPORTED,
-                             "--inference: the inference cycle is not in this version of ekv; "
-                             "allowed: the single decode-attention benchmark (omit --inference)");
+    if (c->inference) return ekv__cycle_validate(c);
     return EKV_SUCCESS;
 }
 
@@ -279,7 +276,7 @@ static const ekv__flag ekv__flags[] = {
     {"--no-graphs", NULL, EKV__FLAG_BOOL, EKV__OFF(use_graphs), 0, 0,
      "launch one by one instead of a CUDA graph"},
     {"--inference", NULL, EKV__FLAG_BOOL, EKV__OFF(inference), 0, 0,
-     "run the inference cycle (not in this version)"},
+     "run the inference cycle (decode steps over layers, --variant)"},
     {"--quiet", NULL, EKV__FLAG_BOOL, EKV__OFF(quiet), 0, 0, "no progress or notices"},
     {"--help", "-h", EKV__FLAG_SPECIAL, 0, 0, 0, "this help"},
     {"--version", NULL, EKV__FLAG_SPECIAL, 0, 0, 0, "print the version"},
@@ -929,7 +926,7 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     }
 
     ekv_json_key(j, "inference_cycle");
-    ekv_json_null(j);
+    ekv_cycle_write_json(r, j);
 
     ekv_json_key(j, "samples_ms");
     ekv__json_samples(j, r->samples_ms, r->sample_count);
@@ -997,6 +994,7 @@ EKV_DEF void ekv_report_print_table(const ekv_report *r, FILE *out)
         fprintf(out, "baseline   %s C=1 median %.6g ms  speedup %.3fx  95%% CI [%.3f, %.3f]  at error %.3e\n",
                 ekv_dtype_name(c->baseline_dtype), r->baseline_stats.median, r->speedup,
                 r->speedup_ci_lo, r->speedup_ci_hi, r->accuracy.total.rel_l2);
+    ekv_cycle_print_table(r, out);
     if (r->notice[0]) fprintf(out, "notice     %s\n", r->notice);
 }
 

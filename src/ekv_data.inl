@@ -1479,6 +1479,7 @@ EKV_DEF void ekv_cache_free(ekv_host_cache *cache)
     ekv__free(cache->k_scales);
     ekv__free(cache->v_scales);
     ekv__free(cache->bias);
+    ekv__free(cache->compressed);
     memset(cache, 0, sizeof *cache);
 }
 

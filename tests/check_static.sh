@@ -31,7 +31,7 @@ ARCHS="sm_75 sm_80 sm_90"
 
 # (a) and the ptxas reports of (b) come from the same three builds
 for a in $ARCHS; do
-  "$NVCC" -O3 -arch="$a" -Werror all-warnings -Xptxas -v -o "$B/bench_$a" "$SRC" >"$B/build_$a.log" 2>&1 &
+  "$NVCC" -O3 -arch="$a" -Werror all-warnings -Xptxas -v -o "$B/bench_$a" "$SRC" -lcublas >"$B/build_$a.log" 2>&1 &
   eval "pid_$a=$!"
 done
 for a in $ARCHS; do

@@ -74,7 +74,8 @@ BAD = [
     (["--truncate=abc"], "--truncate"),
     (["--json=1"], "--json"),
     (["--baseline-dtype=f32"], "--baseline-dtype"),
-    (["--inference"], "--inference"),
+    (["--inference", "--decode_tokens=0"], "--decode_tokens"),
+    (["--inference", "--variant=int8", "--kv-dtype=f32"], "--kv-dtype"),
     (["--backend=gpu"], "--backend"),
     (["--variant=v9"], "--variant"),
     (["--device=99"], "--device"),
@@ -296,6 +297,59 @@ try:
     report("--data shape mismatch exits 2 naming the shape", code == 2 and "--seq" in err and len(err.splitlines()) == 1, err)
 except (OSError, ValueError, IndexError, KeyError) as e:
     report("--data=file.npz", False, str(e))
+
+# ---- inference cycle (tests/test_cycle.c covers the library; these go through the CLI) ----
+CYCLE = ["--inference", "--seq=32", "--decode_tokens=8", "--layers=2", "--heads=4",
+         "--kv-heads=2", "--reps=3", "--warmup=1", "--quiet", "--json"] + EXTRA
+
+
+def cycle_ok(d, variant):
+    c = d["inference_cycle"]
+    s = c["series"]
+    return (c["variant"] == variant and d["variant"] == variant and c["layers"] == 2
+            and c["decode_tokens"] == 8 and len(s) == 8
+            and [p["context_len"] for p in s] == list(range(33, 41))
+            and close(c["elastic_tokens_per_sec"], 8000.0 / c["elastic_total_ms"])
+            and close(c["elastic_total_ms"], c["statistics"]["median"])
+            and len(c["samples_ms"]) == 3
+            and sum(c["phases_ms"].values()) <= c["statistics"]["mean"] * (1 + 1e-9)
+            and close(d["results"]["tokens_per_sec"], c["elastic_tokens_per_sec"], 1e-6)
+            and (variant == "cache") == (c["agreement_vs_cache"] is None)
+            and c["baseline_total_ms"] is None)
+
+
+VARIANTS = ["nocache", "cache", "int8", "shared", "int8-shared", "elastic"]
+code, out, err = run(CYCLE + ["--variant=" + ",".join(VARIANTS)])
+docs = parse_lines(out) if code == 0 else []
+by = {d["inference_cycle"]["variant"]: d for d in docs}
+report("cycle: six variants, one result each, consistent fields",
+       code == 0 and len(docs) == 6 and all(cycle_ok(by[v], v) for v in VARIANTS), err[-300:])
+if len(by) == 6:
+    nc = by["nocache"]["inference_cycle"]["agreement_vs_cache"]
+    report("cycle: nocache agrees with cache", nc["max_abs_diff"] <= 1e-6, str(nc))
+    kv = {v: by[v]["inference_cycle"]["memory"]["kv_cache_bytes"] for v in VARIANTS}
+    report("cycle: shared holds half of cache's KV bytes, int8 the formula",
+           kv["shared"] * 2 == kv["cache"] and kv["int8-shared"] * 2 == kv["int8"]
+           and kv["int8"] == 2 * 2 * 40 * 2 * (64 + 4) and kv["nocache"] == 0, str(kv))
+    report("cycle: lossy variants differ from cache",
+           all(e["rel_l2"] > 0 for e in by["int8"]["inference_cycle"]["error_vs_cache"]), "")
+code, out, err = run(CYCLE + ["--variant=all"])
+docs = parse_lines(out) if code == 0 else []
+report("cycle: --variant=all runs the six on the same data",
+       code == 0 and len(docs) == 1 and [c["variant"] for c in docs[0]["inference_cycle"]["variants"]] == VARIANTS,
+       err[-300:])
+code, out, err = run(CYCLE + ["--variant=int8", "--paired-baseline"])
+docs = parse_lines(out) if code == 0 else []
+report("cycle: paired baseline gives the seed's fields",
+       code == 0 and len(docs) == 1 and docs[0]["inference_cycle"]["speedup_vs_baseline"] > 0
+       and docs[0]["inference_cycle"]["baseline_tokens_per_sec"] > 0, err[-300:])
+for args, needle in [(["--variant=int8", "--kv-dtype=f32"], "--kv-dtype=f32"),
+                     (["--variant=int8-shared", "--kv-dtype=bf16"], "--kv-dtype=bf16"),
+                     (["--decode_tokens=0"], "--decode_tokens"),
+                     (["--layers=256", "--heads=1024", "--dim=256", "--seq=1048576"], "--layers")]:
+    code, out, err = run(["--inference"] + args + ["--quiet"] + EXTRA)
+    report("cycle: bad input " + " ".join(args), code == 2 and needle in err and out == "",
+           f"exit {code} {err!r}")
 
 shutil.rmtree(tmp, ignore_errors=True)
 print(f"{passed} passed, {failed} failed")

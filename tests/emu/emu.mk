@@ -17,7 +17,7 @@ EMU_ASAN := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-saniti
 EMU_TSAN := -O1 -fsanitize=thread
 EMU_SUITE := $(EMU_DIR)/test_emu.cpp $(EMU_DIR)/sample_kernel.cu $(EMU_HEADERS)
 EMU_PROGRAMS := $(addprefix $(EMU_OUT)/,test_emu test_emu_asan test_emu_tsan \
-	race_missing_barrier_tsan race_with_barrier_tsan oob_read_asan)
+	race_missing_barrier_tsan race_syncwarp_only_tsan race_with_barrier_tsan oob_read_asan)
 
 .PHONY: test-emu test-emu-suite
 test-emu: $(EMU_PROGRAMS)
@@ -42,8 +42,11 @@ $(EMU_OUT)/test_emu_tsan: $(EMU_SUITE) | $(EMU_OUT)
 $(EMU_OUT)/race_missing_barrier_tsan: $(EMU_DIR)/race_missing_barrier.cpp $(EMU_HEADERS) | $(EMU_OUT)
 	$(CXX) $(EMU_FLAGS) $(EMU_TSAN) -o $@ $<
 
+$(EMU_OUT)/race_syncwarp_only_tsan: $(EMU_DIR)/race_missing_barrier.cpp $(EMU_HEADERS) | $(EMU_OUT)
+	$(CXX) $(EMU_FLAGS) $(EMU_TSAN) -DSYNC=1 -o $@ $<
+
 $(EMU_OUT)/race_with_barrier_tsan: $(EMU_DIR)/race_missing_barrier.cpp $(EMU_HEADERS) | $(EMU_OUT)
-	$(CXX) $(EMU_FLAGS) $(EMU_TSAN) -DWITH_BARRIER=1 -o $@ $<
+	$(CXX) $(EMU_FLAGS) $(EMU_TSAN) -DSYNC=2 -o $@ $<
 
 $(EMU_OUT)/oob_read_asan: $(EMU_DIR)/oob_read.cpp $(EMU_HEADERS) | $(EMU_OUT)
 	$(CXX) $(EMU_FLAGS) $(EMU_ASAN) -o $@ $<

@@ -102,6 +102,13 @@ else
     fail "TSan reports the data race of a missing __syncthreads" "exit $status, see $logs/race_missing_barrier.log"
 fi
 
+run_logged "$logs/race_syncwarp_only.log" "$out/race_syncwarp_only_tsan"
+if [ "$status" -ne 0 ] && grep -q 'WARNING: ThreadSanitizer: data race' "$logs/race_syncwarp_only.log"; then
+    pass "TSan reports the race between warps that only __syncwarp separates"
+else
+    fail "TSan reports the race between warps that only __syncwarp separates" "exit $status, see $logs/race_syncwarp_only.log"
+fi
+
 run_logged "$logs/race_with_barrier.log" "$out/race_with_barrier_tsan"
 if [ "$status" -eq 0 ] && ! grep -q 'ThreadSanitizer' "$logs/race_with_barrier.log"; then
     pass "TSan is quiet about the same kernel with its __syncthreads"

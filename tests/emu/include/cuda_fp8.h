@@ -101,52 +101,69 @@ inline __half2_raw __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t x, __nv_fp8_i
                        ekv_emu::fp8_to_half_bits(static_cast<__nv_fp8_storage_t>(x >> 8), interpretation)};
 }
 
+namespace ekv_emu {
+
+inline __nv_fp8x4_storage_t float4_to_fp8x4(float4 f, __nv_fp8_interpretation_t interpretation)
+{
+    return __nv_cvt_float2_to_fp8x2(make_float2(f.x, f.y), __NV_SATFINITE, interpretation) |
+           (__nv_fp8x4_storage_t(__nv_cvt_float2_to_fp8x2(make_float2(f.z, f.w), __NV_SATFINITE, interpretation)) << 16);
+}
+
+inline __nv_fp8x4_storage_t halves_to_fp8x4(__half2 low, __half2 high, __nv_fp8_interpretation_t interpretation)
+{
+    return __nv_cvt_halfraw2_to_fp8x2(static_cast<__half2_raw>(low), __NV_SATFINITE, interpretation) |
+           (__nv_fp8x4_storage_t(__nv_cvt_halfraw2_to_fp8x2(static_cast<__half2_raw>(high), __NV_SATFINITE,
+                                                            interpretation)) << 16);
+}
+
+inline float2 fp8x2_to_float2(__nv_fp8x2_storage_t x, __nv_fp8_interpretation_t interpretation)
+{
+    return __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(x, interpretation)));
+}
+
+inline float4 fp8x4_to_float4(__nv_fp8x4_storage_t x, __nv_fp8_interpretation_t interpretation)
+{
+    const float2 low = fp8x2_to_float2(static_cast<__nv_fp8x2_storage_t>(x & 0xffffu), interpretation);
+    const float2 high = fp8x2_to_float2(static_cast<__nv_fp8x2_storage_t>(x >> 16), interpretation);
+    return make_float4(low.x, low.y, high.x, high.y);
+}
+
+} /* namespace ekv_emu */
+
 /* The scalar, pair and quad classes; conversions into them saturate (__NV_SATFINITE), as
    CUDA's do, and conversions out of them are explicit. */
-#define EKV_EMU_FP8_TYPES(name, name2, name4, interpretation)                                        \
-    struct EKV_EMU_ALIGNED_MAY_ALIAS(1) name {                                                                        \
+#define EKV_EMU_FP8_TYPES(name, name2, name4, kind)                                                  \
+    struct EKV_EMU_ALIGNED_MAY_ALIAS(1) name {                                                      \
         __nv_fp8_storage_t __x;                                                                     \
         name() = default;                                                                           \
-        explicit name(float f) : __x(__nv_cvt_float_to_fp8(f, __NV_SATFINITE, interpretation)) {}   \
-        explicit name(double f) : __x(__nv_cvt_double_to_fp8(f, __NV_SATFINITE, interpretation)) {} \
-        explicit name(__half f)                                                                     \
-            : __x(__nv_cvt_halfraw_to_fp8(static_cast<__half_raw>(f), __NV_SATFINITE, interpretation)) {} \
-        explicit name(__nv_bfloat16 f)                                                              \
-            : __x(__nv_cvt_bfloat16raw_to_fp8(static_cast<__nv_bfloat16_raw>(f), __NV_SATFINITE, interpretation)) {} \
+        explicit name(float f) : __x(__nv_cvt_float_to_fp8(f, __NV_SATFINITE, kind)) {}             \
+        explicit name(double f) : __x(__nv_cvt_double_to_fp8(f, __NV_SATFINITE, kind)) {}           \
+        explicit name(__half f) : __x(__nv_cvt_halfraw_to_fp8(f, __NV_SATFINITE, kind)) {}          \
+        explicit name(__nv_bfloat16 f) : __x(__nv_cvt_bfloat16raw_to_fp8(f, __NV_SATFINITE, kind)) {} \
         explicit name(int v) : name(float(v)) {}                                                    \
         explicit name(unsigned int v) : name(float(v)) {}                                           \
         explicit name(long long v) : name(float(v)) {}                                              \
         explicit name(unsigned long long v) : name(float(v)) {}                                     \
-        explicit operator __half() const { return __half(__nv_cvt_fp8_to_halfraw(__x, interpretation)); } \
+        explicit operator __half() const { return __half(__nv_cvt_fp8_to_halfraw(__x, kind)); }    \
         explicit operator float() const { return __half2float(static_cast<__half>(*this)); }       \
         explicit operator double() const { return double(static_cast<float>(*this)); }             \
         explicit operator __nv_bfloat16() const { return __float2bfloat16(static_cast<float>(*this)); } \
     };                                                                                              \
-    struct EKV_EMU_ALIGNED_MAY_ALIAS(2) name2 {                                                                       \
+    struct EKV_EMU_ALIGNED_MAY_ALIAS(2) name2 {                                                     \
         __nv_fp8x2_storage_t __x;                                                                   \
         name2() = default;                                                                          \
-        explicit name2(float2 f) : __x(__nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, interpretation)) {} \
-        explicit name2(double2 f) : __x(__nv_cvt_double2_to_fp8x2(f, __NV_SATFINITE, interpretation)) {} \
-        explicit name2(__half2 f)                                                                   \
-            : __x(__nv_cvt_halfraw2_to_fp8x2(static_cast<__half2_raw>(f), __NV_SATFINITE, interpretation)) {} \
-        explicit operator __half2() const { return __half2(__nv_cvt_fp8x2_to_halfraw2(__x, interpretation)); } \
-        explicit operator float2() const { return __half22float2(static_cast<__half2>(*this)); }   \
+        explicit name2(float2 f) : __x(__nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, kind)) {}        \
+        explicit name2(double2 f) : __x(__nv_cvt_double2_to_fp8x2(f, __NV_SATFINITE, kind)) {}      \
+        explicit name2(__half2 f) : __x(__nv_cvt_halfraw2_to_fp8x2(f, __NV_SATFINITE, kind)) {}     \
+        explicit operator __half2() const { return __half2(__nv_cvt_fp8x2_to_halfraw2(__x, kind)); } \
+        explicit operator float2() const { return ekv_emu::fp8x2_to_float2(__x, kind); }           \
     };                                                                                              \
-    struct EKV_EMU_ALIGNED_MAY_ALIAS(4) name4 {                                                                       \
+    struct EKV_EMU_ALIGNED_MAY_ALIAS(4) name4 {                                                     \
         __nv_fp8x4_storage_t __x;                                                                   \
         name4() = default;                                                                          \
-        explicit name4(float4 f)                                                                    \
-            : __x(__nv_cvt_float2_to_fp8x2(make_float2(f.x, f.y), __NV_SATFINITE, interpretation) | \
-                  (__nv_fp8x4_storage_t(__nv_cvt_float2_to_fp8x2(make_float2(f.z, f.w), __NV_SATFINITE, interpretation)) << 16)) {} \
-        explicit name4(__half2 low, __half2 high)                                                   \
-            : __x(__nv_cvt_halfraw2_to_fp8x2(static_cast<__half2_raw>(low), __NV_SATFINITE, interpretation) | \
-                  (__nv_fp8x4_storage_t(__nv_cvt_halfraw2_to_fp8x2(static_cast<__half2_raw>(high), __NV_SATFINITE, interpretation)) << 16)) {} \
-        explicit operator float4() const                                                            \
-        {                                                                                           \
-            const float2 low = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(__x & 0xffffu), interpretation))); \
-            const float2 high = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(__x >> 16), interpretation))); \
-            return make_float4(low.x, low.y, high.x, high.y);                                       \
-        }                                                                                           \
+        explicit name4(float4 f) : __x(ekv_emu::float4_to_fp8x4(f, kind)) {}                        \
+        explicit name4(__half2 low, __half2 high) : __x(ekv_emu::halves_to_fp8x4(low, high, kind)) {} \
+        explicit operator float4() const { return ekv_emu::fp8x4_to_float4(__x, kind); }           \
     };
 
 EKV_EMU_FP8_TYPES(__nv_fp8_e4m3, __nv_fp8x2_e4m3, __nv_fp8x4_e4m3, __NV_E4M3)

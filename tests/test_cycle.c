@@ -1,0 +1,283 @@
+/* test_cycle.c - the inference cycle (ekv.h >>cycle) on the CPU backend, at small sizes:
+   the series has one point per decode step with context_len = seq+1..seq+T; nocache and
+   cache agree on the last step's outputs; shared holds half of cache's KV bytes; int8's
+   bytes follow the formula; tokens/s matches the times; the phases fit in the step time;
+   the lossy variants differ from cache while nocache does not; topk and pool elastic
+   cycles run (fewer observed queries than --observe at first); paired baseline; the JSON
+   of the cycle; bad combinations give the documented errors.
+
+   Build: cc -std=c99 -pedantic -Wall -Wextra -Werror -O1 -I. tests/test_cycle.c -lm \
+              -o build/test_cycle */
+#define EKV_IMPLEMENTATION
+#include "../ekv.h"
+#include "ekv_test.h"
+
+#include <math.h>
+#include <string.h>
+
+static ekv_config small_config(ekv_variant variant)
+{
+    ekv_config c = ekv_config_default();
+    c.inference = 1;
+    c.variant = variant;
+    c.batch = 2;
+    c.seq_len = 24;
+    c.decode_tokens = 6;
+    c.layers = 2;
+    c.heads = 4;
+    c.kv_heads = 2;
+    c.head_dim = 64;
+    c.reps = 3;
+    c.warmup = 1;
+    c.compression = 2;
+    c.policy = EKV_POLICY_STRIDE;
+    return c;
+}
+
+static const ekv_cycle_result *find_cycle(const ekv_report *r, ekv_variant v)
+{
+    int i;
+    for (i = 0; i < r->cycle_count; i++)
+        if (r->cycles[i].variant == v) return &r->cycles[i];
+    return NULL;
+}
+
+static void test_all_variants(void)
+{
+    ekv_config c = small_config(EKV_VARIANT_ALL);
+    ekv_report r;
+    ekv_result res;
+    const int kv_heads = 2, D = 64;
+    int i, s, l, p;
+    memset(&r, 0, sizeof r);
+    TEST_BEGIN("cycle: all variants, series, bytes, agreement, throughput");
+    res = ekv_cycle_run(&c, &r);
+    CHECK(res == EKV_SUCCESS, "ekv_cycle_run: %s", ekv_last_error());
+    CHECK(r.cycle_count == 6, "cycle_count %d", r.cycle_count);
+    if (res == EKV_SUCCESS && r.cycle_count == 6) {
+        const ekv_cycle_result *nocache = find_cycle(&r, EKV_VARIANT_NOCACHE);
+        const ekv_cycle_result *cache = find_cycle(&r, EKV_VARIANT_CACHE);
+        const ekv_cycle_result *int8 = find_cycle(&r, EKV_VARIANT_INT8);
+        const ekv_cycle_result *shared = find_cycle(&r, EKV_VARIANT_SHARED);
+        const ekv_cycle_result *int8_shared = find_cycle(&r, EKV_VARIANT_INT8_SHARED);
+        const ekv_cycle_result *elastic = find_cycle(&r, EKV_VARIANT_ELASTIC);
+        CHECK(nocache && cache && int8 && shared && int8_shared && elastic, "every variant ran");
+        for (i = 0; i < r.cycle_count; i++) {
+            const ekv_cycle_result *y = &r.cycles[i];
+            double phases = 0.0;
+            CHECK(y->series_count == c.decode_tokens, "%s: %d series points",
+                  ekv_variant_name(y->variant), y->series_count);
+            for (s = 0; s < y->series_count; s++) {
+                CHECK(y->series[s].step == s + 1, "step %d", y->series[s].step);
+                CHECK(y->series[s].context_len == c.seq_len + s + 1, "context_len %d at %d",
+                      y->series[s].context_len, s);
+                CHECK(y->series[s].latency_ms > 0.0, "latency %g", y->series[s].latency_ms);
+                CHECK(y->series[s].peak_device_bytes >= y->series[s].kv_cache_bytes, "peak >= kv");
+            }
+            CHECK(y->sample_count == (size_t)c.reps, "%zu samples", y->sample_count);
+            CHECK_CLOSE(y->tokens_per_sec, c.batch * c.decode_tokens * 1000.0 / y->total_ms, 1e-12, 0,
+                        "tokens/s = batch x T x 1000 / total_ms");
+            CHECK(y->total_ms == y->stats.median, "total is the median");
+            for (p = 0; p < EKV_CYCLE_PHASES; p++) {
+                CHECK(y->phases_ms[p] >= 0.0, "phase %d = %g", p, y->phases_ms[p]);
+                phases += y->phases_ms[p];
+            }
+            CHECK(phases <= y->stats.mean * (1 + 1e-12), "%s: phases %g > mean loop %g",
+                  ekv_variant_name(y->variant), phases, y->stats.mean);
+            if (y->variant != EKV_VARIANT_ELASTIC)
+                CHECK(y->phases_ms[EKV__PHASE_COMPRESS] < 0.05 * y->stats.mean + 0.01,
+                      "no compression outside elastic");
+        }
+        if (nocache && cache && int8 && shared && int8_shared && elastic) {
+            printf("  nocache vs cache: max |diff| %.3g, bitwise %s\n", nocache->agreement_max_abs_diff,
+                   nocache->agreement_bitwise_equal ? "yes" : "no");
+            CHECK(nocache->has_agreement && nocache->agreement_max_abs_diff <= 1e-6,
+                  "nocache vs cache max diff %g", nocache->agreement_max_abs_diff);
+            CHECK(!cache->has_agreement, "cache is the reference");
+            for (l = 0; l < c.layers; l++) {
+                CHECK(nocache->error_vs_cache[l].rel_l2 <= 1e-6, "nocache layer %d rel_l2 %g", l,
+                      nocache->error_vs_cache[l].rel_l2);
+                CHECK(int8->error_vs_cache[l].rel_l2 > 0 && int8->error_vs_cache[l].rel_l2 < 0.05,
+                      "int8 layer %d rel_l2 %g", l, int8->error_vs_cache[l].rel_l2);
+                CHECK(elastic->error_vs_cache[l].rel_l2 > 0, "elastic layer %d", l);
+                CHECK(int8_shared->error_vs_cache[l].rel_l2 > 0, "int8-shared layer %d", l);
+            }
+            /* layer 0 of shared owns its cache: exact; layer 1 reads layer 0's */
+            CHECK(shared->error_vs_cache[0].rel_l2 == 0.0, "shared layer 0 %g", shared->error_vs_cache[0].rel_l2);
+            CHECK(shared->error_vs_cache[1].rel_l2 > 0.0, "shared layer 1 %g", shared->error_vs_cache[1].rel_l2);
+            CHECK(!int8->agreement_bitwise_equal, "int8 not bitwise equal");
+            for (s = 0; s < c.decode_tokens; s++) {
+                const double ctx = c.seq_len + s + 1;
+                CHECK(nocache->series[s].kv_cache_bytes == 0.0, "nocache keeps no cache");
+                CHECK_CLOSE(cache->series[s].kv_cache_bytes,
+                            (double)c.layers * c.batch * kv_heads * ctx * 2.0 * D * 2.0, 0, 0, "f16 bytes");
+                CHECK_CLOSE(shared->series[s].kv_cache_bytes, cache->series[s].kv_cache_bytes / 2, 0, 0,
+                            "shared = half of cache");
+                CHECK_CLOSE(int8->series[s].kv_cache_bytes,
+                            (double)c.layers * c.batch * kv_heads * ctx * 2.0 * (D + 4.0), 0, 0,
+                            "int8 bytes = layers x batch x kv_heads x ctx x 2 x (D + 4)");
+                CHECK_CLOSE(int8_shared->series[s].kv_cache_bytes, int8->series[s].kv_cache_bytes / 2, 0, 0,
+                            "int8-shared = half of int8");
+                CHECK(elastic->series[s].kv_cache_bytes < cache->series[s].kv_cache_bytes,
+                      "elastic smaller than cache");
+                if (s > 0)
+                    CHECK(nocache->series[s].peak_device_bytes > nocache->series[s - 1].peak_device_bytes,
+                          "nocache's stored inputs grow with the context");
+            }
+        }
+        CHECK_CLOSE(r.stats.median * c.decode_tokens, r.cycles[0].total_ms, 1e-12, 0,
+                    "results: per-step time = loop / T");
+    }
+    TEST_END();
+    ekv_report_free(&r);
+}
+
+/* Elastic policies that need more: topk (observed queries, fewer than --observe at the
+   first elastic step since seq < observe) and pool (logit bias), with a recent window. */
+static void test_elastic_policies(void)
+{
+    static const ekv_policy policies[3] = {EKV_POLICY_TOPK, EKV_POLICY_POOL, EKV_POLICY_WINDOW};
+    int i;
+    TEST_BEGIN("cycle: elastic topk, pool, window with recent window and compress-every");
+    for (i = 0; i < 3; i++) {
+        ekv_config c = small_config(EKV_VARIANT_ELASTIC);
+        ekv_report r;
+        ekv_result res;
+        memset(&r, 0, sizeof r);
+        c.policy = policies[i];
+        c.seq_len = 10;
+        c.observe = 16;
+        c.recent = 2;
+        c.sinks = 1;
+        c.compress_every = 3;
+        c.decode_tokens = 7;
+        c.kv_dtype = i == 1 ? EKV_DTYPE_INT4 : EKV_DTYPE_F32;
+        res = ekv_cycle_run(&c, &r);
+        CHECK(res == EKV_SUCCESS, "%s: %s", ekv_policy_name(c.policy), ekv_last_error());
+        if (res == EKV_SUCCESS) {
+            const ekv_cycle_result *y = &r.cycles[0];
+            CHECK(y->series_count == 7 && y->has_agreement, "series and agreement");
+            CHECK(y->error_vs_cache[0].rel_l2 > 0 && y->error_vs_cache[0].cosine > 0.3,
+                  "%s: error %g cosine %g", ekv_policy_name(c.policy), y->error_vs_cache[0].rel_l2,
+                  y->error_vs_cache[0].cosine);
+            CHECK(y->phases_ms[EKV__PHASE_COMPRESS] > 0.0, "compression timed");
+            /* slots: prefill keeps 6 of 10 (8 old -> 4, recent 2); each anchor
+               (steps 3, 6) keeps ceil(3/2) + 2 of its 5 fresh slots */
+            {
+                static const int slots[7] = {7, 8, 8, 9, 10, 10, 11};
+                int s;
+                for (s = 0; s < 7; s++)
+                    CHECK_CLOSE(y->series[s].kv_cache_bytes, y->series[0].kv_cache_bytes * slots[s] / 7.0,
+                                1e-12, 0, "KV bytes follow the slot count");
+            }
+        }
+        ekv_report_free(&r);
+    }
+    TEST_END();
+}
+
+static void test_paired_and_json(void)
+{
+    ekv_config c = small_config(EKV_VARIANT_INT8);
+    ekv_report r;
+    ekv_json j;
+    ekv_result res;
+    memset(&r, 0, sizeof r);
+    c.paired_baseline = 1;
+    TEST_BEGIN("cycle: paired baseline and JSON");
+    res = ekv_cycle_run(&c, &r);
+    CHECK(res == EKV_SUCCESS, "%s", ekv_last_error());
+    if (res == EKV_SUCCESS) {
+        const ekv_cycle_result *y = &r.cycles[0];
+        CHECK(y->has_baseline && y->speedup > 0 && y->speedup_ci_lo <= y->speedup_ci_hi,
+              "speedup %g [%g, %g]", y->speedup, y->speedup_ci_lo, y->speedup_ci_hi);
+        CHECK_CLOSE(y->baseline_tokens_per_sec, c.batch * c.decode_tokens * 1000.0 / y->baseline_total_ms,
+                    1e-12, 0, "baseline tokens/s");
+        CHECK(r.has_baseline, "report baseline");
+        ekv_json_init(&j, 0);
+        ekv_report_write_json(&r, &j);
+        CHECK(!j.failed, "json");
+        if (!j.failed) {
+            CHECK(strstr(j.buffer, "\"inference_cycle\":{\"variant\":\"int8\",\"layers\":2") != NULL,
+                  "inference_cycle object");
+            CHECK(strstr(j.buffer, "\"phases_ms\":{\"projection\":") != NULL, "phases");
+            CHECK(strstr(j.buffer, "\"series\":[{\"step\":1,\"context_len\":25,") != NULL, "series");
+            CHECK(strstr(j.buffer, "\"agreement_vs_cache\":{\"max_abs_diff\":") != NULL, "agreement");
+            CHECK(strstr(j.buffer, "\"error_vs_cache\":[{\"layer\":0,") != NULL, "error per layer");
+            CHECK(strstr(j.buffer, "\"speedup_vs_baseline\":null") == NULL, "speedup measured");
+        }
+        ekv_json_free(&j);
+    }
+    TEST_END();
+    ekv_report_free(&r);
+}
+
+static void test_outputs_match_cycle(void)
+{
+    ekv_config c = small_config(EKV_VARIANT_CACHE);
+    const size_t per_step = (size_t)c.layers * c.batch * c.heads * c.head_dim;
+    float *a = (float *)calloc(per_step * (size_t)c.decode_tokens, sizeof(float));
+    float *b = (float *)calloc(per_step * (size_t)c.decode_tokens, sizeof(float));
+    TEST_BEGIN("cycle: ekv_cycle_outputs, nocache vs cache at every step");
+    CHECK(a && b, "alloc");
+    if (a && b) {
+        size_t i;
+        double most = 0.0;
+        CHECK(ekv_cycle_outputs(&c, EKV_VARIANT_CACHE, a) == EKV_SUCCESS, "%s", ekv_last_error());
+        CHECK(ekv_cycle_outputs(&c, EKV_VARIANT_NOCACHE, b) == EKV_SUCCESS, "%s", ekv_last_error());
+        for (i = 0; i < per_step * (size_t)c.decode_tokens; i++) {
+            double d = fabs((double)a[i] - b[i]);
+            if (!(d <= most)) most = d;
+        }
+        CHECK(most <= 1e-6, "max diff over all steps %g", most);
+        CHECK(ekv_cycle_outputs(&c, EKV_VARIANT_ALL, a) == EKV_ERR_INVALID_ARG, "all refused");
+    }
+    free(a);
+    free(b);
+    TEST_END();
+}
+
+static void test_bad_combinations(void)
+{
+    ekv_config c = small_config(EKV_VARIANT_INT8);
+    ekv_report r;
+    TEST_BEGIN("cycle: bad combinations");
+    c.kv_dtype = EKV_DTYPE_F32;
+    CHECK(ekv_config_validate(&c) == EKV_ERR_UNSUPPORTED, "int8 + f32");
+    CHECK(strstr(ekv_last_error(), "--variant=int8") && strstr(ekv_last_error(), "--kv-dtype=f32"),
+          "message names the flags: %s", ekv_last_error());
+    c.variant = EKV_VARIANT_INT8_SHARED;
+    CHECK(ekv_config_validate(&c) == EKV_ERR_UNSUPPORTED, "int8-shared + f32");
+    c.kv_dtype = EKV_DTYPE_INT8;
+    CHECK(ekv_config_validate(&c) == EKV_SUCCESS, "int8-shared + int8: %s", ekv_last_error());
+    c = small_config(EKV_VARIANT_CACHE);
+    c.decode_tokens = 0;
+    CHECK(ekv_config_validate(&c) == EKV_ERR_INVALID_ARG, "decode_tokens 0");
+    CHECK(strstr(ekv_last_error(), "--decode_tokens") != NULL, "%s", ekv_last_error());
+    c = small_config(EKV_VARIANT_NOCACHE);
+    c.layers = 256;
+    c.heads = 1024;
+    c.head_dim = 256;
+    c.seq_len = 1 << 20;
+    CHECK(ekv_config_validate(&c) == EKV_ERR_UNSUPPORTED, "a cycle that does not fit");
+    CHECK(strstr(ekv_last_error(), "--layers") != NULL, "%s", ekv_last_error());
+    memset(&r, 0, sizeof r);
+    CHECK(ekv_cycle_run(&c, &r) == EKV_ERR_UNSUPPORTED, "refused before allocating");
+    ekv_report_free(&r);
+    c = small_config(EKV_VARIANT_CACHE);
+    c.inference = 0;
+    memset(&r, 0, sizeof r);
+    CHECK(ekv_cycle_run(&c, &r) == EKV_ERR_INVALID_ARG, "needs --inference");
+    ekv_report_free(&r);
+    TEST_END();
+}
+
+int main(void)
+{
+    test_all_variants();
+    test_elastic_policies();
+    test_paired_and_json();
+    test_outputs_match_cycle();
+    test_bad_combinations();
+    return ekv_test_finish();
+}

@@ -1,0 +1,149 @@
+/* test_cycle_emu.cpp - the inference cycle's device path (src/ekv_cuda_cycle.inl) on the
+   CPU execution emulator against the CPU cycle (src/ekv_cycle.inl), at tiny sizes: every
+   decode step's attention outputs of cache (f16), int8 and elastic (stride with f32,
+   topk with f16, pool with int8) agree within 1e-5 relative (the emulator's cuBLAS
+   stand-in sums in the CPU projection's order, so k and v are the same floats); nocache
+   agrees with cache on the device; ekv_cuda_cycle_run fills the series, the agreement and
+   the memory figures; a cycle larger than the device's free memory is refused.
+
+   Build: g++ -std=c++17 -O1 -pthread -DEKV_EMULATOR -Itests/emu/include -I. \
+              tests/test_cycle_emu.cpp -o build/test_cycle_emu */
+#define EKV_IMPLEMENTATION
+#include "../ekv_cuda.cuh"
+#include "../src/ekv_cuda_cache.inl"
+#include "../src/ekv_cuda_cycle.inl"
+#include "ekv_test.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static ekv_config tiny(ekv_variant variant)
+{
+    ekv_config c = ekv_config_default();
+    c.inference = 1;
+    c.variant = variant;
+    c.batch = 2;
+    c.seq_len = 12;
+    c.decode_tokens = 4;
+    c.layers = 2;
+    c.heads = 2;
+    c.kv_heads = 1;
+    c.head_dim = 64;
+    c.reps = 2;
+    c.warmup = 0;
+    c.compression = 2;
+    c.compress_every = 2;
+    c.policy = EKV_POLICY_STRIDE;
+    return c;
+}
+
+/* max over steps and layers of ||dev - cpu|| / ||cpu|| per (step, layer) */
+static double worst_rel(const float *cpu, const float *dev, size_t steps_layers, size_t per)
+{
+    double worst = 0.0;
+    for (size_t i = 0; i < steps_layers; i++) {
+        double num = 0.0, den = 0.0;
+        for (size_t j = 0; j < per; j++) {
+            double d = (double)dev[i * per + j] - cpu[i * per + j];
+            num += d * d;
+            den += (double)cpu[i * per + j] * cpu[i * per + j];
+        }
+        double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+        if (!(rel <= worst)) worst = rel;
+    }
+    return worst;
+}
+
+static void compare(const char *name, ekv_config c)
+{
+    const size_t per = (size_t)c.batch * c.heads * c.head_dim;
+    const size_t n = per * (size_t)c.layers * (size_t)c.decode_tokens;
+    float *cpu = (float *)calloc(n, sizeof(float)), *dev = (float *)calloc(n, sizeof(float));
+    TEST_BEGIN(name);
+    CHECK(ekv_cycle_outputs(&c, c.variant, cpu) == EKV_SUCCESS, "cpu: %s", ekv_last_error());
+    CHECK(ekv_cuda_cycle_outputs(&c, c.variant, dev) == EKV_SUCCESS, "device: %s", ekv_last_error());
+    double rel = worst_rel(cpu, dev, (size_t)c.layers * c.decode_tokens, per);
+    printf("  %s: worst relative difference per step and layer %.3g\n", name, rel);
+    CHECK(rel <= 1e-5, "relative difference %g", rel);
+    TEST_END();
+    free(cpu);
+    free(dev);
+}
+
+int main(void)
+{
+    ekv_config c = tiny(EKV_VARIANT_CACHE);
+    compare("emu cycle: cache f16, every step vs CPU", c);
+    compare("emu cycle: int8, every step vs CPU", tiny(EKV_VARIANT_INT8));
+    c = tiny(EKV_VARIANT_ELASTIC);
+    c.kv_dtype = EKV_DTYPE_F32;
+    compare("emu cycle: elastic stride f32, every step vs CPU", c);
+    c.policy = EKV_POLICY_TOPK;
+    c.kv_dtype = EKV_DTYPE_F16;
+    c.observe = 16;
+    c.sinks = 1;
+    c.recent = 2;
+    compare("emu cycle: elastic topk f16, every step vs CPU", c);
+    c.policy = EKV_POLICY_POOL;
+    c.kv_dtype = EKV_DTYPE_INT8;
+    compare("emu cycle: elastic pool int8, every step vs CPU", c);
+    {
+        ekv_config s = tiny(EKV_VARIANT_SHARED);
+        compare("emu cycle: shared, every step vs CPU", s);
+    }
+    {
+        ekv_config a = tiny(EKV_VARIANT_ALL);
+        ekv_report r;
+        memset(&r, 0, sizeof r);
+        TEST_BEGIN("emu cycle: ekv_cuda_cycle_run all variants");
+        ekv_result res = ekv_cuda_cycle_run(&a, &r);
+        CHECK(res == EKV_SUCCESS, "%s", ekv_last_error());
+        if (res == EKV_SUCCESS) {
+            CHECK(r.cycle_count == 6, "%d cycles", r.cycle_count);
+            CHECK(r.backend == EKV_BACKEND_EMULATOR, "backend");
+            const ekv_cycle_result *nocache = &r.cycles[0];
+            CHECK(nocache->variant == EKV_VARIANT_NOCACHE && nocache->has_agreement, "nocache first");
+            printf("  device nocache vs cache: max |diff| %.3g, bitwise %s\n", nocache->agreement_max_abs_diff,
+                   nocache->agreement_bitwise_equal ? "yes" : "no");
+            CHECK(nocache->agreement_max_abs_diff <= 1e-6, "nocache vs cache %g", nocache->agreement_max_abs_diff);
+            for (int i = 0; i < r.cycle_count; i++) {
+                const ekv_cycle_result *y = &r.cycles[i];
+                CHECK(y->series_count == a.decode_tokens && y->series[0].context_len == a.seq_len + 1,
+                      "%s series", ekv_variant_name(y->variant));
+                CHECK(y->total_ms > 0 && y->peak_device_bytes > 0, "%s times and memory",
+                      ekv_variant_name(y->variant));
+                double phases = 0;
+                for (int p = 0; p < EKV_CYCLE_PHASES; p++) phases += y->phases_ms[p];
+                CHECK(phases <= y->stats.mean * (1 + 1e-6), "%s phases %g > %g", ekv_variant_name(y->variant),
+                      phases, y->stats.mean);
+            }
+            CHECK(r.cycles[3].kv_cache_bytes * 2 == r.cycles[1].kv_cache_bytes, "shared = half of cache");
+            CHECK(r.cycles[2].error_vs_cache[0].rel_l2 > 0, "int8 lossy");
+        }
+        ekv_report_free(&r);
+        TEST_END();
+    }
+    {
+        ekv_config big = tiny(EKV_VARIANT_CACHE);
+        ekv_report r;
+        size_t free_bytes = 0, total = 0;
+        memset(&r, 0, sizeof r);
+        TEST_BEGIN("emu cycle: a cycle beyond the device's free memory is refused");
+        cudaMemGetInfo(&free_bytes, &total);
+        big.layers = 64;
+        big.heads = 64;
+        big.head_dim = 128;
+        big.seq_len = 65536;
+        if (ekv_cycle_memory_estimate(&big, big.variant) > (double)free_bytes &&
+            ekv_config_validate(&big) == EKV_SUCCESS) {
+            CHECK(ekv_cuda_cycle_run(&big, &r) == EKV_ERR_OUT_OF_MEMORY, "refused: %s", ekv_last_error());
+            CHECK(strstr(ekv_last_error(), "--layers") != NULL, "%s", ekv_last_error());
+        } else {
+            printf("  (host validation refused it first: %s)\n", ekv_last_error());
+        }
+        ekv_report_free(&r);
+        TEST_END();
+    }
+    return ekv_test_finish();
+}
