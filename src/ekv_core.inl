@@ -1190,6 +1190,7 @@ static ekv_result ekv__cache_clone(const ekv_host_cache *src, ekv_host_cache *ds
     dst->lengths = NULL;
     dst->k = dst->v = dst->k_scales = dst->v_scales = NULL;
     dst->bias = NULL;
+    dst->compressed = NULL; /* a timing copy is read, never grown or compressed */
     if (src->dtype == EKV_DTYPE_INT8 || src->dtype == EKV_DTYPE_INT4)
         scale_bytes = slots * ekv_dtype_row_scale_bytes(src->dtype, src->head_dim);
     else if (src->dtype == EKV_DTYPE_FP8)

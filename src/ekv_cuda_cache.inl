@@ -234,7 +234,7 @@ static __device__ __forceinline__ void ekv_cuda__warp_arg_min(float *value, int 
     for (offset = 16; offset > 0; offset /= 2) {
         const float other = __shfl_xor_sync(EKV_CUDA__FULL_MASK, *value, offset);
         const int other_index = __shfl_xor_sync(EKV_CUDA__FULL_MASK, *index, offset);
-        if (other < *value || (other == *value && other_index > *index)) {
+        if (other < *value || (other == *value && other_index < *index)) {
             *value = other;
             *index = other_index;
         }
