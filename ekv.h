@@ -793,12 +793,5890 @@ EKV_DEF void ekv_cycle_print_table(const ekv_report *report, FILE *out);
 #ifndef EKV_IMPLEMENTATION_DONE
 #define EKV_IMPLEMENTATION_DONE
 
-#include "src/ekv_base.inl"
-#include "src/ekv_numeric.inl"
-#include "src/ekv_data.inl"
-#include "src/ekv_cache_ops.inl"
-#include "src/ekv_cycle.inl"
-#include "src/ekv_core.inl"
+/* >>base: allocation, errors, small helpers shared by every section ========= */
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(EKV_MALLOC) && defined(EKV_FREE) && defined(EKV_REALLOC)
+/* user-provided allocator */
+#elif !defined(EKV_MALLOC) && !defined(EKV_FREE) && !defined(EKV_REALLOC)
+#define EKV_MALLOC(n) malloc(n)
+#define EKV_FREE(p) free(p)
+#define EKV_REALLOC(p, n) realloc(p, n)
+#else
+#error "ekv.h: define all of EKV_MALLOC, EKV_FREE and EKV_REALLOC, or none"
+#endif
+
+#if defined(__cplusplus) && __cplusplus >= 201103L
+#define EKV__THREAD_LOCAL thread_local
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L && !defined(__STDC_NO_THREADS__)
+#define EKV__THREAD_LOCAL _Thread_local
+#elif defined(__GNUC__) || defined(__clang__)
+#define EKV__THREAD_LOCAL __thread
+#elif defined(_MSC_VER)
+#define EKV__THREAD_LOCAL __declspec(thread)
+#else
+#define EKV__THREAD_LOCAL
+#endif
+
+#define EKV__PI 3.14159265358979323846
+
+static EKV__THREAD_LOCAL char ekv__error_message[1024];
+
+EKV_DEF const char *ekv_result_string(ekv_result result)
+{
+    switch (result) {
+#define EKV__RESULT_CASE(name, value, message) \
+    case name:                                 \
+        return message;
+        EKV_RESULT_LIST(EKV__RESULT_CASE)
+#undef EKV__RESULT_CASE
+    default:
+        return "unknown result code";
+    }
+}
+
+EKV_DEF const char *ekv_last_error(void)
+{
+    return ekv__error_message;
+}
+
+EKV_DEF ekv_result ekv_set_error(ekv_result code, const char *format, ...)
+{
+    va_list args;
+    va_start(args, format);
+    vsnprintf(ekv__error_message, sizeof ekv__error_message, format, args);
+    va_end(args);
+    return code;
+}
+
+EKV_DEF const char *ekv_version(void)
+{
+    return EKV_VERSION_STRING;
+}
+
+/* calloc through the configured allocator; NULL (with the error set) on overflow or
+   failure. */
+#if defined(__GNUC__) || defined(__clang__)
+#define EKV__UNUSED __attribute__((unused))
+#else
+#define EKV__UNUSED
+#endif
+
+static EKV__UNUSED void *ekv__alloc(size_t count, size_t size)
+{
+    void *p;
+    size_t bytes;
+    if (size != 0 && count > (size_t)-1 / size) {
+        ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "allocation of %zu x %zu bytes overflows", count, size);
+        return NULL;
+    }
+    bytes = count * size;
+    p = EKV_MALLOC(bytes > 0 ? bytes : 1);
+    if (!p) {
+        ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "out of host memory allocating %zu bytes",
+                      count * size);
+        return NULL;
+    }
+    memset(p, 0, count * size);
+    return p;
+}
+
+static EKV__UNUSED void ekv__free(void *p)
+{
+    if (p) EKV_FREE(p);
+}
+
+static EKV__UNUSED int ekv__compare_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* >>rng: xoshiro256** seeded through splitmix64 ================================ */
+
+#include <float.h>
+
+/* splitmix64 turns any 64-bit seed (0 included) into well-mixed state words; its
+   output function is a bijection, so the four words can never all be zero, which is
+   the one state xoshiro must avoid. */
+static uint64_t ekv__splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t ekv__rotl64(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+EKV_DEF void ekv_rng_seed(ekv_rng *rng, uint64_t seed)
+{
+    uint64_t state = seed;
+    int i;
+    for (i = 0; i < 4; i++) rng->s[i] = ekv__splitmix64(&state);
+}
+
+EKV_DEF uint64_t ekv_rng_next(ekv_rng *rng)
+{
+    uint64_t *s = rng->s;
+    uint64_t result = ekv__rotl64(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = ekv__rotl64(s[3], 45);
+    return result;
+}
+
+/* The top 53 bits: every double of the form k / 2^53, so exactly uniform on [0, 1). */
+EKV_DEF double ekv_rng_uniform(ekv_rng *rng)
+{
+    return (double)(ekv_rng_next(rng) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* Box-Muller, one value per call (the struct keeps no spare), so a stream of normals
+   depends only on the seed and the number of calls. 1 - u keeps the log argument in
+   (0, 1]. */
+EKV_DEF double ekv_rng_normal(ekv_rng *rng)
+{
+    double u1 = 1.0 - ekv_rng_uniform(rng);
+    double u2 = ekv_rng_uniform(rng);
+    return sqrt(-2.0 * log(u1)) * cos(2.0 * EKV__PI * u2);
+}
+
+/* 64 x 64 -> 128-bit product without compiler extensions (C99 has no 128-bit type). */
+static void ekv__mul_64x64(uint64_t a, uint64_t b, uint64_t *high, uint64_t *low)
+{
+    uint64_t a_lo = a & 0xFFFFFFFFu, a_hi = a >> 32;
+    uint64_t b_lo = b & 0xFFFFFFFFu, b_hi = b >> 32;
+    uint64_t lo_lo = a_lo * b_lo, hi_lo = a_hi * b_lo, lo_hi = a_lo * b_hi, hi_hi = a_hi * b_hi;
+    uint64_t middle = (lo_lo >> 32) + (hi_lo & 0xFFFFFFFFu) + lo_hi;
+    *low = (middle << 32) | (lo_lo & 0xFFFFFFFFu);
+    *high = hi_hi + (hi_lo >> 32) + (middle >> 32);
+}
+
+/* Lemire's multiply-and-reject: the high word of x * n is uniform on [0, n) once the
+   few low words below 2^64 mod n are rejected. n == 0 returns 0. */
+EKV_DEF uint64_t ekv_rng_below(ekv_rng *rng, uint64_t n)
+{
+    uint64_t high, low;
+    if (n == 0) return 0;
+    ekv__mul_64x64(ekv_rng_next(rng), n, &high, &low);
+    if (low < n) {
+        uint64_t threshold = (0 - n) % n;
+        while (low < threshold) ekv__mul_64x64(ekv_rng_next(rng), n, &high, &low);
+    }
+    return high;
+}
+
+/* >>stats: sample statistics, Student t, bootstrap ============================ *
+
+   Conventions beyond the numpy/scipy definitions in ekv.h:
+   - Samples must be finite: NaN or an infinity anywhere is EKV_ERR_INVALID_ARG naming
+     the index (a NaN would silently poison every order statistic).
+   - n = 1: std, cv and the CI of the mean are NaN (ddof = 1 leaves no degrees of
+     freedom, as numpy's nan); everything else is the one value.
+   - cv = std / mean as computed, so a zero mean gives an infinity (JSON null).
+   - Bootstrap: resample r draws n indices with ekv_rng_below(n) from one stream seeded
+     once with `seed`; the median's indices select from the sorted samples, the
+     ratio's from the pairs. The interval is the 2.5 and 97.5 percentiles (linear
+     interpolation) of the replicates, so it is reproducible from the seed alone.
+   - ekv_bootstrap_ratio needs candidate samples > 0 (they divide); resamples 0 means
+     EKV_BOOTSTRAP_RESAMPLES. On any error its outputs are NaN.
+   - ekv_median, ekv_trimmed_mean, ekv_quantile_sorted return NaN for NULL, n = 0, a
+     NaN in the data, or a proportion/quantile out of range. */
+
+/* NaN and infinities fail (x - x is NaN for both); portable where isfinite() is a
+   macro in C and a function in C++. */
+static int ekv__is_finite(double x)
+{
+    return x == x && x - x == 0.0;
+}
+
+static double ekv__nan(void)
+{
+    return NAN;
+}
+
+/* Neumaier-compensated sum: agrees with numpy's pairwise sum to well below 1e-12
+   relative, independently of the order of the data. */
+static double ekv__sum(const double *x, size_t n)
+{
+    double sum = 0.0, compensation = 0.0;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        double t = sum + x[i];
+        if (fabs(sum) >= fabs(x[i])) compensation += (sum - t) + x[i];
+        else compensation += (x[i] - t) + sum;
+        sum = t;
+    }
+    return sum + compensation;
+}
+
+/* numpy's _lerp: from the nearer end so that the result is exact at both ends and
+   monotone in t. */
+static double ekv__lerp(double a, double b, double t)
+{
+    double diff = b - a;
+    return t >= 0.5 ? b - diff * (1.0 - t) : a + diff * t;
+}
+
+EKV_DEF double ekv_quantile_sorted(const double *sorted, size_t n, double q)
+{
+    double virtual_index, previous;
+    size_t i;
+    if (!sorted || n == 0 || !(q >= 0.0 && q <= 1.0)) return ekv__nan();
+    virtual_index = (double)(n - 1) * q;
+    previous = floor(virtual_index);
+    i = (size_t)previous;
+    if (i >= n - 1) return sorted[n - 1];
+    return ekv__lerp(sorted[i], sorted[i + 1], virtual_index - previous);
+}
+
+/* np.median: the middle element, or the mean of the two middle ones. */
+static double ekv__median_sorted(const double *sorted, size_t n)
+{
+    if (n % 2) return sorted[n / 2];
+    return (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0;
+}
+
+/* A sorted copy, or NULL when the input holds a NaN (numpy's median is then NaN) or
+   memory runs out. */
+static double *ekv__sorted_copy(const double *samples, size_t n)
+{
+    double *sorted;
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (samples[i] != samples[i]) return NULL;
+    sorted = (double *)ekv__alloc(n, sizeof *sorted);
+    if (!sorted) return NULL;
+    memcpy(sorted, samples, n * sizeof *sorted);
+    qsort(sorted, n, sizeof *sorted, ekv__compare_double);
+    return sorted;
+}
+
+EKV_DEF double ekv_median(const double *samples, size_t n)
+{
+    double *sorted, median;
+    if (!samples || n == 0) return ekv__nan();
+    sorted = ekv__sorted_copy(samples, n);
+    if (!sorted) return ekv__nan();
+    median = ekv__median_sorted(sorted, n);
+    ekv__free(sorted);
+    return median;
+}
+
+/* scipy.stats.trim_mean: int(proportion * n) values cut from each end, with the same
+   double product Python computes (so 0.29 * 100 cuts 28, as scipy does). */
+static double ekv__trimmed_mean_sorted(const double *sorted, size_t n, double proportion)
+{
+    size_t cut;
+    if (!(proportion >= 0.0 && proportion <= 0.5)) return ekv__nan();
+    cut = (size_t)(proportion * (double)n);
+    if (2 * cut >= n) return ekv__nan();
+    return ekv__sum(sorted + cut, n - 2 * cut) / (double)(n - 2 * cut);
+}
+
+EKV_DEF double ekv_trimmed_mean(const double *samples, size_t n, double proportion)
+{
+    double *sorted, mean;
+    if (!samples || n == 0) return ekv__nan();
+    sorted = ekv__sorted_copy(samples, n);
+    if (!sorted) return ekv__nan();
+    mean = ekv__trimmed_mean_sorted(sorted, n, proportion);
+    ekv__free(sorted);
+    return mean;
+}
+
+/* --- Student t ------------------------------------------------------------------
+   P(T > t) = I_x(df/2, 1/2) / 2 and P(0 < T < t) = I_y(1/2, df/2) / 2 with
+   x = df / (df + t^2), y = t^2 / (df + t^2), I the regularized incomplete beta
+   function, evaluated by its continued fraction. The inverse solves whichever of the
+   two is the smaller probability, so neither the tails nor the centre lose digits to
+   a difference with 1/2. */
+
+/* lgamma(x) - [(x - 1/2) ln x - x + ln(2 pi)/2] for x >= 10: the series' next term is
+   below 3e-17 there. */
+static double ekv__stirling_correction(double x)
+{
+    double r = 1.0 / x, r2 = r * r;
+    return r * (1.0 / 12.0 +
+                r2 * (-1.0 / 360.0 +
+                      r2 * (1.0 / 1260.0 +
+                            r2 * (-1.0 / 1680.0 +
+                                  r2 * (1.0 / 1188.0 + r2 * (-691.0 / 360360.0 + r2 / 156.0))))));
+}
+
+/* ln B(a, b) for a, b > 0, accurate to a few ulps of its terms when the smaller
+   argument stays moderate (the t distribution uses 1/2). For a large argument the
+   difference lgamma(big) - lgamma(big + small) comes from the Stirling series,
+   rearranged so that nothing cancels: the plain difference would lose
+   |lgamma(big)| * eps (1e-9 relative at df = 1e6). */
+static double ekv__log_beta(double a, double b)
+{
+    double big = a > b ? a : b, small = a > b ? b : a;
+    if (big < 10.0) return lgamma(a) + lgamma(b) - lgamma(a + b);
+    return lgamma(small) - (big - 0.5) * log1p(small / big) - small * log(big + small) + small +
+           ekv__stirling_correction(big) - ekv__stirling_correction(big + small);
+}
+
+/* The continued fraction g of I_x(a, b) = x^a y^b / (a B(a, b) g), for x below the
+   mean (a+1)/(a+b+2) where it converges quickly. It is the even contraction of the
+   classic fraction 1/(1 + d1/(1 + d2/(1 + ...))):
+       g = (1 + d1) - d1 d2 / ((1 + d2 + d3) - d3 d4 / ((1 + d4 + d5) - ...))
+       d(2m+1) = -(a+m)(a+b+m) x / ((a+2m)(a+2m+1)),  d(2m) = m(b-m) x / ((a+2m-1)(a+2m)),
+   because 1 + d(2m+1), the sum that cancels, can then be written without cancellation:
+   when x is near 1 (the t tails at large df) it is
+       [a(1-b) + 2am + (2-b)m + 3m^2 + (a+m)(a+b+m) y] / ((a+2m)(a+2m+1)),
+   whose terms share a sign for the b = 1/2 of those tails; computed as 1 + d(2m+1) it
+   would lose digits in proportion to df. Modified Lentz. */
+static double ekv__beta_fraction(double a, double b, double x, double y)
+{
+    const double tiny = 1e-300, epsilon = 2.0 * DBL_EPSILON; /* exactly 1 may never come */
+    double g, c, d = 0.0;
+    int m;
+    g = y < x ? ((1.0 - b) + (a + b) * y) / (a + 1.0) : 1.0 - (a + b) * x / (a + 1.0);
+    if (fabs(g) < tiny) g = tiny;
+    c = g;
+    for (m = 1; m <= 1000000; m++) {
+        double odd_previous = -(a + m - 1.0) * (a + b + m - 1.0) * x /
+                              ((a + 2.0 * m - 2.0) * (a + 2.0 * m - 1.0));
+        double even = m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m));
+        double odd_denominator = (a + 2.0 * m) * (a + 2.0 * m + 1.0);
+        double one_plus_odd =
+            y < x ? (a * (1.0 - b) + 2.0 * a * m + (2.0 - b) * m + 3.0 * m * m +
+                     (a + m) * (a + b + m) * y) / odd_denominator
+                  : 1.0 - (a + m) * (a + b + m) * x / odd_denominator;
+        double numerator = -odd_previous * even, denominator = even + one_plus_odd, delta;
+        d = denominator + numerator * d;
+        if (fabs(d) < tiny) d = tiny;
+        c = denominator + numerator / c;
+        if (fabs(c) < tiny) c = tiny;
+        d = 1.0 / d;
+        delta = c * d;
+        g *= delta;
+        if (fabs(delta - 1.0) < epsilon) break;
+    }
+    return g;
+}
+
+/* I_x(a, b) given both x and y = 1 - x, each computed without cancellation by the
+   caller, so that either tail keeps full relative precision. */
+static double ekv__incomplete_beta(double a, double b, double x, double y)
+{
+    double log_x, log_y;
+    if (x <= 0.0) return 0.0;
+    if (y <= 0.0) return 1.0;
+    if (x > (a + 1.0) / (a + b + 2.0)) return 1.0 - ekv__incomplete_beta(b, a, y, x);
+    log_x = x < 0.5 ? log(x) : log1p(-y);
+    log_y = y < 0.5 ? log(y) : log1p(-x);
+    return exp(a * log_x + b * log_y - ekv__log_beta(a, b)) / (a * ekv__beta_fraction(a, b, x, y));
+}
+
+/* x = df / (df + t^2) and y = 1 - x for t >= 0, both without cancellation. */
+static void ekv__t_beta_arguments(double t, double df, double *x, double *y)
+{
+    double t2 = t * t;
+    *x = df / (df + t2);
+    *y = t2 / (df + t2);
+}
+
+/* P(T > t) for t >= 0; df = infinity is the standard normal. */
+static double ekv__t_upper_tail(double t, double df)
+{
+    double x, y, log_ratio;
+    if (df == INFINITY) return 0.5 * erfc(t / sqrt(2.0));
+    /* far tail, x < 1e-100: I_x(df/2, 1/2) = x^(df/2) / ((df/2) B) to within x, taken in
+       logarithms because x itself underflows long before the tail does (df = 1) */
+    log_ratio = log(t) - 0.5 * log(df);
+    if (log_ratio > 115.0) return exp(-df * log_ratio - ekv__log_beta(0.5 * df, 0.5)) / df;
+    ekv__t_beta_arguments(t, df, &x, &y);
+    return 0.5 * ekv__incomplete_beta(0.5 * df, 0.5, x, y);
+}
+
+/* P(0 < T < t) for t >= 0. */
+static double ekv__t_centre(double t, double df)
+{
+    double x, y;
+    if (df == INFINITY) return 0.5 * erf(t / sqrt(2.0));
+    if (t == INFINITY) return 0.5;
+    ekv__t_beta_arguments(t, df, &x, &y);
+    return 0.5 * ekv__incomplete_beta(0.5, 0.5 * df, y, x);
+}
+
+/* ln of the density at t >= 0; log_norm = -ln B(df/2, 1/2) - ln(df)/2. */
+static double ekv__t_log_density(double t, double df, double log_norm)
+{
+    double log_ratio;
+    if (df == INFINITY) return -0.5 * t * t - 0.5 * log(2.0 * EKV__PI);
+    log_ratio = log(t) - 0.5 * log(df);
+    if (log_ratio > 115.0) return log_norm - (df + 1.0) * log_ratio;
+    return log_norm - 0.5 * (df + 1.0) * log1p(t / sqrt(df) * (t / sqrt(df)));
+}
+
+EKV_DEF double ekv_t_cdf(double t, double df)
+{
+    if (t != t || !(df > 0.0)) return ekv__nan();
+    if (t < 0.0) return ekv__t_upper_tail(-t, df);
+    return 1.0 - ekv__t_upper_tail(t, df);
+}
+
+/* The probability that ekv__t_solve matches: P(0 < T < t) or P(T > t). */
+static double ekv__t_probability(double t, double df, int centre)
+{
+    return centre ? ekv__t_centre(t, df) : ekv__t_upper_tail(t, df);
+}
+
+/* Whether `probability` puts t below the root (the centre grows with t, the tail
+   shrinks). */
+static int ekv__t_below_root(double probability, double target, int centre)
+{
+    return centre ? probability < target : probability > target;
+}
+
+/* The t >= 0 with P(T > t) = target (centre = 0), or P(0 < T < t) = target (centre =
+   1), target in (0, 1/4]. Newton on the log of that probability against ln t (close
+   to linear in both the normal-like centre and the power-law tails), kept inside a
+   bracket that falls back to bisection, so it cannot diverge. Infinity when the root
+   lies beyond the largest double (df < 2 and a tail below ~1e-155). */
+static double ekv__t_solve(double target, double df, int centre)
+{
+    double log_norm = df == INFINITY ? 0.0 : -ekv__log_beta(0.5 * df, 0.5) - 0.5 * log(df);
+    double log_target = log(target);
+    double low, high, t;
+    int iteration;
+    /* bracket [low, high] around the root, by squaring away from 1 */
+    if (ekv__t_below_root(ekv__t_probability(1.0, df, centre), target, centre)) {
+        low = 1.0;
+        high = 2.0;
+        while (ekv__t_below_root(ekv__t_probability(high, df, centre), target, centre)) {
+            if (high == DBL_MAX) return INFINITY;
+            low = high;
+            high = high > 1e154 ? DBL_MAX : high * high;
+        }
+    } else {
+        high = 1.0;
+        low = 0.5;
+        while (!ekv__t_below_root(ekv__t_probability(low, df, centre), target, centre)) {
+            high = low;
+            low = low * low;
+        }
+    }
+    t = low > 0.0 ? sqrt(low) * sqrt(high) : 0.5 * high;
+    for (iteration = 0; iteration < 200; iteration++) {
+        double probability = ekv__t_probability(t, df, centre), next, slope;
+        if (probability == target) return t;
+        if (ekv__t_below_root(probability, target, centre)) low = t;
+        else high = t;
+        /* d ln(probability) / d ln(t) */
+        slope = (centre ? t : -t) * exp(ekv__t_log_density(t, df, log_norm)) / probability;
+        next = t * exp((log_target - log(probability)) / slope);
+        if (!(next > low && next < high))
+            next = low > 0.0 ? sqrt(low) * sqrt(high) : 0.5 * high;
+        if (fabs(next - t) <= 4e-16 * t || next == low || next == high) return next;
+        t = next;
+    }
+    return t;
+}
+
+EKV_DEF double ekv_t_inverse_cdf(double p, double df)
+{
+    if (!(p >= 0.0 && p <= 1.0) || !(df > 0.0)) return ekv__nan();
+    if (p == 0.0) return -INFINITY;
+    if (p == 1.0) return INFINITY;
+    if (p == 0.5) return 0.0;
+    /* p - 1/2 is exact for p in [1/4, 1] and 1 - p for p in [1/2, 1] (Sterbenz) */
+    if (p >= 0.25 && p <= 0.75) {
+        double t = ekv__t_solve(fabs(p - 0.5), df, 1);
+        return p < 0.5 ? -t : t;
+    }
+    if (p < 0.5) return -ekv__t_solve(p, df, 0);
+    return ekv__t_solve(1.0 - p, df, 0);
+}
+
+/* --- bootstrap ------------------------------------------------------------------
+   A resample is a count per original index (counts[i] = times index i was drawn).
+   Walking a sorted order and accumulating counts finds the resample's middle order
+   statistics in O(n) with no sort, and gives exactly np.median of the resample. */
+
+/* Draws n indices (ekv_rng_below(n), in order) into counts. */
+static void ekv__bootstrap_draw(ekv_rng *rng, size_t n, size_t *counts)
+{
+    size_t i;
+    memset(counts, 0, n * sizeof *counts);
+    for (i = 0; i < n; i++) counts[ekv_rng_below(rng, (uint64_t)n)]++;
+}
+
+/* Median of the resample: sorted_values[j] is the value of index order[j] (order NULL:
+   counts are already in sorted order). */
+static double ekv__counted_median(const double *sorted_values, const size_t *order,
+                                  const size_t *counts, size_t n)
+{
+    size_t lower_rank = (n - 1) / 2, upper_rank = n / 2, seen = 0, j;
+    double lower = 0.0;
+    for (j = 0; j < n; j++) {
+        size_t count = counts[order ? order[j] : j];
+        if (count == 0) continue;
+        if (seen <= lower_rank && lower_rank < seen + count) lower = sorted_values[j];
+        if (upper_rank < seen + count) {
+            if (lower_rank == upper_rank) return sorted_values[j];
+            return (lower + sorted_values[j]) / 2.0;
+        }
+        seen += count;
+    }
+    return ekv__nan();
+}
+
+/* Percentile interval: quantiles 0.025 and 0.975 of the sorted replicates. */
+static void ekv__percentile_interval(double *replicates, size_t count, double *lo, double *hi)
+{
+    qsort(replicates, count, sizeof *replicates, ekv__compare_double);
+    *lo = ekv_quantile_sorted(replicates, count, 0.025);
+    *hi = ekv_quantile_sorted(replicates, count, 0.975);
+}
+
+static ekv_result ekv__check_samples(const double *samples, size_t n, const char *function,
+                                     const char *name)
+{
+    size_t i;
+    if (!samples) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: %s is NULL", function, name);
+    if (n == 0) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: no samples (n = 0)", function);
+    for (i = 0; i < n; i++)
+        if (!ekv__is_finite(samples[i]))
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "%s: %s[%zu] is %g; samples must be finite", function, name,
+                                 i, samples[i]);
+    return EKV_SUCCESS;
+}
+
+/* Index sort for the paired bootstrap: values with their original index. */
+typedef struct ekv__indexed_value {
+    double value;
+    size_t index;
+} ekv__indexed_value;
+
+static int ekv__compare_indexed(const void *a, const void *b)
+{
+    const ekv__indexed_value *x = (const ekv__indexed_value *)a;
+    const ekv__indexed_value *y = (const ekv__indexed_value *)b;
+    if (x->value != y->value) return (x->value > y->value) - (x->value < y->value);
+    return (x->index > y->index) - (x->index < y->index);
+}
+
+EKV_DEF ekv_result ekv_stats_compute(const double *samples, size_t n, double trim_percent,
+                                     uint64_t seed, ekv_stats *out)
+{
+    double *sorted = NULL, *deviations = NULL, *medians = NULL;
+    size_t *counts = NULL, i;
+    double low_mild, high_mild, low_severe, high_severe;
+    ekv_rng rng;
+    ekv_result result;
+    if (!out) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_stats_compute: out is NULL");
+    memset(out, 0, sizeof *out);
+    result = ekv__check_samples(samples, n, "ekv_stats_compute", "samples");
+    if (result != EKV_SUCCESS) return result;
+    if (!(trim_percent >= 0.0 && trim_percent < 50.0))
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "ekv_stats_compute: trim percent %g is outside [0, 50)",
+                             trim_percent);
+    sorted = ekv__sorted_copy(samples, n);
+    deviations = (double *)ekv__alloc(n, sizeof *deviations);
+    counts = (size_t *)ekv__alloc(n, sizeof *counts);
+    medians = (double *)ekv__alloc(EKV_BOOTSTRAP_RESAMPLES, sizeof *medians);
+    if (!sorted || !deviations || !counts || !medians) {
+        result = EKV_ERR_OUT_OF_MEMORY; /* ekv__alloc set the message */
+        goto done;
+    }
+
+    out->n = n;
+    out->mean = ekv__sum(samples, n) / (double)n;
+    for (i = 0; i < n; i++) deviations[i] = (samples[i] - out->mean) * (samples[i] - out->mean);
+    out->std = n > 1 ? sqrt(ekv__sum(deviations, n) / (double)(n - 1)) : ekv__nan();
+    out->cv = out->std / out->mean;
+    out->median = ekv__median_sorted(sorted, n);
+    out->min = sorted[0];
+    out->max = sorted[n - 1];
+    out->q1 = ekv_quantile_sorted(sorted, n, 0.25);
+    out->q3 = ekv_quantile_sorted(sorted, n, 0.75);
+    out->iqr = out->q3 - out->q1;
+    out->p5 = ekv_quantile_sorted(sorted, n, 0.05);
+    out->p95 = ekv_quantile_sorted(sorted, n, 0.95);
+    out->p99 = ekv_quantile_sorted(sorted, n, 0.99);
+    out->trimmed_mean = ekv__trimmed_mean_sorted(sorted, n, trim_percent / 100.0);
+
+    low_mild = out->q1 - 1.5 * out->iqr;
+    high_mild = out->q3 + 1.5 * out->iqr;
+    low_severe = out->q1 - 3.0 * out->iqr;
+    high_severe = out->q3 + 3.0 * out->iqr;
+    for (i = 0; i < n; i++) {
+        double x = sorted[i];
+        if (x < low_severe || x > high_severe) out->outliers_severe++;
+        else if (x < low_mild || x > high_mild) out->outliers_mild++;
+    }
+
+    if (n > 1) {
+        double half = ekv_t_inverse_cdf(0.975, (double)(n - 1)) * out->std / sqrt((double)n);
+        out->ci95_mean_lo = out->mean - half;
+        out->ci95_mean_hi = out->mean + half;
+    } else {
+        out->ci95_mean_lo = out->ci95_mean_hi = ekv__nan();
+    }
+
+    /* indices drawn into the sorted samples: the median depends only on the multiset */
+    ekv_rng_seed(&rng, seed);
+    for (i = 0; i < EKV_BOOTSTRAP_RESAMPLES; i++) {
+        ekv__bootstrap_draw(&rng, n, counts);
+        medians[i] = ekv__counted_median(sorted, NULL, counts, n);
+    }
+    ekv__percentile_interval(medians, EKV_BOOTSTRAP_RESAMPLES, &out->ci95_median_lo,
+                             &out->ci95_median_hi);
+    result = EKV_SUCCESS;
+done:
+    ekv__free(sorted);
+    ekv__free(deviations);
+    ekv__free(counts);
+    ekv__free(medians);
+    return result;
+}
+
+/* Sorted values and the original index of each, for one side of the pairs. */
+static ekv_result ekv__sort_indexed(const double *values, size_t n, double *sorted, size_t *order)
+{
+    ekv__indexed_value *pairs = (ekv__indexed_value *)ekv__alloc(n, sizeof *pairs);
+    size_t i;
+    if (!pairs) return EKV_ERR_OUT_OF_MEMORY;
+    for (i = 0; i < n; i++) {
+        pairs[i].value = values[i];
+        pairs[i].index = i;
+    }
+    qsort(pairs, n, sizeof *pairs, ekv__compare_indexed);
+    for (i = 0; i < n; i++) {
+        sorted[i] = pairs[i].value;
+        order[i] = pairs[i].index;
+    }
+    ekv__free(pairs);
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_bootstrap_ratio(const double *base, const double *candidate, size_t n,
+                                       int resamples, uint64_t seed, double *ratio,
+                                       double *lo, double *hi)
+{
+    const char *function = "ekv_bootstrap_ratio";
+    double *base_sorted = NULL, *candidate_sorted = NULL, *ratios = NULL;
+    size_t *base_order = NULL, *candidate_order = NULL, *counts = NULL, i;
+    size_t count;
+    ekv_rng rng;
+    ekv_result result;
+    if (!ratio || !lo || !hi)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: ratio, lo and hi must not be NULL",
+                             function);
+    *ratio = *lo = *hi = ekv__nan();
+    result = ekv__check_samples(base, n, function, "base");
+    if (result != EKV_SUCCESS) return result;
+    result = ekv__check_samples(candidate, n, function, "candidate");
+    if (result != EKV_SUCCESS) return result;
+    for (i = 0; i < n; i++)
+        if (!(candidate[i] > 0.0))
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "%s: candidate[%zu] is %g; candidate samples must be > 0 "
+                                 "(they divide)", function, i, candidate[i]);
+    if (resamples < 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: resamples is %d; use >= 1, or 0 for the default %d",
+                             function, resamples, EKV_BOOTSTRAP_RESAMPLES);
+    count = resamples == 0 ? EKV_BOOTSTRAP_RESAMPLES : (size_t)resamples;
+
+    base_sorted = (double *)ekv__alloc(n, sizeof *base_sorted);
+    candidate_sorted = (double *)ekv__alloc(n, sizeof *candidate_sorted);
+    base_order = (size_t *)ekv__alloc(n, sizeof *base_order);
+    candidate_order = (size_t *)ekv__alloc(n, sizeof *candidate_order);
+    counts = (size_t *)ekv__alloc(n, sizeof *counts);
+    ratios = (double *)ekv__alloc(count, sizeof *ratios);
+    if (!base_sorted || !candidate_sorted || !base_order || !candidate_order || !counts ||
+        !ratios || ekv__sort_indexed(base, n, base_sorted, base_order) != EKV_SUCCESS ||
+        ekv__sort_indexed(candidate, n, candidate_sorted, candidate_order) != EKV_SUCCESS) {
+        result = EKV_ERR_OUT_OF_MEMORY;
+        goto done;
+    }
+    *ratio = ekv__median_sorted(base_sorted, n) / ekv__median_sorted(candidate_sorted, n);
+
+    /* indices drawn into the pairs, so base[i] and candidate[i] stay together */
+    ekv_rng_seed(&rng, seed);
+    for (i = 0; i < count; i++) {
+        ekv__bootstrap_draw(&rng, n, counts);
+        ratios[i] = ekv__counted_median(base_sorted, base_order, counts, n) /
+                    ekv__counted_median(candidate_sorted, candidate_order, counts, n);
+    }
+    ekv__percentile_interval(ratios, count, lo, hi);
+    result = EKV_SUCCESS;
+done:
+    ekv__free(base_sorted);
+    ekv__free(candidate_sorted);
+    ekv__free(base_order);
+    ekv__free(candidate_order);
+    ekv__free(counts);
+    ekv__free(ratios);
+    return result;
+}
+
+/* >>json: streaming writer ====================================================== *
+
+   The writer inserts commas, colons and (pretty) newlines with 2-space indentation
+   itself. Misuse (a value in an object without a key, a key outside an object,
+   mismatched or unbalanced ends, nesting beyond 64) and allocation failure set
+   `failed`, after which nothing more is written; the buffer always stays a NUL-
+   terminated prefix of the intended document (NULL only if ekv_json_init could not
+   allocate). Several top-level values are separated by newlines (JSONL). */
+
+/* json->first[d] describes the container open at depth d + 1: these flag bits. */
+#define EKV__JSON_EMPTY 1u  /* nothing written in it yet */
+#define EKV__JSON_OBJECT 2u /* an object (else an array) */
+#define EKV__JSON_MAX_DEPTH 64
+
+/* Room for `extra` more bytes plus the terminating NUL; on failure marks the writer
+   failed, and every later call writes nothing (the buffer keeps its valid prefix). */
+static int ekv__json_reserve(ekv_json *json, size_t extra)
+{
+    size_t needed, capacity;
+    char *grown;
+    if (json->failed) return 0;
+    if (extra > (size_t)-1 - json->length - 1) {
+        json->failed = 1;
+        return 0;
+    }
+    needed = json->length + extra + 1;
+    if (needed <= json->capacity) return 1;
+    capacity = json->capacity ? json->capacity : 256;
+    while (capacity < needed) capacity = capacity > (size_t)-1 / 2 ? needed : capacity * 2;
+    grown = (char *)EKV_REALLOC(json->buffer, capacity);
+    if (!grown) {
+        json->failed = 1;
+        return 0;
+    }
+    json->buffer = grown;
+    json->capacity = capacity;
+    return 1;
+}
+
+static void ekv__json_append(ekv_json *json, const char *bytes, size_t count)
+{
+    if (!ekv__json_reserve(json, count)) return;
+    memcpy(json->buffer + json->length, bytes, count);
+    json->length += count;
+    json->buffer[json->length] = '\0';
+}
+
+static void ekv__json_newline(ekv_json *json)
+{
+    int i;
+    if (!json->pretty) return;
+    ekv__json_append(json, "\n", 1);
+    for (i = 0; i < json->depth; i++) ekv__json_append(json, "  ", 2);
+}
+
+static void ekv__json_fail(ekv_json *json)
+{
+    json->failed = 1;
+}
+
+/* Separator and indentation before a value; 0 (and the writer failed) when a value is
+   not allowed here: in an object without a key first. Top-level values after the first
+   go on a new line, so one writer can produce JSONL. */
+static int ekv__json_before_value(ekv_json *json)
+{
+    unsigned char *flags;
+    if (json->failed) return 0;
+    if (json->depth == 0) {
+        if (json->length > 0) ekv__json_append(json, "\n", 1);
+        return !json->failed;
+    }
+    flags = &json->first[json->depth - 1];
+    if (*flags & EKV__JSON_OBJECT) {
+        if (!json->after_key) {
+            ekv__json_fail(json);
+            return 0;
+        }
+        json->after_key = 0;
+        return 1;
+    }
+    if (!(*flags & EKV__JSON_EMPTY)) ekv__json_append(json, ",", 1);
+    *flags &= (unsigned char)~EKV__JSON_EMPTY;
+    ekv__json_newline(json);
+    return !json->failed;
+}
+
+/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlongs, surrogates
+   or code points above U+10FFFF), or 0 with *bad set to the length of its maximal ill-
+   formed prefix, which becomes one U+FFFD (Unicode's recommended practice, and what
+   Python's decode(errors="replace") does). */
+static size_t ekv__utf8_sequence(const unsigned char *p, size_t *bad)
+{
+    unsigned char lead = p[0], second_lo = 0x80, second_hi = 0xBF;
+    size_t trailing, i;
+    if (lead >= 0xC2 && lead <= 0xDF) trailing = 1;
+    else if (lead >= 0xE0 && lead <= 0xEF) {
+        trailing = 2;
+        if (lead == 0xE0) second_lo = 0xA0;      /* overlong */
+        else if (lead == 0xED) second_hi = 0x9F; /* surrogates */
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+        trailing = 3;
+        if (lead == 0xF0) second_lo = 0x90;      /* overlong */
+        else if (lead == 0xF4) second_hi = 0x8F; /* above U+10FFFF */
+    } else {
+        *bad = 1;
+        return 0;
+    }
+    if (p[1] < second_lo || p[1] > second_hi) {
+        *bad = 1;
+        return 0;
+    }
+    for (i = 2; i <= trailing; i++)
+        if (p[i] < 0x80 || p[i] > 0xBF) {
+            *bad = i;
+            return 0;
+        }
+    return trailing + 1;
+}
+
+static void ekv__json_write_string(ekv_json *json, const char *text)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)text;
+    size_t length = strlen(text);
+    char *out;
+    /* worst case: every byte a \u00XX escape */
+    if (length > ((size_t)-1 - 2) / 6 || !ekv__json_reserve(json, 6 * length + 2)) {
+        ekv__json_fail(json);
+        return;
+    }
+    out = json->buffer + json->length;
+    *out++ = '"';
+    while (*p) {
+        unsigned char c = *p;
+        if (c >= 0x80) {
+            size_t bad = 0, valid = ekv__utf8_sequence(p, &bad);
+            if (valid) {
+                memcpy(out, p, valid);
+                out += valid;
+                p += valid;
+            } else {
+                memcpy(out, "\xEF\xBF\xBD", 3);
+                out += 3;
+                p += bad;
+            }
+            continue;
+        }
+        p++;
+        if (c == '"' || c == '\\') {
+            *out++ = '\\';
+            *out++ = (char)c;
+        } else if (c >= 0x20 && c != 0x7F) {
+            *out++ = (char)c;
+        } else {
+            *out++ = '\\';
+            switch (c) {
+            case '\b': *out++ = 'b'; break;
+            case '\f': *out++ = 'f'; break;
+            case '\n': *out++ = 'n'; break;
+            case '\r': *out++ = 'r'; break;
+            case '\t': *out++ = 't'; break;
+            default:
+                memcpy(out, "u00", 3);
+                out += 3;
+                *out++ = hex[c >> 4];
+                *out++ = hex[c & 15];
+            }
+        }
+    }
+    *out++ = '"';
+    json->length = (size_t)(out - json->buffer);
+    json->buffer[json->length] = '\0';
+}
+
+EKV_DEF void ekv_json_init(ekv_json *json, int pretty)
+{
+    memset(json, 0, sizeof *json);
+    json->pretty = pretty != 0;
+    if (ekv__json_reserve(json, 0)) json->buffer[0] = '\0';
+}
+
+EKV_DEF void ekv_json_free(ekv_json *json)
+{
+    if (!json) return;
+    ekv__free(json->buffer);
+    memset(json, 0, sizeof *json);
+}
+
+static void ekv__json_begin(ekv_json *json, char bracket, unsigned char kind)
+{
+    if (!ekv__json_before_value(json)) return;
+    if (json->depth >= EKV__JSON_MAX_DEPTH) {
+        ekv__json_fail(json);
+        return;
+    }
+    ekv__json_append(json, &bracket, 1);
+    json->first[json->depth++] = (unsigned char)(EKV__JSON_EMPTY | kind);
+}
+
+static void ekv__json_end(ekv_json *json, char bracket, unsigned char kind)
+{
+    unsigned char flags;
+    if (json->failed) return;
+    if (json->depth == 0 || json->after_key ||
+        (json->first[json->depth - 1] & EKV__JSON_OBJECT) != kind) {
+        ekv__json_fail(json);
+        return;
+    }
+    flags = json->first[--json->depth];
+    if (!(flags & EKV__JSON_EMPTY)) ekv__json_newline(json);
+    ekv__json_append(json, &bracket, 1);
+}
+
+EKV_DEF void ekv_json_object_begin(ekv_json *json)
+{
+    ekv__json_begin(json, '{', EKV__JSON_OBJECT);
+}
+
+EKV_DEF void ekv_json_object_end(ekv_json *json)
+{
+    ekv__json_end(json, '}', EKV__JSON_OBJECT);
+}
+
+EKV_DEF void ekv_json_array_begin(ekv_json *json)
+{
+    ekv__json_begin(json, '[', 0);
+}
+
+EKV_DEF void ekv_json_array_end(ekv_json *json)
+{
+    ekv__json_end(json, ']', 0);
+}
+
+EKV_DEF void ekv_json_key(ekv_json *json, const char *key)
+{
+    unsigned char *flags;
+    if (json->failed) return;
+    if (!key || json->depth == 0 || json->after_key ||
+        !(json->first[json->depth - 1] & EKV__JSON_OBJECT)) {
+        ekv__json_fail(json);
+        return;
+    }
+    flags = &json->first[json->depth - 1];
+    if (!(*flags & EKV__JSON_EMPTY)) ekv__json_append(json, ",", 1);
+    *flags &= (unsigned char)~EKV__JSON_EMPTY;
+    ekv__json_newline(json);
+    ekv__json_write_string(json, key);
+    if (json->pretty) ekv__json_append(json, ": ", 2);
+    else ekv__json_append(json, ":", 1);
+    json->after_key = !json->failed;
+}
+
+static void ekv__json_raw_value(ekv_json *json, const char *text)
+{
+    if (ekv__json_before_value(json)) ekv__json_append(json, text, strlen(text));
+}
+
+EKV_DEF void ekv_json_string(ekv_json *json, const char *value)
+{
+    if (!value) {
+        ekv_json_null(json);
+        return;
+    }
+    if (ekv__json_before_value(json)) ekv__json_write_string(json, value);
+}
+
+/* The shortest of %.15g, %.16g, %.17g that strtod reads back to the same double (17
+   always does). printf and strtod follow LC_NUMERIC together, so the round-trip test
+   holds in any locale; a locale's decimal point (possibly several bytes) is then
+   replaced by '.'. -0.0 is written "-0.0" because parsers read "-0" as the integer 0. */
+static void ekv__json_format_double(double value, char *text, size_t size)
+{
+    uint64_t bits;
+    char formatted[40];
+    size_t in, out = 0;
+    int precision, in_point = 0;
+    memcpy(&bits, &value, sizeof bits);
+    if (value == 0.0) {
+        snprintf(text, size, "%s", (bits >> 63) ? "-0.0" : "0");
+        return;
+    }
+    for (precision = 15; precision <= 17; precision++) {
+        snprintf(formatted, sizeof formatted, "%.*g", precision, value);
+        if (strtod(formatted, NULL) == value) break;
+    }
+    for (in = 0; formatted[in] && out + 1 < size; in++) {
+        char c = formatted[in];
+        int plain = (c >= '0' && c <= '9') || c == '-' || c == '+' || c == 'e' || c == 'E';
+        if (plain) text[out++] = c;
+        else if (!in_point) text[out++] = '.';
+        in_point = !plain;
+    }
+    text[out] = '\0';
+}
+
+EKV_DEF void ekv_json_number(ekv_json *json, double value)
+{
+    char text[40];
+    if (!ekv__is_finite(value)) {
+        ekv_json_null(json);
+        return;
+    }
+    ekv__json_format_double(value, text, sizeof text);
+    ekv__json_raw_value(json, text);
+}
+
+EKV_DEF void ekv_json_int(ekv_json *json, long long value)
+{
+    char text[32];
+    snprintf(text, sizeof text, "%lld", value);
+    ekv__json_raw_value(json, text);
+}
+
+EKV_DEF void ekv_json_bool(ekv_json *json, int value)
+{
+    ekv__json_raw_value(json, value ? "true" : "false");
+}
+
+EKV_DEF void ekv_json_null(ekv_json *json)
+{
+    ekv__json_raw_value(json, "null");
+}
+
+/* >>quant: storage dtypes, bit-exact conversions, row quantization ========== */
+
+/* Every conversion here is the reference the GPU kernels are tested against bit for bit:
+   f32 -> f16   == __float2half_rn      (RNE, subnormals, overflow -> inf, NaN -> 0x7fff)
+   f32 -> bf16  == __float2bfloat16_rn  (RNE, subnormals, NaN -> 0x7fff)
+   f32 -> e4m3  == __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3)
+                   (RNE, subnormals, |x| beyond 448 and +-inf -> +-448, NaN -> 0x7f)
+   They work on the bit patterns with integer arithmetic only, so they give the same
+   answer under any floating-point environment (rounding mode, flush-to-zero, x87). */
+
+#include <float.h>
+#include <limits.h>
+
+static uint32_t ekv__f32_bits(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static float ekv__bits_f32(uint32_t u)
+{
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* m / 2^shift rounded to nearest, ties to even (shift >= 1). */
+static uint32_t ekv__shift_round_even(uint32_t m, int shift)
+{
+    uint64_t quotient, remainder, half;
+    if (shift > 32) return 0; /* m < 2^32 < half: rounds to zero */
+    quotient = (uint64_t)m >> shift;
+    remainder = (uint64_t)m & ((1ull << shift) - 1u);
+    half = 1ull << (shift - 1);
+    if (remainder > half || (remainder == half && (quotient & 1u))) quotient++;
+    return (uint32_t)quotient;
+}
+
+EKV_DEF uint16_t ekv_f32_to_f16(float x)
+{
+    uint32_t u = ekv__f32_bits(x);
+    uint32_t sign = (u >> 16) & 0x8000u, magnitude = u & 0x7fffffffu;
+    int exponent;
+    if (magnitude > 0x7f800000u) return 0x7fff;
+    if (magnitude == 0x7f800000u) return (uint16_t)(sign | 0x7c00u);
+    exponent = (int)(magnitude >> 23) - 127;
+    if (exponent > 15) return (uint16_t)(sign | 0x7c00u);
+    if (exponent >= -14) {
+        /* normal in f16: keep 10 of the 23 mantissa bits; a carry out of the mantissa
+           correctly bumps the exponent, and out of 0x7bff gives inf (65520 -> inf) */
+        uint32_t mantissa = magnitude & 0x7fffffu;
+        uint32_t result = ((uint32_t)(exponent + 15) << 10) | (mantissa >> 13);
+        uint32_t remainder = mantissa & 0x1fffu;
+        if (remainder > 0x1000u || (remainder == 0x1000u && (result & 1u))) result++;
+        return (uint16_t)(sign | result);
+    }
+    if (magnitude < 0x00800000u) return (uint16_t)sign; /* f32 zero or subnormal */
+    /* f16 subnormal: count units of 2^-24; value = m * 2^(exponent - 23) */
+    return (uint16_t)(sign | ekv__shift_round_even((magnitude & 0x7fffffu) | 0x800000u,
+                                                   -exponent - 1));
+}
+
+/* Decoding is on the CPU kernel's hot path, hence the branch-light form: moving the
+   exponent and fraction into place and adding the bias difference (127 - 15) << 23 is
+   right for every normal value; inf/NaN need the bias added twice (exponent 31 -> 255);
+   zero and subnormals are m * 2^-24, an exact float product. */
+EKV_DEF float ekv_f16_to_f32(uint16_t h)
+{
+    uint32_t magnitude = (uint32_t)h & 0x7fffu;
+    uint32_t bits = (magnitude << 13) + 0x38000000u;
+    if (magnitude >= 0x7c00u) bits += 0x38000000u;
+    else if (magnitude < 0x0400u) bits = ekv__f32_bits((float)magnitude * 5.9604644775390625e-08f);
+    return ekv__bits_f32(bits | (((uint32_t)h & 0x8000u) << 16));
+}
+
+EKV_DEF uint16_t ekv_f32_to_bf16(float x)
+{
+    uint32_t u = ekv__f32_bits(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fff;
+    /* adding 0x7fff plus the lowest kept bit rounds half to even; the carry may run into
+       the exponent, which is exactly right (max float -> inf) */
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+EKV_DEF float ekv_bf16_to_f32(uint16_t h)
+{
+    return ekv__bits_f32((uint32_t)h << 16);
+}
+
+EKV_DEF uint8_t ekv_f32_to_fp8(float x)
+{
+    uint32_t u = ekv__f32_bits(x);
+    uint32_t sign = (u >> 24) & 0x80u, magnitude = u & 0x7fffffffu;
+    int exponent;
+    if (magnitude > 0x7f800000u) return 0x7f;
+    exponent = (int)(magnitude >> 23) - 127;
+    if (exponent > 8) return (uint8_t)(sign | 0x7eu); /* includes inf: SATFINITE */
+    if (exponent >= -6) {
+        uint32_t mantissa = magnitude & 0x7fffffu;
+        uint32_t result = ((uint32_t)(exponent + 7) << 3) | (mantissa >> 20);
+        uint32_t remainder = mantissa & 0xfffffu;
+        if (remainder > 0x80000u || (remainder == 0x80000u && (result & 1u))) result++;
+        if (result > 0x7eu) result = 0x7eu; /* 0x7f is NaN in e4m3: saturate to 448 */
+        return (uint8_t)(sign | result);
+    }
+    if (magnitude < 0x00800000u) return (uint8_t)sign;
+    /* e4m3 subnormal: count units of 2^-9; value = m * 2^(exponent - 23) */
+    return (uint8_t)(sign | ekv__shift_round_even((magnitude & 0x7fffffu) | 0x800000u,
+                                                  14 - exponent));
+}
+
+/* The same scheme as ekv_f16_to_f32: bias difference (127 - 7) << 23 for normal values,
+   m * 2^-9 (exact) for zero and subnormals, 0x7f/0xff is NaN. */
+EKV_DEF float ekv_fp8_to_f32(uint8_t v)
+{
+    uint32_t magnitude = (uint32_t)v & 0x7fu;
+    uint32_t bits = (magnitude << 20) + 0x3c000000u;
+    if (magnitude == 0x7fu) bits = 0x7fc00000u;
+    else if (magnitude < 8u) bits = ekv__f32_bits((float)magnitude * 0.001953125f);
+    return ekv__bits_f32(bits | (((uint32_t)v & 0x80u) << 24));
+}
+
+EKV_DEF size_t ekv_dtype_row_bytes(ekv_dtype dtype, int head_dim)
+{
+    size_t d = head_dim > 0 ? (size_t)head_dim : 0;
+    switch (dtype) {
+    case EKV_DTYPE_F32: return 4 * d;
+    case EKV_DTYPE_F16:
+    case EKV_DTYPE_BF16: return 2 * d;
+    case EKV_DTYPE_INT8:
+    case EKV_DTYPE_FP8: return d;
+    case EKV_DTYPE_INT4: return (d + 1) / 2;
+    default: return 0;
+    }
+}
+
+static size_t ekv__int4_groups(int head_dim)
+{
+    return head_dim > 0 ? ((size_t)head_dim + EKV_INT4_GROUP - 1) / EKV_INT4_GROUP : 0;
+}
+
+EKV_DEF size_t ekv_dtype_row_scale_bytes(ekv_dtype dtype, int head_dim)
+{
+    if (dtype == EKV_DTYPE_INT8) return 4;
+    if (dtype == EKV_DTYPE_INT4) return 4 * ekv__int4_groups(head_dim);
+    return 0;
+}
+
+/* Round to nearest, ties to even, independent of the rounding mode (CUDA: rintf or
+   __float2int_rn). For |v| < 2^23 the floor fits an int32 and v - floor(v) is exact;
+   larger magnitudes are already integers. */
+static float ekv__round_even(float v)
+{
+    int32_t i;
+    float d;
+    if (!(fabsf(v) < 8388608.0f)) return v;
+    i = (int32_t)v;
+    if ((float)i > v) i--;
+    d = v - (float)i;
+    if (d > 0.5f || (d == 0.5f && (i & 1))) i++;
+    return (float)i;
+}
+
+/* Rounded quotient clamped to [lo, hi]; NaN gives 0 (as __float2int_rn does). */
+static int ekv__quantize_value(float quotient, int lo, int hi)
+{
+    float r = ekv__round_even(quotient);
+    if (r != r) return 0;
+    if (r < (float)lo) return lo;
+    if (r > (float)hi) return hi;
+    return (int)r;
+}
+
+/* The exact float operation sequence of each dtype, for kernels that must match it:
+
+   int8 (row of D):  amax  = max_i fabsf(x[i])               (float compares)
+                     scale = amax / 127.0f                    (one IEEE float division)
+                     q[i]  = scale == 0 ? 0
+                           : clamp(rint(x[i] / scale), -127, 127)   (float division, RNE)
+                     stored: int8 q[i], f32 scale
+                     x'[i] = (float)q[i] * scale
+
+   int4 (per group of 32 along D, the last group may be partial):
+                     mn, mx = min_i x[i], max_i x[i]          (float compares)
+                     scale_h = f16(   (mx - mn) / 15.0f   )   (float sub, float div, RNE)
+                     zero_h  = f16(mn)
+                     scale, zero = f32(scale_h), f32(zero_h)   (exact)
+                     q[i] = scale == 0 ? 0
+                          : clamp(rint((x[i] - zero) / scale), 0, 15)  (float sub, div)
+                     stored: byte i/2 holds q[i] in its low nibble for even i, high nibble
+                     for odd i; per group the f16 pair (scale_h, zero_h)
+                     x'[i] = (float)q[i] * scale + zero       (product rounded, then sum)
+
+   fp8 e4m3:         code[i] = e4m3( head_scale == 0 ? 0 : x[i] / head_scale )
+                     x'[i]   = f32(code[i]) * head_scale
+                     (head_scale = amax / 448.0f over the (sequence, kv head): see
+                     ekv_cache_build)
+
+   f16 / bf16:       RNE conversion of each value, x' exact widening.
+
+   clamp(NaN) is 0. */
+EKV_DEF void ekv_quantize_row(ekv_dtype dtype, const float *x, int head_dim, float fp8_scale,
+                              void *row, void *row_scale)
+{
+    int i;
+    if (!x || !row || head_dim <= 0) return;
+    switch (dtype) {
+    case EKV_DTYPE_F32:
+        memcpy(row, x, (size_t)head_dim * sizeof(float));
+        break;
+    case EKV_DTYPE_F16: {
+        uint16_t *out = (uint16_t *)row;
+        for (i = 0; i < head_dim; i++) out[i] = ekv_f32_to_f16(x[i]);
+        break;
+    }
+    case EKV_DTYPE_BF16: {
+        uint16_t *out = (uint16_t *)row;
+        for (i = 0; i < head_dim; i++) out[i] = ekv_f32_to_bf16(x[i]);
+        break;
+    }
+    case EKV_DTYPE_INT8: {
+        int8_t *out = (int8_t *)row;
+        float amax = 0.0f, scale;
+        for (i = 0; i < head_dim; i++) {
+            float a = fabsf(x[i]);
+            if (a > amax) amax = a;
+        }
+        scale = amax / 127.0f;
+        for (i = 0; i < head_dim; i++)
+            out[i] = (int8_t)(scale == 0.0f ? 0 : ekv__quantize_value(x[i] / scale, -127, 127));
+        if (row_scale) memcpy(row_scale, &scale, sizeof scale);
+        break;
+    }
+    case EKV_DTYPE_INT4: {
+        unsigned char *out = (unsigned char *)row;
+        uint16_t *pairs = (uint16_t *)row_scale;
+        size_t group, groups = ekv__int4_groups(head_dim);
+        memset(out, 0, ((size_t)head_dim + 1) / 2);
+        for (group = 0; group < groups; group++) {
+            int first = (int)group * EKV_INT4_GROUP;
+            int last = first + EKV_INT4_GROUP < head_dim ? first + EKV_INT4_GROUP : head_dim;
+            float mn = x[first], mx = x[first], scale, zero;
+            uint16_t scale_h, zero_h;
+            for (i = first + 1; i < last; i++) {
+                if (x[i] < mn) mn = x[i];
+                if (x[i] > mx) mx = x[i];
+            }
+            scale_h = ekv_f32_to_f16((mx - mn) / 15.0f);
+            zero_h = ekv_f32_to_f16(mn);
+            scale = ekv_f16_to_f32(scale_h);
+            zero = ekv_f16_to_f32(zero_h);
+            for (i = first; i < last; i++) {
+                int q = scale == 0.0f ? 0 : ekv__quantize_value((x[i] - zero) / scale, 0, 15);
+                out[i / 2] |= (unsigned char)((i & 1) ? q << 4 : q);
+            }
+            if (pairs) {
+                pairs[2 * group] = scale_h;
+                pairs[2 * group + 1] = zero_h;
+            }
+        }
+        break;
+    }
+    case EKV_DTYPE_FP8: {
+        uint8_t *out = (uint8_t *)row;
+        for (i = 0; i < head_dim; i++)
+            out[i] = ekv_f32_to_fp8(fp8_scale == 0.0f ? 0.0f : x[i] / fp8_scale);
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+EKV_DEF void ekv_dequantize_row(ekv_dtype dtype, const void *row, const void *row_scale,
+                                int head_dim, float fp8_scale, float *out)
+{
+    int i;
+    if (!row || !out || head_dim <= 0) return;
+    switch (dtype) {
+    case EKV_DTYPE_F32:
+        memcpy(out, row, (size_t)head_dim * sizeof(float));
+        break;
+    case EKV_DTYPE_F16: {
+        const uint16_t *in = (const uint16_t *)row;
+        for (i = 0; i < head_dim; i++) out[i] = ekv_f16_to_f32(in[i]);
+        break;
+    }
+    case EKV_DTYPE_BF16: {
+        const uint16_t *in = (const uint16_t *)row;
+        for (i = 0; i < head_dim; i++) out[i] = ekv_bf16_to_f32(in[i]);
+        break;
+    }
+    case EKV_DTYPE_INT8: {
+        const int8_t *in = (const int8_t *)row;
+        float scale = 0.0f;
+        if (row_scale) memcpy(&scale, row_scale, sizeof scale);
+        for (i = 0; i < head_dim; i++) out[i] = (float)in[i] * scale;
+        break;
+    }
+    case EKV_DTYPE_INT4: {
+        const unsigned char *in = (const unsigned char *)row;
+        const uint16_t *pairs = (const uint16_t *)row_scale;
+        int first;
+        for (first = 0; first < head_dim; first += EKV_INT4_GROUP) {
+            const size_t group = (size_t)first / EKV_INT4_GROUP;
+            const int last = first + EKV_INT4_GROUP < head_dim ? first + EKV_INT4_GROUP : head_dim;
+            const float scale = pairs ? ekv_f16_to_f32(pairs[2 * group]) : 0.0f;
+            const float zero = pairs ? ekv_f16_to_f32(pairs[2 * group + 1]) : 0.0f;
+            for (i = first; i < last; i++) {
+                int q = (i & 1) ? in[i / 2] >> 4 : in[i / 2] & 15;
+                float product = (float)q * scale;
+                out[i] = product + zero;
+            }
+        }
+        break;
+    }
+    case EKV_DTYPE_FP8: {
+        const uint8_t *in = (const uint8_t *)row;
+        for (i = 0; i < head_dim; i++) out[i] = ekv_fp8_to_f32(in[i]) * fp8_scale;
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+/* >>data: generation, .npy/.npz input and output ============================ */
+
+/* a * b into *out; 0 on overflow */
+static int ekv__mul_size(size_t a, size_t b, size_t *out)
+{
+    if (b != 0 && a > (size_t)-1 / b) return 0;
+    *out = a * b;
+    return 1;
+}
+
+EKV_DEF size_t ekv_data_kv_index(const ekv_data *data, int b, int h, int t)
+{
+    return (((size_t)b * (size_t)data->kv_heads + (size_t)h) * (size_t)data->capacity +
+            (size_t)t) * (size_t)data->head_dim;
+}
+
+EKV_DEF void ekv_data_free(ekv_data *data)
+{
+    if (!data) return;
+    ekv__free(data->lengths);
+    ekv__free(data->q);
+    ekv__free(data->k);
+    ekv__free(data->v);
+    ekv__free(data->q_observe);
+    memset(data, 0, sizeof *data);
+}
+
+/* Allocates the arrays of `data` for its dimensions (already set). */
+static ekv_result ekv__data_allocate(ekv_data *data)
+{
+    size_t q_count, kv_count, observe_count;
+    size_t bh = (size_t)data->batch * (size_t)data->heads;
+    if (!ekv__mul_size(bh, (size_t)data->head_dim, &q_count) ||
+        !ekv__mul_size((size_t)data->batch * (size_t)data->kv_heads, (size_t)data->capacity,
+                       &kv_count) ||
+        !ekv__mul_size(kv_count, (size_t)data->head_dim, &kv_count) ||
+        !ekv__mul_size(q_count, (size_t)data->observe, &observe_count))
+        return ekv_set_error(EKV_ERR_OUT_OF_MEMORY,
+                             "data of batch %d, heads %d, kv_heads %d, seq_len %d, head_dim %d "
+                             "is too large to address",
+                             data->batch, data->heads, data->kv_heads, data->capacity,
+                             data->head_dim);
+    data->lengths = (int *)ekv__alloc((size_t)data->batch, sizeof(int));
+    data->q = (float *)ekv__alloc(q_count, sizeof(float));
+    data->k = (float *)ekv__alloc(kv_count, sizeof(float));
+    data->v = (float *)ekv__alloc(kv_count, sizeof(float));
+    if (data->observe > 0) data->q_observe = (float *)ekv__alloc(observe_count, sizeof(float));
+    if (!data->lengths || !data->q || !data->k || !data->v ||
+        (data->observe > 0 && !data->q_observe)) {
+        ekv_data_free(data);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    return EKV_SUCCESS;
+}
+
+/* The structured generator. Per (sequence, kv head) g:
+     u_g         a random unit "topic" direction shared by the group's query heads;
+     q_h         = QUERY_NORM * sqrt(D) * (c * u_g + sqrt(1 - c^2) * w_h), w_h a random
+                   unit direction of head h (GQA: the heads of a group agree on u_g);
+     k_t         = n_t + bonus_t * a * u_g, with n_t a unit-variance AR(1) process along
+                   the sequence (neighbours correlated, so pooling them is meaningful)
+                   and a = 1 / (QUERY_NORM * c), so that with scale 1/sqrt(D) the logit of
+                   token t is about bonus_t + N(0, QUERY_NORM^2);
+     bonus_t     sinks (the first tokens), recency (decaying over the newest tokens) and
+                   heavy hitters (a few per cent of the tokens, random positions);
+     v_t         an independent unit-variance AR(1) process plus a mean vector of the
+                   (sequence, kv head) with components N(0, VALUE_MEAN^2): real values
+                   share a common component, without which long-context outputs are
+                   pure noise and every compression error looks catastrophic;
+     q_observe   noisy copies of q_h (correlation OBSERVE_CORRELATION), so topk's ranking
+                   is informative but not perfect.
+   The constants were tuned with ekv_attention_profile (see tests/test_reference.c):
+   top-5% mass >= 0.5 from 256 to 128K tokens, and no policy is exact at C = 2. */
+#define EKV__GEN_QUERY_NORM 1.0
+#define EKV__GEN_TOPIC_WEIGHT 0.8
+#define EKV__GEN_AR_COEFFICIENT 0.9
+#define EKV__GEN_SINKS 4
+#define EKV__GEN_SINK_BONUS 6.0
+#define EKV__GEN_RECENT_BONUS 3.0
+#define EKV__GEN_RECENT_DECAY 12.0
+#define EKV__GEN_RECENT_SPAN 64
+#define EKV__GEN_HEAVY_FRACTION 0.02
+#define EKV__GEN_HEAVY_BONUS_MIN 3.0
+#define EKV__GEN_HEAVY_BONUS_MAX 5.5
+#define EKV__GEN_OBSERVE_CORRELATION 0.8
+#define EKV__GEN_VALUE_MEAN 0.5
+
+/* Normal variates for bulk data: Marsaglia's polar method uses both values of each pair
+   and needs no trigonometry, which makes generation about twice as fast as one
+   Box-Muller value per call. */
+typedef struct ekv__normals {
+    ekv_rng *rng;
+    double spare;
+    int has_spare;
+} ekv__normals;
+
+static double ekv__normal(ekv__normals *n)
+{
+    double u, v, s, f;
+    if (n->has_spare) {
+        n->has_spare = 0;
+        return n->spare;
+    }
+    do {
+        u = 2.0 * ekv_rng_uniform(n->rng) - 1.0;
+        v = 2.0 * ekv_rng_uniform(n->rng) - 1.0;
+        s = u * u + v * v;
+    } while (s >= 1.0 || s == 0.0);
+    f = sqrt(-2.0 * log(s) / s);
+    n->spare = v * f;
+    n->has_spare = 1;
+    return u * f;
+}
+
+/* A random unit vector. */
+static void ekv__random_unit(ekv__normals *rng, double *out, int n)
+{
+    double norm = 0.0;
+    int i;
+    do {
+        norm = 0.0;
+        for (i = 0; i < n; i++) {
+            out[i] = ekv__normal(rng);
+            norm += out[i] * out[i];
+        }
+    } while (norm == 0.0);
+    norm = 1.0 / sqrt(norm);
+    for (i = 0; i < n; i++) out[i] *= norm;
+}
+
+/* Fills rows [0, count) of an AR(1) process with unit marginal variance. */
+static void ekv__ar_rows(ekv__normals *rng, float *rows, int count, int dim)
+{
+    const double phi = EKV__GEN_AR_COEFFICIENT, innovation = sqrt(1.0 - phi * phi);
+    int t, d;
+    for (d = 0; d < dim; d++) rows[d] = (float)ekv__normal(rng);
+    for (t = 1; t < count; t++) {
+        const float *prev = rows + (size_t)(t - 1) * (size_t)dim;
+        float *row = rows + (size_t)t * (size_t)dim;
+        for (d = 0; d < dim; d++)
+            row[d] = (float)(phi * prev[d] + innovation * ekv__normal(rng));
+    }
+}
+
+static ekv_result ekv__generate_structured(ekv__normals *rng, ekv_data *data)
+{
+    const int D = data->head_dim, group = data->heads / data->kv_heads;
+    const double c = EKV__GEN_TOPIC_WEIGHT, s = sqrt(1.0 - c * c);
+    const double qnorm = EKV__GEN_QUERY_NORM * sqrt((double)D);
+    const double key_gain = 1.0 / (EKV__GEN_QUERY_NORM * c);
+    const double rho = EKV__GEN_OBSERVE_CORRELATION, rho_noise = sqrt(1.0 - rho * rho);
+    double *topic = (double *)ekv__alloc((size_t)D, sizeof(double));
+    double *own = (double *)ekv__alloc((size_t)D, sizeof(double));
+    double *bonus = (double *)ekv__alloc((size_t)data->capacity, sizeof(double));
+    int b, g, hh, t, d, o;
+    if (!topic || !own || !bonus) {
+        ekv__free(topic);
+        ekv__free(own);
+        ekv__free(bonus);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    for (b = 0; b < data->batch; b++) {
+        const int length = data->lengths[b];
+        for (g = 0; g < data->kv_heads; g++) {
+            float *k = data->k + ekv_data_kv_index(data, b, g, 0);
+            float *v = data->v + ekv_data_kv_index(data, b, g, 0);
+            ekv__random_unit(rng, topic, D);
+            for (hh = 0; hh < group; hh++) {
+                const int h = g * group + hh;
+                float *q = data->q + ((size_t)b * (size_t)data->heads + (size_t)h) * (size_t)D;
+                ekv__random_unit(rng, own, D);
+                for (d = 0; d < D; d++) q[d] = (float)(qnorm * (c * topic[d] + s * own[d]));
+                for (o = 0; o < data->observe; o++) {
+                    float *qo = data->q_observe +
+                                (((size_t)b * (size_t)data->heads + (size_t)h) *
+                                     (size_t)data->observe + (size_t)o) * (size_t)D;
+                    for (d = 0; d < D; d++)
+                        qo[d] = (float)(rho * q[d] + rho_noise * EKV__GEN_QUERY_NORM *
+                                                         ekv__normal(rng));
+                }
+            }
+            for (t = 0; t < data->capacity; t++) {
+                double extra = 0.0;
+                if (t < length) {
+                    int distance = length - 1 - t;
+                    if (t < EKV__GEN_SINKS) extra = EKV__GEN_SINK_BONUS;
+                    else if (distance < EKV__GEN_RECENT_SPAN)
+                        extra = EKV__GEN_RECENT_BONUS *
+                                exp(-(double)distance / EKV__GEN_RECENT_DECAY);
+                    if (ekv_rng_uniform(rng->rng) < EKV__GEN_HEAVY_FRACTION) {
+                        double heavy = EKV__GEN_HEAVY_BONUS_MIN +
+                                       (EKV__GEN_HEAVY_BONUS_MAX - EKV__GEN_HEAVY_BONUS_MIN) *
+                                           ekv_rng_uniform(rng->rng);
+                        if (heavy > extra) extra = heavy;
+                    }
+                }
+                bonus[t] = extra;
+            }
+            ekv__ar_rows(rng, k, data->capacity, D);
+            ekv__ar_rows(rng, v, data->capacity, D);
+            for (d = 0; d < D; d++) own[d] = EKV__GEN_VALUE_MEAN * ekv__normal(rng);
+            for (t = 0; t < data->capacity; t++)
+                for (d = 0; d < D; d++) v[(size_t)t * (size_t)D + d] += (float)own[d];
+            for (t = 0; t < data->capacity; t++) {
+                float *row = k + (size_t)t * (size_t)D;
+                if (bonus[t] == 0.0) continue;
+                for (d = 0; d < D; d++)
+                    row[d] = (float)(row[d] + bonus[t] * key_gain * topic[d]);
+            }
+        }
+    }
+    ekv__free(topic);
+    ekv__free(own);
+    ekv__free(bonus);
+    return EKV_SUCCESS;
+}
+
+static void ekv__fill_normal(ekv__normals *rng, float *values, size_t count)
+{
+    size_t i;
+    for (i = 0; i < count; i++) values[i] = (float)ekv__normal(rng);
+}
+
+EKV_DEF ekv_result ekv_data_generate(const ekv_data_desc *desc, ekv_data *data)
+{
+    ekv_rng rng;
+    ekv__normals normals;
+    ekv_result result;
+    int b, kv_heads;
+    if (!desc || !data) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_data_generate: NULL argument");
+    memset(data, 0, sizeof *data);
+    if (desc->kind != EKV_DATA_STRUCTURED && desc->kind != EKV_DATA_RANDOM)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "ekv_data_generate: kind must be structured or random "
+                             "(files are read by ekv_data_load)");
+    if (desc->batch < 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "data: batch must be >= 1, got %d", desc->batch);
+    if (desc->heads < 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "data: heads must be >= 1, got %d", desc->heads);
+    kv_heads = desc->kv_heads == 0 ? desc->heads : desc->kv_heads;
+    if (kv_heads < 1 || desc->heads % kv_heads != 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "data: kv_heads must divide heads (%d), got %d (0 means heads)",
+                             desc->heads, desc->kv_heads);
+    if (desc->head_dim < 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "data: head_dim must be >= 1, got %d",
+                             desc->head_dim);
+    if (desc->seq_len < 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "data: seq_len must be >= 1, got %d",
+                             desc->seq_len);
+    if (desc->observe < 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "data: observe must be >= 0, got %d",
+                             desc->observe);
+    if (desc->lengths)
+        for (b = 0; b < desc->batch; b++)
+            if (desc->lengths[b] < 1 || desc->lengths[b] > desc->seq_len)
+                return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                     "data: lengths[%d] = %d is outside [1, seq_len = %d]", b,
+                                     desc->lengths[b], desc->seq_len);
+    data->batch = desc->batch;
+    data->heads = desc->heads;
+    data->kv_heads = kv_heads;
+    data->head_dim = desc->head_dim;
+    data->capacity = desc->seq_len;
+    data->observe = desc->observe;
+    result = ekv__data_allocate(data);
+    if (result != EKV_SUCCESS) return result;
+    for (b = 0; b < data->batch; b++)
+        data->lengths[b] = desc->lengths ? desc->lengths[b] : desc->seq_len;
+    ekv_rng_seed(&rng, desc->seed);
+    normals.rng = &rng;
+    normals.spare = 0.0;
+    normals.has_spare = 0;
+    if (desc->kind == EKV_DATA_RANDOM) {
+        size_t q_count = (size_t)data->batch * (size_t)data->heads * (size_t)data->head_dim;
+        size_t kv_count = ekv_data_kv_index(data, data->batch, 0, 0);
+        ekv__fill_normal(&normals, data->q, q_count);
+        ekv__fill_normal(&normals, data->k, kv_count);
+        ekv__fill_normal(&normals, data->v, kv_count);
+        if (data->q_observe) ekv__fill_normal(&normals, data->q_observe, q_count * (size_t)data->observe);
+        return EKV_SUCCESS;
+    }
+    result = ekv__generate_structured(&normals, data);
+    if (result != EKV_SUCCESS) ekv_data_free(data);
+    return result;
+}
+
+/* .npy ---------------------------------------------------------------------- */
+
+#define EKV__NPY_MAX_DIMS 8
+
+typedef struct ekv__npy_info {
+    int itemsize; /* 2: <f2, 4: <f4, 8: <f8 */
+    int ndim;
+    int64_t shape[EKV__NPY_MAX_DIMS];
+    size_t count;
+    size_t data_offset;
+} ekv__npy_info;
+
+static uint32_t ekv__load_le(const unsigned char *p, int bytes)
+{
+    uint32_t value = 0;
+    int i;
+    for (i = bytes - 1; i >= 0; i--) value = (value << 8) | p[i];
+    return value;
+}
+
+static uint64_t ekv__load_le64(const unsigned char *p)
+{
+    return (uint64_t)ekv__load_le(p, 4) | ((uint64_t)ekv__load_le(p + 4, 4) << 32);
+}
+
+static void ekv__npy_skip_space(const char **p, const char *end)
+{
+    while (*p < end && (**p == ' ' || **p == '\t' || **p == '\n' || **p == '\r')) (*p)++;
+}
+
+static int ekv__npy_accept(const char **p, const char *end, char c)
+{
+    ekv__npy_skip_space(p, end);
+    if (*p < end && **p == c) {
+        (*p)++;
+        return 1;
+    }
+    return 0;
+}
+
+/* A Python string literal without escapes: '...' or "...". */
+static int ekv__npy_string(const char **p, const char *end, const char **text, size_t *length)
+{
+    char quote;
+    const char *start;
+    ekv__npy_skip_space(p, end);
+    if (*p >= end || (**p != '\'' && **p != '"')) return 0;
+    quote = **p;
+    start = ++(*p);
+    while (*p < end && **p != quote) {
+        if (**p == '\\' || **p == '\n') return 0;
+        (*p)++;
+    }
+    if (*p >= end) return 0;
+    *text = start;
+    *length = (size_t)(*p - start);
+    (*p)++;
+    return 1;
+}
+
+static int ekv__npy_word(const char **p, const char *end, const char *word)
+{
+    size_t n = strlen(word);
+    ekv__npy_skip_space(p, end);
+    if ((size_t)(end - *p) >= n && memcmp(*p, word, n) == 0) {
+        *p += n;
+        return 1;
+    }
+    return 0;
+}
+
+/* The shape tuple: "()", "(3,)", "(3, 4)", "(3, 4,)"; Python 2 wrote "3L". */
+static ekv_result ekv__npy_shape(const char **p, const char *end, const char *name,
+                                 ekv__npy_info *info)
+{
+    info->ndim = 0;
+    if (!ekv__npy_accept(p, end, '('))
+        return ekv_set_error(EKV_ERR_FORMAT, "%s: 'shape' is not a tuple", name);
+    for (;;) {
+        int64_t value = 0;
+        int negative = 0, digits = 0;
+        if (ekv__npy_accept(p, end, ')')) return EKV_SUCCESS;
+        ekv__npy_skip_space(p, end);
+        if (*p < end && **p == '-') {
+            negative = 1;
+            (*p)++;
+        }
+        while (*p < end && **p >= '0' && **p <= '9') {
+            int digit = **p - '0';
+            if (value > (INT64_MAX - digit) / 10)
+                return ekv_set_error(EKV_ERR_FORMAT, "%s: dimension %d of 'shape' overflows",
+                                     name, info->ndim);
+            value = value * 10 + digit;
+            digits++;
+            (*p)++;
+        }
+        if (!digits)
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: 'shape' holds something other than integers",
+                                 name);
+        if (*p < end && **p == 'L') (*p)++;
+        if (negative && value != 0)
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: negative dimension -%lld in 'shape'", name,
+                                 (long long)value);
+        if (info->ndim == EKV__NPY_MAX_DIMS)
+            return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                                 "%s: 'shape' has more than %d dimensions", name,
+                                 EKV__NPY_MAX_DIMS);
+        info->shape[info->ndim++] = value;
+        if (ekv__npy_accept(p, end, ',')) continue;
+        if (ekv__npy_accept(p, end, ')')) {
+            if (info->ndim == 1)
+                return ekv_set_error(EKV_ERR_FORMAT, "%s: 'shape' (n) is not a tuple; "
+                                     "expected (n,)", name);
+            return EKV_SUCCESS;
+        }
+        return ekv_set_error(EKV_ERR_FORMAT, "%s: 'shape' tuple is malformed", name);
+    }
+}
+
+/* Parses the magic, the version, the header dictionary, and checks that the data that
+   follows has exactly the size the shape and dtype need. */
+static ekv_result ekv__npy_header(const unsigned char *bytes, size_t size, const char *name,
+                                  ekv__npy_info *info)
+{
+    static const unsigned char magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
+    size_t header_start, header_length, needed, available;
+    const char *p, *end;
+    int have_descr = 0, have_order = 0, have_shape = 0, i;
+    memset(info, 0, sizeof *info);
+    if (size < 10 || memcmp(bytes, magic, 6) != 0) {
+        if (size < 6 && memcmp(bytes, magic, size) == 0)
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: truncated .npy: %zu bytes, not even the "
+                                 "magic string", name, size);
+        if (size >= 6 && memcmp(bytes, magic, 6) == 0)
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: truncated .npy header (%zu bytes)", name,
+                                 size);
+        return ekv_set_error(EKV_ERR_FORMAT, "%s: not a .npy file (bad magic; expected "
+                             "\\x93NUMPY)", name);
+    }
+    if ((bytes[6] != 1 && bytes[6] != 2 && bytes[6] != 3) || bytes[7] != 0)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "%s: .npy format version %d.%d is not supported (1.0, 2.0, 3.0)",
+                             name, bytes[6], bytes[7]);
+    if (bytes[6] == 1) {
+        header_start = 10;
+        header_length = ekv__load_le(bytes + 8, 2);
+    } else {
+        if (size < 12)
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: truncated .npy header (%zu bytes)", name,
+                                 size);
+        header_start = 12;
+        header_length = ekv__load_le(bytes + 8, 4);
+    }
+    if (header_length > size - header_start)
+        return ekv_set_error(EKV_ERR_FORMAT,
+                             "%s: header length %zu runs past the end of the file (%zu bytes)",
+                             name, header_length, size);
+    p = (const char *)bytes + header_start;
+    end = p + header_length;
+    if (!ekv__npy_accept(&p, end, '{'))
+        return ekv_set_error(EKV_ERR_FORMAT, "%s: header is not a dictionary", name);
+    while (!ekv__npy_accept(&p, end, '}')) {
+        const char *key;
+        size_t key_length;
+        if (!ekv__npy_string(&p, end, &key, &key_length) || !ekv__npy_accept(&p, end, ':'))
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: malformed header dictionary", name);
+        if (key_length == 5 && memcmp(key, "descr", 5) == 0) {
+            const char *text;
+            size_t length;
+            if (!ekv__npy_string(&p, end, &text, &length))
+                return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                                     "%s: 'descr' is not a simple dtype string (structured "
+                                     "arrays are not supported)", name);
+            if (length == 3 && memcmp(text, "<f4", 3) == 0) info->itemsize = 4;
+            else if (length == 3 && memcmp(text, "<f2", 3) == 0) info->itemsize = 2;
+            else if (length == 3 && memcmp(text, "<f8", 3) == 0) info->itemsize = 8;
+            else
+                return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                                     "%s: dtype '%.*s' is not supported (expected '<f4', "
+                                     "'<f2' or '<f8')", name, (int)(length > 32 ? 32 : length),
+                                     text);
+            have_descr = 1;
+        } else if (key_length == 13 && memcmp(key, "fortran_order", 13) == 0) {
+            if (ekv__npy_word(&p, end, "True"))
+                return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                                     "%s: fortran_order is True; only C-order arrays are "
+                                     "supported (save np.ascontiguousarray(x))", name);
+            if (!ekv__npy_word(&p, end, "False"))
+                return ekv_set_error(EKV_ERR_FORMAT, "%s: 'fortran_order' is not True or False",
+                                     name);
+            have_order = 1;
+        } else if (key_length == 5 && memcmp(key, "shape", 5) == 0) {
+            ekv_result result = ekv__npy_shape(&p, end, name, info);
+            if (result != EKV_SUCCESS) return result;
+            have_shape = 1;
+        } else {
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: unexpected key '%.*s' in the header", name,
+                                 (int)(key_length > 32 ? 32 : key_length), key);
+        }
+        if (!ekv__npy_accept(&p, end, ',')) {
+            if (!ekv__npy_accept(&p, end, '}'))
+                return ekv_set_error(EKV_ERR_FORMAT, "%s: malformed header dictionary", name);
+            break;
+        }
+    }
+    ekv__npy_skip_space(&p, end);
+    if (p != end)
+        return ekv_set_error(EKV_ERR_FORMAT, "%s: unexpected text after the header dictionary",
+                             name);
+    if (!have_descr || !have_order || !have_shape)
+        return ekv_set_error(EKV_ERR_FORMAT, "%s: header lacks '%s'", name,
+                             !have_descr ? "descr" : !have_order ? "fortran_order" : "shape");
+    info->count = 1;
+    for (i = 0; i < info->ndim; i++) {
+        if ((uint64_t)info->shape[i] > (uint64_t)((size_t)-1) ||
+            !ekv__mul_size(info->count, (size_t)info->shape[i], &info->count))
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: shape is too large to address", name);
+    }
+    if (!ekv__mul_size(info->count, 8, &needed))
+        return ekv_set_error(EKV_ERR_FORMAT, "%s: shape is too large to address", name);
+    needed = info->count * (size_t)info->itemsize;
+    info->data_offset = header_start + header_length;
+    available = size - info->data_offset;
+    if (available != needed)
+        return ekv_set_error(EKV_ERR_FORMAT,
+                             "%s: %s: the shape and dtype need %zu data bytes, the file has %zu",
+                             name, available < needed ? "data truncated" : "data size mismatch",
+                             needed, available);
+    return EKV_SUCCESS;
+}
+
+/* Narrowing that is defined for every double: out of range gives +-inf. */
+static float ekv__f64_to_f32(double x)
+{
+    if (x > FLT_MAX) return ekv__bits_f32(0x7f800000u);
+    if (x < -FLT_MAX) return ekv__bits_f32(0xff800000u);
+    return (float)x;
+}
+
+EKV_DEF ekv_result ekv_npy_parse(const unsigned char *bytes, size_t size, const char *name,
+                                 ekv_npy_array *out)
+{
+    ekv__npy_info info;
+    ekv_result result;
+    const unsigned char *p;
+    size_t i;
+    int d;
+    if (!out) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_npy_parse: NULL output");
+    memset(out, 0, sizeof *out);
+    if (!name) name = "(memory)";
+    if (!bytes && size > 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_npy_parse: %s: NULL bytes", name);
+    if (!bytes) bytes = (const unsigned char *)"";
+    result = ekv__npy_header(bytes, size, name, &info);
+    if (result != EKV_SUCCESS) return result;
+    out->values = (float *)ekv__alloc(info.count, sizeof(float));
+    if (!out->values) return EKV_ERR_OUT_OF_MEMORY;
+    out->ndim = info.ndim;
+    for (d = 0; d < info.ndim; d++) out->shape[d] = info.shape[d];
+    p = bytes + info.data_offset;
+    for (i = 0; i < info.count; i++) {
+        if (info.itemsize == 4) {
+            out->values[i] = ekv__bits_f32(ekv__load_le(p + 4 * i, 4));
+        } else if (info.itemsize == 2) {
+            out->values[i] = ekv_f16_to_f32((uint16_t)ekv__load_le(p + 2 * i, 2));
+        } else {
+            uint64_t bits = ekv__load_le64(p + 8 * i);
+            double x;
+            memcpy(&x, &bits, sizeof x);
+            out->values[i] = ekv__f64_to_f32(x);
+        }
+    }
+    return EKV_SUCCESS;
+}
+
+EKV_DEF void ekv_npy_free(ekv_npy_array *array)
+{
+    if (!array) return;
+    ekv__free(array->values);
+    memset(array, 0, sizeof *array);
+}
+
+/* Reads a whole file into memory. */
+static ekv_result ekv__read_file(const char *path, unsigned char **bytes, size_t *size)
+{
+    FILE *file;
+    unsigned char *buffer = NULL;
+    size_t length = 0, capacity = 0;
+    *bytes = NULL;
+    *size = 0;
+    file = fopen(path, "rb");
+    if (!file) return ekv_set_error(EKV_ERR_IO, "%s: cannot open for reading", path);
+    for (;;) {
+        size_t got;
+        if (length == capacity) {
+            size_t grown = capacity ? capacity * 2 : 65536;
+            unsigned char *next;
+            if (grown < capacity) {
+                fclose(file);
+                ekv__free(buffer);
+                return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: file too large", path);
+            }
+            next = (unsigned char *)EKV_REALLOC(buffer, grown);
+            if (!next) {
+                fclose(file);
+                ekv__free(buffer);
+                return ekv_set_error(EKV_ERR_OUT_OF_MEMORY,
+                                     "%s: out of host memory reading the file", path);
+            }
+            buffer = next;
+            capacity = grown;
+        }
+        got = fread(buffer + length, 1, capacity - length, file);
+        length += got;
+        if (got == 0) break;
+    }
+    if (ferror(file)) {
+        fclose(file);
+        ekv__free(buffer);
+        return ekv_set_error(EKV_ERR_IO, "%s: read error (is it a directory?)", path);
+    }
+    fclose(file);
+    *bytes = buffer;
+    *size = length;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_npy_read(const char *path, ekv_npy_array *out)
+{
+    unsigned char *bytes;
+    size_t size;
+    ekv_result result;
+    if (!out) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_npy_read: NULL output");
+    memset(out, 0, sizeof *out);
+    if (!path) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_npy_read: NULL path");
+    result = ekv__read_file(path, &bytes, &size);
+    if (result != EKV_SUCCESS) return result;
+    result = ekv_npy_parse(bytes, size, path, out);
+    ekv__free(bytes);
+    return result;
+}
+
+/* Writes the numpy 1.0 header (padded with spaces to a multiple of 64 bytes, ending in
+   '\n', as numpy does) and the little-endian data. */
+static ekv_result ekv__npy_write(const char *path, const void *values, int itemsize, int ndim,
+                                 const int64_t *shape)
+{
+    char header[512], dims[256];
+    size_t count = 1, used = 0, header_length, total, i;
+    unsigned char prefix[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, 0, 0};
+    unsigned char chunk[4096];
+    FILE *file;
+    int d, failed;
+    if (!path) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_npy_write: NULL path");
+    if (ndim < 0 || ndim > EKV__NPY_MAX_DIMS || (ndim > 0 && !shape))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: ndim must be in [0, %d] with a shape, got %d",
+                             path, EKV__NPY_MAX_DIMS, ndim);
+    dims[0] = '\0';
+    for (d = 0; d < ndim; d++) {
+        if (shape[d] < 0 || (uint64_t)shape[d] > (uint64_t)((size_t)-1) ||
+            !ekv__mul_size(count, (size_t)shape[d], &count))
+            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: bad dimension %lld at index %d", path,
+                                 (long long)shape[d], d);
+        used += (size_t)snprintf(dims + used, sizeof dims - used, d + 1 < ndim || ndim == 1 ?
+                                 "%lld," : "%lld", (long long)shape[d]);
+        if (d + 1 < ndim) used += (size_t)snprintf(dims + used, sizeof dims - used, " ");
+    }
+    if (!ekv__mul_size(count, (size_t)itemsize, &total))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: array too large", path);
+    if (count > 0 && !values) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL values", path);
+    header_length = (size_t)snprintf(header, sizeof header,
+                                     "{'descr': '<f%d', 'fortran_order': False, 'shape': (%s), }",
+                                     itemsize, dims);
+    while ((10 + header_length + 1) % 64 != 0) header[header_length++] = ' ';
+    header[header_length++] = '\n';
+    prefix[8] = (unsigned char)(header_length & 0xff);
+    prefix[9] = (unsigned char)(header_length >> 8);
+    file = fopen(path, "wb");
+    if (!file) return ekv_set_error(EKV_ERR_IO, "%s: cannot open for writing", path);
+    failed = fwrite(prefix, 1, 10, file) != 10 ||
+             fwrite(header, 1, header_length, file) != header_length;
+    for (i = 0; i < count && !failed;) {
+        size_t n = 0;
+        while (i < count && n + (size_t)itemsize <= sizeof chunk) {
+            uint64_t bits;
+            int byte;
+            if (itemsize == 4) {
+                uint32_t b32;
+                memcpy(&b32, (const float *)values + i, 4);
+                bits = b32;
+            } else {
+                memcpy(&bits, (const double *)values + i, 8);
+            }
+            for (byte = 0; byte < itemsize; byte++) chunk[n++] = (unsigned char)(bits >> (8 * byte));
+            i++;
+        }
+        failed = fwrite(chunk, 1, n, file) != n;
+    }
+    if (fclose(file) != 0) failed = 1;
+    if (failed) return ekv_set_error(EKV_ERR_IO, "%s: write error", path);
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_npy_write(const char *path, const float *values, int ndim,
+                                 const int64_t *shape)
+{
+    return ekv__npy_write(path, values, 4, ndim, shape);
+}
+
+EKV_DEF ekv_result ekv_npy_write_f64(const char *path, const double *values, int ndim,
+                                     const int64_t *shape)
+{
+    return ekv__npy_write(path, values, 8, ndim, shape);
+}
+
+/* .npz ---------------------------------------------------------------------- */
+
+/* A .npz is a zip archive of .npy members. np.savez stores them (method 0) and we read
+   those through the central directory, zip64 included (numpy forces zip64 local headers);
+   np.savez_compressed deflates them, which would need zlib: refused with a clear error. */
+
+static void ekv__crc32_table(uint32_t table[256])
+{
+    uint32_t i, bit;
+    for (i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (bit = 0; bit < 8; bit++) c = (c & 1u) ? 0xedb88320u ^ (c >> 1) : c >> 1;
+        table[i] = c;
+    }
+}
+
+static uint32_t ekv__crc32(const uint32_t table[256], const unsigned char *p, size_t n)
+{
+    uint32_t crc = 0xffffffffu;
+    size_t i;
+    for (i = 0; i < n; i++) crc = table[(crc ^ p[i]) & 0xffu] ^ (crc >> 8);
+    return crc ^ 0xffffffffu;
+}
+
+/* Is [offset, offset + length) inside [0, size)? */
+static int ekv__in_bounds(size_t size, uint64_t offset, uint64_t length)
+{
+    return offset <= size && length <= size - offset;
+}
+
+typedef struct ekv__zip {
+    const unsigned char *bytes;
+    size_t size;
+    const char *name;
+    uint64_t directory_offset, directory_size, entries;
+    uint32_t crc_table[256];
+} ekv__zip;
+
+static ekv_result ekv__zip_open(ekv__zip *zip, const unsigned char *bytes, size_t size,
+                                const char *name)
+{
+    size_t position, lowest;
+    int found = 0;
+    memset(zip, 0, sizeof *zip);
+    zip->bytes = bytes;
+    zip->size = size;
+    zip->name = name;
+    if (size < 22) return ekv_set_error(EKV_ERR_FORMAT, "%s: truncated .npz (%zu bytes)", name, size);
+    /* the end-of-central-directory record: the last one whose comment ends the file */
+    lowest = size - 22 > 65535 ? size - 22 - 65535 : 0;
+    for (position = size - 22 + 1; position-- > lowest;) {
+        if (ekv__load_le(bytes + position, 4) == 0x06054b50u &&
+            position + 22 + ekv__load_le(bytes + position + 20, 2) == size) {
+            found = 1;
+            break;
+        }
+    }
+    if (!found)
+        return ekv_set_error(EKV_ERR_FORMAT, "%s: not a zip archive (no end of central directory)",
+                             name);
+    zip->entries = ekv__load_le(bytes + position + 10, 2);
+    zip->directory_size = ekv__load_le(bytes + position + 12, 4);
+    zip->directory_offset = ekv__load_le(bytes + position + 16, 4);
+    if (zip->entries == 0xffffu || zip->directory_size == 0xffffffffu ||
+        zip->directory_offset == 0xffffffffu) {
+        uint64_t record;
+        if (position < 20 || ekv__load_le(bytes + position - 20, 4) != 0x07064b50u)
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: zip64 end-of-directory locator missing", name);
+        record = ekv__load_le64(bytes + position - 20 + 8);
+        if (!ekv__in_bounds(size, record, 56) || ekv__load_le(bytes + record, 4) != 0x06064b50u)
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: zip64 end-of-directory record is invalid",
+                                 name);
+        zip->entries = ekv__load_le64(bytes + record + 32);
+        zip->directory_size = ekv__load_le64(bytes + record + 40);
+        zip->directory_offset = ekv__load_le64(bytes + record + 48);
+    }
+    if (!ekv__in_bounds(size, zip->directory_offset, zip->directory_size))
+        return ekv_set_error(EKV_ERR_FORMAT, "%s: central directory lies outside the file", name);
+    ekv__crc32_table(zip->crc_table);
+    return EKV_SUCCESS;
+}
+
+/* Finds a member by name; *member = NULL when absent. */
+static ekv_result ekv__zip_member(const ekv__zip *zip, const char *member_name,
+                                  const unsigned char **member, size_t *member_size)
+{
+    const unsigned char *z = zip->bytes;
+    uint64_t offset = zip->directory_offset, end = zip->directory_offset + zip->directory_size;
+    uint64_t entry;
+    size_t want = strlen(member_name);
+    *member = NULL;
+    *member_size = 0;
+    for (entry = 0; entry < zip->entries; entry++) {
+        uint32_t flags, method, crc, name_length, extra_length, comment_length;
+        uint64_t compressed, uncompressed, local, data;
+        if (offset > end || end - offset < 46 || ekv__load_le(z + offset, 4) != 0x02014b50u)
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: central directory entry %llu is invalid",
+                                 zip->name, (unsigned long long)entry);
+        flags = ekv__load_le(z + offset + 8, 2);
+        method = ekv__load_le(z + offset + 10, 2);
+        crc = ekv__load_le(z + offset + 16, 4);
+        compressed = ekv__load_le(z + offset + 20, 4);
+        uncompressed = ekv__load_le(z + offset + 24, 4);
+        name_length = ekv__load_le(z + offset + 28, 2);
+        extra_length = ekv__load_le(z + offset + 30, 2);
+        comment_length = ekv__load_le(z + offset + 32, 2);
+        local = ekv__load_le(z + offset + 42, 4);
+        if (end - offset - 46 < (uint64_t)name_length + extra_length + comment_length)
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: central directory entry %llu is truncated",
+                                 zip->name, (unsigned long long)entry);
+        if (name_length != want || memcmp(z + offset + 46, member_name, want) != 0) {
+            offset += 46 + (uint64_t)name_length + extra_length + comment_length;
+            continue;
+        }
+        if (compressed == 0xffffffffu || uncompressed == 0xffffffffu || local == 0xffffffffu) {
+            /* zip64 extended information: the 8-byte values present are those whose
+               32-bit fields are saturated, in the order uncompressed, compressed, local */
+            const unsigned char *extra = z + offset + 46 + name_length;
+            uint32_t at = 0;
+            int done = 0;
+            while (!done && at + 4 <= extra_length) {
+                uint32_t id = ekv__load_le(extra + at, 2), length = ekv__load_le(extra + at + 2, 2);
+                uint32_t field = at + 4;
+                if (length > extra_length - at - 4) break;
+                if (id == 1) {
+                    uint64_t *targets[3];
+                    int count = 0, i;
+                    if (uncompressed == 0xffffffffu) targets[count++] = &uncompressed;
+                    if (compressed == 0xffffffffu) targets[count++] = &compressed;
+                    if (local == 0xffffffffu) targets[count++] = &local;
+                    if (length < 8u * (uint32_t)count)
+                        return ekv_set_error(EKV_ERR_FORMAT, "%s: member %s: zip64 field too short",
+                                             zip->name, member_name);
+                    for (i = 0; i < count; i++) *targets[i] = ekv__load_le64(extra + field + 8 * i);
+                    done = 1;
+                }
+                at += 4 + length;
+            }
+            if (!done)
+                return ekv_set_error(EKV_ERR_FORMAT, "%s: member %s: zip64 sizes missing",
+                                     zip->name, member_name);
+        }
+        if (flags & 1u)
+            return ekv_set_error(EKV_ERR_UNSUPPORTED, "%s: member %s is encrypted", zip->name,
+                                 member_name);
+        if (method == 8)
+            return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                                 "%s: member %s: compressed .npz not supported; use np.savez "
+                                 "(not np.savez_compressed)", zip->name, member_name);
+        if (method != 0)
+            return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                                 "%s: member %s uses zip method %u; only stored members (np.savez) "
+                                 "are supported", zip->name, member_name, (unsigned)method);
+        if (compressed != uncompressed)
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: member %s is stored but its sizes differ",
+                                 zip->name, member_name);
+        if (!ekv__in_bounds(zip->size, local, 30) || ekv__load_le(z + local, 4) != 0x04034b50u)
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: member %s: local header is invalid",
+                                 zip->name, member_name);
+        data = local + 30 + ekv__load_le(z + local + 26, 2) + ekv__load_le(z + local + 28, 2);
+        if (!ekv__in_bounds(zip->size, data, compressed))
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: member %s runs past the end of the file",
+                                 zip->name, member_name);
+        if (ekv__crc32(zip->crc_table, z + data, (size_t)compressed) != crc)
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: member %s: CRC-32 mismatch (corrupt file)",
+                                 zip->name, member_name);
+        *member = z + data;
+        *member_size = (size_t)compressed;
+        return EKV_SUCCESS;
+    }
+    return EKV_SUCCESS;
+}
+
+/* Checks the shapes of the loaded arrays and moves them into `data`. q_observe may be
+   absent (values NULL): with observe > 0 every observed query is then a copy of q. With
+   more observed queries in the file than `observe`, the last `observe` are kept. */
+static ekv_result ekv__data_from_arrays(ekv_npy_array *arrays, int observe, const char *name,
+                                        ekv_data *data)
+{
+    ekv_npy_array *q = &arrays[0], *k = &arrays[1], *v = &arrays[2], *qo = &arrays[3];
+    int64_t B, H, Hkv, S, D, O = 0;
+    int i;
+    if (q->ndim != 3)
+        return ekv_set_error(EKV_ERR_FORMAT, "%s: q must have 3 dimensions [B,H,D], has %d", name,
+                             q->ndim);
+    if (k->ndim != 4)
+        return ekv_set_error(EKV_ERR_FORMAT, "%s: k must have 4 dimensions [B,H_kv,S,D], has %d",
+                             name, k->ndim);
+    for (i = 0; i < 4; i++)
+        if (v->ndim != 4 || v->shape[i] != k->shape[i])
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: v must have the shape of k", name);
+    B = q->shape[0];
+    H = q->shape[1];
+    D = q->shape[2];
+    Hkv = k->shape[1];
+    S = k->shape[2];
+    if (k->shape[0] != B)
+        return ekv_set_error(EKV_ERR_FORMAT, "%s: batch of k (%lld) differs from q (%lld)", name,
+                             (long long)k->shape[0], (long long)B);
+    if (k->shape[3] != D)
+        return ekv_set_error(EKV_ERR_FORMAT, "%s: head_dim of k (%lld) differs from q (%lld)",
+                             name, (long long)k->shape[3], (long long)D);
+    if (B < 1 || H < 1 || D < 1 || S < 1 || Hkv < 1 || B > INT_MAX || H > INT_MAX ||
+        D > INT_MAX || S > INT_MAX || Hkv > INT_MAX)
+        return ekv_set_error(EKV_ERR_FORMAT, "%s: every dimension must be in [1, %d]", name,
+                             INT_MAX);
+    if (H % Hkv != 0)
+        return ekv_set_error(EKV_ERR_FORMAT, "%s: kv heads of k (%lld) do not divide heads of q "
+                             "(%lld)", name, (long long)Hkv, (long long)H);
+    if (qo->values) {
+        if (qo->ndim != 4 || qo->shape[0] != B || qo->shape[1] != H || qo->shape[3] != D)
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: q_observe must have shape [B,H,O,D] = "
+                                 "[%lld,%lld,O,%lld]", name, (long long)B, (long long)H,
+                                 (long long)D);
+        O = qo->shape[2];
+        if (O > INT_MAX)
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: q_observe has too many queries", name);
+    }
+    memset(data, 0, sizeof *data);
+    data->batch = (int)B;
+    data->heads = (int)H;
+    data->kv_heads = (int)Hkv;
+    data->head_dim = (int)D;
+    data->capacity = (int)S;
+    data->observe = observe <= 0 ? 0 : (qo->values && O > 0 && O < observe) ? (int)O : observe;
+    data->lengths = (int *)ekv__alloc((size_t)B, sizeof(int));
+    if (!data->lengths) return EKV_ERR_OUT_OF_MEMORY;
+    if (data->observe > 0) {
+        size_t bh, o, row = (size_t)D * sizeof(float);
+        data->q_observe = (float *)ekv__alloc((size_t)B * (size_t)H * (size_t)data->observe,
+                                              (size_t)D * sizeof(float));
+        if (!data->q_observe) {
+            ekv_data_free(data);
+            return EKV_ERR_OUT_OF_MEMORY;
+        }
+        for (bh = 0; bh < (size_t)(B * H); bh++)
+            for (o = 0; o < (size_t)data->observe; o++) {
+                const float *source = qo->values && O > 0
+                    ? qo->values + (bh * (size_t)O + (size_t)O - (size_t)data->observe + o) *
+                                       (size_t)D
+                    : q->values + bh * (size_t)D;
+                memcpy(data->q_observe + (bh * (size_t)data->observe + o) * (size_t)D, source, row);
+            }
+    }
+    for (i = 0; i < data->batch; i++) data->lengths[i] = (int)S;
+    data->q = q->values;
+    data->k = k->values;
+    data->v = v->values;
+    q->values = k->values = v->values = NULL;
+    return EKV_SUCCESS;
+}
+
+static const char *const ekv__data_members[4] = {"q.npy", "k.npy", "v.npy", "q_observe.npy"};
+
+/* ekv_data_load for a .npz image in memory. */
+static ekv_result ekv__data_load_npz(const unsigned char *bytes, size_t size, const char *name,
+                                     int observe, ekv_data *data)
+{
+    ekv__zip zip;
+    ekv_npy_array arrays[4];
+    ekv_result result;
+    int i;
+    memset(arrays, 0, sizeof arrays);
+    memset(data, 0, sizeof *data);
+    result = ekv__zip_open(&zip, bytes, size, name);
+    for (i = 0; i < 4 && result == EKV_SUCCESS; i++) {
+        const unsigned char *member;
+        size_t member_size;
+        char member_label[EKV_PATH_MAX + 32];
+        result = ekv__zip_member(&zip, ekv__data_members[i], &member, &member_size);
+        if (result != EKV_SUCCESS) break;
+        if (!member) {
+            if (i < 3)
+                result = ekv_set_error(EKV_ERR_FORMAT, "%s: the archive has no member %s "
+                                       "(expected q, k, v and optionally q_observe)", name,
+                                       ekv__data_members[i]);
+            continue;
+        }
+        snprintf(member_label, sizeof member_label, "%.1000s:%.20s", name, ekv__data_members[i]);
+        result = ekv_npy_parse(member, member_size, member_label, &arrays[i]);
+    }
+    if (result == EKV_SUCCESS) result = ekv__data_from_arrays(arrays, observe, name, data);
+    for (i = 0; i < 4; i++) ekv_npy_free(&arrays[i]);
+    return result;
+}
+
+EKV_DEF ekv_result ekv_data_load(const char *path, int observe, ekv_data *data)
+{
+    char member_path[EKV_PATH_MAX + 32];
+    ekv_npy_array arrays[4];
+    ekv_result result = EKV_SUCCESS;
+    FILE *probe;
+    int i;
+    if (!data) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_data_load: NULL output");
+    memset(data, 0, sizeof *data);
+    if (!path || !*path) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_data_load: empty path");
+    if (strlen(path) >= EKV_PATH_MAX)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_data_load: path longer than %d bytes",
+                             EKV_PATH_MAX - 1);
+    snprintf(member_path, sizeof member_path, "%s/q.npy", path);
+    probe = fopen(member_path, "rb");
+    if (!probe) {
+        unsigned char *bytes;
+        size_t size;
+        result = ekv__read_file(path, &bytes, &size);
+        if (result != EKV_SUCCESS) return result;
+        if (size >= 6 && memcmp(bytes, "\x93NUMPY", 6) == 0)
+            result = ekv_set_error(EKV_ERR_FORMAT, "%s: a single .npy cannot hold q, k and v; "
+                                   "give a .npz (np.savez) or a directory of q.npy, k.npy, v.npy",
+                                   path);
+        else if (size < 4 || bytes[0] != 'P' || bytes[1] != 'K')
+            result = ekv_set_error(EKV_ERR_FORMAT, "%s: not a .npz archive or a directory holding "
+                                   "q.npy, k.npy and v.npy", path);
+        else
+            result = ekv__data_load_npz(bytes, size, path, observe, data);
+        ekv__free(bytes);
+        return result;
+    }
+    fclose(probe);
+    memset(arrays, 0, sizeof arrays);
+    for (i = 0; i < 4 && result == EKV_SUCCESS; i++) {
+        snprintf(member_path, sizeof member_path, "%s/%s", path, ekv__data_members[i]);
+        if (i == 3) {
+            probe = fopen(member_path, "rb");
+            if (!probe) break;
+            fclose(probe);
+        }
+        result = ekv_npy_read(member_path, &arrays[i]);
+    }
+    if (result == EKV_SUCCESS) result = ekv__data_from_arrays(arrays, observe, path, data);
+    for (i = 0; i < 4; i++) ekv_npy_free(&arrays[i]);
+    return result;
+}
+
+/* >>cache: policies, building the stored cache ============================== */
+
+static int ekv__policy_valid(const ekv_compress_desc *desc)
+{
+    return desc && (int)desc->policy >= 0 && desc->policy < EKV_POLICY_COUNT &&
+           desc->compression >= 1 && desc->recent >= 0 && desc->sinks >= 0 &&
+           !(desc->policy == EKV_POLICY_NONE && desc->compression != 1);
+}
+
+EKV_DEF int ekv_policy_kept(const ekv_compress_desc *desc, int length)
+{
+    int recent, old;
+    if (!ekv__policy_valid(desc) || length < 0) return -1;
+    recent = desc->recent < length ? desc->recent : length;
+    old = length - recent;
+    return old / desc->compression + (old % desc->compression != 0) + recent;
+}
+
+typedef struct ekv__ranked {
+    double score;
+    int token;
+} ekv__ranked;
+
+/* Highest score first, NaN last, ties to the older token. */
+static int ekv__compare_ranked(const void *a, const void *b)
+{
+    const ekv__ranked *x = (const ekv__ranked *)a, *y = (const ekv__ranked *)b;
+    int x_nan = x->score != x->score, y_nan = y->score != y->score;
+    if (x_nan != y_nan) return x_nan - y_nan;
+    if (!x_nan && x->score != y->score) return x->score > y->score ? -1 : 1;
+    return (x->token > y->token) - (x->token < y->token);
+}
+
+EKV_DEF int ekv_policy_map(const ekv_compress_desc *desc, int length, const double *scores,
+                           ekv_slot_source *slots)
+{
+    int kept = ekv_policy_kept(desc, length), recent, old, budget, sinks, count = 0, t;
+    const int C = desc ? desc->compression : 1;
+    if (kept < 0 || !slots) return -1;
+    recent = desc->recent < length ? desc->recent : length;
+    old = length - recent;
+    budget = kept - recent;
+    sinks = desc->sinks < budget ? desc->sinks : budget;
+    switch (desc->policy) {
+    case EKV_POLICY_NONE:
+    case EKV_POLICY_STRIDE:
+        for (t = old > 0 ? (old - 1) % C : 0; t < old; t += C) {
+            slots[count].first = t;
+            slots[count++].count = 1;
+        }
+        break;
+    case EKV_POLICY_POOL:
+        for (t = 0; t < old; t += C) {
+            slots[count].first = t;
+            slots[count++].count = old - t < C ? old - t : C;
+        }
+        break;
+    case EKV_POLICY_WINDOW:
+        for (t = 0; t < sinks; t++) {
+            slots[count].first = t;
+            slots[count++].count = 1;
+        }
+        for (t = old - (budget - sinks); t < old; t++) {
+            slots[count].first = t;
+            slots[count++].count = 1;
+        }
+        break;
+    case EKV_POLICY_TOPK: {
+        ekv__ranked *ranked;
+        unsigned char *chosen;
+        int candidates = old - sinks, i;
+        if (!scores) {
+            ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_policy_map: topk needs scores");
+            return -1;
+        }
+        ranked = (ekv__ranked *)ekv__alloc((size_t)(candidates > 0 ? candidates : 1),
+                                           sizeof(ekv__ranked));
+        chosen = (unsigned char *)ekv__alloc((size_t)(old > 0 ? old : 1), 1);
+        if (!ranked || !chosen) {
+            ekv__free(ranked);
+            ekv__free(chosen);
+            return -1;
+        }
+        for (i = 0; i < candidates; i++) {
+            ranked[i].token = sinks + i;
+            ranked[i].score = scores[sinks + i];
+        }
+        if (candidates > 1) qsort(ranked, (size_t)candidates, sizeof *ranked, ekv__compare_ranked);
+        for (t = 0; t < sinks; t++) chosen[t] = 1;
+        for (i = 0; i < budget - sinks; i++) chosen[ranked[i].token] = 1;
+        for (t = 0; t < old; t++)
+            if (chosen[t]) {
+                slots[count].first = t;
+                slots[count++].count = 1;
+            }
+        ekv__free(ranked);
+        ekv__free(chosen);
+        break;
+    }
+    default:
+        return -1;
+    }
+    for (t = old; t < length; t++) {
+        slots[count].first = t;
+        slots[count++].count = 1;
+    }
+    return count;
+}
+
+EKV_DEF void ekv_cache_free(ekv_host_cache *cache)
+{
+    if (!cache) return;
+    ekv__free(cache->lengths);
+    ekv__free(cache->k);
+    ekv__free(cache->v);
+    ekv__free(cache->k_scales);
+    ekv__free(cache->v_scales);
+    ekv__free(cache->bias);
+    ekv__free(cache->compressed);
+    memset(cache, 0, sizeof *cache);
+}
+
+/* Row `slot` of (b, h) in K (which = 0) or V; scale pointers per the layout. */
+static const unsigned char *ekv__cache_values(const ekv_host_cache *cache, int which, int b,
+                                              int h, int slot)
+{
+    size_t row = ((size_t)b * (size_t)cache->kv_heads + (size_t)h) * (size_t)cache->capacity +
+                 (size_t)slot;
+    return (which ? cache->v : cache->k) + row * ekv_dtype_row_bytes(cache->dtype, cache->head_dim);
+}
+
+static const unsigned char *ekv__cache_row_scale(const ekv_host_cache *cache, int which, int b,
+                                                 int h, int slot)
+{
+    size_t row = ((size_t)b * (size_t)cache->kv_heads + (size_t)h) * (size_t)cache->capacity +
+                 (size_t)slot;
+    const unsigned char *scales = which ? cache->v_scales : cache->k_scales;
+    if (cache->dtype != EKV_DTYPE_INT8 && cache->dtype != EKV_DTYPE_INT4) return NULL;
+    return scales + row * ekv_dtype_row_scale_bytes(cache->dtype, cache->head_dim);
+}
+
+static float ekv__cache_head_scale(const ekv_host_cache *cache, int which, int b, int h)
+{
+    float scale = 0.0f;
+    if (cache->dtype == EKV_DTYPE_FP8)
+        memcpy(&scale, (which ? cache->v_scales : cache->k_scales) +
+                           ((size_t)b * (size_t)cache->kv_heads + (size_t)h) * sizeof(float),
+               sizeof scale);
+    return scale;
+}
+
+EKV_DEF void ekv_cache_row(const ekv_host_cache *cache, int which, int b, int h, int slot,
+                           float *out)
+{
+    if (!cache || !out || b < 0 || b >= cache->batch || h < 0 || h >= cache->kv_heads ||
+        slot < 0 || slot >= cache->capacity)
+        return;
+    ekv_dequantize_row(cache->dtype, ekv__cache_values(cache, which, b, h, slot),
+                       ekv__cache_row_scale(cache, which, b, h, slot), cache->head_dim,
+                       ekv__cache_head_scale(cache, which, b, h), out);
+}
+
+/* The f32 row a slot holds: the token's row, or the mean of a pooled group (in double,
+   then rounded once to float). */
+static void ekv__slot_row(const float *rows, int head_dim, ekv_slot_source source,
+                          double *sum, float *out)
+{
+    int d, t;
+    if (source.count == 1) {
+        memcpy(out, rows + (size_t)source.first * (size_t)head_dim, (size_t)head_dim * sizeof(float));
+        return;
+    }
+    for (d = 0; d < head_dim; d++) sum[d] = 0.0;
+    for (t = source.first; t < source.first + source.count; t++) {
+        const float *row = rows + (size_t)t * (size_t)head_dim;
+        for (d = 0; d < head_dim; d++) sum[d] += row[d];
+    }
+    for (d = 0; d < head_dim; d++) out[d] = (float)(sum[d] / source.count);
+}
+
+static ekv_result ekv__check_data(const ekv_data *data, const char *function)
+{
+    int b;
+    if (!data || !data->q || !data->k || !data->v || !data->lengths)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: data is NULL or not generated", function);
+    if (data->batch < 1 || data->heads < 1 || data->kv_heads < 1 || data->head_dim < 1 ||
+        data->capacity < 1 || data->heads % data->kv_heads != 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: bad data dimensions (batch %d, heads %d, kv_heads %d, "
+                             "head_dim %d, capacity %d)", function, data->batch, data->heads,
+                             data->kv_heads, data->head_dim, data->capacity);
+    for (b = 0; b < data->batch; b++)
+        if (data->lengths[b] < 0 || data->lengths[b] > data->capacity)
+            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: lengths[%d] = %d outside [0, %d]",
+                                 function, b, data->lengths[b], data->capacity);
+    return EKV_SUCCESS;
+}
+
+static ekv_result ekv__resolve_scale(double softmax_scale, int head_dim, const char *function,
+                                     double *scale)
+{
+    if (softmax_scale != softmax_scale || softmax_scale > DBL_MAX || softmax_scale < -DBL_MAX)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: softmax_scale must be finite", function);
+    *scale = softmax_scale == 0.0 ? 1.0 / sqrt((double)head_dim) : softmax_scale;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc *desc,
+                                   ekv_dtype dtype, double softmax_scale,
+                                   ekv_host_cache *cache)
+{
+    const char *fn = "ekv_cache_build";
+    size_t row_bytes, scale_bytes, rows, cells, bh;
+    double scale = 0.0, *scores = NULL, *sum = NULL;
+    ekv_slot_source *slots = NULL;
+    float *row = NULL;
+    ekv_result result;
+    int b, h, capacity = 0, D;
+    if (!cache) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL cache", fn);
+    memset(cache, 0, sizeof *cache);
+    result = ekv__check_data(data, fn);
+    if (result != EKV_SUCCESS) return result;
+    if (!ekv__policy_valid(desc))
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: bad compression settings (policy none needs compression 1; "
+                             "compression >= 1, recent >= 0, sinks >= 0)", fn);
+    if ((int)dtype < 0 || dtype >= EKV_DTYPE_COUNT)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: unknown dtype %d", fn, (int)dtype);
+    if ((dtype == EKV_DTYPE_INT4 || dtype == EKV_DTYPE_F16 || dtype == EKV_DTYPE_BF16) &&
+        data->head_dim % 2 != 0)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED, "%s: head_dim %d must be even for this dtype",
+                             fn, data->head_dim);
+    if (desc->policy == EKV_POLICY_TOPK && (data->observe < 1 || !data->q_observe))
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: policy topk needs observed queries (data has observe = %d)", fn,
+                             data->observe);
+    result = ekv__resolve_scale(softmax_scale, data->head_dim, fn, &scale);
+    if (result != EKV_SUCCESS) return result;
+    D = data->head_dim;
+    for (b = 0; b < data->batch; b++) {
+        int kept = ekv_policy_kept(desc, data->lengths[b]);
+        if (kept > capacity) capacity = kept;
+    }
+    if (capacity < 1) capacity = 1;
+    cache->dtype = dtype;
+    cache->batch = data->batch;
+    cache->kv_heads = data->kv_heads;
+    cache->head_dim = D;
+    cache->capacity = capacity;
+    row_bytes = ekv_dtype_row_bytes(dtype, D);
+    scale_bytes = ekv_dtype_row_scale_bytes(dtype, D);
+    bh = (size_t)data->batch * (size_t)data->kv_heads;
+    rows = bh * (size_t)capacity;
+    if (!ekv__mul_size(rows, row_bytes, &cells)) {
+        ekv_cache_free(cache);
+        return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: cache too large to address", fn);
+    }
+    cache->lengths = (int *)ekv__alloc((size_t)data->batch, sizeof(int));
+    cache->k = (unsigned char *)ekv__alloc(rows, row_bytes);
+    cache->v = (unsigned char *)ekv__alloc(rows, row_bytes);
+    if (dtype == EKV_DTYPE_FP8) {
+        cache->k_scales = (unsigned char *)ekv__alloc(bh, sizeof(float));
+        cache->v_scales = (unsigned char *)ekv__alloc(bh, sizeof(float));
+    } else if (scale_bytes) {
+        cache->k_scales = (unsigned char *)ekv__alloc(rows, scale_bytes);
+        cache->v_scales = (unsigned char *)ekv__alloc(rows, scale_bytes);
+    }
+    if (desc->policy == EKV_POLICY_POOL) cache->bias = (float *)ekv__alloc(rows, sizeof(float));
+    slots = (ekv_slot_source *)ekv__alloc((size_t)capacity, sizeof *slots);
+    row = (float *)ekv__alloc((size_t)D, sizeof(float));
+    sum = (double *)ekv__alloc((size_t)D, sizeof(double));
+    if (desc->policy == EKV_POLICY_TOPK)
+        scores = (double *)ekv__alloc(bh * (size_t)data->capacity, sizeof(double));
+    if (!cache->lengths || !cache->k || !cache->v || !slots || !row || !sum ||
+        ((dtype == EKV_DTYPE_FP8 || scale_bytes) && (!cache->k_scales || !cache->v_scales)) ||
+        (desc->policy == EKV_POLICY_POOL && !cache->bias) ||
+        (desc->policy == EKV_POLICY_TOPK && !scores)) {
+        result = EKV_ERR_OUT_OF_MEMORY;
+        goto done;
+    }
+    if (scores) {
+        result = ekv_observed_scores(data, scale, scores);
+        if (result != EKV_SUCCESS) goto done;
+    }
+    for (b = 0; b < data->batch; b++) {
+        for (h = 0; h < data->kv_heads; h++) {
+            const size_t head = (size_t)b * (size_t)data->kv_heads + (size_t)h;
+            const double *head_scores = scores ? scores + head * (size_t)data->capacity : NULL;
+            int kept = ekv_policy_map(desc, data->lengths[b], head_scores, slots), which, s, d;
+            if (kept < 0) {
+                result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: slot map failed", fn);
+                goto done;
+            }
+            cache->lengths[b] = kept;
+            for (which = 0; which < 2; which++) {
+                const float *source = (which ? data->v : data->k) + ekv_data_kv_index(data, b, h, 0);
+                unsigned char *values = which ? cache->v : cache->k;
+                unsigned char *scales = which ? cache->v_scales : cache->k_scales;
+                float head_scale = 0.0f;
+                if (dtype == EKV_DTYPE_FP8) {
+                    /* one scale per (sequence, kv head): amax over the rows as stored */
+                    float amax = 0.0f;
+                    for (s = 0; s < kept; s++) {
+                        ekv__slot_row(source, D, slots[s], sum, row);
+                        for (d = 0; d < D; d++)
+                            if (fabsf(row[d]) > amax) amax = fabsf(row[d]);
+                    }
+                    head_scale = amax / EKV_FP8_MAX;
+                    memcpy(scales + head * sizeof(float), &head_scale, sizeof head_scale);
+                }
+                for (s = 0; s < kept; s++) {
+                    size_t r = head * (size_t)capacity + (size_t)s;
+                    ekv__slot_row(source, D, slots[s], sum, row);
+                    ekv_quantize_row(dtype, row, D, head_scale, values + r * row_bytes,
+                                     scale_bytes ? scales + r * scale_bytes : NULL);
+                    if (which == 0 && cache->bias) cache->bias[r] = (float)log((double)slots[s].count);
+                }
+            }
+        }
+    }
+    result = EKV_SUCCESS;
+done:
+    ekv__free(slots);
+    ekv__free(row);
+    ekv__free(sum);
+    ekv__free(scores);
+    if (result != EKV_SUCCESS) ekv_cache_free(cache);
+    return result;
+}
+
+EKV_DEF ekv_cache_bytes ekv_cache_bytes_of(ekv_dtype dtype, int batch, int kv_heads,
+                                           int head_dim, const int *lengths, int has_bias)
+{
+    ekv_cache_bytes bytes;
+    double rows = 0.0;
+    int b;
+    memset(&bytes, 0, sizeof bytes);
+    if (!lengths || batch < 1 || kv_heads < 1) return bytes;
+    for (b = 0; b < batch; b++) rows += (double)lengths[b] * kv_heads;
+    bytes.k = rows * (double)ekv_dtype_row_bytes(dtype, head_dim);
+    bytes.v = bytes.k;
+    bytes.scales = 2.0 * rows * (double)ekv_dtype_row_scale_bytes(dtype, head_dim);
+    if (dtype == EKV_DTYPE_FP8) bytes.scales = 2.0 * 4.0 * batch * kv_heads;
+    bytes.bias = has_bias ? 4.0 * rows : 0.0;
+    bytes.total = bytes.k + bytes.v + bytes.scales + bytes.bias;
+    return bytes;
+}
+
+/* >>reference: double reference, the float CPU kernel, observed scores ======== */
+
+static double ekv__dot_f64(const float *a, const float *b, int n)
+{
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    int i;
+    for (i = 0; i + 3 < n; i += 4) {
+        s0 += (double)a[i] * b[i];
+        s1 += (double)a[i + 1] * b[i + 1];
+        s2 += (double)a[i + 2] * b[i + 2];
+        s3 += (double)a[i + 3] * b[i + 3];
+    }
+    for (; i < n; i++) s0 += (double)a[i] * b[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+/* Softmax in place over n logits, with max subtraction. */
+static void ekv__softmax(double *x, int n)
+{
+    double mx = -HUGE_VAL, total = 0.0;
+    int i;
+    for (i = 0; i < n; i++)
+        if (x[i] > mx) mx = x[i];
+    for (i = 0; i < n; i++) {
+        x[i] = exp(x[i] - mx);
+        total += x[i];
+    }
+    for (i = 0; i < n; i++) x[i] /= total;
+}
+
+/* Probabilities of the decode query of (b, h) over its sequence, into p[length]. */
+static void ekv__attention_probs(const ekv_data *data, const float *q, int b, int h, double scale,
+                                 double *p)
+{
+    const int g = h / (data->heads / data->kv_heads), length = data->lengths[b];
+    const float *k = data->k + ekv_data_kv_index(data, b, g, 0);
+    int t;
+    for (t = 0; t < length; t++)
+        p[t] = scale * ekv__dot_f64(q, k + (size_t)t * (size_t)data->head_dim, data->head_dim);
+    ekv__softmax(p, length);
+}
+
+EKV_DEF ekv_result ekv_reference_attention(const ekv_data *data, double softmax_scale,
+                                           double *out)
+{
+    const char *fn = "ekv_reference_attention";
+    double scale = 0.0, *p;
+    ekv_result result = ekv__check_data(data, fn);
+    int b, h, t, d;
+    if (result != EKV_SUCCESS) return result;
+    if (!out) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL output", fn);
+    result = ekv__resolve_scale(softmax_scale, data->head_dim, fn, &scale);
+    if (result != EKV_SUCCESS) return result;
+    p = (double *)ekv__alloc((size_t)data->capacity, sizeof(double));
+    if (!p) return EKV_ERR_OUT_OF_MEMORY;
+    for (b = 0; b < data->batch; b++)
+        for (h = 0; h < data->heads; h++) {
+            const size_t bh = (size_t)b * (size_t)data->heads + (size_t)h;
+            const int g = h / (data->heads / data->kv_heads);
+            const float *v = data->v + ekv_data_kv_index(data, b, g, 0);
+            double *o = out + bh * (size_t)data->head_dim;
+            for (d = 0; d < data->head_dim; d++) o[d] = 0.0;
+            if (data->lengths[b] == 0) continue;
+            ekv__attention_probs(data, data->q + bh * (size_t)data->head_dim, b, h, scale, p);
+            for (t = 0; t < data->lengths[b]; t++) {
+                const float *row = v + (size_t)t * (size_t)data->head_dim;
+                for (d = 0; d < data->head_dim; d++) o[d] += p[t] * row[d];
+            }
+        }
+    ekv__free(p);
+    return EKV_SUCCESS;
+}
+
+static ekv_result ekv__check_cache(const ekv_host_cache *cache, const float *q, int heads,
+                                   const void *out, const char *function)
+{
+    int b;
+    if (!cache || !cache->k || !cache->v || !cache->lengths || !q || !out)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL cache, query or output", function);
+    if ((int)cache->dtype < 0 || cache->dtype >= EKV_DTYPE_COUNT || cache->batch < 1 ||
+        cache->kv_heads < 1 || cache->head_dim < 1 || cache->capacity < 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: the cache is not built", function);
+    if (heads < 1 || heads % cache->kv_heads != 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: heads (%d) must be a positive multiple of kv_heads (%d)",
+                             function, heads, cache->kv_heads);
+    for (b = 0; b < cache->batch; b++)
+        if (cache->lengths[b] < 0 || cache->lengths[b] > cache->capacity)
+            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: cache lengths[%d] = %d outside [0, %d]",
+                                 function, b, cache->lengths[b], cache->capacity);
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_reference_attention_cache(const ekv_host_cache *cache, const float *q,
+                                                 int heads, double softmax_scale, double *out)
+{
+    const char *fn = "ekv_reference_attention_cache";
+    ekv_result result = ekv__check_cache(cache, q, heads, out, fn);
+    double scale = 0.0, *logits, *acc;
+    float *row;
+    int group, b, g, hh, s, d, D;
+    if (result != EKV_SUCCESS) return result;
+    result = ekv__resolve_scale(softmax_scale, cache->head_dim, fn, &scale);
+    if (result != EKV_SUCCESS) return result;
+    D = cache->head_dim;
+    group = heads / cache->kv_heads;
+    logits = (double *)ekv__alloc((size_t)group * (size_t)cache->capacity, sizeof(double));
+    acc = (double *)ekv__alloc((size_t)group * (size_t)D, sizeof(double));
+    row = (float *)ekv__alloc((size_t)D, sizeof(float));
+    if (!logits || !acc || !row) {
+        ekv__free(logits);
+        ekv__free(acc);
+        ekv__free(row);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    for (b = 0; b < cache->batch; b++)
+        for (g = 0; g < cache->kv_heads; g++) {
+            const int length = cache->lengths[b];
+            const size_t first_head = (size_t)b * (size_t)heads + (size_t)g * (size_t)group;
+            const float *bias = cache->bias ? cache->bias + ((size_t)b * (size_t)cache->kv_heads +
+                                                             (size_t)g) * (size_t)cache->capacity
+                                            : NULL;
+            for (s = 0; s < length; s++) {
+                ekv_cache_row(cache, 0, b, g, s, row);
+                for (hh = 0; hh < group; hh++)
+                    logits[(size_t)hh * (size_t)length + (size_t)s] =
+                        scale * ekv__dot_f64(q + (first_head + (size_t)hh) * (size_t)D, row, D) +
+                        (bias ? bias[s] : 0.0);
+            }
+            for (hh = 0; hh < group; hh++) {
+                if (length > 0) ekv__softmax(logits + (size_t)hh * (size_t)length, length);
+                for (d = 0; d < D; d++) acc[(size_t)hh * (size_t)D + (size_t)d] = 0.0;
+            }
+            for (s = 0; s < length; s++) {
+                ekv_cache_row(cache, 1, b, g, s, row);
+                for (hh = 0; hh < group; hh++) {
+                    const double p = logits[(size_t)hh * (size_t)length + (size_t)s];
+                    double *a = acc + (size_t)hh * (size_t)D;
+                    for (d = 0; d < D; d++) a[d] += p * row[d];
+                }
+            }
+            memcpy(out + first_head * (size_t)D, acc, (size_t)group * (size_t)D * sizeof(double));
+        }
+    ekv__free(logits);
+    ekv__free(acc);
+    ekv__free(row);
+    return EKV_SUCCESS;
+}
+
+/* The CPU kernel streams each (sequence, kv head) once in blocks of rows: it dequantizes a
+   block of K (f32 is read in place), scores it for every query head of the GQA group,
+   folds the block into a running max and sum (rescaling the accumulators once per block),
+   then streams the block of V. */
+#define EKV__CPU_BLOCK 32
+
+#if !defined(__cplusplus)
+#define EKV__RESTRICT restrict
+#elif defined(__GNUC__) || defined(__clang__) || defined(_MSC_VER)
+#define EKV__RESTRICT __restrict
+#else
+#define EKV__RESTRICT
+#endif
+
+/* Eight independent partial sums (and, below, eight independent updates) per step: the
+   compiler turns each group of eight into vector instructions without -ffast-math. */
+static float ekv__dot_f32(const float *EKV__RESTRICT a, const float *EKV__RESTRICT b, int n)
+{
+    float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    int i, j;
+    for (i = 0; i + 7 < n; i += 8)
+        for (j = 0; j < 8; j++) s[j] += a[i + j] * b[i + j];
+    for (; i < n; i++) s[0] += a[i] * b[i];
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
+/* acc += p * x */
+static void ekv__axpy_f32(float *EKV__RESTRICT acc, float p, const float *EKV__RESTRICT x, int n)
+{
+    int i, j;
+    for (i = 0; i + 7 < n; i += 8)
+        for (j = 0; j < 8; j++) acc[i + j] += p * x[i + j];
+    for (; i < n; i++) acc[i] += p * x[i];
+}
+
+/* Rows [first, first + n) of K or V of (b, g) as floats: in place for f32, else
+   dequantized into `buffer`. */
+static const float *ekv__cache_block(const ekv_host_cache *cache, int which, int b, int g,
+                                     int first, int n, float *buffer)
+{
+    int j;
+    if (cache->dtype == EKV_DTYPE_F32)
+        return (const float *)(const void *)ekv__cache_values(cache, which, b, g, first);
+    for (j = 0; j < n; j++)
+        ekv_dequantize_row(cache->dtype, ekv__cache_values(cache, which, b, g, first + j),
+                           ekv__cache_row_scale(cache, which, b, g, first + j), cache->head_dim,
+                           ekv__cache_head_scale(cache, which, b, g),
+                           buffer + (size_t)j * (size_t)cache->head_dim);
+    return buffer;
+}
+
+EKV_DEF ekv_result ekv_cpu_attention(const ekv_host_cache *cache, const float *q, int heads,
+                                     float softmax_scale, float *out)
+{
+    const char *fn = "ekv_cpu_attention";
+    ekv_result result = ekv__check_cache(cache, q, heads, out, fn);
+    float *kbuf, *vbuf, *probs, *running_max, *running_sum, *acc, scale;
+    int group, b, g, hh, j, d, D, first;
+    if (result != EKV_SUCCESS) return result;
+    if (softmax_scale != softmax_scale || softmax_scale > FLT_MAX || softmax_scale < -FLT_MAX)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: softmax_scale must be finite", fn);
+    D = cache->head_dim;
+    scale = softmax_scale == 0.0f ? (float)(1.0 / sqrt((double)D)) : softmax_scale;
+    group = heads / cache->kv_heads;
+    kbuf = (float *)ekv__alloc((size_t)EKV__CPU_BLOCK * (size_t)D, sizeof(float));
+    vbuf = (float *)ekv__alloc((size_t)EKV__CPU_BLOCK * (size_t)D, sizeof(float));
+    probs = (float *)ekv__alloc((size_t)group * EKV__CPU_BLOCK, sizeof(float));
+    running_max = (float *)ekv__alloc((size_t)group, sizeof(float));
+    running_sum = (float *)ekv__alloc((size_t)group, sizeof(float));
+    acc = (float *)ekv__alloc((size_t)group * (size_t)D, sizeof(float));
+    if (!kbuf || !vbuf || !probs || !running_max || !running_sum || !acc) {
+        result = EKV_ERR_OUT_OF_MEMORY;
+        goto done;
+    }
+    for (b = 0; b < cache->batch; b++)
+        for (g = 0; g < cache->kv_heads; g++) {
+            const int length = cache->lengths[b];
+            const size_t first_head = (size_t)b * (size_t)heads + (size_t)g * (size_t)group;
+            const float *bias = cache->bias ? cache->bias + ((size_t)b * (size_t)cache->kv_heads +
+                                                             (size_t)g) * (size_t)cache->capacity
+                                            : NULL;
+            for (hh = 0; hh < group; hh++) {
+                running_max[hh] = -HUGE_VALF;
+                running_sum[hh] = 0.0f;
+            }
+            memset(acc, 0, (size_t)group * (size_t)D * sizeof(float));
+            for (first = 0; first < length; first += EKV__CPU_BLOCK) {
+                const int n = length - first < EKV__CPU_BLOCK ? length - first : EKV__CPU_BLOCK;
+                const float *keys = ekv__cache_block(cache, 0, b, g, first, n, kbuf);
+                const float *values;
+                for (hh = 0; hh < group; hh++) {
+                    const float *qh = q + (first_head + (size_t)hh) * (size_t)D;
+                    float *p = probs + (size_t)hh * EKV__CPU_BLOCK, block_max = -HUGE_VALF;
+                    float new_max, correction;
+                    for (j = 0; j < n; j++) {
+                        p[j] = scale * ekv__dot_f32(qh, keys + (size_t)j * (size_t)D, D);
+                        if (bias) p[j] += bias[first + j];
+                        if (p[j] > block_max) block_max = p[j];
+                    }
+                    new_max = block_max > running_max[hh] ? block_max : running_max[hh];
+                    if (new_max == -HUGE_VALF) new_max = 0.0f; /* every logit -inf so far */
+                    correction = expf(running_max[hh] - new_max);
+                    if (correction != 1.0f) {
+                        float *a = acc + (size_t)hh * (size_t)D;
+                        running_sum[hh] *= correction;
+                        for (d = 0; d < D; d++) a[d] *= correction;
+                    }
+                    running_max[hh] = new_max;
+                    for (j = 0; j < n; j++) {
+                        p[j] = expf(p[j] - new_max);
+                        running_sum[hh] += p[j];
+                    }
+                }
+                values = ekv__cache_block(cache, 1, b, g, first, n, vbuf);
+                for (hh = 0; hh < group; hh++) {
+                    const float *p = probs + (size_t)hh * EKV__CPU_BLOCK;
+                    float *a = acc + (size_t)hh * (size_t)D;
+                    for (j = 0; j < n; j++) ekv__axpy_f32(a, p[j], values + (size_t)j * (size_t)D, D);
+                }
+            }
+            for (hh = 0; hh < group; hh++) {
+                const float inverse = running_sum[hh] > 0.0f ? 1.0f / running_sum[hh] : 0.0f;
+                float *o = out + (first_head + (size_t)hh) * (size_t)D;
+                const float *a = acc + (size_t)hh * (size_t)D;
+                for (d = 0; d < D; d++) o[d] = a[d] * inverse;
+            }
+        }
+    result = EKV_SUCCESS;
+done:
+    ekv__free(kbuf);
+    ekv__free(vbuf);
+    ekv__free(probs);
+    ekv__free(running_max);
+    ekv__free(running_sum);
+    ekv__free(acc);
+    return result;
+}
+
+/* Observed queries are scored in batches, so that each K row is read once per batch
+   rather than once per query (group x observe queries per kv head). */
+#define EKV__SCORE_BATCH 16
+
+EKV_DEF ekv_result ekv_observed_scores(const ekv_data *data, double softmax_scale,
+                                       double *scores)
+{
+    const char *fn = "ekv_observed_scores";
+    ekv_result result = ekv__check_data(data, fn);
+    double scale = 0.0, *logits;
+    int b, g, t, j, group, queries, first, D;
+    if (result != EKV_SUCCESS) return result;
+    if (!scores) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL output", fn);
+    if (data->observe < 1 || !data->q_observe)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: the data has no observed queries", fn);
+    result = ekv__resolve_scale(softmax_scale, data->head_dim, fn, &scale);
+    if (result != EKV_SUCCESS) return result;
+    logits = (double *)ekv__alloc((size_t)EKV__SCORE_BATCH * (size_t)data->capacity, sizeof(double));
+    if (!logits) return EKV_ERR_OUT_OF_MEMORY;
+    D = data->head_dim;
+    group = data->heads / data->kv_heads;
+    queries = group * data->observe;
+    memset(scores, 0, (size_t)data->batch * (size_t)data->kv_heads * (size_t)data->capacity *
+                          sizeof(double));
+    for (b = 0; b < data->batch; b++)
+        for (g = 0; g < data->kv_heads; g++) {
+            const int length = data->lengths[b];
+            const float *k = data->k + ekv_data_kv_index(data, b, g, 0);
+            /* the group's observed queries are contiguous: [heads of g][observe][D] */
+            const float *q = data->q_observe + ((size_t)b * (size_t)data->heads +
+                                                (size_t)g * (size_t)group) *
+                                                   (size_t)data->observe * (size_t)D;
+            double *s = scores + ((size_t)b * (size_t)data->kv_heads + (size_t)g) *
+                                     (size_t)data->capacity;
+            if (length == 0) continue;
+            for (first = 0; first < queries; first += EKV__SCORE_BATCH) {
+                const int n = queries - first < EKV__SCORE_BATCH ? queries - first : EKV__SCORE_BATCH;
+                for (t = 0; t < length; t++) {
+                    const float *row = k + (size_t)t * (size_t)D;
+                    for (j = 0; j < n; j++)
+                        logits[(size_t)j * (size_t)length + (size_t)t] =
+                            scale * ekv__dot_f64(q + (size_t)(first + j) * (size_t)D, row, D);
+                }
+                for (j = 0; j < n; j++) {
+                    double *p = logits + (size_t)j * (size_t)length;
+                    ekv__softmax(p, length);
+                    for (t = 0; t < length; t++) s[t] += p[t];
+                }
+            }
+        }
+    ekv__free(logits);
+    return EKV_SUCCESS;
+}
+
+/* >>accuracy: error metrics, attention profile of the data ================== */
+
+typedef struct ekv__error_sums {
+    double diff2, ref2, x2, dot, max_abs;
+    int nan_seen;
+} ekv__error_sums;
+
+static void ekv__error_add(ekv__error_sums *sums, double r, double y)
+{
+    double e = y - r, a = fabs(e);
+    sums->diff2 += e * e;
+    sums->ref2 += r * r;
+    sums->x2 += y * y;
+    sums->dot += r * y;
+    if (a != a) sums->nan_seen = 1;
+    else if (a > sums->max_abs) sums->max_abs = a;
+}
+
+/* NaN anywhere makes max_abs NaN (as it does the sums): an error must never look small. */
+static ekv_error_stats ekv__error_finish(const ekv__error_sums *sums)
+{
+    ekv_error_stats stats;
+    stats.rel_l2 = sums->ref2 > 0.0 ? sqrt(sums->diff2 / sums->ref2) : sqrt(sums->diff2);
+    stats.max_abs = sums->nan_seen ? (double)NAN : sums->max_abs;
+    if (sums->ref2 > 0.0 && sums->x2 > 0.0)
+        stats.cosine = sums->dot / (sqrt(sums->ref2) * sqrt(sums->x2));
+    else if (sums->ref2 == 0.0 && sums->x2 == 0.0)
+        stats.cosine = 1.0;
+    else
+        stats.cosine = sums->ref2 == sums->ref2 && sums->x2 == sums->x2 ? 0.0 : (double)NAN;
+    return stats;
+}
+
+EKV_DEF ekv_error_stats ekv_compare_f32(const double *ref, const float *x, size_t n)
+{
+    ekv__error_sums sums;
+    size_t i;
+    memset(&sums, 0, sizeof sums);
+    for (i = 0; ref && x && i < n; i++) ekv__error_add(&sums, ref[i], (double)x[i]);
+    return ekv__error_finish(&sums);
+}
+
+EKV_DEF ekv_error_stats ekv_compare_f64(const double *ref, const double *x, size_t n)
+{
+    ekv__error_sums sums;
+    size_t i;
+    memset(&sums, 0, sizeof sums);
+    for (i = 0; ref && x && i < n; i++) ekv__error_add(&sums, ref[i], x[i]);
+    return ekv__error_finish(&sums);
+}
+
+EKV_DEF ekv_result ekv_attention_profile(const ekv_data *data, double softmax_scale,
+                                         double *entropy, double *top5pct_mass)
+{
+    const char *fn = "ekv_attention_profile";
+    ekv_result result = ekv__check_data(data, fn);
+    double scale = 0.0, *p, entropy_sum = 0.0, mass_sum = 0.0;
+    int b, h, t, count = 0;
+    if (result != EKV_SUCCESS) return result;
+    if (!entropy || !top5pct_mass) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL output", fn);
+    result = ekv__resolve_scale(softmax_scale, data->head_dim, fn, &scale);
+    if (result != EKV_SUCCESS) return result;
+    p = (double *)ekv__alloc((size_t)data->capacity, sizeof(double));
+    if (!p) return EKV_ERR_OUT_OF_MEMORY;
+    for (b = 0; b < data->batch; b++) {
+        const int length = data->lengths[b];
+        const int top = (int)ceil(0.05 * length) > 1 ? (int)ceil(0.05 * length) : 1;
+        if (length == 0) continue;
+        for (h = 0; h < data->heads; h++) {
+            double e = 0.0, mass = 0.0;
+            ekv__attention_probs(data, data->q + ((size_t)b * (size_t)data->heads + (size_t)h) *
+                                                     (size_t)data->head_dim,
+                                 b, h, scale, p);
+            for (t = 0; t < length; t++)
+                if (p[t] > 0.0) e -= p[t] * log(p[t]);
+            qsort(p, (size_t)length, sizeof *p, ekv__compare_double);
+            for (t = length - top; t < length; t++) mass += p[t];
+            entropy_sum += e;
+            mass_sum += mass;
+            count++;
+        }
+    }
+    ekv__free(p);
+    *entropy = count ? entropy_sum / count : 0.0;
+    *top5pct_mass = count ? mass_sum / count : 0.0;
+    return EKV_SUCCESS;
+}
+
+/* >>cacheops: the elastic cache on the host: create, prefill, append, compress ========= */
+
+/* The CPU reference of the device cache: every rule of ekv.h >>cacheops is decided here,
+   and the kernels of ekv_cuda.cuh (>>elastic) follow the same operation order. */
+
+static ekv_result ekv__elastic_check(const ekv_host_cache *cache, const char *fn)
+{
+    if (!cache || !cache->k || !cache->v || !cache->lengths || !cache->compressed)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: the cache was not made by ekv_cache_create (NULL buffers or "
+                             "no compressed counts)", fn);
+    if ((int)cache->dtype < 0 || cache->dtype >= EKV_DTYPE_COUNT || cache->batch < 1 ||
+        cache->kv_heads < 1 || cache->head_dim < 1 || cache->capacity < 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: bad cache dimensions", fn);
+    return EKV_SUCCESS;
+}
+
+static size_t ekv__elastic_row(const ekv_host_cache *cache, int b, int h, int slot)
+{
+    return ((size_t)b * (size_t)cache->kv_heads + (size_t)h) * (size_t)cache->capacity +
+           (size_t)slot;
+}
+
+static unsigned char *ekv__elastic_values(ekv_host_cache *cache, int which, size_t row)
+{
+    return (which ? cache->v : cache->k) + row * ekv_dtype_row_bytes(cache->dtype, cache->head_dim);
+}
+
+/* Per-row scale data of the row, or NULL for dtypes without any. */
+static unsigned char *ekv__elastic_row_scale(ekv_host_cache *cache, int which, size_t row)
+{
+    const size_t bytes = ekv_dtype_row_scale_bytes(cache->dtype, cache->head_dim);
+    if (!bytes) return NULL;
+    return (which ? cache->v_scales : cache->k_scales) + row * bytes;
+}
+
+static float *ekv__elastic_head_scale(ekv_host_cache *cache, int which, int b, int h)
+{
+    if (cache->dtype != EKV_DTYPE_FP8) return NULL;
+    return (float *)(void *)(which ? cache->v_scales : cache->k_scales) +
+           (size_t)b * (size_t)cache->kv_heads + (size_t)h;
+}
+
+EKV_DEF size_t ekv_cache_memory_bytes(const ekv_host_cache *cache)
+{
+    size_t rows, per_slot;
+    if (!cache || cache->batch < 1 || cache->kv_heads < 1 || cache->capacity < 1) return 0;
+    rows = (size_t)cache->batch * (size_t)cache->kv_heads * (size_t)cache->capacity;
+    per_slot = 2 * (ekv_dtype_row_bytes(cache->dtype, cache->head_dim) +
+                    ekv_dtype_row_scale_bytes(cache->dtype, cache->head_dim)) +
+               (cache->bias ? sizeof(float) : 0);
+    return rows * per_slot + (cache->dtype == EKV_DTYPE_FP8
+                                  ? 2 * sizeof(float) * (size_t)cache->batch * (size_t)cache->kv_heads
+                                  : 0);
+}
+
+EKV_DEF ekv_result ekv_cache_create(ekv_host_cache *cache, ekv_dtype dtype, int batch,
+                                    int kv_heads, int head_dim, int capacity, int with_bias)
+{
+    const char *fn = "ekv_cache_create";
+    size_t rows, row_bytes, scale_bytes, cells;
+    if (!cache) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL cache", fn);
+    memset(cache, 0, sizeof *cache);
+    if ((int)dtype < 0 || dtype >= EKV_DTYPE_COUNT)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: unknown dtype %d", fn, (int)dtype);
+    if (batch < 1 || kv_heads < 1 || head_dim < 1 || capacity < 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: batch (%d), kv_heads (%d), head_dim (%d) and capacity (%d) "
+                             "must be positive", fn, batch, kv_heads, head_dim, capacity);
+    if ((dtype == EKV_DTYPE_INT4 || dtype == EKV_DTYPE_F16 || dtype == EKV_DTYPE_BF16) &&
+        head_dim % 2 != 0)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED, "%s: head_dim %d must be even for %s", fn,
+                             head_dim, ekv_dtype_name(dtype));
+    row_bytes = ekv_dtype_row_bytes(dtype, head_dim);
+    scale_bytes = ekv_dtype_row_scale_bytes(dtype, head_dim);
+    rows = (size_t)batch * (size_t)kv_heads;
+    if (!ekv__mul_size(rows, (size_t)capacity, &rows) || !ekv__mul_size(rows, row_bytes, &cells))
+        return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: cache too large to address", fn);
+    cache->dtype = dtype;
+    cache->batch = batch;
+    cache->kv_heads = kv_heads;
+    cache->head_dim = head_dim;
+    cache->capacity = capacity;
+    cache->lengths = (int *)ekv__alloc((size_t)batch, sizeof(int));
+    cache->compressed = (int *)ekv__alloc((size_t)batch, sizeof(int));
+    cache->k = (unsigned char *)ekv__alloc(rows, row_bytes);
+    cache->v = (unsigned char *)ekv__alloc(rows, row_bytes);
+    if (dtype == EKV_DTYPE_FP8) {
+        cache->k_scales = (unsigned char *)ekv__alloc((size_t)batch * (size_t)kv_heads, sizeof(float));
+        cache->v_scales = (unsigned char *)ekv__alloc((size_t)batch * (size_t)kv_heads, sizeof(float));
+    } else if (scale_bytes) {
+        cache->k_scales = (unsigned char *)ekv__alloc(rows, scale_bytes);
+        cache->v_scales = (unsigned char *)ekv__alloc(rows, scale_bytes);
+    }
+    if (with_bias) cache->bias = (float *)ekv__alloc(rows, sizeof(float));
+    if (!cache->lengths || !cache->compressed || !cache->k || !cache->v ||
+        ((dtype == EKV_DTYPE_FP8 || scale_bytes) && (!cache->k_scales || !cache->v_scales)) ||
+        (with_bias && !cache->bias)) {
+        ekv_cache_free(cache);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    return EKV_SUCCESS;
+}
+
+/* Quantizes `x` into slot `slot` of (b, h) and clears the slot's bias. */
+static void ekv__elastic_store(ekv_host_cache *cache, int which, int b, int h, int slot,
+                               const float *x)
+{
+    const size_t row = ekv__elastic_row(cache, b, h, slot);
+    const float *head_scale = ekv__elastic_head_scale(cache, which, b, h);
+    ekv_quantize_row(cache->dtype, x, cache->head_dim, head_scale ? *head_scale : 0.0f,
+                     ekv__elastic_values(cache, which, row), ekv__elastic_row_scale(cache, which, row));
+    if (which == 0 && cache->bias) cache->bias[row] = 0.0f;
+}
+
+static float ekv__amax(const float *x, size_t n)
+{
+    float amax = 0.0f;
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (fabsf(x[i]) > amax) amax = fabsf(x[i]);
+    return amax;
+}
+
+EKV_DEF ekv_result ekv_cache_prefill(ekv_host_cache *cache, const float *k, const float *v,
+                                     int source_capacity, const int *lengths)
+{
+    const char *fn = "ekv_cache_prefill";
+    ekv_result result = ekv__elastic_check(cache, fn);
+    int b, h, t, which;
+    if (result != EKV_SUCCESS) return result;
+    if (!k || !v || !lengths)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL k, v or lengths", fn);
+    for (b = 0; b < cache->batch; b++)
+        if (lengths[b] < 0 || lengths[b] > source_capacity || lengths[b] > cache->capacity)
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "%s: lengths[%d] = %d outside [0, min(source_capacity %d, "
+                                 "capacity %d)]", fn, b, lengths[b], source_capacity,
+                                 cache->capacity);
+    for (b = 0; b < cache->batch; b++) {
+        for (h = 0; h < cache->kv_heads; h++)
+            for (which = 0; which < 2; which++) {
+                const float *source = (which ? v : k) +
+                                      ((size_t)b * (size_t)cache->kv_heads + (size_t)h) *
+                                          (size_t)source_capacity * (size_t)cache->head_dim;
+                float *head_scale = ekv__elastic_head_scale(cache, which, b, h);
+                if (head_scale)
+                    *head_scale = ekv__amax(source, (size_t)lengths[b] * (size_t)cache->head_dim) /
+                                  EKV_FP8_MAX;
+                for (t = 0; t < lengths[b]; t++)
+                    ekv__elastic_store(cache, which, b, h, t,
+                                       source + (size_t)t * (size_t)cache->head_dim);
+            }
+        cache->lengths[b] = lengths[b];
+        cache->compressed[b] = 0;
+    }
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_cache_append(ekv_host_cache *cache, const float *k, const float *v,
+                                    const unsigned char *active)
+{
+    const char *fn = "ekv_cache_append";
+    ekv_result result = ekv__elastic_check(cache, fn);
+    const int D = cache ? cache->head_dim : 0;
+    int b, h, which;
+    if (result != EKV_SUCCESS) return result;
+    if (!k || !v) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL k or v", fn);
+    for (b = 0; b < cache->batch; b++)
+        if ((!active || active[b]) && cache->lengths[b] >= cache->capacity)
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "%s: sequence %d is full (capacity %d): compress it or create "
+                                 "a larger cache", fn, b, cache->capacity);
+    for (b = 0; b < cache->batch; b++) {
+        if (active && !active[b]) continue;
+        for (h = 0; h < cache->kv_heads; h++)
+            for (which = 0; which < 2; which++) {
+                const float *x = (which ? v : k) +
+                                 ((size_t)b * (size_t)cache->kv_heads + (size_t)h) * (size_t)D;
+                float *head_scale = ekv__elastic_head_scale(cache, which, b, h);
+                if (head_scale && *head_scale == 0.0f)
+                    *head_scale = ekv__amax(x, (size_t)D) / EKV_FP8_MAX;
+                ekv__elastic_store(cache, which, b, h, cache->lengths[b], x);
+            }
+        cache->lengths[b]++;
+    }
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_cache_observed_scores(const ekv_host_cache *cache, const float *q_observe,
+                                             int heads, int observe, double softmax_scale,
+                                             double *scores)
+{
+    const char *fn = "ekv_cache_observed_scores";
+    double scale = 0.0, *logits = NULL, partial[EKV_SCORE_LANES];
+    float *keys = NULL;
+    ekv_result result = ekv__elastic_check(cache, fn);
+    int b, g, j, s, i, group, D;
+    if (result != EKV_SUCCESS) return result;
+    if (!q_observe || !scores || observe < 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: needs observed queries (q_observe non-NULL, observe >= 1) and "
+                             "an output", fn);
+    if (heads < 1 || heads % cache->kv_heads != 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: heads (%d) must be a positive multiple of kv_heads (%d)", fn,
+                             heads, cache->kv_heads);
+    result = ekv__resolve_scale(softmax_scale, cache->head_dim, fn, &scale);
+    if (result != EKV_SUCCESS) return result;
+    D = cache->head_dim;
+    group = heads / cache->kv_heads;
+    keys = (float *)ekv__alloc((size_t)cache->capacity * (size_t)D, sizeof(float));
+    logits = (double *)ekv__alloc((size_t)cache->capacity, sizeof(double));
+    if (!keys || !logits) {
+        ekv__free(keys);
+        ekv__free(logits);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    memset(scores, 0, (size_t)cache->batch * (size_t)cache->kv_heads * (size_t)cache->capacity *
+                          sizeof(double));
+    for (b = 0; b < cache->batch; b++)
+        for (g = 0; g < cache->kv_heads; g++) {
+            const int length = cache->lengths[b];
+            const size_t head = (size_t)b * (size_t)cache->kv_heads + (size_t)g;
+            const float *bias = cache->bias ? cache->bias + head * (size_t)cache->capacity : NULL;
+            double *out = scores + head * (size_t)cache->capacity;
+            for (s = 0; s < length; s++) ekv_cache_row(cache, 0, b, g, s, keys + (size_t)s * (size_t)D);
+            /* queries of the group in order: query head, then observed step */
+            for (j = 0; j < group * observe; j++) {
+                const float *q = q_observe + (((size_t)b * (size_t)heads + (size_t)g * (size_t)group +
+                                               (size_t)(j / observe)) * (size_t)observe +
+                                              (size_t)(j % observe)) * (size_t)D;
+                double max = -HUGE_VAL, total = 0.0;
+                for (s = 0; s < length; s++) {
+                    logits[s] = scale * ekv__dot_f64(q, keys + (size_t)s * (size_t)D, D) +
+                                (bias ? (double)bias[s] : 0.0);
+                    if (logits[s] > max) max = logits[s];
+                }
+                for (i = 0; i < EKV_SCORE_LANES; i++) partial[i] = 0.0;
+                for (s = 0; s < length; s++) {
+                    logits[s] = exp(logits[s] - max);
+                    partial[s % EKV_SCORE_LANES] += logits[s];
+                }
+                for (i = 0; i < EKV_SCORE_LANES; i++) total += partial[i];
+                for (s = 0; s < length; s++) out[s] += logits[s] / total;
+            }
+        }
+    ekv__free(keys);
+    ekv__free(logits);
+    return EKV_SUCCESS;
+}
+
+/* Writes slot `dest` of (b, h) in K or V from the slot source [first, first + count) of the
+   same head (first >= dest, so the sources are still intact when the slots are filled in
+   increasing order). `sum` and `row` are scratch of head_dim. */
+static void ekv__elastic_move(ekv_host_cache *cache, int which, int b, int h, int dest,
+                              ekv_slot_source source, double *sum, float *row)
+{
+    const size_t to = ekv__elastic_row(cache, b, h, dest);
+    const size_t from = ekv__elastic_row(cache, b, h, source.first);
+    const size_t row_bytes = ekv_dtype_row_bytes(cache->dtype, cache->head_dim);
+    const size_t scale_bytes = ekv_dtype_row_scale_bytes(cache->dtype, cache->head_dim);
+    const int D = cache->head_dim;
+    int t, d;
+    if (source.count == 1) {
+        if (to == from) return;
+        memcpy(ekv__elastic_values(cache, which, to), ekv__elastic_values(cache, which, from), row_bytes);
+        if (scale_bytes)
+            memcpy(ekv__elastic_row_scale(cache, which, to), ekv__elastic_row_scale(cache, which, from),
+                   scale_bytes);
+        if (which == 0 && cache->bias) cache->bias[to] = cache->bias[from];
+        return;
+    }
+    for (d = 0; d < D; d++) sum[d] = 0.0;
+    for (t = 0; t < source.count; t++) {
+        ekv_cache_row(cache, which, b, h, source.first + t, row);
+        for (d = 0; d < D; d++) sum[d] += row[d];
+    }
+    for (d = 0; d < D; d++) row[d] = (float)(sum[d] / source.count);
+    {
+        const float *head_scale = ekv__elastic_head_scale(cache, which, b, h);
+        ekv_quantize_row(cache->dtype, row, D, head_scale ? *head_scale : 0.0f,
+                         ekv__elastic_values(cache, which, to), ekv__elastic_row_scale(cache, which, to));
+    }
+    if (which == 0 && cache->bias) cache->bias[to] = (float)log((double)source.count);
+}
+
+EKV_DEF ekv_result ekv_cache_compress(ekv_host_cache *cache, const ekv_compress_desc *desc,
+                                      const float *q_observe, int heads, int observe,
+                                      double softmax_scale)
+{
+    const char *fn = "ekv_cache_compress";
+    ekv_result result = ekv__elastic_check(cache, fn);
+    ekv_slot_source *slots = NULL;
+    double *scores = NULL, *sum = NULL;
+    float *row = NULL;
+    int b, h, which, s;
+    if (result != EKV_SUCCESS) return result;
+    if (!ekv__policy_valid(desc))
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: bad compression settings (policy none needs compression 1; "
+                             "compression >= 1, recent >= 0, sinks >= 0)", fn);
+    if (desc->policy == EKV_POLICY_POOL && !cache->bias)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: policy pool needs a cache created with_bias (the ln(count) "
+                             "logit bias of pooled slots)", fn);
+    if (desc->policy == EKV_POLICY_TOPK && (!q_observe || observe < 1))
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: policy topk needs the observed queries (q_observe non-NULL, "
+                             "observe >= 1)", fn);
+    slots = (ekv_slot_source *)ekv__alloc((size_t)cache->capacity, sizeof *slots);
+    sum = (double *)ekv__alloc((size_t)cache->head_dim, sizeof(double));
+    row = (float *)ekv__alloc((size_t)cache->head_dim, sizeof(float));
+    if (!slots || !sum || !row) {
+        result = EKV_ERR_OUT_OF_MEMORY;
+        goto done;
+    }
+    if (desc->policy == EKV_POLICY_TOPK) {
+        scores = (double *)ekv__alloc((size_t)cache->batch * (size_t)cache->kv_heads *
+                                          (size_t)cache->capacity, sizeof(double));
+        if (!scores) {
+            result = EKV_ERR_OUT_OF_MEMORY;
+            goto done;
+        }
+        result = ekv_cache_observed_scores(cache, q_observe, heads, observe, softmax_scale, scores);
+        if (result != EKV_SUCCESS) goto done;
+    }
+    for (b = 0; b < cache->batch; b++) {
+        const int first = cache->compressed[b], fresh = cache->lengths[b] - first;
+        const int recent = desc->recent < fresh ? desc->recent : fresh;
+        ekv_compress_desc region = *desc;
+        int kept = 0;
+        if (fresh - recent <= 0) continue; /* nothing older than the window yet */
+        if (first > 0) region.sinks = 0;
+        for (h = 0; h < cache->kv_heads; h++) {
+            const double *head_scores =
+                scores ? scores + ((size_t)b * (size_t)cache->kv_heads + (size_t)h) *
+                                      (size_t)cache->capacity + (size_t)first
+                       : NULL;
+            kept = ekv_policy_map(&region, fresh, head_scores, slots);
+            if (kept < 0) {
+                result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: slot map failed", fn);
+                goto done;
+            }
+            for (which = 0; which < 2; which++)
+                for (s = 0; s < kept; s++) {
+                    ekv_slot_source source = slots[s];
+                    source.first += first;
+                    ekv__elastic_move(cache, which, b, h, first + s, source, sum, row);
+                }
+        }
+        cache->compressed[b] = first + kept - recent;
+        cache->lengths[b] = first + kept;
+    }
+    result = EKV_SUCCESS;
+done:
+    ekv__free(slots);
+    ekv__free(scores);
+    ekv__free(sum);
+    ekv__free(row);
+    return result;
+}
+
+/* >>cycle: the inference cycle on the host: model, CPU decode loop, results, JSON ====== */
+
+/* Shared by both backends: the seeded model (weights and inputs), the projection that
+   both the decode step and nocache's recompute use (so that their k and v agree bit for
+   bit), the capacity of each variant's cache, the memory estimate, the assembly of a
+   ekv_cycle_result from raw timings, and the JSON and table of the cycle. The CPU
+   backend's decode loop follows; ekv_cuda.cuh (>>cycle) has the device one. */
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
+
+/* defined in >>report and >>cpu below */
+static void ekv__json_stats(ekv_json *j, const ekv_stats *s);
+static void ekv__cpu_name(char *out, size_t size);
+
+enum { EKV__PHASE_PROJECTION = 0, EKV__PHASE_APPEND, EKV__PHASE_COMPRESS, EKV__PHASE_ATTENTION };
+static const char *const ekv__phase_names[EKV_CYCLE_PHASES] = {"projection", "append", "compress",
+                                                               "attention"};
+
+/* The variants `all` stands for, in this order. */
+static const ekv_variant ekv__cycle_variants[6] = {EKV_VARIANT_NOCACHE, EKV_VARIANT_CACHE,
+                                                   EKV_VARIANT_INT8,    EKV_VARIANT_SHARED,
+                                                   EKV_VARIANT_INT8_SHARED, EKV_VARIANT_ELASTIC};
+
+typedef struct ekv__cycle_model {
+    int batch, heads, kv_heads, head_dim, layers, prompt, steps;
+    int tokens;          /* prompt + steps */
+    int hidden;          /* heads x head_dim */
+    int observe, compress_every;
+    ekv_compress_desc compress;
+    double softmax_scale;
+    float *wq, *wk, *wv; /* [layers][hidden][heads x D], [layers][hidden][kv_heads x D] */
+    float *x;            /* [layers][batch][tokens][hidden] */
+} ekv__cycle_model;
+
+static int ekv__cycle_is_int8(ekv_variant v)
+{
+    return v == EKV_VARIANT_INT8 || v == EKV_VARIANT_INT8_SHARED;
+}
+
+static int ekv__cycle_is_shared(ekv_variant v)
+{
+    return v == EKV_VARIANT_SHARED || v == EKV_VARIANT_INT8_SHARED;
+}
+
+static ekv_dtype ekv__cycle_dtype(const ekv_config *c, ekv_variant v)
+{
+    return ekv__cycle_is_int8(v) ? EKV_DTYPE_INT8 : c->kv_dtype;
+}
+
+/* Layer l reads the cache of layer cache_layer(l); it projects k and v only if it owns it. */
+static int ekv__cycle_cache_layer(ekv_variant v, int layer, int layers)
+{
+    if (ekv__cycle_is_shared(v) && layer % 2 == 1) return layer - 1;
+    (void)layers;
+    return layer;
+}
+
+static int ekv__cycle_cache_count(ekv_variant v, int layers)
+{
+    if (v == EKV_VARIANT_NOCACHE) return 1; /* one scratch cache, rebuilt each layer and step */
+    return ekv__cycle_is_shared(v) ? (layers + 1) / 2 : layers;
+}
+
+static int ekv__cycle_anchor(const ekv__cycle_model *m, ekv_variant v, int step)
+{
+    return v == EKV_VARIANT_ELASTIC && m->compress.policy != EKV_POLICY_NONE &&
+           step % m->compress_every == 0;
+}
+
+/* Slots the cache of `v` needs: prompt + steps, or for elastic the largest length the
+   sequence of prefill, elastic step, appends and anchor steps reaches (at least the
+   prompt, which prefill writes before compressing). */
+static int ekv__cycle_capacity(const ekv_config *c, ekv_variant v)
+{
+    ekv_compress_desc desc;
+    int length = c->seq_len, compressed = 0, most = c->seq_len, t;
+    int every = c->compress_every ? c->compress_every : c->compression;
+    if (v != EKV_VARIANT_ELASTIC || c->policy == EKV_POLICY_NONE) return c->seq_len + c->decode_tokens;
+    memset(&desc, 0, sizeof desc);
+    desc.policy = c->policy;
+    desc.compression = c->compression;
+    desc.recent = c->recent;
+    desc.sinks = c->sinks;
+    desc.observe = c->observe;
+    for (t = 0; t <= c->decode_tokens; t++) {
+        if (t > 0) {
+            length++;
+            if (length > most) most = length;
+        }
+        if (t == 0 || t % every == 0) {
+            const int fresh = length - compressed;
+            const int recent = c->recent < fresh ? c->recent : fresh;
+            if (fresh - recent > 0) {
+                length = compressed + ekv_policy_kept(&desc, fresh);
+                compressed = length - recent;
+            }
+        }
+    }
+    return most;
+}
+
+static double ekv__cycle_cache_alloc_bytes(ekv_dtype dtype, int batch, int kv_heads, int head_dim,
+                                           int capacity, int with_bias)
+{
+    double rows = (double)batch * kv_heads * capacity;
+    double per_slot = 2.0 * (double)(ekv_dtype_row_bytes(dtype, head_dim) +
+                                     ekv_dtype_row_scale_bytes(dtype, head_dim)) +
+                      (with_bias ? 4.0 : 0.0);
+    return rows * per_slot + (dtype == EKV_DTYPE_FP8 ? 8.0 * batch * kv_heads : 0.0);
+}
+
+/* The model's own bytes: weights and inputs. */
+static double ekv__cycle_model_bytes(const ekv_config *c)
+{
+    const double hidden = (double)c->heads * c->head_dim;
+    const int kv_heads = c->kv_heads ? c->kv_heads : c->heads;
+    const double weights = hidden * (double)(c->heads + 2 * kv_heads) * c->head_dim;
+    const double inputs = (double)c->batch * (c->seq_len + c->decode_tokens) * hidden;
+    return 4.0 * c->layers * (weights + inputs);
+}
+
+/* The variant's state: caches at capacity, the per-step vectors, nocache's recompute
+   buffers, topk's observed queries. */
+static double ekv__cycle_state_bytes(const ekv_config *c, ekv_variant v)
+{
+    const int kv_heads = c->kv_heads ? c->kv_heads : c->heads;
+    const int tokens = c->seq_len + c->decode_tokens;
+    const double hidden = (double)c->heads * c->head_dim;
+    const ekv_dtype dtype = ekv__cycle_dtype(c, v);
+    const int with_bias = v == EKV_VARIANT_ELASTIC && c->policy == EKV_POLICY_POOL;
+    double bytes = ekv__cycle_cache_count(v, c->layers) *
+                   ekv__cycle_cache_alloc_bytes(dtype, c->batch, kv_heads, c->head_dim,
+                                                v == EKV_VARIANT_NOCACHE ? tokens
+                                                                         : ekv__cycle_capacity(c, v),
+                                                with_bias);
+    bytes += 4.0 * c->batch * (hidden + 2.0 * kv_heads * c->head_dim) * (1 + c->layers); /* q k v, out */
+    if (v == EKV_VARIANT_NOCACHE)
+        bytes += 4.0 * c->batch * tokens * 2.0 * kv_heads * c->head_dim * 2.0; /* K, V and rows */
+    if (v == EKV_VARIANT_ELASTIC && c->policy == EKV_POLICY_TOPK)
+        bytes += 4.0 * c->batch * hidden * c->observe * (c->layers + 1);
+    return bytes;
+}
+
+EKV_DEF double ekv_cycle_memory_estimate(const ekv_config *c, ekv_variant v)
+{
+    double most = 0.0;
+    int i;
+    if (!c) return 0.0;
+    if (v != EKV_VARIANT_ALL) return ekv__cycle_model_bytes(c) + ekv__cycle_state_bytes(c, v);
+    for (i = 0; i < 6; i++) {
+        double b = ekv__cycle_state_bytes(c, ekv__cycle_variants[i]);
+        if (b > most) most = b;
+    }
+    /* a variant and the cache it is compared with live together */
+    return ekv__cycle_model_bytes(c) + most + ekv__cycle_state_bytes(c, EKV_VARIANT_CACHE);
+}
+
+/* Called by ekv_config_validate when config->inference is set. */
+static ekv_result ekv__cycle_validate(const ekv_config *c)
+{
+    double need, have = 0.0;
+    if (ekv__cycle_is_int8(c->variant) && c->kv_dtype != EKV_DTYPE_INT8 &&
+        c->kv_dtype != EKV_DTYPE_F16)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "--variant=%s stores the cache in int8, so --kv-dtype=%s contradicts it: "
+                             "allowed --kv-dtype=int8 or no --kv-dtype (other dtypes: "
+                             "--variant=cache or elastic)",
+                             ekv_variant_name(c->variant), ekv_dtype_name(c->kv_dtype));
+    if (c->data == EKV_DATA_FILE)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "--data=%s: the inference cycle projects its own seeded inputs; "
+                             "allowed with --inference: --data=structured or random (ignored)",
+                             c->data_path);
+    if (c->dump_dir[0])
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "--dump-dir is not supported with --inference (it dumps one attention "
+                             "step; omit one of them)");
+    if ((long long)c->seq_len + c->decode_tokens > (1LL << 24))
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--seq=%d plus --decode_tokens=%d exceeds %d tokens", c->seq_len,
+                             c->decode_tokens, 1 << 24);
+    need = ekv_cycle_memory_estimate(c, c->variant);
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+#endif
+    if (have > 0.0 && need > 0.9 * have)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "--inference needs about %.3g GB of host memory for --layers=%d "
+                             "--batch=%d --seq=%d --decode_tokens=%d --heads=%d --dim=%d, this "
+                             "machine has %.3g GB: reduce one of them",
+                             need * 1e-9, c->layers, c->batch, c->seq_len, c->decode_tokens,
+                             c->heads, c->head_dim, have * 1e-9);
+    return EKV_SUCCESS;
+}
+
+static void ekv__cycle_model_free(ekv__cycle_model *m)
+{
+    ekv__free(m->wq);
+    ekv__free(m->wk);
+    ekv__free(m->wv);
+    ekv__free(m->x);
+    memset(m, 0, sizeof *m);
+}
+
+static void ekv__cycle_fill_normal(float *out, size_t n, uint64_t seed, double scale)
+{
+    ekv_rng rng;
+    size_t i;
+    ekv_rng_seed(&rng, seed);
+    for (i = 0; i < n; i++) out[i] = (float)(ekv_rng_normal(&rng) * scale);
+}
+
+/* Seeded per layer and per tensor: the same config gives the same model on any backend. */
+static ekv_result ekv__cycle_model_make(const ekv_config *c, ekv__cycle_model *m)
+{
+    size_t wq_n, wkv_n, x_n;
+    int l;
+    memset(m, 0, sizeof *m);
+    m->batch = c->batch;
+    m->heads = c->heads;
+    m->kv_heads = c->kv_heads ? c->kv_heads : c->heads;
+    m->head_dim = c->head_dim;
+    m->layers = c->layers;
+    m->prompt = c->seq_len;
+    m->steps = c->decode_tokens;
+    m->tokens = m->prompt + m->steps;
+    m->hidden = m->heads * m->head_dim;
+    m->observe = c->observe;
+    m->compress_every = c->compress_every ? c->compress_every : c->compression;
+    m->compress.policy = c->policy;
+    m->compress.compression = c->compression;
+    m->compress.recent = c->recent;
+    m->compress.sinks = c->sinks;
+    m->compress.observe = c->observe;
+    m->softmax_scale = c->softmax_scale > 0 ? c->softmax_scale : 1.0 / sqrt((double)c->head_dim);
+    wq_n = (size_t)m->hidden * (size_t)m->hidden;
+    wkv_n = (size_t)m->hidden * (size_t)m->kv_heads * (size_t)m->head_dim;
+    x_n = (size_t)m->batch * (size_t)m->tokens * (size_t)m->hidden;
+    m->wq = (float *)ekv__alloc((size_t)m->layers * wq_n, sizeof(float));
+    m->wk = (float *)ekv__alloc((size_t)m->layers * wkv_n, sizeof(float));
+    m->wv = (float *)ekv__alloc((size_t)m->layers * wkv_n, sizeof(float));
+    m->x = (float *)ekv__alloc((size_t)m->layers * x_n, sizeof(float));
+    if (!m->wq || !m->wk || !m->wv || !m->x) {
+        ekv__cycle_model_free(m);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    for (l = 0; l < m->layers; l++) {
+        const uint64_t base = c->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)l * 8u;
+        const double w_scale = 1.0 / sqrt((double)m->hidden);
+        ekv__cycle_fill_normal(m->wq + (size_t)l * wq_n, wq_n, base + 1, w_scale);
+        ekv__cycle_fill_normal(m->wk + (size_t)l * wkv_n, wkv_n, base + 2, w_scale);
+        ekv__cycle_fill_normal(m->wv + (size_t)l * wkv_n, wkv_n, base + 3, w_scale);
+        ekv__cycle_fill_normal(m->x + (size_t)l * x_n, x_n, base + 4, 1.0);
+    }
+    return EKV_SUCCESS;
+}
+
+static const float *ekv__cycle_x(const ekv__cycle_model *m, int layer, int b, int token)
+{
+    return m->x + (((size_t)layer * (size_t)m->batch + (size_t)b) * (size_t)m->tokens + (size_t)token) *
+                      (size_t)m->hidden;
+}
+
+/* out[r][j] = sum_k x[r][k] w[k][j], k in increasing order for every element, in blocks
+   of four rows that share each row of w: the single-token projection and nocache's
+   recompute both come here, so each k and v is the same float either way. */
+#define EKV__PROJECT_BLOCK 4
+static void ekv__cycle_project(const float *x, size_t x_stride, int rows, int hidden, const float *w,
+                               int n, float *out)
+{
+    int r0, r, k, j;
+    for (r0 = 0; r0 < rows; r0 += EKV__PROJECT_BLOCK) {
+        const int count = rows - r0 < EKV__PROJECT_BLOCK ? rows - r0 : EKV__PROJECT_BLOCK;
+        for (r = 0; r < count; r++) memset(out + (size_t)(r0 + r) * (size_t)n, 0, (size_t)n * sizeof(float));
+        for (k = 0; k < hidden; k++) {
+            const float *wk = w + (size_t)k * (size_t)n;
+            for (r = 0; r < count; r++) {
+                const float xv = x[(size_t)(r0 + r) * x_stride + (size_t)k];
+                float *o = out + (size_t)(r0 + r) * (size_t)n;
+                for (j = 0; j < n; j++) o[j] += xv * wk[j];
+            }
+        }
+    }
+}
+
+/* ---- assembling a result from raw timings (both backends) ---- */
+
+typedef struct ekv__cycle_timing {
+    int reps, steps;
+    double *step_ms;   /* [reps][steps] */
+    double *phase_ms;  /* [reps][EKV_CYCLE_PHASES], totals over the loop */
+    double *kv_bytes;  /* [steps], after each step (the same every repeat) */
+    double *peak_bytes; /* [steps] */
+} ekv__cycle_timing;
+
+static void ekv__cycle_timing_free(ekv__cycle_timing *t)
+{
+    ekv__free(t->step_ms);
+    ekv__free(t->phase_ms);
+    ekv__free(t->kv_bytes);
+    ekv__free(t->peak_bytes);
+    memset(t, 0, sizeof *t);
+}
+
+static ekv_result ekv__cycle_timing_make(ekv__cycle_timing *t, int reps, int steps)
+{
+    memset(t, 0, sizeof *t);
+    t->reps = reps;
+    t->steps = steps;
+    t->step_ms = (double *)ekv__alloc((size_t)reps * (size_t)steps, sizeof(double));
+    t->phase_ms = (double *)ekv__alloc((size_t)reps * EKV_CYCLE_PHASES, sizeof(double));
+    t->kv_bytes = (double *)ekv__alloc((size_t)steps, sizeof(double));
+    t->peak_bytes = (double *)ekv__alloc((size_t)steps, sizeof(double));
+    if (!t->step_ms || !t->phase_ms || !t->kv_bytes || !t->peak_bytes) {
+        ekv__cycle_timing_free(t);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    return EKV_SUCCESS;
+}
+
+static double ekv__cycle_rep_total(const ekv__cycle_timing *t, int rep)
+{
+    double total = 0.0;
+    int s;
+    for (s = 0; s < t->steps; s++) total += t->step_ms[(size_t)rep * (size_t)t->steps + (size_t)s];
+    return total;
+}
+
+/* Fills `out` from the variant's timings and, when paired, the baseline's (NULL
+   otherwise). The agreement fields are filled by the caller. */
+static ekv_result ekv__cycle_result_fill(const ekv_config *c, const ekv__cycle_model *m,
+                                         ekv_variant v, const ekv__cycle_timing *t,
+                                         const ekv__cycle_timing *baseline, ekv_cycle_result *out)
+{
+    const int reps = t->reps, steps = t->steps;
+    double *column = NULL;
+    ekv_result r;
+    int i, s, p;
+    memset(out, 0, sizeof *out);
+    out->variant = v;
+    out->decode_tokens = steps;
+    out->layers = m->layers;
+    out->kv_dtype = ekv__cycle_dtype(c, v);
+    out->agreement_max_abs_diff = ekv__nan();
+    out->baseline_total_ms = out->baseline_tokens_per_sec = ekv__nan();
+    out->speedup = out->speedup_ci_lo = out->speedup_ci_hi = ekv__nan();
+    out->samples_ms = (double *)ekv__alloc((size_t)reps * 2u, sizeof(double));
+    out->series = (ekv_series_point *)ekv__alloc((size_t)steps, sizeof(ekv_series_point));
+    column = (double *)ekv__alloc((size_t)reps, sizeof(double));
+    if (!out->samples_ms || !out->series || !column) {
+        ekv__free(column);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    out->sample_count = (size_t)reps;
+    for (i = 0; i < reps; i++) {
+        out->samples_ms[i] = ekv__cycle_rep_total(t, i);
+        for (p = 0; p < EKV_CYCLE_PHASES; p++)
+            out->phases_ms[p] += t->phase_ms[(size_t)i * EKV_CYCLE_PHASES + (size_t)p] / reps;
+    }
+    r = ekv_stats_compute(out->samples_ms, (size_t)reps, c->truncate_percent, c->seed, &out->stats);
+    if (r != EKV_SUCCESS) {
+        ekv__free(column);
+        return r;
+    }
+    out->total_ms = out->stats.median;
+    out->tokens_per_sec = (double)m->batch * steps * 1000.0 / out->total_ms;
+    for (s = 0; s < steps; s++) {
+        for (i = 0; i < reps; i++) column[i] = t->step_ms[(size_t)i * (size_t)steps + (size_t)s];
+        out->series[s].step = s + 1;
+        out->series[s].context_len = m->prompt + s + 1;
+        out->series[s].latency_ms = ekv_median(column, (size_t)reps);
+        out->series[s].kv_cache_bytes = t->kv_bytes[s];
+        out->series[s].peak_device_bytes = t->peak_bytes[s];
+    }
+    out->series_count = steps;
+    out->kv_cache_bytes = t->kv_bytes[steps - 1];
+    out->peak_device_bytes = t->peak_bytes[steps - 1];
+    ekv__free(column);
+    if (baseline) {
+        out->has_baseline = 1;
+        out->baseline_samples_ms = out->samples_ms + reps;
+        for (i = 0; i < reps; i++) out->baseline_samples_ms[i] = ekv__cycle_rep_total(baseline, i);
+        out->baseline_total_ms = ekv_median(out->baseline_samples_ms, (size_t)reps);
+        out->baseline_tokens_per_sec = (double)m->batch * steps * 1000.0 / out->baseline_total_ms;
+        r = ekv_bootstrap_ratio(out->baseline_samples_ms, out->samples_ms, (size_t)reps,
+                                EKV_BOOTSTRAP_RESAMPLES, c->seed ^ 0x9e3779b97f4a7c15ULL,
+                                &out->speedup, &out->speedup_ci_lo, &out->speedup_ci_hi);
+        if (r != EKV_SUCCESS) return r;
+    }
+    return EKV_SUCCESS;
+}
+
+/* The last step's outputs of the variant against the reference (cache's). */
+static void ekv__cycle_agreement(const ekv__cycle_model *m, const float *ref, const float *x,
+                                 ekv_cycle_result *out)
+{
+    const size_t per_layer = (size_t)m->batch * (size_t)m->heads * (size_t)m->head_dim;
+    double *ref64 = (double *)ekv__alloc(per_layer, sizeof(double));
+    size_t i;
+    int l;
+    out->has_agreement = 1;
+    out->agreement_max_abs_diff = 0.0;
+    out->agreement_bitwise_equal = memcmp(ref, x, per_layer * (size_t)m->layers * sizeof(float)) == 0;
+    for (i = 0; i < per_layer * (size_t)m->layers; i++) {
+        double d = fabs((double)ref[i] - (double)x[i]);
+        if (!(d <= out->agreement_max_abs_diff)) out->agreement_max_abs_diff = d;
+    }
+    for (l = 0; l < m->layers && ref64; l++) {
+        for (i = 0; i < per_layer; i++) ref64[i] = ref[(size_t)l * per_layer + i];
+        out->error_vs_cache[l] = ekv_compare_f32(ref64, x + (size_t)l * per_layer, per_layer);
+    }
+    ekv__free(ref64);
+}
+
+/* The report-level figures of a cycle run: results/statistics over the per-step time
+   (decode loop / steps) of the first variant, so that results.tokens_per_sec equals the
+   cycle's tokens/s; metrics from the KV bytes the last step's attention read. */
+static ekv_result ekv__cycle_report_finish(ekv_report *report)
+{
+    const ekv_cycle_result *first = &report->cycles[0];
+    const double steps = (double)first->decode_tokens;
+    size_t i;
+    report->samples_ms = (double *)ekv__alloc(first->sample_count, sizeof(double));
+    if (!report->samples_ms) return EKV_ERR_OUT_OF_MEMORY;
+    report->sample_count = first->sample_count;
+    for (i = 0; i < first->sample_count; i++) report->samples_ms[i] = first->samples_ms[i] / steps;
+    if (first->has_baseline) {
+        report->baseline_samples_ms = (double *)ekv__alloc(first->sample_count, sizeof(double));
+        if (!report->baseline_samples_ms) return EKV_ERR_OUT_OF_MEMORY;
+        report->baseline_sample_count = first->sample_count;
+        for (i = 0; i < first->sample_count; i++)
+            report->baseline_samples_ms[i] = first->baseline_samples_ms[i] / steps;
+        report->has_baseline = 1;
+    }
+    report->kv_cache_bytes_uncompressed = ekv__nan();
+    report->peak_device_bytes = first->peak_device_bytes;
+    report->accuracy.total.rel_l2 = report->accuracy.total.max_abs = report->accuracy.total.cosine =
+        ekv__nan();
+    report->accuracy.compression = report->accuracy.kernel = report->accuracy.total;
+    report->accuracy.attention_entropy = report->accuracy.top5pct_mass = ekv__nan();
+    {
+        ekv_result r = ekv_report_finish(report);
+        report->kv_cache_bytes = first->kv_cache_bytes; /* in use, not the bytes read */
+        return r;
+    }
+}
+
+/* Metrics of one decode step: the KV bytes every layer's attention reads (a shared
+   cache is read by both of its layers). */
+static void ekv__cycle_step_bytes(ekv_report *report, const ekv_host_cache *caches,
+                                  const ekv__cycle_model *m, ekv_variant v)
+{
+    int l, b;
+    memset(&report->cache_bytes, 0, sizeof report->cache_bytes);
+    report->kept_tokens_total = 0.0;
+    for (l = 0; l < m->layers; l++) {
+        const ekv_host_cache *cache = &caches[v == EKV_VARIANT_NOCACHE ? 0 : ekv__cycle_cache_layer(v, l, m->layers) / (ekv__cycle_is_shared(v) ? 2 : 1)];
+        ekv_cache_bytes bytes = ekv_cache_bytes_of(cache->dtype, cache->batch, cache->kv_heads,
+                                                   cache->head_dim, cache->lengths, cache->bias != NULL);
+        report->cache_bytes.k += bytes.k;
+        report->cache_bytes.v += bytes.v;
+        report->cache_bytes.scales += bytes.scales;
+        report->cache_bytes.bias += bytes.bias;
+        report->cache_bytes.total += bytes.total;
+        for (b = 0; b < cache->batch; b++) report->kept_tokens_total += cache->lengths[b];
+    }
+}
+
+/* ---- the CPU decode loop ---- */
+
+typedef struct ekv__cycle_cpu {
+    ekv_variant variant;
+    int cache_count;
+    ekv_host_cache *caches;
+    int *lengths;        /* [batch] */
+    float *q, *k, *v;    /* [batch][heads x D], [batch][kv_heads x D] */
+    float *out;          /* [layers][batch][heads][D]: each layer's latest attention output */
+    float *q_ring;       /* topk: [layers][batch][heads][observe][D], slot = count % observe */
+    int *ring_count;     /* [layers] */
+    float *q_observe;    /* [batch][heads][observe][D], gathered in time order */
+    float *k_all, *v_all; /* nocache: [batch][kv_heads][tokens][D]; prefill: the prompt */
+    float *rows;         /* [tokens][kv_heads x D] */
+    double state_bytes;  /* allocated for the state, without nocache's growing inputs */
+} ekv__cycle_cpu;
+
+static void ekv__cycle_cpu_free(ekv__cycle_cpu *s)
+{
+    int i;
+    for (i = 0; i < s->cache_count && s->caches; i++) ekv_cache_free(&s->caches[i]);
+    ekv__free(s->caches);
+    ekv__free(s->lengths);
+    ekv__free(s->q);
+    ekv__free(s->k);
+    ekv__free(s->v);
+    ekv__free(s->out);
+    ekv__free(s->q_ring);
+    ekv__free(s->ring_count);
+    ekv__free(s->q_observe);
+    ekv__free(s->k_all);
+    ekv__free(s->v_all);
+    ekv__free(s->rows);
+    memset(s, 0, sizeof *s);
+}
+
+static ekv_result ekv__cycle_cpu_make(const ekv_config *c, const ekv__cycle_model *m, ekv_variant v,
+                                      ekv__cycle_cpu *s)
+{
+    const size_t kv_width = (size_t)m->kv_heads * (size_t)m->head_dim;
+    const int topk = v == EKV_VARIANT_ELASTIC && m->compress.policy == EKV_POLICY_TOPK;
+    const int with_bias = v == EKV_VARIANT_ELASTIC && m->compress.policy == EKV_POLICY_POOL;
+    const int capacity = v == EKV_VARIANT_NOCACHE ? m->tokens : ekv__cycle_capacity(c, v);
+    ekv_result r;
+    int i;
+    memset(s, 0, sizeof *s);
+    s->variant = v;
+    s->caches = (ekv_host_cache *)ekv__alloc((size_t)ekv__cycle_cache_count(v, m->layers),
+                                             sizeof(ekv_host_cache));
+    s->lengths = (int *)ekv__alloc((size_t)m->batch, sizeof(int));
+    s->q = (float *)ekv__alloc((size_t)m->batch * (size_t)m->hidden, sizeof(float));
+    s->k = (float *)ekv__alloc((size_t)m->batch * kv_width, sizeof(float));
+    s->v = (float *)ekv__alloc((size_t)m->batch * kv_width, sizeof(float));
+    s->out = (float *)ekv__alloc((size_t)m->layers * (size_t)m->batch * (size_t)m->hidden, sizeof(float));
+    s->k_all = (float *)ekv__alloc((size_t)m->batch * (size_t)m->tokens * kv_width, sizeof(float));
+    s->v_all = (float *)ekv__alloc((size_t)m->batch * (size_t)m->tokens * kv_width, sizeof(float));
+    s->rows = (float *)ekv__alloc((size_t)m->tokens * kv_width, sizeof(float));
+    if (topk) {
+        s->q_ring = (float *)ekv__alloc((size_t)m->layers * (size_t)m->batch * (size_t)m->hidden *
+                                            (size_t)m->observe, sizeof(float));
+        s->ring_count = (int *)ekv__alloc((size_t)m->layers, sizeof(int));
+        s->q_observe = (float *)ekv__alloc((size_t)m->batch * (size_t)m->hidden * (size_t)m->observe,
+                                           sizeof(float));
+    }
+    if (!s->caches || !s->lengths || !s->q || !s->k || !s->v || !s->out || !s->k_all || !s->v_all ||
+        !s->rows || (topk && (!s->q_ring || !s->ring_count || !s->q_observe))) {
+        ekv__cycle_cpu_free(s);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    for (i = 0; i < ekv__cycle_cache_count(v, m->layers); i++) {
+        r = ekv_cache_create(&s->caches[i], ekv__cycle_dtype(c, v), m->batch, m->kv_heads,
+                             m->head_dim, capacity, with_bias);
+        if (r != EKV_SUCCESS) {
+            ekv__cycle_cpu_free(s);
+            return r;
+        }
+        s->cache_count++;
+        s->state_bytes += (double)ekv_cache_memory_bytes(&s->caches[i]);
+    }
+    s->state_bytes += 4.0 * (double)m->batch * ((double)m->hidden * (1 + m->layers) + 2.0 * (double)kv_width);
+    if (v == EKV_VARIANT_NOCACHE) s->state_bytes += 4.0 * (double)m->tokens * (double)kv_width * (2.0 * m->batch + 1.0);
+    if (topk) s->state_bytes += 4.0 * (double)m->batch * m->hidden * m->observe * (m->layers + 1);
+    return EKV_SUCCESS;
+}
+
+/* k and v of tokens [0, count) of layer l, into k_all/v_all laid out
+   [batch][kv_heads][tokens][D] (the prefill source layout). */
+static void ekv__cycle_cpu_project_all(const ekv__cycle_model *m, ekv__cycle_cpu *s, int l, int count)
+{
+    const size_t kv_width = (size_t)m->kv_heads * (size_t)m->head_dim;
+    const size_t wkv_n = (size_t)m->hidden * kv_width;
+    int b, which, t, h;
+    for (b = 0; b < m->batch; b++)
+        for (which = 0; which < 2; which++) {
+            float *dest = which ? s->v_all : s->k_all;
+            ekv__cycle_project(ekv__cycle_x(m, l, b, 0), (size_t)m->hidden, count, m->hidden,
+                               (which ? m->wv : m->wk) + (size_t)l * wkv_n, (int)kv_width, s->rows);
+            for (h = 0; h < m->kv_heads; h++)
+                for (t = 0; t < count; t++)
+                    memcpy(dest + (((size_t)b * (size_t)m->kv_heads + (size_t)h) * (size_t)m->tokens +
+                                   (size_t)t) * (size_t)m->head_dim,
+                           s->rows + (size_t)t * kv_width + (size_t)h * (size_t)m->head_dim,
+                           (size_t)m->head_dim * sizeof(float));
+        }
+}
+
+/* q of token `token` of layer l for every sequence into s->q (and topk's ring). */
+static void ekv__cycle_cpu_project_q(const ekv__cycle_model *m, ekv__cycle_cpu *s, int l, int token)
+{
+    const size_t wq_n = (size_t)m->hidden * (size_t)m->hidden;
+    int b, h;
+    for (b = 0; b < m->batch; b++)
+        ekv__cycle_project(ekv__cycle_x(m, l, b, token), (size_t)m->hidden, 1, m->hidden,
+                           m->wq + (size_t)l * wq_n, m->hidden, s->q + (size_t)b * (size_t)m->hidden);
+    if (!s->q_ring) return;
+    for (b = 0; b < m->batch; b++)
+        for (h = 0; h < m->heads; h++)
+            memcpy(s->q_ring + ((((size_t)l * (size_t)m->batch + (size_t)b) * (size_t)m->heads + (size_t)h) *
+                                    (size_t)m->observe + (size_t)(s->ring_count[l] % m->observe)) *
+                                   (size_t)m->head_dim,
+                   s->q + ((size_t)b * (size_t)m->heads + (size_t)h) * (size_t)m->head_dim,
+                   (size_t)m->head_dim * sizeof(float));
+    s->ring_count[l]++;
+}
+
+/* The elastic step of layer l's cache with its last min(observe, seen) queries. */
+static ekv_result ekv__cycle_cpu_compress(const ekv__cycle_model *m, ekv__cycle_cpu *s, int l)
+{
+    int observe = 0, b, h, i;
+    if (s->q_ring) {
+        const int count = s->ring_count[l];
+        observe = count < m->observe ? count : m->observe;
+        for (b = 0; b < m->batch; b++)
+            for (h = 0; h < m->heads; h++)
+                for (i = 0; i < observe; i++)
+                    memcpy(s->q_observe + ((((size_t)b * (size_t)m->heads + (size_t)h) * (size_t)observe) +
+                                           (size_t)i) * (size_t)m->head_dim,
+                           s->q_ring + ((((size_t)l * (size_t)m->batch + (size_t)b) * (size_t)m->heads +
+                                         (size_t)h) * (size_t)m->observe +
+                                        (size_t)((count - observe + i) % m->observe)) * (size_t)m->head_dim,
+                           (size_t)m->head_dim * sizeof(float));
+    }
+    return ekv_cache_compress(&s->caches[l], &m->compress, s->q_ring ? s->q_observe : NULL, m->heads,
+                              observe, m->softmax_scale);
+}
+
+/* Prefill (not timed): the prompt's k, v into every cache; topk's ring gets the last
+   `observe` prompt queries; elastic then takes one elastic step over the prompt. */
+static ekv_result ekv__cycle_cpu_prefill(const ekv__cycle_model *m, ekv__cycle_cpu *s)
+{
+    ekv_result r;
+    int l, b, t;
+    for (b = 0; b < m->batch; b++) s->lengths[b] = m->prompt;
+    if (s->variant == EKV_VARIANT_NOCACHE) return EKV_SUCCESS;
+    for (l = 0; l < m->layers; l++) {
+        if (ekv__cycle_cache_layer(s->variant, l, m->layers) != l) continue;
+        ekv__cycle_cpu_project_all(m, s, l, m->prompt);
+        r = ekv_cache_prefill(&s->caches[ekv__cycle_is_shared(s->variant) ? l / 2 : l], s->k_all,
+                              s->v_all, m->tokens, s->lengths);
+        if (r != EKV_SUCCESS) return r;
+        if (s->q_ring) {
+            s->ring_count[l] = 0;
+            for (t = m->prompt - (m->prompt < m->observe ? m->prompt : m->observe); t < m->prompt; t++)
+                ekv__cycle_cpu_project_q(m, s, l, t);
+        }
+        if (ekv__cycle_anchor(m, s->variant, m->compress_every)) {
+            r = ekv__cycle_cpu_compress(m, s, l);
+            if (r != EKV_SUCCESS) return r;
+        }
+    }
+    return EKV_SUCCESS;
+}
+
+static double ekv__cycle_cpu_kv_bytes(const ekv__cycle_cpu *s)
+{
+    double total = 0.0;
+    int i;
+    if (s->variant == EKV_VARIANT_NOCACHE) return 0.0; /* nothing is kept between steps */
+    for (i = 0; i < s->cache_count; i++) {
+        const ekv_host_cache *c = &s->caches[i];
+        total += ekv_cache_bytes_of(c->dtype, c->batch, c->kv_heads, c->head_dim, c->lengths,
+                                    c->bias != NULL).total;
+    }
+    return total;
+}
+
+/* One decode loop: prefill, then the timed steps. `timing`/`rep` may be NULL/-1 (not
+   timed); `record` [steps][layers][batch][heads][D] receives every step's outputs when
+   not NULL; s->out holds the last step's. */
+static ekv_result ekv__cycle_cpu_loop(const ekv__cycle_model *m, ekv__cycle_cpu *s,
+                                      ekv__cycle_timing *timing, int rep, float *record)
+{
+    const size_t kv_width = (size_t)m->kv_heads * (size_t)m->head_dim;
+    const size_t wkv_n = (size_t)m->hidden * kv_width;
+    const size_t out_layer = (size_t)m->batch * (size_t)m->hidden;
+    const float scale = (float)m->softmax_scale;
+    double phase[EKV_CYCLE_PHASES] = {0, 0, 0, 0};
+    ekv_result r = ekv__cycle_cpu_prefill(m, s);
+    int step, l, b, p;
+    if (r != EKV_SUCCESS) return r;
+    for (step = 1; step <= m->steps; step++) {
+        const int token = m->prompt + step - 1;
+        const double step_start = ekv_time_ms();
+        double t0, t1, t2, t3, t4;
+        for (l = 0; l < m->layers; l++) {
+            const int owner = ekv__cycle_cache_layer(s->variant, l, m->layers);
+            ekv_host_cache *cache =
+                &s->caches[s->variant == EKV_VARIANT_NOCACHE ? 0
+                                                             : (ekv__cycle_is_shared(s->variant) ? owner / 2 : owner)];
+            t0 = ekv_time_ms();
+            ekv__cycle_cpu_project_q(m, s, l, token);
+            if (s->variant == EKV_VARIANT_NOCACHE) {
+                ekv__cycle_cpu_project_all(m, s, l, token + 1);
+            } else if (owner == l) {
+                for (b = 0; b < m->batch; b++) {
+                    ekv__cycle_project(ekv__cycle_x(m, l, b, token), (size_t)m->hidden, 1, m->hidden,
+                                       m->wk + (size_t)l * wkv_n, (int)kv_width, s->k + (size_t)b * kv_width);
+                    ekv__cycle_project(ekv__cycle_x(m, l, b, token), (size_t)m->hidden, 1, m->hidden,
+                                       m->wv + (size_t)l * wkv_n, (int)kv_width, s->v + (size_t)b * kv_width);
+                }
+            }
+            t1 = ekv_time_ms();
+            if (s->variant == EKV_VARIANT_NOCACHE) {
+                for (b = 0; b < m->batch; b++) s->lengths[b] = token + 1;
+                r = ekv_cache_prefill(cache, s->k_all, s->v_all, m->tokens, s->lengths);
+            } else if (owner == l) {
+                r = ekv_cache_append(cache, s->k, s->v, NULL);
+            }
+            if (r != EKV_SUCCESS) return r;
+            t2 = ekv_time_ms();
+            r = ekv_cpu_attention(cache, s->q, m->heads, scale, s->out + (size_t)l * out_layer);
+            if (r != EKV_SUCCESS) return r;
+            t3 = ekv_time_ms();
+            if (ekv__cycle_anchor(m, s->variant, step) && (r = ekv__cycle_cpu_compress(m, s, l)) != EKV_SUCCESS)
+                return r;
+            t4 = ekv_time_ms();
+            phase[EKV__PHASE_PROJECTION] += t1 - t0;
+            phase[EKV__PHASE_APPEND] += t2 - t1;
+            phase[EKV__PHASE_ATTENTION] += t3 - t2;
+            phase[EKV__PHASE_COMPRESS] += t4 - t3;
+        }
+        if (timing) {
+            timing->step_ms[(size_t)rep * (size_t)m->steps + (size_t)(step - 1)] = ekv_time_ms() - step_start;
+            timing->kv_bytes[step - 1] = ekv__cycle_cpu_kv_bytes(s);
+            /* nocache keeps every token's input: its state grows with the context */
+            timing->peak_bytes[step - 1] =
+                s->state_bytes + (s->variant == EKV_VARIANT_NOCACHE
+                                      ? 4.0 * (double)m->layers * m->batch * (token + 1) * m->hidden
+                                      : 0.0);
+        }
+        if (record)
+            memcpy(record + (size_t)(step - 1) * (size_t)m->layers * out_layer, s->out,
+                   (size_t)m->layers * out_layer * sizeof(float));
+    }
+    if (timing)
+        for (p = 0; p < EKV_CYCLE_PHASES; p++) timing->phase_ms[(size_t)rep * EKV_CYCLE_PHASES + (size_t)p] = phase[p];
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_cycle_outputs(const ekv_config *c, ekv_variant v, float *outputs)
+{
+    ekv__cycle_model m;
+    ekv__cycle_cpu s;
+    ekv_result r;
+    if (!c || !outputs || (unsigned)v >= EKV_VARIANT_ALL)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cycle_outputs: NULL argument or variant all");
+    if ((r = ekv__cycle_model_make(c, &m)) != EKV_SUCCESS) return r;
+    r = ekv__cycle_cpu_make(c, &m, v, &s);
+    if (r == EKV_SUCCESS) r = ekv__cycle_cpu_loop(&m, &s, NULL, -1, outputs);
+    ekv__cycle_cpu_free(&s);
+    ekv__cycle_model_free(&m);
+    return r;
+}
+
+/* One variant on the CPU: warmup + reps loops (ABAB with cache when paired), agreement
+   with `reference` (cache's last-step outputs; NULL for cache itself). */
+static ekv_result ekv__cycle_cpu_variant(const ekv_config *c, const ekv__cycle_model *m, ekv_variant v,
+                                         const float *reference, ekv_report *report, ekv_cycle_result *out)
+{
+    ekv__cycle_cpu s, base;
+    ekv__cycle_timing t, tb;
+    const int paired = c->paired_baseline;
+    ekv_result r;
+    int i;
+    memset(&base, 0, sizeof base);
+    memset(&tb, 0, sizeof tb);
+    if ((r = ekv__cycle_cpu_make(c, m, v, &s)) != EKV_SUCCESS) return r;
+    if ((r = ekv__cycle_timing_make(&t, c->reps, m->steps)) != EKV_SUCCESS) goto done;
+    if (paired && ((r = ekv__cycle_cpu_make(c, m, EKV_VARIANT_CACHE, &base)) != EKV_SUCCESS ||
+                   (r = ekv__cycle_timing_make(&tb, c->reps, m->steps)) != EKV_SUCCESS))
+        goto done;
+    for (i = 0; i < c->warmup + c->reps; i++) {
+        const int rep = i - c->warmup;
+        /* ABAB: cache then the variant in every pair, so drift hits both alike */
+        if (paired && (r = ekv__cycle_cpu_loop(m, &base, rep >= 0 ? &tb : NULL, rep, NULL)) != EKV_SUCCESS)
+            goto done;
+        if ((r = ekv__cycle_cpu_loop(m, &s, rep >= 0 ? &t : NULL, rep, NULL)) != EKV_SUCCESS) goto done;
+    }
+    if ((r = ekv__cycle_result_fill(c, m, v, &t, paired ? &tb : NULL, out)) != EKV_SUCCESS) goto done;
+    if (reference) ekv__cycle_agreement(m, reference, s.out, out);
+    if (out == &report->cycles[0]) ekv__cycle_step_bytes(report, s.caches, m, v);
+done:
+    ekv__cycle_timing_free(&t);
+    ekv__cycle_timing_free(&tb);
+    ekv__cycle_cpu_free(&s);
+    ekv__cycle_cpu_free(&base);
+    return r;
+}
+
+EKV_DEF ekv_result ekv_cycle_run(const ekv_config *c, ekv_report *report)
+{
+    ekv__cycle_model m;
+    ekv__cycle_cpu ref;
+    const int count = c->variant == EKV_VARIANT_ALL ? 6 : 1;
+    ekv_result r;
+    int i;
+    ekv_report_init(report, c);
+    report->backend = EKV_BACKEND_CPU;
+    ekv__cpu_name(report->device.name, sizeof report->device.name);
+#if defined(_SC_NPROCESSORS_ONLN)
+    report->device.sm_count = (int)sysconf(_SC_NPROCESSORS_ONLN);
+#endif
+    if ((r = ekv_config_validate(c)) != EKV_SUCCESS) return r;
+    if (!c->inference)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cycle_run: the config does not ask for "
+                                                  "--inference");
+    report->cycles = (ekv_cycle_result *)ekv__alloc((size_t)count, sizeof(ekv_cycle_result));
+    if (!report->cycles) return EKV_ERR_OUT_OF_MEMORY;
+    if ((r = ekv__cycle_model_make(c, &m)) != EKV_SUCCESS) return r;
+    /* the reference every variant is compared with: cache's last-step outputs */
+    r = ekv__cycle_cpu_make(c, &m, EKV_VARIANT_CACHE, &ref);
+    if (r == EKV_SUCCESS) r = ekv__cycle_cpu_loop(&m, &ref, NULL, -1, NULL);
+    for (i = 0; i < count && r == EKV_SUCCESS; i++) {
+        const ekv_variant v = count == 1 ? c->variant : ekv__cycle_variants[i];
+        r = ekv__cycle_cpu_variant(c, &m, v, v == EKV_VARIANT_CACHE ? NULL : ref.out, report,
+                                   &report->cycles[i]);
+        if (r == EKV_SUCCESS || report->cycles[i].samples_ms) report->cycle_count = i + 1;
+    }
+    ekv__cycle_cpu_free(&ref);
+    ekv__cycle_model_free(&m);
+    if (r != EKV_SUCCESS) return r;
+    return ekv__cycle_report_finish(report);
+}
+
+/* ---- JSON and table ---- */
+
+static void ekv__cycle_json_one(const ekv_cycle_result *y, ekv_json *j)
+{
+    int p, l, i;
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "variant"); ekv_json_string(j, ekv_variant_name(y->variant));
+    ekv_json_key(j, "layers"); ekv_json_int(j, y->layers);
+    ekv_json_key(j, "kv_dtype"); ekv_json_string(j, ekv_dtype_name(y->kv_dtype));
+    ekv_json_key(j, "decode_tokens"); ekv_json_int(j, y->decode_tokens);
+    /* the seed's fields: baseline = cache (paired), elastic = this variant */
+    ekv_json_key(j, "baseline_total_ms");
+    if (y->has_baseline) ekv_json_number(j, y->baseline_total_ms); else ekv_json_null(j);
+    ekv_json_key(j, "elastic_total_ms"); ekv_json_number(j, y->total_ms);
+    ekv_json_key(j, "baseline_tokens_per_sec");
+    if (y->has_baseline) ekv_json_number(j, y->baseline_tokens_per_sec); else ekv_json_null(j);
+    ekv_json_key(j, "elastic_tokens_per_sec"); ekv_json_number(j, y->tokens_per_sec);
+    ekv_json_key(j, "speedup_vs_baseline");
+    if (y->has_baseline) ekv_json_number(j, y->speedup); else ekv_json_null(j);
+    ekv_json_key(j, "speedup_ci95");
+    if (y->has_baseline) {
+        ekv_json_object_begin(j);
+        ekv_json_key(j, "lo"); ekv_json_number(j, y->speedup_ci_lo);
+        ekv_json_key(j, "hi"); ekv_json_number(j, y->speedup_ci_hi);
+        ekv_json_object_end(j);
+    } else {
+        ekv_json_null(j);
+    }
+    ekv_json_key(j, "total_ms"); ekv_json_number(j, y->total_ms);
+    ekv_json_key(j, "tokens_per_sec"); ekv_json_number(j, y->tokens_per_sec);
+    ekv_json_key(j, "phases_ms");
+    ekv_json_object_begin(j);
+    for (p = 0; p < EKV_CYCLE_PHASES; p++) {
+        ekv_json_key(j, ekv__phase_names[p]);
+        ekv_json_number(j, y->phases_ms[p]);
+    }
+    ekv_json_object_end(j);
+    ekv_json_key(j, "statistics"); ekv__json_stats(j, &y->stats);
+    ekv_json_key(j, "samples_ms");
+    ekv_json_array_begin(j);
+    for (i = 0; i < (int)y->sample_count; i++) ekv_json_number(j, y->samples_ms[i]);
+    ekv_json_array_end(j);
+    ekv_json_key(j, "baseline_samples_ms");
+    if (y->has_baseline) {
+        ekv_json_array_begin(j);
+        for (i = 0; i < (int)y->sample_count; i++) ekv_json_number(j, y->baseline_samples_ms[i]);
+        ekv_json_array_end(j);
+    } else {
+        ekv_json_null(j);
+    }
+    ekv_json_key(j, "memory");
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "kv_cache_bytes"); ekv_json_number(j, y->kv_cache_bytes);
+    ekv_json_key(j, "peak_device_bytes"); ekv_json_number(j, y->peak_device_bytes);
+    ekv_json_object_end(j);
+    ekv_json_key(j, "agreement_vs_cache");
+    if (y->has_agreement) {
+        ekv_json_object_begin(j);
+        ekv_json_key(j, "max_abs_diff"); ekv_json_number(j, y->agreement_max_abs_diff);
+        ekv_json_key(j, "bitwise_equal"); ekv_json_bool(j, y->agreement_bitwise_equal);
+        ekv_json_object_end(j);
+    } else {
+        ekv_json_null(j);
+    }
+    ekv_json_key(j, "error_vs_cache");
+    if (y->has_agreement) {
+        ekv_json_array_begin(j);
+        for (l = 0; l < y->layers; l++) {
+            ekv_json_object_begin(j);
+            ekv_json_key(j, "layer"); ekv_json_int(j, l);
+            ekv_json_key(j, "rel_l2"); ekv_json_number(j, y->error_vs_cache[l].rel_l2);
+            ekv_json_key(j, "max_abs"); ekv_json_number(j, y->error_vs_cache[l].max_abs);
+            ekv_json_key(j, "cosine"); ekv_json_number(j, y->error_vs_cache[l].cosine);
+            ekv_json_object_end(j);
+        }
+        ekv_json_array_end(j);
+    } else {
+        ekv_json_null(j);
+    }
+    ekv_json_key(j, "series");
+    ekv_json_array_begin(j);
+    for (i = 0; i < y->series_count; i++) {
+        const ekv_series_point *s = &y->series[i];
+        ekv_json_object_begin(j);
+        ekv_json_key(j, "step"); ekv_json_int(j, s->step);
+        ekv_json_key(j, "context_len"); ekv_json_int(j, s->context_len);
+        ekv_json_key(j, "latency_ms"); ekv_json_number(j, s->latency_ms);
+        ekv_json_key(j, "kv_cache_bytes"); ekv_json_number(j, s->kv_cache_bytes);
+        ekv_json_key(j, "peak_device_bytes"); ekv_json_number(j, s->peak_device_bytes);
+        ekv_json_object_end(j);
+    }
+    ekv_json_array_end(j);
+    ekv_json_object_end(j);
+}
+
+/* One variant: its object. Several (a library call with variant all): an object
+   {"variant": "all", "variants": [one object per variant]}. */
+EKV_DEF void ekv_cycle_write_json(const ekv_report *report, ekv_json *j)
+{
+    int i;
+    if (!report || report->cycle_count < 1) {
+        ekv_json_null(j);
+        return;
+    }
+    if (report->cycle_count == 1) {
+        ekv__cycle_json_one(&report->cycles[0], j);
+        return;
+    }
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "variant"); ekv_json_string(j, ekv_variant_name(EKV_VARIANT_ALL));
+    ekv_json_key(j, "variants");
+    ekv_json_array_begin(j);
+    for (i = 0; i < report->cycle_count; i++) ekv__cycle_json_one(&report->cycles[i], j);
+    ekv_json_array_end(j);
+    ekv_json_object_end(j);
+}
+
+EKV_DEF void ekv_cycle_print_table(const ekv_report *report, FILE *out)
+{
+    int i;
+    if (!report || report->cycle_count < 1) return;
+    fprintf(out, "cycle      %d layers, prompt %d, %d decode steps (prefill not timed; MLPs and "
+                 "layer dependency left out)\n",
+            report->cycles[0].layers, report->config.seq_len, report->cycles[0].decode_tokens);
+    for (i = 0; i < report->cycle_count; i++) {
+        const ekv_cycle_result *y = &report->cycles[i];
+        fprintf(out, "  %-11s %-5s total %.6g ms  %.1f tokens/s  proj %.3g  append %.3g  compress "
+                     "%.3g  attn %.3g ms  KV %.4g MB  peak %.4g MB",
+                ekv_variant_name(y->variant), ekv_dtype_name(y->kv_dtype), y->total_ms,
+                y->tokens_per_sec, y->phases_ms[0], y->phases_ms[1], y->phases_ms[2], y->phases_ms[3],
+                y->kv_cache_bytes * 1e-6, y->peak_device_bytes * 1e-6);
+        if (y->has_agreement)
+            fprintf(out, "  vs cache max|d| %.3g%s", y->agreement_max_abs_diff,
+                    y->agreement_bitwise_equal ? " (bitwise)" : "");
+        if (y->has_baseline)
+            fprintf(out, "  speedup %.3fx [%.3f, %.3f]", y->speedup, y->speedup_ci_lo, y->speedup_ci_hi);
+        fprintf(out, "\n");
+    }
+}
+
+/* >>enums (implementation) ================================================= */
+
+static const char *const ekv__dtype_names[EKV_DTYPE_COUNT] = {"f32", "f16", "bf16",
+                                                              "int8", "int4", "fp8"};
+static const char *const ekv__policy_names[EKV_POLICY_COUNT] = {"none", "stride", "pool",
+                                                                "window", "topk"};
+static const char *const ekv__backend_names[4] = {"auto", "cuda", "cpu", "emulator"};
+static const char *const ekv__variant_names[EKV_VARIANT_COUNT] = {
+    "nocache", "cache", "int8", "shared", "int8-shared", "elastic", "all"};
+
+EKV_DEF const char *ekv_dtype_name(ekv_dtype dtype)
+{
+    return (unsigned)dtype < EKV_DTYPE_COUNT ? ekv__dtype_names[dtype] : "?";
+}
+EKV_DEF const char *ekv_policy_name(ekv_policy policy)
+{
+    return (unsigned)policy < EKV_POLICY_COUNT ? ekv__policy_names[policy] : "?";
+}
+EKV_DEF const char *ekv_backend_name(ekv_backend backend)
+{
+    return (unsigned)backend < 4 ? ekv__backend_names[backend] : "?";
+}
+EKV_DEF const char *ekv_variant_name(ekv_variant variant)
+{
+    return (unsigned)variant < EKV_VARIANT_COUNT ? ekv__variant_names[variant] : "?";
+}
+
+static int ekv__find_name(const char *text, const char *const *names, int count)
+{
+    int i;
+    for (i = 0; i < count; i++)
+        if (strcmp(text, names[i]) == 0) return i;
+    return -1;
+}
+
+EKV_DEF int ekv_dtype_parse(const char *text, ekv_dtype *out)
+{
+    int i = ekv__find_name(text, ekv__dtype_names, EKV_DTYPE_COUNT);
+    if (i < 0) return -1;
+    *out = (ekv_dtype)i;
+    return 0;
+}
+EKV_DEF int ekv_policy_parse(const char *text, ekv_policy *out)
+{
+    int i = ekv__find_name(text, ekv__policy_names, EKV_POLICY_COUNT);
+    if (i < 0) return -1;
+    *out = (ekv_policy)i;
+    return 0;
+}
+EKV_DEF int ekv_backend_parse(const char *text, ekv_backend *out)
+{
+    int i = ekv__find_name(text, ekv__backend_names, 4);
+    if (i < 0) return -1;
+    *out = (ekv_backend)i;
+    return 0;
+}
+EKV_DEF int ekv_variant_parse(const char *text, ekv_variant *out)
+{
+    int i = ekv__find_name(text, ekv__variant_names, EKV_VARIANT_COUNT);
+    /* v0..v4: the nanoGPT benchmark's names for the first five variants */
+    if (i < 0 && text[0] == 'v' && text[1] >= '0' && text[1] <= '4' && text[2] == '\0')
+        i = text[1] - '0';
+    if (i < 0) return -1;
+    *out = (ekv_variant)i;
+    return 0;
+}
+
+/* >>config (implementation) ================================================ */
+
+EKV_DEF ekv_config ekv_config_default(void)
+{
+    ekv_config c;
+    memset(&c, 0, sizeof c);
+    c.batch = 1;
+    c.seq_len = 1024;
+    c.heads = 16;
+    c.kv_heads = 0;
+    c.head_dim = 64;
+    c.compression = 2;
+    c.kv_dtype = EKV_DTYPE_F16;
+    c.policy = EKV_POLICY_STRIDE;
+    c.recent = 0;
+    c.sinks = 4;
+    c.observe = 16;
+    c.layers = 1;
+    c.decode_tokens = 64;
+    c.variant = EKV_VARIANT_ELASTIC;
+    c.compress_every = 0;
+    c.data = EKV_DATA_STRUCTURED;
+    c.seed = 42;
+    c.softmax_scale = 0.0;
+    c.reps = 200;
+    c.warmup = 20;
+    c.inner_loops = 64;
+    c.truncate_percent = 0.0;
+    c.use_graphs = 1;
+    c.hot = 0;
+    c.paired_baseline = 0;
+    c.baseline_dtype = EKV_DTYPE_F16;
+    c.baseline_dtype_set = 0;
+    c.inference = 0;
+    c.backend = EKV_BACKEND_AUTO;
+    c.device = 0;
+    c.peak_bw_gbs = 0.0;
+    return c;
+}
+
+#define EKV__SEQ_MAX (1 << 24)
+
+static ekv_result ekv__range_error(const char *flag, long long value, long long lo,
+                                   long long hi)
+{
+    return ekv_set_error(EKV_ERR_INVALID_ARG, "%s=%lld is out of range: allowed %lld..%lld",
+                         flag, value, lo, hi);
+}
+
+#define EKV__CHECK_RANGE(flag, value, lo, hi)                                      \
+    do {                                                                           \
+        if ((long long)(value) < (long long)(lo) || (long long)(value) > (long long)(hi)) \
+            return ekv__range_error(flag, (long long)(value), (long long)(lo),     \
+                                    (long long)(hi));                              \
+    } while (0)
+
+EKV_DEF ekv_result ekv_config_validate(const ekv_config *c)
+{
+    int kv_heads;
+    if (!c) return ekv_set_error(EKV_ERR_INVALID_ARG, "config is NULL");
+    EKV__CHECK_RANGE("--batch", c->batch, 1, 4096);
+    EKV__CHECK_RANGE("--seq", c->seq_len, 1, EKV__SEQ_MAX);
+    EKV__CHECK_RANGE("--heads", c->heads, 1, 1024);
+    EKV__CHECK_RANGE("--kv-heads", c->kv_heads, 0, 1024);
+    if (c->head_dim != 64 && c->head_dim != 128 && c->head_dim != 256)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "--dim=%d is not supported: allowed 64, 128, 256", c->head_dim);
+    kv_heads = c->kv_heads ? c->kv_heads : c->heads;
+    if (kv_heads > c->heads || c->heads % kv_heads != 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--kv-heads=%d must divide --heads=%d (GQA/MQA groups)", kv_heads,
+                             c->heads);
+    EKV__CHECK_RANGE("--compress", c->compression, 1, 64);
+    if ((unsigned)c->kv_dtype >= EKV_DTYPE_COUNT)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--kv-dtype is invalid: allowed f32, f16, bf16, int8, int4, fp8");
+    if ((unsigned)c->baseline_dtype >= EKV_DTYPE_COUNT)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "--baseline-dtype is invalid: allowed f32, "
+                                                  "f16, bf16, int8, int4, fp8");
+    if ((unsigned)c->policy >= EKV_POLICY_COUNT)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--policy is invalid: allowed none, stride, pool, window, topk");
+    if (c->policy == EKV_POLICY_NONE && c->compression != 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--compress=%d needs a compression policy: with --policy=none "
+                             "only --compress=1 is allowed (or choose stride, pool, window, topk)",
+                             c->compression);
+    EKV__CHECK_RANGE("--recent", c->recent, 0, c->seq_len);
+    EKV__CHECK_RANGE("--sinks", c->sinks, 0, c->seq_len);
+    EKV__CHECK_RANGE("--observe", c->observe, 1, 1024);
+    EKV__CHECK_RANGE("--layers", c->layers, 1, 256);
+    EKV__CHECK_RANGE("--decode_tokens", c->decode_tokens, 1, 65536);
+    EKV__CHECK_RANGE("--compress-every", c->compress_every, 0, 65536);
+    if ((unsigned)c->variant >= EKV_VARIANT_COUNT)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--variant is invalid: allowed nocache, cache, int8, shared, "
+                             "int8-shared, elastic, all (or v0..v4)");
+    if (c->data == EKV_DATA_FILE && c->data_path[0] == '\0')
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "--data: a file path is required");
+    if (!(c->softmax_scale >= 0.0) || c->softmax_scale > 1e6)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--softmax-scale=%g is out of range: allowed (0, 1e6]",
+                             c->softmax_scale);
+    EKV__CHECK_RANGE("--reps", c->reps, 2, 1000000);
+    EKV__CHECK_RANGE("--warmup", c->warmup, 0, 1000000);
+    EKV__CHECK_RANGE("--inner_loops", c->inner_loops, 1, 100000);
+    if (!(c->truncate_percent >= 0.0 && c->truncate_percent <= 49.0))
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--truncate=%g is out of range: allowed 0..49 (percent cut from "
+                             "each end)", c->truncate_percent);
+    if ((unsigned)c->backend > EKV_BACKEND_EMULATOR)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--backend is invalid: allowed auto, cuda, cpu, emulator");
+    EKV__CHECK_RANGE("--device", c->device, 0, 63);
+    if (!(c->peak_bw_gbs >= 0.0 && c->peak_bw_gbs <= 1e6))
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--peak-bw=%g is out of range: allowed (0, 1e6] GB/s",
+                             c->peak_bw_gbs);
+    if (c->baseline_dtype_set && !c->paired_baseline)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--baseline-dtype needs --paired-baseline");
+    if (c->inference) return ekv__cycle_validate(c);
+    return EKV_SUCCESS;
+}
+
+/* ---- command line ---- */
+
+typedef enum ekv__flag_kind {
+    EKV__FLAG_INT,    /* sweepable integer */
+    EKV__FLAG_ENUM,   /* sweepable enum */
+    EKV__FLAG_BOOL,   /* no value */
+    EKV__FLAG_NUMBER, /* one double */
+    EKV__FLAG_UINT64, /* one unsigned 64-bit integer */
+    EKV__FLAG_TEXT,   /* one string */
+    EKV__FLAG_SPECIAL /* --help, --version */
+} ekv__flag_kind;
+
+typedef struct ekv__flag {
+    const char *name;
+    const char *alias;
+    ekv__flag_kind kind;
+    size_t offset;   /* into ekv_config */
+    long long lo, hi; /* integer range checked at parse time (also by validation) */
+    const char *help;
+} ekv__flag;
+
+#define EKV__OFF(field) offsetof(ekv_config, field)
+
+static const ekv__flag ekv__flags[] = {
+    {"--seq", NULL, EKV__FLAG_INT, EKV__OFF(seq_len), 1, EKV__SEQ_MAX,
+     "tokens in the cache per sequence (default 1024)"},
+    {"--batch", NULL, EKV__FLAG_INT, EKV__OFF(batch), 1, 4096, "sequences (default 1)"},
+    {"--heads", NULL, EKV__FLAG_INT, EKV__OFF(heads), 1, 1024, "query heads (default 16)"},
+    {"--kv-heads", NULL, EKV__FLAG_INT, EKV__OFF(kv_heads), 1, 1024,
+     "KV heads, divides --heads (default = heads)"},
+    {"--dim", NULL, EKV__FLAG_INT, EKV__OFF(head_dim), 1, 1 << 20,
+     "head dimension: 64, 128, 256 (default 64)"},
+    {"--compress", NULL, EKV__FLAG_INT, EKV__OFF(compression), 1, 64,
+     "compression ratio C, 1..64 (default 2)"},
+    {"--kv-dtype", NULL, EKV__FLAG_ENUM, EKV__OFF(kv_dtype), 0, 0,
+     "cache storage: f32, f16, bf16, int8, int4, fp8 (default f16)"},
+    {"--policy", NULL, EKV__FLAG_ENUM, EKV__OFF(policy), 0, 0,
+     "none, stride, pool, window, topk (default stride)"},
+    {"--recent", NULL, EKV__FLAG_INT, EKV__OFF(recent), 0, EKV__SEQ_MAX,
+     "exact recent window W (default 0)"},
+    {"--sinks", NULL, EKV__FLAG_INT, EKV__OFF(sinks), 0, EKV__SEQ_MAX,
+     "sink tokens kept by window and topk (default 4)"},
+    {"--observe", NULL, EKV__FLAG_INT, EKV__OFF(observe), 1, 1024,
+     "queries whose attention scores topk (default 16)"},
+    {"--layers", NULL, EKV__FLAG_INT, EKV__OFF(layers), 1, 256,
+     "layers of the inference cycle (default 1)"},
+    {"--decode_tokens", "--decode-tokens", EKV__FLAG_INT, EKV__OFF(decode_tokens), 1, 65536,
+     "decode steps of the inference cycle (default 64)"},
+    {"--compress-every", NULL, EKV__FLAG_INT, EKV__OFF(compress_every), 0, 65536,
+     "anchor period of the cycle, 0 = C (default 0)"},
+    {"--variant", NULL, EKV__FLAG_ENUM, EKV__OFF(variant), 0, 0,
+     "inference-cycle variant: nocache, cache, int8, shared, int8-shared, elastic, all, v0..v4"},
+    {"--reps", NULL, EKV__FLAG_INT, EKV__OFF(reps), 2, 1000000, "kept samples (default 200)"},
+    {"--warmup", NULL, EKV__FLAG_INT, EKV__OFF(warmup), 0, 1000000,
+     "discarded samples (default 20)"},
+    {"--inner_loops", "--inner-loops", EKV__FLAG_INT, EKV__OFF(inner_loops), 1, 100000,
+     "launches per sample (default 64)"},
+    {"--device", NULL, EKV__FLAG_INT, EKV__OFF(device), 0, 63, "CUDA device (default 0)"},
+    {"--truncate", NULL, EKV__FLAG_NUMBER, EKV__OFF(truncate_percent), 0, 49,
+     "trimmed mean: percent cut from each end, 0..49 (default 0)"},
+    {"--peak-bw", NULL, EKV__FLAG_NUMBER, EKV__OFF(peak_bw_gbs), 0, 0,
+     "theoretical peak bandwidth in GB/s (default: from the device)"},
+    {"--softmax-scale", NULL, EKV__FLAG_NUMBER, EKV__OFF(softmax_scale), 0, 0,
+     "softmax scale (default 1/sqrt(dim))"},
+    {"--seed", NULL, EKV__FLAG_UINT64, EKV__OFF(seed), 0, 0, "data seed (default 42)"},
+    {"--baseline-dtype", NULL, EKV__FLAG_ENUM, EKV__OFF(baseline_dtype), 0, 0,
+     "dtype of the paired baseline (default f16 for int8/int4/fp8, else --kv-dtype)"},
+    {"--backend", NULL, EKV__FLAG_ENUM, EKV__OFF(backend), 0, 0,
+     "auto, cuda, cpu, emulator (default auto)"},
+    {"--data", NULL, EKV__FLAG_TEXT, EKV__OFF(data_path), 0, 0,
+     "structured, random, or a .npz / directory of q.npy k.npy v.npy (default structured)"},
+    {"--out", NULL, EKV__FLAG_TEXT, EKV__OFF(out_path), 0, 0,
+     "write the output to FILE instead of stdout"},
+    {"--jsonl", NULL, EKV__FLAG_TEXT, EKV__OFF(jsonl_path), 0, 0,
+     "append one JSON line per result to FILE"},
+    {"--label", NULL, EKV__FLAG_TEXT, EKV__OFF(label), 0, 0, "free text stored in the result"},
+    {"--dump-dir", NULL, EKV__FLAG_TEXT, EKV__OFF(dump_dir), 0, 0,
+     "write q, k, v, out, ref .npy files into this existing directory"},
+    {"--json", NULL, EKV__FLAG_BOOL, EKV__OFF(json), 0, 0, "one JSON object per result"},
+    {"--paired-baseline", NULL, EKV__FLAG_BOOL, EKV__OFF(paired_baseline), 0, 0,
+     "interleave a C=1 baseline ABAB; report the speedup with a 95% CI"},
+    {"--hot", NULL, EKV__FLAG_BOOL, EKV__OFF(hot), 0, 0,
+     "L2-resident reuse instead of cold timing"},
+    {"--no-graphs", NULL, EKV__FLAG_BOOL, EKV__OFF(use_graphs), 0, 0,
+     "launch one by one instead of a CUDA graph"},
+    {"--inference", NULL, EKV__FLAG_BOOL, EKV__OFF(inference), 0, 0,
+     "run the inference cycle (decode steps over layers, --variant)"},
+    {"--quiet", NULL, EKV__FLAG_BOOL, EKV__OFF(quiet), 0, 0, "no progress or notices"},
+    {"--help", "-h", EKV__FLAG_SPECIAL, 0, 0, 0, "this help"},
+    {"--version", NULL, EKV__FLAG_SPECIAL, 0, 0, 0, "print the version"},
+};
+
+#define EKV__FLAG_COUNT (sizeof ekv__flags / sizeof ekv__flags[0])
+
+EKV_DEF void ekv_cli_print_help(FILE *out)
+{
+    size_t i;
+    fprintf(out,
+            "ekv_bench %s - decode attention over an elastic KV cache: speed, bandwidth, "
+            "accuracy\n\n"
+            "usage: ekv_bench [--flag=value ...]\n"
+            "A comma list on a workload flag (--seq=1024,4096) sweeps the cartesian product.\n\n",
+            EKV_VERSION_STRING);
+    for (i = 0; i < EKV__FLAG_COUNT; i++) {
+        const ekv__flag *f = &ekv__flags[i];
+        char name[64];
+        if (f->kind == EKV__FLAG_BOOL || f->kind == EKV__FLAG_SPECIAL)
+            snprintf(name, sizeof name, "%s", f->name);
+        else
+            snprintf(name, sizeof name, "%s=%s", f->name,
+                     f->kind == EKV__FLAG_TEXT ? "TEXT" : (f->kind == EKV__FLAG_ENUM ? "NAME" : "N"));
+        fprintf(out, "  %-22s %s%s\n", name, f->help,
+                (f->kind == EKV__FLAG_INT || f->kind == EKV__FLAG_ENUM) &&
+                        f->offset != EKV__OFF(reps) && f->offset != EKV__OFF(warmup) &&
+                        f->offset != EKV__OFF(inner_loops) && f->offset != EKV__OFF(device) &&
+                        f->offset != EKV__OFF(backend) && f->offset != EKV__OFF(baseline_dtype)
+                    ? " [list]"
+                    : "");
+    }
+    fprintf(out, "\nExit status: 0 success, 1 runtime failure (e.g. validation), 2 bad input.\n");
+}
+
+/* Sweepable: the workload flags. Measurement, device and output flags take one value. */
+static int ekv__flag_sweepable(const ekv__flag *f)
+{
+    if (f->kind != EKV__FLAG_INT && f->kind != EKV__FLAG_ENUM) return 0;
+    return f->offset != EKV__OFF(reps) && f->offset != EKV__OFF(warmup) &&
+           f->offset != EKV__OFF(inner_loops) && f->offset != EKV__OFF(device) &&
+           f->offset != EKV__OFF(backend) && f->offset != EKV__OFF(baseline_dtype);
+}
+
+static ekv_result ekv__parse_int(const char *flag, const char *text, long long lo, long long hi,
+                                 int *out)
+{
+    char *end;
+    long long v;
+    if (text[0] == '\0' || !(text[0] == '-' || text[0] == '+' || (text[0] >= '0' && text[0] <= '9')))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s='%s' is not an integer: allowed %lld..%lld",
+                             flag, text, lo, hi);
+    v = strtoll(text, &end, 10);
+    if (*end != '\0')
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s='%s' is not an integer: allowed %lld..%lld",
+                             flag, text, lo, hi);
+    if (v < lo || v > hi) return ekv__range_error(flag, v, lo, hi);
+    *out = (int)v;
+    return EKV_SUCCESS;
+}
+
+static ekv_result ekv__parse_enum(const ekv__flag *f, const char *text, int *out)
+{
+    int ok = -1;
+    size_t off = f->offset;
+    if (off == EKV__OFF(kv_dtype) || off == EKV__OFF(baseline_dtype)) {
+        ekv_dtype d = EKV_DTYPE_F32;
+        ok = ekv_dtype_parse(text, &d);
+        *out = (int)d;
+        if (ok < 0)
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "%s='%s' is unknown: allowed f32, f16, bf16, int8, int4, fp8",
+                                 f->name, text);
+    } else if (off == EKV__OFF(policy)) {
+        ekv_policy p = EKV_POLICY_NONE;
+        ok = ekv_policy_parse(text, &p);
+        *out = (int)p;
+        if (ok < 0)
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "%s='%s' is unknown: allowed none, stride, pool, window, topk",
+                                 f->name, text);
+    } else if (off == EKV__OFF(backend)) {
+        ekv_backend b = EKV_BACKEND_AUTO;
+        ok = ekv_backend_parse(text, &b);
+        *out = (int)b;
+        if (ok < 0)
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "%s='%s' is unknown: allowed auto, cuda, cpu, emulator", f->name,
+                                 text);
+    } else if (off == EKV__OFF(variant)) {
+        ekv_variant v = EKV_VARIANT_CACHE;
+        ok = ekv_variant_parse(text, &v);
+        *out = (int)v;
+        if (ok < 0)
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "%s='%s' is unknown: allowed nocache, cache, int8, shared, "
+                                 "int8-shared, elastic, all, v0..v4",
+                                 f->name, text);
+    }
+    return EKV_SUCCESS;
+}
+
+static void ekv__config_set_int(ekv_config *c, size_t offset, int value)
+{
+    /* enum fields are int-sized in every ABI ekv targets; store through the right type */
+    if (offset == EKV__OFF(kv_dtype)) c->kv_dtype = (ekv_dtype)value;
+    else if (offset == EKV__OFF(baseline_dtype)) c->baseline_dtype = (ekv_dtype)value;
+    else if (offset == EKV__OFF(policy)) c->policy = (ekv_policy)value;
+    else if (offset == EKV__OFF(backend)) c->backend = (ekv_backend)value;
+    else if (offset == EKV__OFF(variant)) c->variant = (ekv_variant)value;
+    else memcpy((char *)c + offset, &value, sizeof value);
+}
+
+static ekv_result ekv__parse_value(ekv_cli *cli, const ekv__flag *f, const char *value)
+{
+    ekv_config *c = &cli->base;
+    ekv_result r;
+    if (f->kind == EKV__FLAG_INT || f->kind == EKV__FLAG_ENUM) {
+        /* a comma list for sweepable flags */
+        ekv_sweep_axis *axis = NULL;
+        const char *p = value;
+        int i, values[EKV_SWEEP_MAX], count = 0;
+        for (;;) {
+            char item[128];
+            const char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strlen(p);
+            if (len == 0 || len >= sizeof item)
+                return ekv_set_error(EKV_ERR_INVALID_ARG, "%s='%s': empty or overlong list item",
+                                     f->name, value);
+            memcpy(item, p, len);
+            item[len] = '\0';
+            if (count == EKV_SWEEP_MAX)
+                return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: at most %d values in a list",
+                                     f->name, EKV_SWEEP_MAX);
+            r = f->kind == EKV__FLAG_INT ? ekv__parse_int(f->name, item, f->lo, f->hi, &values[count])
+                                         : ekv__parse_enum(f, item, &values[count]);
+            if (r != EKV_SUCCESS) return r;
+            count++;
+            if (!comma) break;
+            p = comma + 1;
+        }
+        if (count > 1 && !ekv__flag_sweepable(f))
+            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s='%s': takes one value, not a list",
+                                 f->name, value);
+        for (i = 0; i < cli->axis_count; i++)
+            if (strcmp(cli->axes[i].flag, f->name) == 0) axis = &cli->axes[i];
+        if (count > 1) {
+            if (!axis) {
+                if (cli->axis_count == EKV_SWEEP_AXES)
+                    return ekv_set_error(EKV_ERR_INVALID_ARG, "too many swept flags");
+                axis = &cli->axes[cli->axis_count++];
+                axis->flag = f->name;
+            }
+            axis->count = count;
+            memcpy(axis->values, values, sizeof(int) * (size_t)count);
+        } else if (axis) {
+            axis->count = 1; /* a later single value overrides an earlier list */
+            axis->values[0] = values[0];
+        }
+        ekv__config_set_int(c, f->offset, values[0]);
+        if (f->offset == EKV__OFF(baseline_dtype)) c->baseline_dtype_set = 1;
+        return EKV_SUCCESS;
+    }
+    if (f->kind == EKV__FLAG_NUMBER) {
+        char *end;
+        double v = strtod(value, &end);
+        if (value[0] == '\0' || *end != '\0' || v != v)
+            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s='%s' is not a number", f->name, value);
+        if (f->offset != EKV__OFF(truncate_percent) && !(v > 0.0))
+            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s=%s must be a positive number",
+                                 f->name, value);
+        memcpy((char *)c + f->offset, &v, sizeof v);
+        return EKV_SUCCESS;
+    }
+    if (f->kind == EKV__FLAG_UINT64) {
+        char *end;
+        unsigned long long v;
+        if (!(value[0] >= '0' && value[0] <= '9'))
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "%s='%s' is not an unsigned integer: allowed 0..2^64-1", f->name,
+                                 value);
+        v = strtoull(value, &end, 10);
+        if (*end != '\0' || (v == ~0ULL && strcmp(value, "18446744073709551615") != 0))
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "%s='%s' is not an unsigned integer: allowed 0..2^64-1", f->name,
+                                 value);
+        c->seed = (uint64_t)v;
+        return EKV_SUCCESS;
+    }
+    /* text */
+    {
+        size_t cap = f->offset == EKV__OFF(label) ? EKV_LABEL_MAX : EKV_PATH_MAX;
+        if (strlen(value) >= cap)
+            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: value longer than %zu bytes", f->name,
+                                 cap - 1);
+        if (f->offset == EKV__OFF(data_path)) {
+            if (strcmp(value, "structured") == 0) {
+                c->data = EKV_DATA_STRUCTURED;
+                c->data_path[0] = '\0';
+                return EKV_SUCCESS;
+            }
+            if (strcmp(value, "random") == 0) {
+                c->data = EKV_DATA_RANDOM;
+                c->data_path[0] = '\0';
+                return EKV_SUCCESS;
+            }
+            if (value[0] == '\0')
+                return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                     "--data is empty: allowed structured, random, or a path");
+            c->data = EKV_DATA_FILE;
+        } else if (value[0] == '\0' && f->offset != EKV__OFF(label)) {
+            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: a path is required", f->name);
+        }
+        memcpy((char *)c + f->offset, value, strlen(value) + 1);
+    }
+    return EKV_SUCCESS;
+}
+
+static const ekv__flag *ekv__find_flag(const char *name, size_t len)
+{
+    size_t i;
+    for (i = 0; i < EKV__FLAG_COUNT; i++) {
+        const ekv__flag *f = &ekv__flags[i];
+        if ((strlen(f->name) == len && strncmp(f->name, name, len) == 0) ||
+            (f->alias && strlen(f->alias) == len && strncmp(f->alias, name, len) == 0))
+            return f;
+    }
+    return NULL;
+}
+
+/* The flags whose axes expand the sweep, in this order (last fastest). */
+EKV_DEF ekv_result ekv_cli_config(const ekv_cli *cli, size_t index, ekv_config *out)
+{
+    int a;
+    if (index >= cli->run_count)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "sweep index %zu out of range (%zu runs)",
+                             index, cli->run_count);
+    *out = cli->base;
+    for (a = cli->axis_count - 1; a >= 0; a--) {
+        const ekv_sweep_axis *axis = &cli->axes[a];
+        const ekv__flag *f = ekv__find_flag(axis->flag, strlen(axis->flag));
+        size_t i = index % (size_t)axis->count;
+        index /= (size_t)axis->count;
+        ekv__config_set_int(out, f->offset, axis->values[i]);
+    }
+    /* --baseline-dtype defaults to f16 for the quantized forms, else the same dtype */
+    if (!out->baseline_dtype_set)
+        out->baseline_dtype = out->kv_dtype >= EKV_DTYPE_INT8 ? EKV_DTYPE_F16 : out->kv_dtype;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_cli_parse(int argc, char **argv, ekv_cli *cli, FILE *out)
+{
+    int i;
+    size_t k;
+    ekv_result r;
+    memset(cli, 0, sizeof *cli);
+    cli->base = ekv_config_default();
+    for (i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        const char *eq = strchr(arg, '=');
+        size_t name_len = eq ? (size_t)(eq - arg) : strlen(arg);
+        const ekv__flag *f = ekv__find_flag(arg, name_len);
+        const char *value = eq ? eq + 1 : NULL;
+        if (!f)
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "unknown flag '%.*s' (see --help for the allowed flags)",
+                                 (int)(name_len > 200 ? 200 : name_len), arg);
+        if (f->kind == EKV__FLAG_SPECIAL) {
+            if (value) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s takes no value", f->name);
+            if (strcmp(f->name, "--help") == 0) ekv_cli_print_help(out);
+            else fprintf(out, "ekv_bench %s\n", EKV_VERSION_STRING);
+            return EKV_HELP_SHOWN;
+        }
+        if (f->kind == EKV__FLAG_BOOL) {
+            int on = f->offset == EKV__OFF(use_graphs) ? 0 : 1;
+            if (value)
+                return ekv_set_error(EKV_ERR_INVALID_ARG, "%s takes no value (got '%s')", f->name,
+                                     value);
+            memcpy((char *)&cli->base + f->offset, &on, sizeof on);
+            continue;
+        }
+        if (!value) {
+            if (i + 1 >= argc)
+                return ekv_set_error(EKV_ERR_INVALID_ARG, "%s needs a value: %s", f->name,
+                                     f->help);
+            value = argv[++i];
+        }
+        r = ekv__parse_value(cli, f, value);
+        if (r != EKV_SUCCESS) return r;
+    }
+    cli->run_count = 1;
+    for (i = 0; i < cli->axis_count; i++) {
+        cli->run_count *= (size_t)cli->axes[i].count;
+        if (cli->run_count > 100000)
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "the sweep has more than 100000 configurations");
+    }
+    if (cli->base.dump_dir[0] && cli->run_count > 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--dump-dir needs a single configuration (the sweep has %zu)",
+                             cli->run_count);
+    for (k = 0; k < cli->run_count; k++) {
+        ekv_config c;
+        ekv_cli_config(cli, k, &c);
+        r = ekv_config_validate(&c);
+        if (r != EKV_SUCCESS) return r;
+    }
+    return EKV_SUCCESS;
+}
+
+/* >>metrics (implementation) =============================================== */
+
+EKV_DEF void ekv_metrics_compute(ekv_metrics *m, const ekv_cache_bytes *cache_bytes, int batch,
+                                 int heads, int head_dim, double kept_tokens_total,
+                                 double partial_bytes, double median_ms,
+                                 double peak_bw_theoretical_gbs, double peak_bw_measured_gbs,
+                                 double peak_gflops)
+{
+    double seconds = median_ms * 1e-3;
+    double bound_bw, bound;
+    memset(m, 0, sizeof *m);
+    m->bytes.k = cache_bytes->k;
+    m->bytes.v = cache_bytes->v;
+    m->bytes.scales = cache_bytes->scales;
+    m->bytes.bias = cache_bytes->bias;
+    m->bytes.q = 4.0 * batch * heads * head_dim;
+    m->bytes.out = 4.0 * batch * heads * head_dim;
+    m->bytes.partials = partial_bytes;
+    m->bytes.total = m->bytes.k + m->bytes.v + m->bytes.scales + m->bytes.bias + m->bytes.q +
+                     m->bytes.out + m->bytes.partials;
+    /* kept_tokens_total sums over sequences; every query head reads every kept token */
+    m->flops = 4.0 * (double)heads * kept_tokens_total * head_dim;
+    m->softmax_flops = 5.0 * (double)heads * kept_tokens_total;
+    m->arithmetic_intensity = m->bytes.total > 0 ? m->flops / m->bytes.total : ekv__nan();
+    m->achieved_gbs = seconds > 0 ? m->bytes.total / seconds * 1e-9 : ekv__nan();
+    m->achieved_gflops = seconds > 0 ? m->flops / seconds * 1e-9 : ekv__nan();
+    m->peak_bw_theoretical_gbs = peak_bw_theoretical_gbs;
+    m->peak_bw_measured_gbs = peak_bw_measured_gbs;
+    m->peak_gflops = peak_gflops;
+    m->efficiency_vs_theoretical = m->achieved_gbs / peak_bw_theoretical_gbs; /* NaN if unknown */
+    m->efficiency_vs_measured = m->achieved_gbs / peak_bw_measured_gbs;
+    /* the roofline uses the theoretical peak when known, else the measured copy rate */
+    bound_bw = peak_bw_theoretical_gbs == peak_bw_theoretical_gbs ? peak_bw_theoretical_gbs
+                                                                  : peak_bw_measured_gbs;
+    bound = m->arithmetic_intensity * bound_bw;
+    if (peak_gflops == peak_gflops && peak_gflops < bound) bound = peak_gflops;
+    m->roofline_score = m->achieved_gflops / bound;
+}
+
+/* >>report (implementation) ================================================ */
+
+static void ekv__timestamp(char *out, size_t size)
+{
+    time_t now = time(NULL);
+    struct tm *utc = gmtime(&now);
+    if (!utc || strftime(out, size, "%Y-%m-%dT%H:%M:%SZ", utc) == 0) snprintf(out, size, "unknown");
+}
+
+EKV_DEF void ekv_report_init(ekv_report *report, const ekv_config *config)
+{
+    memset(report, 0, sizeof *report);
+    report->config = *config;
+    report->device.peak_bw_theoretical_gbs = ekv__nan();
+    report->device.peak_bw_measured_gbs = ekv__nan();
+    report->device.peak_gflops = ekv__nan();
+    report->peak_device_bytes = ekv__nan();
+    report->speedup = report->speedup_ci_lo = report->speedup_ci_hi = ekv__nan();
+    report->cache_copies = 1;
+    report->splits = 1;
+    ekv__timestamp(report->timestamp, sizeof report->timestamp);
+}
+
+EKV_DEF void ekv_report_free(ekv_report *report)
+{
+    int i;
+    ekv__free(report->samples_ms);
+    ekv__free(report->baseline_samples_ms);
+    for (i = 0; i < report->cycle_count; i++) {
+        ekv__free(report->cycles[i].samples_ms);
+        ekv__free(report->cycles[i].series);
+    }
+    ekv__free(report->cycles);
+    memset(report, 0, sizeof *report);
+}
+
+EKV_DEF ekv_result ekv_report_finish(ekv_report *r)
+{
+    const ekv_config *c = &r->config;
+    ekv_result res;
+    double peak_theoretical = c->peak_bw_gbs > 0 ? c->peak_bw_gbs : r->device.peak_bw_theoretical_gbs;
+    res = ekv_stats_compute(r->samples_ms, r->sample_count, c->truncate_percent, c->seed,
+                            &r->stats);
+    if (res != EKV_SUCCESS) return res;
+    r->device.peak_bw_theoretical_gbs = peak_theoretical;
+    r->kv_cache_bytes = r->cache_bytes.total;
+    ekv_metrics_compute(&r->metrics, &r->cache_bytes, c->batch, c->heads, c->head_dim,
+                        r->kept_tokens_total, r->partial_bytes, r->stats.median,
+                        peak_theoretical, r->device.peak_bw_measured_gbs,
+                        r->device.peak_gflops);
+    if (r->has_baseline) {
+        res = ekv_stats_compute(r->baseline_samples_ms, r->baseline_sample_count,
+                                c->truncate_percent, c->seed, &r->baseline_stats);
+        if (res != EKV_SUCCESS) return res;
+        if (r->baseline_sample_count != r->sample_count)
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "paired baseline has %zu samples, candidate %zu",
+                                 r->baseline_sample_count, r->sample_count);
+        res = ekv_bootstrap_ratio(r->baseline_samples_ms, r->samples_ms, r->sample_count,
+                                  EKV_BOOTSTRAP_RESAMPLES, c->seed ^ 0x9e3779b97f4a7c15ULL,
+                                  &r->speedup, &r->speedup_ci_lo, &r->speedup_ci_hi);
+        if (res != EKV_SUCCESS) return res;
+    }
+    return EKV_SUCCESS;
+}
+
+static void ekv__json_stats(ekv_json *j, const ekv_stats *s)
+{
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "n"); ekv_json_int(j, (long long)s->n);
+    ekv_json_key(j, "mean"); ekv_json_number(j, s->mean);
+    ekv_json_key(j, "std"); ekv_json_number(j, s->std);
+    ekv_json_key(j, "cv"); ekv_json_number(j, s->cv);
+    ekv_json_key(j, "median"); ekv_json_number(j, s->median);
+    ekv_json_key(j, "min"); ekv_json_number(j, s->min);
+    ekv_json_key(j, "max"); ekv_json_number(j, s->max);
+    ekv_json_key(j, "q1"); ekv_json_number(j, s->q1);
+    ekv_json_key(j, "q3"); ekv_json_number(j, s->q3);
+    ekv_json_key(j, "iqr"); ekv_json_number(j, s->iqr);
+    ekv_json_key(j, "p5"); ekv_json_number(j, s->p5);
+    ekv_json_key(j, "p95"); ekv_json_number(j, s->p95);
+    ekv_json_key(j, "p99"); ekv_json_number(j, s->p99);
+    ekv_json_key(j, "trimmed_mean"); ekv_json_number(j, s->trimmed_mean);
+    ekv_json_key(j, "ci95_mean");
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "lo"); ekv_json_number(j, s->ci95_mean_lo);
+    ekv_json_key(j, "hi"); ekv_json_number(j, s->ci95_mean_hi);
+    ekv_json_object_end(j);
+    ekv_json_key(j, "ci95_median");
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "lo"); ekv_json_number(j, s->ci95_median_lo);
+    ekv_json_key(j, "hi"); ekv_json_number(j, s->ci95_median_hi);
+    ekv_json_object_end(j);
+    ekv_json_key(j, "outliers");
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "mild"); ekv_json_int(j, s->outliers_mild);
+    ekv_json_key(j, "severe"); ekv_json_int(j, s->outliers_severe);
+    ekv_json_object_end(j);
+    ekv_json_object_end(j);
+}
+
+static void ekv__json_error(ekv_json *j, const char *key, const ekv_error_stats *e)
+{
+    ekv_json_key(j, key);
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "rel_l2"); ekv_json_number(j, e->rel_l2);
+    ekv_json_key(j, "max_abs"); ekv_json_number(j, e->max_abs);
+    ekv_json_key(j, "cosine"); ekv_json_number(j, e->cosine);
+    ekv_json_object_end(j);
+}
+
+static void ekv__json_samples(ekv_json *j, const double *samples, size_t n)
+{
+    size_t i;
+    ekv_json_array_begin(j);
+    for (i = 0; i < n; i++) ekv_json_number(j, samples[i]);
+    ekv_json_array_end(j);
+}
+
+EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
+{
+    const ekv_config *c = &r->config;
+    const ekv_metrics *m = &r->metrics;
+    double median = r->stats.median;
+    double tokens_per_sec = c->batch * 1000.0 / median;
+    int kv_heads = c->kv_heads ? c->kv_heads : c->heads;
+    char sm[16];
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "schema_version"); ekv_json_int(j, EKV_SCHEMA_VERSION);
+    ekv_json_key(j, "ekv_version"); ekv_json_string(j, EKV_VERSION_STRING);
+    ekv_json_key(j, "benchmark_type"); ekv_json_string(j, "ekv_decode_attention");
+    ekv_json_key(j, "timestamp"); ekv_json_string(j, r->timestamp);
+    ekv_json_key(j, "backend"); ekv_json_string(j, ekv_backend_name(r->backend));
+    ekv_json_key(j, "label"); ekv_json_string(j, c->label);
+    ekv_json_key(j, "variant");
+    if (r->cycle_count > 0) ekv_json_string(j, ekv_variant_name(c->variant));
+    else ekv_json_null(j);
+    ekv_json_key(j, "notice"); ekv_json_string(j, r->notice[0] ? r->notice : NULL);
+
+    ekv_json_key(j, "build");
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "cuda_graphs"); ekv_json_bool(j, r->backend != EKV_BACKEND_CPU && c->use_graphs);
+    ekv_json_key(j, "inner_loops"); ekv_json_int(j, c->inner_loops);
+    ekv_json_key(j, "truncate_percent"); ekv_json_number(j, c->truncate_percent);
+    ekv_json_key(j, "cache_state"); ekv_json_string(j, c->hot ? "hot" : "cold");
+    ekv_json_key(j, "cache_copies"); ekv_json_int(j, r->cache_copies);
+    ekv_json_key(j, "splits"); ekv_json_int(j, r->splits);
+    ekv_json_object_end(j);
+
+    ekv_json_key(j, "gpu");
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "name"); ekv_json_string(j, r->device.name);
+    ekv_json_key(j, "sm");
+    if (r->device.sm_major > 0) {
+        snprintf(sm, sizeof sm, "%d.%d", r->device.sm_major, r->device.sm_minor);
+        ekv_json_string(j, sm);
+    } else {
+        ekv_json_null(j);
+    }
+    ekv_json_key(j, "sm_count"); ekv_json_int(j, r->device.sm_count);
+    ekv_json_key(j, "l2_bytes"); ekv_json_int(j, r->device.l2_bytes);
+    ekv_json_key(j, "memory_bytes"); ekv_json_int(j, r->device.memory_bytes);
+    ekv_json_key(j, "memory_clock_khz"); ekv_json_int(j, r->device.memory_clock_khz);
+    ekv_json_key(j, "bus_width_bits"); ekv_json_int(j, r->device.bus_width_bits);
+    ekv_json_key(j, "driver_version"); ekv_json_int(j, r->device.driver_version);
+    ekv_json_key(j, "runtime_version"); ekv_json_int(j, r->device.runtime_version);
+    ekv_json_key(j, "theoretical_bw_gbs"); ekv_json_number(j, m->peak_bw_theoretical_gbs);
+    ekv_json_key(j, "peak_gflops"); ekv_json_number(j, r->device.peak_gflops);
+    ekv_json_object_end(j);
+
+    ekv_json_key(j, "configuration");
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "seq_len"); ekv_json_int(j, c->seq_len);
+    ekv_json_key(j, "batch"); ekv_json_int(j, c->batch);
+    ekv_json_key(j, "heads"); ekv_json_int(j, c->heads);
+    ekv_json_key(j, "kv_heads"); ekv_json_int(j, kv_heads);
+    ekv_json_key(j, "head_dim"); ekv_json_int(j, c->head_dim);
+    ekv_json_key(j, "compression"); ekv_json_int(j, c->compression);
+    ekv_json_key(j, "kv_dtype"); ekv_json_string(j, ekv_dtype_name(c->kv_dtype));
+    ekv_json_key(j, "policy"); ekv_json_string(j, ekv_policy_name(c->policy));
+    ekv_json_key(j, "recent"); ekv_json_int(j, c->recent);
+    ekv_json_key(j, "sinks"); ekv_json_int(j, c->sinks);
+    ekv_json_key(j, "observe"); ekv_json_int(j, c->observe);
+    ekv_json_key(j, "data");
+    ekv_json_string(j, c->data == EKV_DATA_FILE ? c->data_path
+                                                : (c->data == EKV_DATA_RANDOM ? "random" : "structured"));
+    ekv_json_key(j, "seed"); ekv_json_number(j, (double)c->seed);
+    ekv_json_key(j, "softmax_scale");
+    ekv_json_number(j, c->softmax_scale > 0 ? c->softmax_scale : 1.0 / sqrt((double)c->head_dim));
+    ekv_json_key(j, "reps"); ekv_json_int(j, c->reps);
+    ekv_json_key(j, "warmup"); ekv_json_int(j, c->warmup);
+    ekv_json_key(j, "inner_loops"); ekv_json_int(j, c->inner_loops);
+    ekv_json_key(j, "truncate_percent"); ekv_json_number(j, c->truncate_percent);
+    ekv_json_key(j, "cuda_graphs"); ekv_json_bool(j, c->use_graphs);
+    ekv_json_key(j, "hot"); ekv_json_bool(j, c->hot);
+    ekv_json_key(j, "paired_baseline"); ekv_json_bool(j, c->paired_baseline);
+    ekv_json_key(j, "baseline_dtype");
+    ekv_json_string(j, c->paired_baseline ? ekv_dtype_name(c->baseline_dtype) : NULL);
+    ekv_json_key(j, "inference"); ekv_json_bool(j, c->inference);
+    ekv_json_key(j, "layers"); ekv_json_int(j, c->layers);
+    ekv_json_key(j, "decode_tokens"); ekv_json_int(j, c->decode_tokens);
+    ekv_json_key(j, "variant"); ekv_json_string(j, ekv_variant_name(c->variant));
+    ekv_json_key(j, "compress_every"); ekv_json_int(j, c->compress_every ? c->compress_every : c->compression);
+    ekv_json_key(j, "backend_requested"); ekv_json_string(j, ekv_backend_name(c->backend));
+    ekv_json_key(j, "device"); ekv_json_int(j, c->device);
+    ekv_json_key(j, "peak_bw_override_gbs");
+    if (c->peak_bw_gbs > 0) ekv_json_number(j, c->peak_bw_gbs);
+    else ekv_json_null(j);
+    ekv_json_object_end(j);
+
+    ekv_json_key(j, "results");
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "attention_time_ms"); ekv_json_number(j, median);
+    ekv_json_key(j, "attention_time_std"); ekv_json_number(j, r->stats.std);
+    ekv_json_key(j, "coefficient_of_variation"); ekv_json_number(j, r->stats.cv);
+    ekv_json_key(j, "tokens_per_sec"); ekv_json_number(j, tokens_per_sec);
+    ekv_json_key(j, "baseline_tokens_per_sec");
+    if (r->has_baseline) ekv_json_number(j, c->batch * 1000.0 / r->baseline_stats.median);
+    else ekv_json_null(j);
+    ekv_json_key(j, "speedup_vs_baseline");
+    if (r->has_baseline) ekv_json_number(j, r->speedup);
+    else ekv_json_null(j);
+    ekv_json_key(j, "memory_bandwidth_gbs"); ekv_json_number(j, m->achieved_gbs);
+    ekv_json_key(j, "memory_efficiency_percent"); ekv_json_number(j, 100.0 * m->efficiency_vs_theoretical);
+    ekv_json_key(j, "roofline_score"); ekv_json_number(j, m->roofline_score);
+    ekv_json_object_end(j);
+
+    ekv_json_key(j, "statistics");
+    ekv__json_stats(j, &r->stats);
+
+    ekv_json_key(j, "metrics");
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "bytes_total"); ekv_json_number(j, m->bytes.total);
+    ekv_json_key(j, "bytes");
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "k"); ekv_json_number(j, m->bytes.k);
+    ekv_json_key(j, "v"); ekv_json_number(j, m->bytes.v);
+    ekv_json_key(j, "scales"); ekv_json_number(j, m->bytes.scales);
+    ekv_json_key(j, "bias"); ekv_json_number(j, m->bytes.bias);
+    ekv_json_key(j, "q"); ekv_json_number(j, m->bytes.q);
+    ekv_json_key(j, "out"); ekv_json_number(j, m->bytes.out);
+    ekv_json_key(j, "partials"); ekv_json_number(j, m->bytes.partials);
+    ekv_json_object_end(j);
+    ekv_json_key(j, "kept_tokens"); ekv_json_number(j, r->kept_tokens_total);
+    ekv_json_key(j, "flops"); ekv_json_number(j, m->flops);
+    ekv_json_key(j, "softmax_flops"); ekv_json_number(j, m->softmax_flops);
+    ekv_json_key(j, "arithmetic_intensity"); ekv_json_number(j, m->arithmetic_intensity);
+    ekv_json_key(j, "achieved_gflops"); ekv_json_number(j, m->achieved_gflops);
+    ekv_json_key(j, "peak_bw_theoretical_gbs"); ekv_json_number(j, m->peak_bw_theoretical_gbs);
+    ekv_json_key(j, "peak_bw_measured_gbs"); ekv_json_number(j, m->peak_bw_measured_gbs);
+    ekv_json_key(j, "peak_gflops"); ekv_json_number(j, m->peak_gflops);
+    ekv_json_key(j, "efficiency_vs_theoretical"); ekv_json_number(j, m->efficiency_vs_theoretical);
+    ekv_json_key(j, "efficiency_vs_measured"); ekv_json_number(j, m->efficiency_vs_measured);
+    ekv_json_key(j, "roofline_score"); ekv_json_number(j, m->roofline_score);
+    ekv_json_object_end(j);
+
+    ekv_json_key(j, "accuracy");
+    ekv_json_object_begin(j);
+    ekv__json_error(j, "error_total", &r->accuracy.total);
+    ekv__json_error(j, "error_compression", &r->accuracy.compression);
+    ekv__json_error(j, "error_kernel", &r->accuracy.kernel);
+    ekv_json_key(j, "heads_checked"); ekv_json_int(j, r->accuracy.heads_checked);
+    ekv_json_key(j, "heads_total"); ekv_json_int(j, r->accuracy.heads_total);
+    ekv_json_key(j, "data");
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "attention_entropy"); ekv_json_number(j, r->accuracy.attention_entropy);
+    ekv_json_key(j, "top5pct_mass"); ekv_json_number(j, r->accuracy.top5pct_mass);
+    ekv_json_object_end(j);
+    ekv_json_object_end(j);
+
+    ekv_json_key(j, "memory");
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "kv_cache_bytes"); ekv_json_number(j, r->kv_cache_bytes);
+    ekv_json_key(j, "kv_cache_bytes_uncompressed"); ekv_json_number(j, r->kv_cache_bytes_uncompressed);
+    ekv_json_key(j, "peak_device_bytes"); ekv_json_number(j, r->peak_device_bytes);
+    ekv_json_object_end(j);
+
+    ekv_json_key(j, "baseline");
+    if (r->has_baseline) {
+        ekv_json_object_begin(j);
+        ekv_json_key(j, "kv_dtype"); ekv_json_string(j, ekv_dtype_name(c->baseline_dtype));
+        ekv_json_key(j, "compression"); ekv_json_int(j, 1);
+        ekv_json_key(j, "attention_time_ms"); ekv_json_number(j, r->baseline_stats.median);
+        ekv_json_key(j, "speedup"); ekv_json_number(j, r->speedup);
+        ekv_json_key(j, "speedup_ci95");
+        ekv_json_object_begin(j);
+        ekv_json_key(j, "lo"); ekv_json_number(j, r->speedup_ci_lo);
+        ekv_json_key(j, "hi"); ekv_json_number(j, r->speedup_ci_hi);
+        ekv_json_object_end(j);
+        ekv_json_key(j, "statistics");
+        ekv__json_stats(j, &r->baseline_stats);
+        ekv_json_key(j, "samples_ms");
+        ekv__json_samples(j, r->baseline_samples_ms, r->baseline_sample_count);
+        ekv_json_object_end(j);
+    } else {
+        ekv_json_null(j);
+    }
+
+    ekv_json_key(j, "inference_cycle");
+    ekv_cycle_write_json(r, j);
+
+    ekv_json_key(j, "samples_ms");
+    ekv__json_samples(j, r->samples_ms, r->sample_count);
+    ekv_json_object_end(j);
+    (void)kv_heads;
+}
+
+static void ekv__print_bytes(FILE *out, double bytes)
+{
+    if (bytes >= 1e9) fprintf(out, "%.3f GB", bytes * 1e-9);
+    else if (bytes >= 1e6) fprintf(out, "%.3f MB", bytes * 1e-6);
+    else if (bytes >= 1e3) fprintf(out, "%.3f kB", bytes * 1e-3);
+    else fprintf(out, "%.0f B", bytes);
+}
+
+EKV_DEF void ekv_report_print_table(const ekv_report *r, FILE *out)
+{
+    const ekv_config *c = &r->config;
+    const ekv_metrics *m = &r->metrics;
+    const ekv_stats *s = &r->stats;
+    int kv_heads = c->kv_heads ? c->kv_heads : c->heads;
+    fprintf(out, "ekv %s  backend %s  device %s%s\n", EKV_VERSION_STRING,
+            ekv_backend_name(r->backend), r->device.name, c->hot ? "  (hot: L2/cache resident)" : "  (cold)");
+    fprintf(out, "workload   batch %d  seq %d  heads %d/%d  dim %d  %s  policy %s  C=%d  recent %d  sinks %d\n",
+            c->batch, c->seq_len, c->heads, kv_heads, c->head_dim, ekv_dtype_name(c->kv_dtype),
+            ekv_policy_name(c->policy), c->compression, c->recent, c->sinks);
+    fprintf(out, "time       median %.6g ms  mean %.6g ms  std %.3g  cv %.2f%%  95%% CI median [%.6g, %.6g]  n %zu\n",
+            s->median, s->mean, s->std, 100.0 * s->cv, s->ci95_median_lo, s->ci95_median_hi, s->n);
+    fprintf(out, "           p5 %.6g  p95 %.6g  p99 %.6g  outliers %d mild, %d severe\n", s->p5,
+            s->p95, s->p99, s->outliers_mild, s->outliers_severe);
+    fprintf(out, "throughput %.1f tokens/s (batch x 1000 / median ms)\n", c->batch * 1000.0 / s->median);
+    fprintf(out, "bytes      ");
+    ekv__print_bytes(out, m->bytes.total);
+    fprintf(out, " per launch (K ");
+    ekv__print_bytes(out, m->bytes.k);
+    fprintf(out, ", V ");
+    ekv__print_bytes(out, m->bytes.v);
+    fprintf(out, ", scales+bias ");
+    ekv__print_bytes(out, m->bytes.scales + m->bytes.bias);
+    fprintf(out, ")  kept tokens %.0f\n", r->kept_tokens_total);
+    fprintf(out, "bandwidth  %.2f GB/s  (", m->achieved_gbs);
+    if (m->peak_bw_theoretical_gbs == m->peak_bw_theoretical_gbs)
+        fprintf(out, "%.1f%% of theoretical %.1f GB/s, ", 100.0 * m->efficiency_vs_theoretical,
+                m->peak_bw_theoretical_gbs);
+    else
+        fprintf(out, "theoretical peak unknown (--peak-bw), ");
+    if (m->peak_bw_measured_gbs == m->peak_bw_measured_gbs)
+        fprintf(out, "%.1f%% of measured copy %.1f GB/s)\n", 100.0 * m->efficiency_vs_measured,
+                m->peak_bw_measured_gbs);
+    else
+        fprintf(out, "copy bandwidth not measured)\n");
+    fprintf(out, "roofline   AI %.3f flop/B  %.2f GFLOP/s  score %.3f\n", m->arithmetic_intensity,
+            m->achieved_gflops, m->roofline_score);
+    fprintf(out, "accuracy   total rel_l2 %.3e (max_abs %.3e, cos %.6f)  compression %.3e  kernel %.3e\n",
+            r->accuracy.total.rel_l2, r->accuracy.total.max_abs, r->accuracy.total.cosine,
+            r->accuracy.compression.rel_l2, r->accuracy.kernel.rel_l2);
+    fprintf(out, "data       attention entropy %.3f nats  top-5%% mass %.3f\n",
+            r->accuracy.attention_entropy, r->accuracy.top5pct_mass);
+    fprintf(out, "memory     KV cache ");
+    ekv__print_bytes(out, r->kv_cache_bytes);
+    fprintf(out, " (uncompressed ");
+    ekv__print_bytes(out, r->kv_cache_bytes_uncompressed);
+    fprintf(out, ")\n");
+    if (r->has_baseline)
+        fprintf(out, "baseline   %s C=1 median %.6g ms  speedup %.3fx  95%% CI [%.3f, %.3f]  at error %.3e\n",
+                ekv_dtype_name(c->baseline_dtype), r->baseline_stats.median, r->speedup,
+                r->speedup_ci_lo, r->speedup_ci_hi, r->accuracy.total.rel_l2);
+    ekv_cycle_print_table(r, out);
+    if (r->notice[0]) fprintf(out, "notice     %s\n", r->notice);
+}
+
+/* >>workload (implementation) ============================================== */
+
+EKV_DEF void ekv_workload_free(ekv_workload *w)
+{
+    ekv_data_free(&w->data);
+    ekv_cache_free(&w->cache);
+    ekv_cache_free(&w->baseline);
+    ekv__free(w->reference_full);
+    ekv__free(w->reference_cache);
+    memset(w, 0, sizeof *w);
+}
+
+EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *c, ekv_workload *w)
+{
+    ekv_result r;
+    size_t out_count;
+    ekv_cache_bytes full;
+    memset(w, 0, sizeof *w);
+    if ((r = ekv_config_validate(c)) != EKV_SUCCESS) return r;
+    if (c->data == EKV_DATA_FILE) {
+        r = ekv_data_load(c->data_path, c->observe, &w->data);
+        if (r != EKV_SUCCESS) return r;
+        if (w->data.batch != c->batch || w->data.heads != c->heads ||
+            w->data.kv_heads != (c->kv_heads ? c->kv_heads : c->heads) ||
+            w->data.head_dim != c->head_dim || w->data.capacity != c->seq_len) {
+            r = ekv_set_error(EKV_ERR_INVALID_ARG,
+                              "--data=%s holds batch %d, heads %d, kv-heads %d, dim %d, seq %d; "
+                              "pass the same --batch --heads --kv-heads --dim --seq",
+                              c->data_path, w->data.batch, w->data.heads, w->data.kv_heads,
+                              w->data.head_dim, w->data.capacity);
+            ekv_workload_free(w);
+            return r;
+        }
+    } else {
+        ekv_data_desc d;
+        memset(&d, 0, sizeof d);
+        d.kind = c->data;
+        d.batch = c->batch;
+        d.heads = c->heads;
+        d.kv_heads = c->kv_heads ? c->kv_heads : c->heads;
+        d.head_dim = c->head_dim;
+        d.seq_len = c->seq_len;
+        d.observe = c->observe;
+        d.seed = c->seed;
+        r = ekv_data_generate(&d, &w->data);
+        if (r != EKV_SUCCESS) return r;
+    }
+    w->softmax_scale = c->softmax_scale > 0 ? c->softmax_scale : 1.0 / sqrt((double)c->head_dim);
+    w->compress.policy = c->policy;
+    w->compress.compression = c->compression;
+    w->compress.recent = c->recent;
+    w->compress.sinks = c->sinks;
+    w->compress.observe = c->observe;
+    r = ekv_cache_build(&w->data, &w->compress, c->kv_dtype, w->softmax_scale, &w->cache);
+    if (r == EKV_SUCCESS && c->paired_baseline) {
+        ekv_compress_desc none = w->compress;
+        none.policy = EKV_POLICY_NONE;
+        none.compression = 1;
+        r = ekv_cache_build(&w->data, &none, c->baseline_dtype, w->softmax_scale, &w->baseline);
+    }
+    out_count = (size_t)w->data.batch * w->data.heads * w->data.head_dim;
+    if (r == EKV_SUCCESS) {
+        w->reference_full = (double *)ekv__alloc(out_count, sizeof(double));
+        w->reference_cache = (double *)ekv__alloc(out_count, sizeof(double));
+        if (!w->reference_full || !w->reference_cache) r = EKV_ERR_OUT_OF_MEMORY;
+    }
+    if (r == EKV_SUCCESS) r = ekv_reference_attention(&w->data, w->softmax_scale, w->reference_full);
+    if (r == EKV_SUCCESS)
+        r = ekv_reference_attention_cache(&w->cache, w->data.q, w->data.heads, w->softmax_scale,
+                                          w->reference_cache);
+    if (r == EKV_SUCCESS)
+        r = ekv_attention_profile(&w->data, w->softmax_scale, &w->attention_entropy,
+                                  &w->top5pct_mass);
+    if (r != EKV_SUCCESS) {
+        ekv_workload_free(w);
+        return r;
+    }
+    w->error_compression = ekv_compare_f64(w->reference_full, w->reference_cache, out_count);
+    full = ekv_cache_bytes_of(c->kv_dtype, w->data.batch, w->data.kv_heads, w->data.head_dim,
+                              w->data.lengths, 0);
+    w->kv_cache_bytes_uncompressed = full.total;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF void ekv_workload_accuracy(const ekv_workload *w, const float *out, ekv_accuracy *a)
+{
+    size_t n = (size_t)w->data.batch * w->data.heads * w->data.head_dim;
+    a->total = ekv_compare_f32(w->reference_full, out, n);
+    a->compression = w->error_compression;
+    a->kernel = ekv_compare_f32(w->reference_cache, out, n);
+    a->attention_entropy = w->attention_entropy;
+    a->top5pct_mass = w->top5pct_mass;
+    a->heads_checked = w->data.batch * w->data.heads;
+    a->heads_total = w->data.batch * w->data.heads;
+}
+
+EKV_DEF ekv_result ekv_workload_dump(const ekv_workload *w, const float *out, const char *dir)
+{
+    char path[EKV_PATH_MAX + 16];
+    int64_t qshape[3], kvshape[4];
+    ekv_result r;
+    qshape[0] = w->data.batch;
+    qshape[1] = w->data.heads;
+    qshape[2] = w->data.head_dim;
+    kvshape[0] = w->data.batch;
+    kvshape[1] = w->data.kv_heads;
+    kvshape[2] = w->data.capacity;
+    kvshape[3] = w->data.head_dim;
+    snprintf(path, sizeof path, "%s/q.npy", dir);
+    if ((r = ekv_npy_write(path, w->data.q, 3, qshape)) != EKV_SUCCESS) return r;
+    snprintf(path, sizeof path, "%s/k.npy", dir);
+    if ((r = ekv_npy_write(path, w->data.k, 4, kvshape)) != EKV_SUCCESS) return r;
+    snprintf(path, sizeof path, "%s/v.npy", dir);
+    if ((r = ekv_npy_write(path, w->data.v, 4, kvshape)) != EKV_SUCCESS) return r;
+    snprintf(path, sizeof path, "%s/out.npy", dir);
+    if ((r = ekv_npy_write(path, out, 3, qshape)) != EKV_SUCCESS) return r;
+    snprintf(path, sizeof path, "%s/ref.npy", dir);
+    return ekv_npy_write_f64(path, w->reference_full, 3, qshape);
+}
+
+/* >>cpu (implementation) =================================================== */
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
+
+EKV_DEF double ekv_time_ms(void)
+{
+#if defined(CLOCK_MONOTONIC) && (defined(__unix__) || defined(__APPLE__))
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+#else
+    return (double)clock() * 1e3 / CLOCKS_PER_SEC;
+#endif
+}
+
+EKV_DEF double ekv_cpu_copy_bandwidth_gbs(size_t bytes, int reps)
+{
+    unsigned char *a = (unsigned char *)ekv__alloc(bytes, 1);
+    unsigned char *b = (unsigned char *)ekv__alloc(bytes, 1);
+    double *times = (double *)ekv__alloc((size_t)reps, sizeof(double));
+    double best = ekv__nan();
+    int i;
+    if (a && b && times) {
+        memset(a, 1, bytes);
+        memcpy(b, a, bytes); /* touch both buffers before timing */
+        for (i = 0; i < reps; i++) {
+            double t0 = ekv_time_ms();
+            memcpy(i % 2 ? a : b, i % 2 ? b : a, bytes);
+            times[i] = ekv_time_ms() - t0;
+        }
+        /* read + write bytes over the median copy time */
+        best = 2.0 * (double)bytes / (ekv_median(times, (size_t)reps) * 1e-3) * 1e-9;
+    }
+    ekv__free(a);
+    ekv__free(b);
+    ekv__free(times);
+    return best;
+}
+
+static void ekv__cpu_name(char *out, size_t size)
+{
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    snprintf(out, size, "CPU");
+    if (!f) return;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10) == 0) {
+            char *colon = strchr(line, ':');
+            size_t n;
+            if (!colon) break;
+            colon++;
+            while (*colon == ' ') colon++;
+            n = strlen(colon);
+            while (n > 0 && (colon[n - 1] == '\n' || colon[n - 1] == '\r')) colon[--n] = '\0';
+            snprintf(out, size, "CPU: %s", colon);
+            break;
+        }
+    }
+    fclose(f);
+}
+
+static ekv_result ekv__cache_clone(const ekv_host_cache *src, ekv_host_cache *dst)
+{
+    size_t slots = (size_t)src->batch * src->kv_heads * src->capacity;
+    size_t row = ekv_dtype_row_bytes(src->dtype, src->head_dim);
+    size_t scale_bytes = 0;
+    *dst = *src;
+    dst->lengths = NULL;
+    dst->k = dst->v = dst->k_scales = dst->v_scales = NULL;
+    dst->bias = NULL;
+    dst->compressed = NULL; /* a timing copy is read, never grown or compressed */
+    if (src->dtype == EKV_DTYPE_INT8 || src->dtype == EKV_DTYPE_INT4)
+        scale_bytes = slots * ekv_dtype_row_scale_bytes(src->dtype, src->head_dim);
+    else if (src->dtype == EKV_DTYPE_FP8)
+        scale_bytes = (size_t)src->batch * src->kv_heads * sizeof(float);
+    dst->lengths = (int *)ekv__alloc((size_t)src->batch, sizeof(int));
+    dst->k = (unsigned char *)ekv__alloc(slots, row);
+    dst->v = (unsigned char *)ekv__alloc(slots, row);
+    if (scale_bytes) {
+        dst->k_scales = (unsigned char *)ekv__alloc(scale_bytes, 1);
+        dst->v_scales = (unsigned char *)ekv__alloc(scale_bytes, 1);
+    }
+    if (src->bias) dst->bias = (float *)ekv__alloc(slots, sizeof(float));
+    if (!dst->lengths || !dst->k || !dst->v || (scale_bytes && (!dst->k_scales || !dst->v_scales)) ||
+        (src->bias && !dst->bias)) {
+        ekv_cache_free(dst);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    memcpy(dst->lengths, src->lengths, (size_t)src->batch * sizeof(int));
+    memcpy(dst->k, src->k, slots * row);
+    memcpy(dst->v, src->v, slots * row);
+    if (scale_bytes) {
+        memcpy(dst->k_scales, src->k_scales, scale_bytes);
+        memcpy(dst->v_scales, src->v_scales, scale_bytes);
+    }
+    if (src->bias) memcpy(dst->bias, src->bias, slots * sizeof(float));
+    return EKV_SUCCESS;
+}
+
+/* Copies of the cache that together exceed the last-level cache several times, so that
+   no timed call finds its KV there (cold). */
+static int ekv__cpu_cold_copies(double cache_bytes)
+{
+    double llc = 32.0 * 1024 * 1024;
+    double copies;
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+    long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (l3 > 0) llc = (double)l3;
+#endif
+    copies = ceil(3.0 * llc / (cache_bytes > 1 ? cache_bytes : 1));
+    if (copies < 1) copies = 1;
+    if (copies > 64) copies = 64;
+    while (copies > 1 && copies * cache_bytes > 2e9) copies -= 1;
+    return (int)copies;
+}
+
+typedef struct ekv__cpu_set {
+    ekv_host_cache *copies;
+    int count;
+} ekv__cpu_set;
+
+static void ekv__cpu_set_free(ekv__cpu_set *s)
+{
+    int i;
+    if (s->copies)
+        for (i = 1; i < s->count; i++) ekv_cache_free(&s->copies[i]);
+    ekv__free(s->copies);
+    s->copies = NULL;
+    s->count = 0;
+}
+
+/* copies[0] aliases the workload's cache; the rest are clones */
+static ekv_result ekv__cpu_set_make(const ekv_host_cache *cache, int count, ekv__cpu_set *s)
+{
+    int i;
+    s->count = 0;
+    s->copies = (ekv_host_cache *)ekv__alloc((size_t)count, sizeof(ekv_host_cache));
+    if (!s->copies) return EKV_ERR_OUT_OF_MEMORY;
+    s->copies[0] = *cache;
+    s->count = 1;
+    for (i = 1; i < count; i++) {
+        if (ekv__cache_clone(cache, &s->copies[i]) != EKV_SUCCESS) {
+            ekv__cpu_set_free(s);
+            return EKV_ERR_OUT_OF_MEMORY;
+        }
+        s->count++;
+    }
+    return EKV_SUCCESS;
+}
+
+static ekv_result ekv__cpu_sample(const ekv__cpu_set *s, int *next, const float *q, int heads,
+                                  float scale, float *out, int inner_loops, double *ms)
+{
+    int i;
+    double t0 = ekv_time_ms();
+    for (i = 0; i < inner_loops; i++) {
+        ekv_result r = ekv_cpu_attention(&s->copies[*next], q, heads, scale, out);
+        if (r != EKV_SUCCESS) return r;
+        *next = (*next + 1) % s->count;
+    }
+    *ms = (ekv_time_ms() - t0) / inner_loops;
+    return EKV_SUCCESS;
+}
+
+static double ekv__cpu_measured_bw = -1.0;
+
+EKV_DEF ekv_result ekv_cpu_run(const ekv_config *c, const ekv_workload *w, ekv_report *report)
+{
+    size_t out_count = (size_t)w->data.batch * w->data.heads * w->data.head_dim;
+    float *out = (float *)ekv__alloc(out_count, sizeof(float));
+    float scale = (float)w->softmax_scale;
+    ekv__cpu_set cand, base;
+    ekv_result r = EKV_SUCCESS;
+    int copies, i, next_c = 0, next_b = 0, b;
+    double kept = 0;
+    memset(&cand, 0, sizeof cand);
+    memset(&base, 0, sizeof base);
+    ekv_report_init(report, c);
+    report->backend = EKV_BACKEND_CPU;
+    if (!out) return EKV_ERR_OUT_OF_MEMORY;
+    ekv__cpu_name(report->device.name, sizeof report->device.name);
+#if defined(_SC_NPROCESSORS_ONLN)
+    report->device.sm_count = (int)sysconf(_SC_NPROCESSORS_ONLN);
+#endif
+    if (ekv__cpu_measured_bw < 0) ekv__cpu_measured_bw = ekv_cpu_copy_bandwidth_gbs(64u << 20, 7);
+    report->device.peak_bw_measured_gbs = ekv__cpu_measured_bw;
+
+    /* validation before timing: poison, run once, compare with the references */
+    for (i = 0; i < (int)out_count; i++) out[i] = ekv__nan();
+    r = ekv_cpu_attention(&w->cache, w->data.q, w->data.heads, scale, out);
+    if (r != EKV_SUCCESS) goto done;
+    ekv_workload_accuracy(w, out, &report->accuracy);
+    if (!(report->accuracy.kernel.rel_l2 <= 1e-4)) {
+        r = ekv_set_error(EKV_ERR_VALIDATION,
+                          "CPU attention differs from the double reference over the same cache: "
+                          "rel_l2 %.3e > 1e-4", report->accuracy.kernel.rel_l2);
+        goto done;
+    }
+    if (c->dump_dir[0] && (r = ekv_workload_dump(w, out, c->dump_dir)) != EKV_SUCCESS) goto done;
+
+    report->cache_bytes = ekv_cache_bytes_of(w->cache.dtype, w->cache.batch, w->cache.kv_heads,
+                                             w->cache.head_dim, w->cache.lengths,
+                                             w->cache.bias != NULL);
+    for (b = 0; b < w->cache.batch; b++) kept += w->cache.lengths[b];
+    report->kept_tokens_total = kept;
+    report->kv_cache_bytes_uncompressed = w->kv_cache_bytes_uncompressed;
+    copies = c->hot ? 1 : ekv__cpu_cold_copies(report->cache_bytes.total);
+    report->cache_copies = copies;
+    if (!c->hot && copies * report->cache_bytes.total < 2.0 * 32 * 1024 * 1024)
+        snprintf(report->notice, sizeof report->notice,
+                 "cold timing limited: %d copies of the cache do not exceed the CPU caches", copies);
+    if ((r = ekv__cpu_set_make(&w->cache, copies, &cand)) != EKV_SUCCESS) goto done;
+    if (c->paired_baseline) {
+        if ((r = ekv__cpu_set_make(&w->baseline, copies, &base)) != EKV_SUCCESS) goto done;
+        report->has_baseline = 1;
+        report->baseline_samples_ms = (double *)ekv__alloc((size_t)c->reps, sizeof(double));
+        if (!report->baseline_samples_ms) { r = EKV_ERR_OUT_OF_MEMORY; goto done; }
+        report->baseline_sample_count = (size_t)c->reps;
+    }
+    report->samples_ms = (double *)ekv__alloc((size_t)c->reps, sizeof(double));
+    if (!report->samples_ms) { r = EKV_ERR_OUT_OF_MEMORY; goto done; }
+    report->sample_count = (size_t)c->reps;
+    for (i = 0; i < c->warmup + c->reps; i++) {
+        double ms_c, ms_b = 0;
+        /* ABAB: baseline then candidate in every pair, so drift hits both alike */
+        if (c->paired_baseline &&
+            (r = ekv__cpu_sample(&base, &next_b, w->data.q, w->data.heads, scale, out,
+                                 c->inner_loops, &ms_b)) != EKV_SUCCESS)
+            goto done;
+        if ((r = ekv__cpu_sample(&cand, &next_c, w->data.q, w->data.heads, scale, out,
+                                 c->inner_loops, &ms_c)) != EKV_SUCCESS)
+            goto done;
+        if (i >= c->warmup) {
+            report->samples_ms[i - c->warmup] = ms_c;
+            if (c->paired_baseline) report->baseline_samples_ms[i - c->warmup] = ms_b;
+        }
+    }
+    r = ekv_report_finish(report);
+done:
+    ekv__cpu_set_free(&cand);
+    ekv__cpu_set_free(&base);
+    ekv__free(out);
+    return r;
+}
+
 
 #endif /* EKV_IMPLEMENTATION_DONE */
 #endif /* EKV_IMPLEMENTATION */

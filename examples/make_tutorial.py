@@ -186,7 +186,7 @@ if USE_NVCC:
 else:
     command = ["c++", "-O2", "-x", "c++", "-o", str(BENCH), str(MAIN)]
 
-sources = [MAIN, ROOT / "ekv.h", *ROOT.glob("ekv_cuda.cuh"), *ROOT.glob("src/*.inl")]
+sources = [MAIN, ROOT / "ekv.h", *ROOT.glob("ekv_cuda.cuh")]
 newest = max(path.stat().st_mtime for path in sources)
 if BENCH.exists() and BENCH.stat().st_mtime >= newest:
     print(f"up to date: {BENCH}")

@@ -25,6 +25,8 @@ fi
 check "two translation units link (C)" gcc -std=c99 -pedantic -Wall -Wextra -Werror -I. tests/two_tu_a.c tests/two_tu_b.c -o "$B/two_tu" -lm
 check "two translation units run" "$B/two_tu"
 check "two translation units link (C++)" g++ -Wall -Wextra -Werror -I. -x c++ tests/two_tu_a.c tests/two_tu_b.c -o "$B/two_tu_cxx"
+check "ekv_cuda.cuh: two translation units link (emulator)" g++ -std=c++17 -pthread -DEKV_EMULATOR -Itests/emu/include -I. -Wall -Wextra -Werror tests/two_tu_cuda_a.cpp tests/two_tu_cuda_b.cpp -o "$B/two_tu_cuda"
+check "ekv_cuda.cuh: two translation units run" "$B/two_tu_cuda"
 check "bench/main.cu builds as C++ (CPU backend)" g++ -O0 -Wall -Wextra -Werror -x c++ -o "$B/bench_cpu" bench/main.cu
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

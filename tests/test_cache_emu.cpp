@@ -1,4 +1,4 @@
-/* test_cache_emu.cpp - the device elastic cache (src/ekv_cuda_cache.inl) against the CPU
+/* test_cache_emu.cpp - the device elastic cache (ekv_cuda.cuh >>elastic) against the CPU
    reference of ekv.h >>cacheops, on the CPU execution emulator: every dtype x policy x
    recent window (0, 8) x GQA group (1, 4) on a ragged batch with an empty sequence and an
    active mask, prefill then append then compress then attend over three anchor steps, the
@@ -14,7 +14,6 @@
    tests/test_cache_gpu.cu includes this file to run the same checks on a real GPU. */
 #define EKV_IMPLEMENTATION
 #include "../ekv_cuda.cuh"
-#include "../src/ekv_cuda_cache.inl"
 #include "ekv_test.h"
 
 #include <float.h>
@@ -252,13 +251,18 @@ static void ct_cycle(const ct_shape *shape, ekv_dtype dtype, ekv_policy policy, 
     TEST_END();
 }
 
+/* --quick (the TSan run, ~10x slower): every policy and GQA group, with a recent window,
+   for f16 and int4 only: every kernel path of append and compress still runs. */
+static int ct_quick;
+
 static void ct_cycles(void)
 {
     int t, p, w, g;
     for (t = 0; t < EKV_DTYPE_COUNT; t++) {
         if (ct_dtypes[t] == EKV_DTYPE_FP8 && ct_device_sm() < 89) continue;
+        if (ct_quick && ct_dtypes[t] != EKV_DTYPE_F16 && ct_dtypes[t] != EKV_DTYPE_INT4) continue;
         for (p = 0; p < 5; p++)
-            for (w = 0; w < 2; w++)
+            for (w = ct_quick; w < 2; w++)
                 for (g = 0; g < 2; g++) ct_cycle(&ct_small, ct_dtypes[t], ct_policies[p], w * 8, g ? 4 : 1);
     }
 }
@@ -605,6 +609,7 @@ static void ct_main_checks(int argc, char **argv)
     ct_seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
     for (i = 1; i < argc; i++)
         if (strncmp(argv[i], "--seed=", 7) == 0) ct_seed = strtoull(argv[i] + 7, NULL, 10);
+        else if (strcmp(argv[i], "--quick") == 0) ct_quick = 1;
     printf("test_cache: seed %llu (rerun with --seed=%llu)\n", (unsigned long long)ct_seed,
            (unsigned long long)ct_seed);
     ekv_rng_seed(&ct_rng, ct_seed);

@@ -1,5 +1,5 @@
-/* test_cycle_emu.cpp - the inference cycle's device path (src/ekv_cuda_cycle.inl) on the
-   CPU execution emulator against the CPU cycle (src/ekv_cycle.inl), at tiny sizes: every
+/* test_cycle_emu.cpp - the inference cycle's device path (ekv_cuda.cuh >>cycle) on the
+   CPU execution emulator against the CPU cycle (ekv.h >>cycle), at tiny sizes: every
    decode step's attention outputs of cache (f16), int8 and elastic (stride with f32,
    topk with f16, pool with int8) agree within 1e-5 relative (the emulator's cuBLAS
    stand-in sums in the CPU projection's order, so k and v are the same floats); nocache
@@ -10,8 +10,6 @@
               tests/test_cycle_emu.cpp -o build/test_cycle_emu */
 #define EKV_IMPLEMENTATION
 #include "../ekv_cuda.cuh"
-#include "../src/ekv_cuda_cache.inl"
-#include "../src/ekv_cuda_cycle.inl"
 #include "ekv_test.h"
 
 #include <math.h>
