@@ -140,6 +140,8 @@ test-gpu: | $(BUILD)
 	@if [ -n "$(NVCC)" ]; then \
 	  tests/run_suite.sh gpu-build tests/check_cmd.sh "nvcc builds tests/test_gpu.cu" $(NVCC) -O2 -arch=sm_90 -Werror all-warnings -o $(BUILD)/test_gpu tests/test_gpu.cu -lcublas && \
 	  tests/run_suite.sh gpu $(BUILD)/test_gpu; \
+	  tests/run_suite.sh gpu-cache-build tests/check_cmd.sh "nvcc builds tests/test_cache_gpu.cu" $(NVCC) -O2 -arch=sm_90 -Werror all-warnings -o $(BUILD)/test_cache_gpu tests/test_cache_gpu.cu -lcublas && \
+	  tests/run_suite.sh gpu-cache $(BUILD)/test_cache_gpu; \
 	else echo "SKIP gpu: no nvcc"; echo "gpu 0 0 1" >> $(BUILD)/logs/summary.txt; fi
 
 test: venv

@@ -30,6 +30,7 @@
        >>data         q/k/v generation (structured, random) and .npy/.npz input/output
        >>quant        storage dtypes: f16, bf16, int8, int4, fp8 e4m3
        >>cache        the host cache (stored form), compression policies
+       >>cacheops     the elastic cache grown token by token and compressed in place
        >>reference    CPU attention: double reference and the float CPU kernel
        >>accuracy     error metrics and attention statistics of the data
        >>stats        sample statistics, Student t, bootstrap

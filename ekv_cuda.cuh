@@ -9,7 +9,8 @@
        #define EKV_IMPLEMENTATION
        #include "ekv_cuda.cuh"
 
-   Build: nvcc -O3 -o app app.cu            (any -arch from sm_75; CUDA 11.8 or newer)
+   Build: nvcc -O3 -o app app.cu -lcublas   (any -arch from sm_75; CUDA 11.8 or newer;
+          cuBLAS serves the inference cycle's projections)
 
    QUICK START (attention from your own engine)
 
@@ -30,6 +31,8 @@
        >>attention    the decode attention entry point, its plan and workspace
        >>device       device info, theoretical and measured bandwidth
        >>run          the CUDA backend: validation, cold timing, paired baseline
+       >>elastic      the elastic device cache: create, prefill, append, compress
+       >>cycle        the inference cycle on the device (cuBLAS projections)
        >>errors       (implementation) CUDA error checks and the one launch helper
        >>kernels      (implementation) storage decoding, attention and merge kernels
 

@@ -27,6 +27,14 @@ check "two translation units run" "$B/two_tu"
 check "two translation units link (C++)" g++ -Wall -Wextra -Werror -I. -x c++ tests/two_tu_a.c tests/two_tu_b.c -o "$B/two_tu_cxx"
 check "ekv_cuda.cuh: two translation units link (emulator)" g++ -std=c++17 -pthread -DEKV_EMULATOR -Itests/emu/include -I. -Wall -Wextra -Werror tests/two_tu_cuda_a.cpp tests/two_tu_cuda_b.cpp -o "$B/two_tu_cuda"
 check "ekv_cuda.cuh: two translation units run" "$B/two_tu_cuda"
-check "bench/main.cu builds as C++ (CPU backend)" g++ -O0 -Wall -Wextra -Werror -x c++ -o "$B/bench_cpu" bench/main.cu
-echo "$pass passed, $fail failed"
+# the README's one-line builds, exactly as written there (output path aside)
+check "README: c++ -O2 -x c++ -o ekv_bench bench/main.cu" c++ -O2 -x c++ -o "$B/ekv_bench" bench/main.cu
+check "the CPU build runs" "$B/ekv_bench" --seq=64 --reps=3 --warmup=0 --inner_loops=1 --quiet
+NVCC=${NVCC:-$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)}
+if [ -x "$NVCC" ]; then
+  check "README: nvcc -O3 -o ekv_bench bench/main.cu -lcublas" "$NVCC" -O3 -o "$B/ekv_bench_nvcc" bench/main.cu -lcublas
+else
+  echo "SKIP README nvcc build: no nvcc"; skip=1
+fi
+if [ "${skip:-0}" -gt 0 ]; then echo "$pass passed, $fail failed, $skip skipped"; else echo "$pass passed, $fail failed"; fi
 [ "$fail" -eq 0 ]

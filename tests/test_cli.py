@@ -312,7 +312,9 @@ def cycle_ok(d, variant):
             and close(c["elastic_tokens_per_sec"], 8000.0 / c["elastic_total_ms"])
             and close(c["elastic_total_ms"], c["statistics"]["median"])
             and len(c["samples_ms"]) == 3
-            and sum(c["phases_ms"].values()) <= c["statistics"]["mean"] * (1 + 1e-9)
+            # phases and the step total come from separate CUDA event pairs on the GPU
+            # path, each good to about a microsecond
+            and sum(c["phases_ms"].values()) <= c["statistics"]["mean"] * (1 + 1e-9) + 1e-3 * 8 * 2 * 4
             and close(d["results"]["tokens_per_sec"], c["elastic_tokens_per_sec"], 1e-6)
             and (variant == "cache") == (c["agreement_vs_cache"] is None)
             and c["baseline_total_ms"] is None)
