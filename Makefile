@@ -148,6 +148,7 @@ test: venv
 	@rm -f $(BUILD)/logs/summary.txt
 	@$(MAKE) --no-print-directory test-build test-core test-cli test-python test-examples
 	@$(MAKE) --no-print-directory test-emu-suite test-kernels-emu test-static test-gpu
+	@tests/run_suite.sh make-bench tests/check_cmd.sh "make bench runs the default benchmark" $(MAKE) --no-print-directory bench
 	@tests/summary.sh
 
 clean:

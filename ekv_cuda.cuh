@@ -1590,8 +1590,8 @@ EKV_CUDA_DEF ekv_result ekv_cuda_run(const ekv_config *config, const ekv_workloa
         (void)cudaGetLastError();
         if (err == cudaErrorInsufficientDriver)
             return ekv_set_error(EKV_ERR_NO_DEVICE,
-                                 "the CUDA driver is older than this program's CUDA runtime "
-                                 "(%d.%d): update the driver", CUDART_VERSION / 1000,
+                                 "no usable CUDA driver: none is installed, or it is older than "
+                                 "this program's CUDA runtime (%d.%d)", CUDART_VERSION / 1000,
                                  CUDART_VERSION % 1000 / 10);
         if (err != cudaSuccess && err != cudaErrorNoDevice)
             return ekv_set_error(EKV_ERR_NO_DEVICE, "no usable CUDA device: %s (%s)",
