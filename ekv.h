@@ -5597,6 +5597,15 @@ static const ekv__flag ekv__flags[] = {
 
 #define EKV__FLAG_COUNT (sizeof ekv__flags / sizeof ekv__flags[0])
 
+/* Sweepable: the workload flags. Measurement, device and output flags take one value. */
+static int ekv__flag_sweepable(const ekv__flag *f)
+{
+    if (f->kind != EKV__FLAG_INT && f->kind != EKV__FLAG_ENUM) return 0;
+    return f->offset != EKV__OFF(reps) && f->offset != EKV__OFF(warmup) &&
+           f->offset != EKV__OFF(inner_loops) && f->offset != EKV__OFF(device) &&
+           f->offset != EKV__OFF(backend) && f->offset != EKV__OFF(baseline_dtype);
+}
+
 EKV_DEF void ekv_cli_print_help(FILE *out)
 {
     size_t i;
@@ -5614,24 +5623,9 @@ EKV_DEF void ekv_cli_print_help(FILE *out)
         else
             snprintf(name, sizeof name, "%s=%s", f->name,
                      f->kind == EKV__FLAG_TEXT ? "TEXT" : (f->kind == EKV__FLAG_ENUM ? "NAME" : "N"));
-        fprintf(out, "  %-22s %s%s\n", name, f->help,
-                (f->kind == EKV__FLAG_INT || f->kind == EKV__FLAG_ENUM) &&
-                        f->offset != EKV__OFF(reps) && f->offset != EKV__OFF(warmup) &&
-                        f->offset != EKV__OFF(inner_loops) && f->offset != EKV__OFF(device) &&
-                        f->offset != EKV__OFF(backend) && f->offset != EKV__OFF(baseline_dtype)
-                    ? " [list]"
-                    : "");
+        fprintf(out, "  %-22s %s%s\n", name, f->help, ekv__flag_sweepable(f) ? " [list]" : "");
     }
     fprintf(out, "\nExit status: 0 success, 1 runtime failure (e.g. validation), 2 bad input.\n");
-}
-
-/* Sweepable: the workload flags. Measurement, device and output flags take one value. */
-static int ekv__flag_sweepable(const ekv__flag *f)
-{
-    if (f->kind != EKV__FLAG_INT && f->kind != EKV__FLAG_ENUM) return 0;
-    return f->offset != EKV__OFF(reps) && f->offset != EKV__OFF(warmup) &&
-           f->offset != EKV__OFF(inner_loops) && f->offset != EKV__OFF(device) &&
-           f->offset != EKV__OFF(backend) && f->offset != EKV__OFF(baseline_dtype);
 }
 
 static ekv_result ekv__parse_int(const char *flag, const char *text, long long lo, long long hi,
