@@ -22,26 +22,31 @@
        ekv_report_print_table(&report, stdout);   or ekv_report_write_json()
        ekv_report_free(&report); ekv_workload_free(&work);
 
-   TABLE OF CONTENTS (grep for ">>name")
-       >>results      result codes, last error, version
-       >>enums        dtypes, policies, data kinds, backends, variants
-       >>config       ekv_config, defaults, validation, command line
+   TABLE OF CONTENTS (grep for ">>name"; the implementation follows the same order)
+     Part A, the library
+       >>results      result codes, last error, version, allocation
+       >>dtypes       storage dtypes and their one table of traits, policies, data kinds
        >>rng          seeded random numbers
        >>data         q/k/v generation (structured, random) and .npy/.npz input/output
-       >>quant        storage dtypes: f16, bf16, int8, int4, fp8 e4m3
+       >>quant        bit-exact f16, bf16, fp8 e4m3; int8 and int4 rows
        >>cache        the host cache (stored form), compression policies
-       >>cacheops     the elastic cache grown token by token and compressed in place
        >>reference    CPU attention: double reference and the float CPU kernel
+       >>cacheops     the elastic cache grown token by token and compressed in place
        >>accuracy     error metrics and attention statistics of the data
+     Part B, the benchmark (#define EKV_NO_BENCH leaves it out)
+       >>config       ekv_config, defaults (resolved once), validation, command line
        >>stats        sample statistics, Student t, bootstrap
        >>metrics      bytes, FLOPs, bandwidth, roofline
        >>json         JSON writer
        >>report       one benchmark result, its table and JSON
        >>workload     everything a backend needs, prepared on the host
+       >>timing       the clock and the one ABAB timing loop of every backend
        >>cpu          the CPU backend
-       >>cycle        the inference cycle: decode steps over layers, per variant
+       >>cycle        the inference cycle: its driver, the CPU backend, results
 
    COMPILE-TIME OPTIONS
+       #define EKV_NO_BENCH          the library alone (Part A): no config, CLI, statistics,
+                                     JSON, timing or cycle; ekv_cuda.cuh then needs no cuBLAS
        #define EKV_MALLOC(n) / EKV_FREE(p) / EKV_REALLOC(p,n)
                                      all three or none: the allocator ekv uses
        #define EKV_DEF static        make every function static (one TU only)
@@ -108,8 +113,12 @@ EKV_DEF ekv_result ekv_set_error(ekv_result code, const char *format, ...)
 #endif
     ;
 EKV_DEF const char *ekv_version(void);
+/* Zeroed memory from the allocator ekv uses (EKV_MALLOC), NULL with the last error set
+   on failure or overflow; ekv_free releases it. ekv_cuda.cuh allocates through these. */
+EKV_DEF void *ekv_calloc(size_t count, size_t size);
+EKV_DEF void ekv_free(void *pointer);
 
-/* >>enums ================================================================== */
+/* >>dtypes ================================================================= */
 
 typedef enum ekv_dtype {
     EKV_DTYPE_F32 = 0,
@@ -120,6 +129,25 @@ typedef enum ekv_dtype {
     EKV_DTYPE_FP8,  /* e4m3, one f32 scale per (sequence, kv head) */
     EKV_DTYPE_COUNT
 } ekv_dtype;
+
+/* Everything ekv knows about a storage dtype, in one table (ekv_dtype_info): the parser,
+   validation, byte counts, allocation and the kernels' dispatch all read it. */
+typedef struct ekv_dtype_traits {
+    const char *name;     /* the command line's and the JSON's name */
+    int bits;             /* bits per stored value */
+    int scale_bytes;      /* scale data per scale group of a row: int8 4 (f32 scale), int4 4
+                             (f16 scale + f16 zero point), else 0 */
+    int scale_group;      /* values per scale group; 0 = the whole row */
+    int head_scale_bytes; /* scale per (sequence, kv head): fp8 4 (f32), else 0 */
+    int paired_values;    /* values stored in pairs: head_dim must be even */
+    int quantized;        /* int8, int4, fp8: the paired baseline defaults to f16 */
+    int min_sm;           /* oldest GPU architecture of the CUDA path (major x 10 + minor) */
+} ekv_dtype_traits;
+
+/* The traits of `dtype`, or NULL when it is not one. */
+EKV_DEF const ekv_dtype_traits *ekv_dtype_info(ekv_dtype dtype);
+/* "f32, f16, bf16, int8, int4, fp8": the allowed names, for messages. */
+EKV_DEF const char *ekv_dtype_allowed(void);
 
 typedef enum ekv_policy {
     EKV_POLICY_NONE = 0,
@@ -136,114 +164,11 @@ typedef enum ekv_data_kind {
     EKV_DATA_FILE
 } ekv_data_kind;
 
-typedef enum ekv_backend {
-    EKV_BACKEND_AUTO = 0,
-    EKV_BACKEND_CUDA,
-    EKV_BACKEND_CPU,
-    EKV_BACKEND_EMULATOR
-} ekv_backend;
-
-typedef enum ekv_variant {
-    EKV_VARIANT_NOCACHE = 0,  /* v0 */
-    EKV_VARIANT_CACHE,        /* v1 */
-    EKV_VARIANT_INT8,         /* v2 */
-    EKV_VARIANT_SHARED,       /* v3 */
-    EKV_VARIANT_INT8_SHARED,  /* v4 */
-    EKV_VARIANT_ELASTIC,
-    EKV_VARIANT_ALL,
-    EKV_VARIANT_COUNT
-} ekv_variant;
-
 EKV_DEF const char *ekv_dtype_name(ekv_dtype dtype);
 EKV_DEF const char *ekv_policy_name(ekv_policy policy);
-EKV_DEF const char *ekv_backend_name(ekv_backend backend);
-EKV_DEF const char *ekv_variant_name(ekv_variant variant);
-/* Parse a name (also v0..v4 for variants); 0 on success, -1 if unknown. */
+/* Parse a name; 0 on success, -1 if unknown. */
 EKV_DEF int ekv_dtype_parse(const char *text, ekv_dtype *out);
 EKV_DEF int ekv_policy_parse(const char *text, ekv_policy *out);
-EKV_DEF int ekv_backend_parse(const char *text, ekv_backend *out);
-EKV_DEF int ekv_variant_parse(const char *text, ekv_variant *out);
-
-/* >>config ================================================================= */
-
-#define EKV_PATH_MAX 1024
-#define EKV_LABEL_MAX 256
-
-/* One benchmark run. ekv_config_default() gives the seed-compatible defaults. */
-typedef struct ekv_config {
-    /* workload (comma lists on the command line sweep these) */
-    int batch;          /* sequences                                  [1, 4096]       */
-    int seq_len;        /* tokens in the cache per sequence           [1, 2^24]       */
-    int heads;          /* query heads                                [1, 1024]       */
-    int kv_heads;       /* KV heads, divides heads; 0 = heads (MHA)   [0, heads]      */
-    int head_dim;       /* 64, 128 or 256                                             */
-    int compression;    /* ratio C                                    [1, 64]         */
-    ekv_dtype kv_dtype; /* storage dtype of the cache                                 */
-    ekv_policy policy;  /* compression policy; none requires C = 1                    */
-    int recent;         /* exact recent window W                      [0, seq_len]    */
-    int sinks;          /* sink tokens kept by window and topk        [0, seq_len]    */
-    int observe;        /* queries whose attention scores topk        [1, 1024]       */
-    int layers;         /* layers of the inference cycle              [1, 256]        */
-    int decode_tokens;  /* decode steps of the inference cycle        [1, 65536]      */
-    ekv_variant variant;
-    int compress_every; /* anchor period N of the cycle; 0 = compression ratio        */
-    /* data */
-    ekv_data_kind data;
-    char data_path[EKV_PATH_MAX]; /* .npy/.npz when data == EKV_DATA_FILE */
-    uint64_t seed;
-    double softmax_scale; /* 0 = 1/sqrt(head_dim) */
-    /* measurement */
-    int reps;             /* kept samples                             [1, 1000000]    */
-    int warmup;           /* discarded samples                        [0, 1000000]    */
-    int inner_loops;      /* launches per sample                      [1, 100000]     */
-    double truncate_percent; /* trimmed mean: percent cut from each end [0, 49]       */
-    int use_graphs;       /* CUDA graph capture of the inner loop                      */
-    int hot;              /* L2-resident reuse instead of cold                         */
-    int paired_baseline;  /* interleave a C=1 baseline ABAB                            */
-    ekv_dtype baseline_dtype; /* dtype of the baseline; default = kv_dtype             */
-    int baseline_dtype_set;
-    int inference;        /* run the inference cycle                                   */
-    ekv_backend backend;
-    int device;           /* CUDA device ordinal                                       */
-    double peak_bw_gbs;   /* override of the theoretical peak; 0 = from the device     */
-    /* output */
-    int json;             /* one JSON object per result on stdout                      */
-    int quiet;            /* no progress or notices on stderr                          */
-    char out_path[EKV_PATH_MAX];   /* write the output here instead of stdout */
-    char jsonl_path[EKV_PATH_MAX]; /* append one JSON line per result          */
-    char dump_dir[EKV_PATH_MAX];   /* write q,k,v,out,ref .npy here            */
-    char label[EKV_LABEL_MAX];
-} ekv_config;
-
-EKV_DEF ekv_config ekv_config_default(void);
-/* Checks every field; the error names the field (as its command-line flag) and the
-   allowed values. */
-EKV_DEF ekv_result ekv_config_validate(const ekv_config *config);
-
-/* A parsed command line: the base config plus the value lists of swept flags. */
-#define EKV_SWEEP_MAX 64
-typedef struct ekv_sweep_axis {
-    const char *flag; /* e.g. "--seq" */
-    int count;
-    int values[EKV_SWEEP_MAX]; /* enum values for --kv-dtype, --policy, --variant */
-} ekv_sweep_axis;
-
-#define EKV_SWEEP_AXES 16
-typedef struct ekv_cli {
-    ekv_config base;
-    ekv_sweep_axis axes[EKV_SWEEP_AXES];
-    int axis_count;
-    size_t run_count; /* product of the axis lengths */
-} ekv_cli;
-
-/* Parses argv (argv[0] is skipped). Returns EKV_HELP_SHOWN after printing --help or
-   --version to `out`, an error with a one-line message on bad input (the driver exits
-   with status 2), or EKV_SUCCESS. Every config of the sweep is validated here, so a bad
-   combination is reported before anything runs. */
-EKV_DEF ekv_result ekv_cli_parse(int argc, char **argv, ekv_cli *cli, FILE *out);
-/* The i-th configuration of the sweep (cartesian product, last axis fastest). */
-EKV_DEF ekv_result ekv_cli_config(const ekv_cli *cli, size_t index, ekv_config *out);
-EKV_DEF void ekv_cli_print_help(FILE *out);
 
 /* >>rng ==================================================================== */
 
@@ -260,6 +185,9 @@ EKV_DEF double ekv_rng_normal(ekv_rng *rng);           /* N(0, 1) */
 EKV_DEF uint64_t ekv_rng_below(ekv_rng *rng, uint64_t n); /* [0, n), unbiased */
 
 /* >>data =================================================================== */
+
+#define EKV_PATH_MAX 1024  /* paths ekv stores or builds (config, .npz members) */
+#define EKV_LABEL_MAX 256
 
 /* The original f32 data of one decode step. Layouts (C order):
      q          [batch][heads][head_dim]
@@ -287,6 +215,9 @@ EKV_DEF ekv_result ekv_data_generate(const ekv_data_desc *desc, ekv_data *data);
 /* Loads q, k, v (and optionally q_observe) from a .npz, or from a directory holding
    q.npy, k.npy, v.npy. Shapes: q [B,H,D], k and v [B,H_kv,S,D]; float32 or float16. */
 EKV_DEF ekv_result ekv_data_load(const char *path, int observe, ekv_data *data);
+/* The same for a .npz image already in memory (`name` appears in error messages). */
+EKV_DEF ekv_result ekv_data_load_npz_memory(const unsigned char *bytes, size_t size,
+                                            const char *name, int observe, ekv_data *data);
 EKV_DEF void ekv_data_free(ekv_data *data);
 EKV_DEF size_t ekv_data_kv_index(const ekv_data *data, int b, int h, int t); /* offset of row */
 
@@ -322,8 +253,8 @@ EKV_DEF float ekv_fp8_to_f32(uint8_t v);
 #define EKV_FP8_MAX 448.0f
 
 /* Bytes of one stored row of head_dim values (int4: head_dim/2) and of its per-row
-   scale data (int8: 4; int4: 4 per group of 32; others 0). fp8's per-head scale is not
-   per row: see ekv_cache_bytes. */
+   scale data (int8: 4; int4: 4 per group of 32; others 0), from ekv_dtype_info. fp8's
+   per-head scale is not per row: see ekv_cache_scales_bytes. */
 EKV_DEF size_t ekv_dtype_row_bytes(ekv_dtype dtype, int head_dim);
 EKV_DEF size_t ekv_dtype_row_scale_bytes(ekv_dtype dtype, int head_dim);
 
@@ -370,6 +301,9 @@ typedef struct ekv_compress_desc {
     int compression, recent, sinks, observe;
 } ekv_compress_desc;
 
+/* 1 when the settings are usable: a known policy, compression >= 1 (exactly 1 for
+   none), recent >= 0, sinks >= 0. */
+EKV_DEF int ekv_compress_desc_valid(const ekv_compress_desc *desc);
 /* Slots kept from a sequence of `length` tokens: ceil((length - W)/C) for the tokens
    older than the recent window W (W clipped to length), plus W. */
 EKV_DEF int ekv_policy_kept(const ekv_compress_desc *desc, int length);
@@ -398,10 +332,38 @@ EKV_DEF void ekv_cache_row(const ekv_host_cache *cache, int which, int b, int h,
 typedef struct ekv_cache_bytes {
     double k, v, scales, bias, total;
 } ekv_cache_bytes;
+/* Bytes of one of k_scales / v_scales: per-row scales (int8, int4) for every slot of
+   capacity, or one per (sequence, kv head) (fp8); 0 for dtypes without scales. */
+EKV_DEF size_t ekv_cache_scales_bytes(ekv_dtype dtype, int batch, int kv_heads, int head_dim,
+                                     int capacity);
+/* Bytes a cache of this shape allocates: K and V rows, their scales and, with_bias, the
+   pool bias (the per-sequence counters are not counted). */
+EKV_DEF double ekv_cache_memory_of(ekv_dtype dtype, int batch, int kv_heads, int head_dim,
+                                   int capacity, int with_bias);
 /* Bytes the cache occupies for the given per-sequence slot counts (the kernel reads
    exactly these; capacity padding excluded). */
 EKV_DEF ekv_cache_bytes ekv_cache_bytes_of(ekv_dtype dtype, int batch, int kv_heads,
                                            int head_dim, const int *lengths, int has_bias);
+
+/* >>reference ============================================================== */
+
+/* Decode attention in double over the full original data: out [batch][heads][head_dim]. */
+EKV_DEF ekv_result ekv_reference_attention(const ekv_data *data, double softmax_scale,
+                                           double *out);
+/* The same over a stored (possibly compressed/quantized) cache, dequantized, with bias. */
+EKV_DEF ekv_result ekv_reference_attention_cache(const ekv_host_cache *cache, const float *q,
+                                                 int heads, double softmax_scale,
+                                                 double *out);
+/* The CPU backend's kernel: float, online softmax, reads the stored form directly. */
+EKV_DEF ekv_result ekv_cpu_attention(const ekv_host_cache *cache, const float *q, int heads,
+                                     float softmax_scale, float *out);
+/* Attention probabilities of query head group -> token summed over the observed queries
+   and over the query heads of each KV head: scores [batch][kv_heads][capacity]. */
+EKV_DEF ekv_result ekv_observed_scores(const ekv_data *data, double softmax_scale,
+                                       double *scores);
+
+/* The softmax scale ekv uses: `softmax_scale`, or 1/sqrt(head_dim) when it is 0. */
+EKV_DEF double ekv_softmax_scale(double softmax_scale, int head_dim);
 
 /* >>cacheops ============================================================== */
 
@@ -486,23 +448,6 @@ EKV_DEF ekv_result ekv_cache_observed_scores(const ekv_host_cache *cache, const 
 /* Bytes allocated for the stored form (the formula above). */
 EKV_DEF size_t ekv_cache_memory_bytes(const ekv_host_cache *cache);
 
-/* >>reference ============================================================== */
-
-/* Decode attention in double over the full original data: out [batch][heads][head_dim]. */
-EKV_DEF ekv_result ekv_reference_attention(const ekv_data *data, double softmax_scale,
-                                           double *out);
-/* The same over a stored (possibly compressed/quantized) cache, dequantized, with bias. */
-EKV_DEF ekv_result ekv_reference_attention_cache(const ekv_host_cache *cache, const float *q,
-                                                 int heads, double softmax_scale,
-                                                 double *out);
-/* The CPU backend's kernel: float, online softmax, reads the stored form directly. */
-EKV_DEF ekv_result ekv_cpu_attention(const ekv_host_cache *cache, const float *q, int heads,
-                                     float softmax_scale, float *out);
-/* Attention probabilities of query head group -> token summed over the observed queries
-   and over the query heads of each KV head: scores [batch][kv_heads][capacity]. */
-EKV_DEF ekv_result ekv_observed_scores(const ekv_data *data, double softmax_scale,
-                                       double *scores);
-
 /* >>accuracy =============================================================== */
 
 typedef struct ekv_error_stats {
@@ -517,6 +462,118 @@ EKV_DEF ekv_error_stats ekv_compare_f64(const double *ref, const double *x, size
    and of the share of attention mass held by the top 5% of tokens (at least one). */
 EKV_DEF ekv_result ekv_attention_profile(const ekv_data *data, double softmax_scale,
                                          double *entropy, double *top5pct_mass);
+
+#ifndef EKV_NO_BENCH
+/* ======================== Part B: the benchmark ========================= */
+
+/* >>config ================================================================= */
+
+typedef enum ekv_backend {
+    EKV_BACKEND_AUTO = 0,
+    EKV_BACKEND_CUDA,
+    EKV_BACKEND_CPU,
+    EKV_BACKEND_EMULATOR
+} ekv_backend;
+
+typedef enum ekv_variant {
+    EKV_VARIANT_NOCACHE = 0,  /* v0 */
+    EKV_VARIANT_CACHE,        /* v1 */
+    EKV_VARIANT_INT8,         /* v2 */
+    EKV_VARIANT_SHARED,       /* v3 */
+    EKV_VARIANT_INT8_SHARED,  /* v4 */
+    EKV_VARIANT_ELASTIC,
+    EKV_VARIANT_ALL,
+    EKV_VARIANT_COUNT
+} ekv_variant;
+
+EKV_DEF const char *ekv_backend_name(ekv_backend backend);
+EKV_DEF const char *ekv_variant_name(ekv_variant variant);
+/* Parse a name (also v0..v4 for variants); 0 on success, -1 if unknown. */
+EKV_DEF int ekv_backend_parse(const char *text, ekv_backend *out);
+EKV_DEF int ekv_variant_parse(const char *text, ekv_variant *out);
+
+
+
+/* One benchmark run. ekv_config_default() gives the seed-compatible defaults. */
+typedef struct ekv_config {
+    /* workload (comma lists on the command line sweep these) */
+    int batch;          /* sequences                                  [1, 4096]       */
+    int seq_len;        /* tokens in the cache per sequence           [1, 2^24]       */
+    int heads;          /* query heads                                [1, 1024]       */
+    int kv_heads;       /* KV heads, divides heads; 0 = heads (MHA)   [0, heads]      */
+    int head_dim;       /* 64, 128 or 256                                             */
+    int compression;    /* ratio C                                    [1, 64]         */
+    ekv_dtype kv_dtype; /* storage dtype of the cache                                 */
+    ekv_policy policy;  /* compression policy; none requires C = 1                    */
+    int recent;         /* exact recent window W                      [0, seq_len]    */
+    int sinks;          /* sink tokens kept by window and topk        [0, seq_len]    */
+    int observe;        /* queries whose attention scores topk        [1, 1024]       */
+    int layers;         /* layers of the inference cycle              [1, 256]        */
+    int decode_tokens;  /* decode steps of the inference cycle        [1, 65536]      */
+    ekv_variant variant;
+    int compress_every; /* anchor period N of the cycle; 0 = compression ratio        */
+    /* data */
+    ekv_data_kind data;
+    char data_path[EKV_PATH_MAX]; /* .npy/.npz when data == EKV_DATA_FILE */
+    uint64_t seed;
+    double softmax_scale; /* 0 = 1/sqrt(head_dim) */
+    /* measurement */
+    int reps;             /* kept samples                             [1, 1000000]    */
+    int warmup;           /* discarded samples                        [0, 1000000]    */
+    int inner_loops;      /* launches per sample                      [1, 100000]     */
+    double truncate_percent; /* trimmed mean: percent cut from each end [0, 49]       */
+    int use_graphs;       /* CUDA graph capture of the inner loop                      */
+    int hot;              /* L2-resident reuse instead of cold                         */
+    int paired_baseline;  /* interleave a C=1 baseline ABAB                            */
+    ekv_dtype baseline_dtype; /* dtype of the baseline; default = kv_dtype             */
+    int baseline_dtype_set;
+    int inference;        /* run the inference cycle                                   */
+    ekv_backend backend;
+    int device;           /* CUDA device ordinal                                       */
+    double peak_bw_gbs;   /* override of the theoretical peak; 0 = from the device     */
+    /* output */
+    int json;             /* one JSON object per result on stdout                      */
+    int quiet;            /* no progress or notices on stderr                          */
+    char out_path[EKV_PATH_MAX];   /* write the output here instead of stdout */
+    char jsonl_path[EKV_PATH_MAX]; /* append one JSON line per result          */
+    char dump_dir[EKV_PATH_MAX];   /* write q,k,v,out,ref .npy here            */
+    char label[EKV_LABEL_MAX];
+} ekv_config;
+
+EKV_DEF ekv_config ekv_config_default(void);
+/* Checks every field; the error names the field (as its command-line flag) and the
+   allowed values. */
+EKV_DEF ekv_result ekv_config_validate(const ekv_config *config);
+/* The config with every "0 = default" field resolved: kv_heads (heads), softmax_scale
+   (1/sqrt(head_dim)), compress_every (the compression ratio) and, unless set, the paired
+   baseline's dtype (f16 for quantized dtypes, else kv_dtype). Every entry point that
+   takes a config resolves it once; everything after reads the resolved values. */
+EKV_DEF ekv_config ekv_config_resolve(const ekv_config *config);
+
+/* A parsed command line: the base config plus the value lists of swept flags. */
+#define EKV_SWEEP_MAX 64
+typedef struct ekv_sweep_axis {
+    const char *flag; /* e.g. "--seq" */
+    int count;
+    int values[EKV_SWEEP_MAX]; /* enum values for --kv-dtype, --policy, --variant */
+} ekv_sweep_axis;
+
+#define EKV_SWEEP_AXES 16
+typedef struct ekv_cli {
+    ekv_config base;
+    ekv_sweep_axis axes[EKV_SWEEP_AXES];
+    int axis_count;
+    size_t run_count; /* product of the axis lengths */
+} ekv_cli;
+
+/* Parses argv (argv[0] is skipped). Returns EKV_HELP_SHOWN after printing --help or
+   --version to `out`, an error with a one-line message on bad input (the driver exits
+   with status 2), or EKV_SUCCESS. Every config of the sweep is validated here, so a bad
+   combination is reported before anything runs. */
+EKV_DEF ekv_result ekv_cli_parse(int argc, char **argv, ekv_cli *cli, FILE *out);
+/* The i-th configuration of the sweep (cartesian product, last axis fastest). */
+EKV_DEF ekv_result ekv_cli_config(const ekv_cli *cli, size_t index, ekv_config *out);
+EKV_DEF void ekv_cli_print_help(FILE *out);
 
 /* >>stats ================================================================== */
 
@@ -731,6 +788,19 @@ EKV_DEF void ekv_workload_accuracy(const ekv_workload *work, const float *out,
 EKV_DEF ekv_result ekv_workload_dump(const ekv_workload *work, const float *out,
                                      const char *dir);
 
+/* >>timing =============================================================== */
+
+EKV_DEF double ekv_time_ms(void); /* monotonic clock */
+
+/* Takes one sample of the baseline (baseline = 1) or of the candidate; rep is the index
+   of the kept sample, or negative during warmup. The function stores the sample. */
+typedef ekv_result (*ekv_sample_fn)(void *context, int baseline, int rep);
+/* The timing loop of every backend: warmup + reps rounds, each taking the baseline's
+   sample first when paired, then the candidate's (ABAB), so that drift over the run
+   hits both alike. Stops at the first error. */
+EKV_DEF ekv_result ekv_time_abab(int warmup, int reps, int paired, ekv_sample_fn sample,
+                                 void *context);
+
 /* >>cpu ==================================================================== */
 
 /* Times ekv_cpu_attention over the workload's cache with the warmup/reps/inner-loop
@@ -739,7 +809,6 @@ EKV_DEF ekv_result ekv_cpu_run(const ekv_config *config, const ekv_workload *wor
                                ekv_report *report);
 /* Host memory copy bandwidth in GB/s (read + write bytes), measured. */
 EKV_DEF double ekv_cpu_copy_bandwidth_gbs(size_t bytes, int reps);
-EKV_DEF double ekv_time_ms(void); /* monotonic clock */
 
 /* >>cycle ================================================================== */
 
@@ -780,6 +849,78 @@ EKV_DEF ekv_result ekv_cycle_outputs(const ekv_config *config, ekv_variant varia
 EKV_DEF void ekv_cycle_write_json(const ekv_report *report, ekv_json *json);
 EKV_DEF void ekv_cycle_print_table(const ekv_report *report, FILE *out);
 
+/* The pieces every backend's decode loop shares (ekv_cuda.cuh's device loop uses them
+   through this API only): the seeded model, which cache a layer reads, the anchor
+   steps, each variant's capacity and dtype, the phases and the timing record. */
+enum {
+    EKV_CYCLE_PHASE_PROJECTION = 0,
+    EKV_CYCLE_PHASE_APPEND,
+    EKV_CYCLE_PHASE_COMPRESS,
+    EKV_CYCLE_PHASE_ATTENTION
+};
+
+typedef struct ekv_cycle_model {
+    int batch, heads, kv_heads, head_dim, layers, prompt, steps;
+    int tokens;          /* prompt + steps */
+    int hidden;          /* heads x head_dim */
+    int observe, compress_every;
+    ekv_compress_desc compress;
+    double softmax_scale;
+    float *wq, *wk, *wv; /* [layers][hidden][heads x D], [layers][hidden][kv_heads x D] */
+    float *x;            /* [layers][batch][tokens][hidden] */
+} ekv_cycle_model;
+
+/* What one timed decode loop records (rep = its repeat). */
+typedef struct ekv_cycle_timing {
+    int reps, steps;
+    double *step_ms;    /* [reps][steps] */
+    double *phase_ms;   /* [reps][EKV_CYCLE_PHASES], totals over the loop */
+    double *kv_bytes;   /* [steps], after each step (the same every repeat) */
+    double *peak_bytes; /* [steps] */
+} ekv_cycle_timing;
+
+/* A backend of the cycle: the CPU's is in ekv.h, the device's in ekv_cuda.cuh. */
+typedef struct ekv_cycle_backend {
+    ekv_backend kind; /* what the report names */
+    /* selects and describes the device (report may be NULL: select only) */
+    ekv_result (*prepare)(const ekv_config *config, ekv_report *report);
+    /* the state of one variant: its caches at capacity and buffers */
+    ekv_result (*open)(const ekv_config *config, const ekv_cycle_model *model,
+                       ekv_variant variant, void **state);
+    /* prefill, then every decode step; timing NULL (rep -1) = untimed; record, when not
+       NULL, [steps][layers][batch][heads][head_dim] receives every step's outputs */
+    ekv_result (*loop)(void *state, ekv_cycle_timing *timing, int rep, float *record);
+    /* the last step's outputs [layers][batch][heads][head_dim], on the host */
+    ekv_result (*last_outputs)(void *state, float *out);
+    /* the KV bytes layer `layer`'s attention read in the last step, and its kept tokens */
+    void (*layer_bytes)(void *state, int layer, ekv_cache_bytes *bytes, double *kept_tokens);
+    void (*close)(void *state);
+} ekv_cycle_backend;
+
+/* ekv_cycle_run and ekv_cycle_outputs on a given backend. */
+EKV_DEF ekv_result ekv_cycle_run_on(const ekv_config *config, const ekv_cycle_backend *backend,
+                                    ekv_report *report);
+EKV_DEF ekv_result ekv_cycle_outputs_on(const ekv_config *config, const ekv_cycle_backend *backend,
+                                        ekv_variant variant, float *outputs);
+/* The seeded model of a resolved config (ekv_config_resolve). */
+EKV_DEF ekv_result ekv_cycle_model_make(const ekv_config *config, ekv_cycle_model *model);
+EKV_DEF void ekv_cycle_model_free(ekv_cycle_model *model);
+/* The input of token `token` of sequence b at layer `layer`: [hidden]. */
+EKV_DEF const float *ekv_cycle_model_x(const ekv_cycle_model *model, int layer, int b, int token);
+/* The layer whose cache `layer` reads (shared: the even layer of its pair); a layer
+   projects k and v only when this is itself. */
+EKV_DEF int ekv_cycle_cache_layer(ekv_variant variant, int layer);
+/* Index of that cache among the variant's ekv_cycle_cache_count caches. */
+EKV_DEF int ekv_cycle_cache_index(ekv_variant variant, int layer);
+EKV_DEF int ekv_cycle_cache_count(ekv_variant variant, int layers);
+/* Whether decode step `step` (1-based) is an anchor step of the variant (compress). */
+EKV_DEF int ekv_cycle_anchor(const ekv_cycle_model *model, ekv_variant variant, int step);
+/* Slots of the variant's caches, and their storage dtype. */
+EKV_DEF int ekv_cycle_capacity(const ekv_config *config, ekv_variant variant);
+EKV_DEF ekv_dtype ekv_cycle_dtype(const ekv_config *config, ekv_variant variant);
+
+#endif /* EKV_NO_BENCH */
+
 #ifdef __cplusplus
 }
 #endif
@@ -796,11 +937,16 @@ EKV_DEF void ekv_cycle_print_table(const ekv_report *report, FILE *out);
 
 /* >>base: allocation, errors, small helpers shared by every section ========= */
 
+#include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
 
 #if defined(EKV_MALLOC) && defined(EKV_FREE) && defined(EKV_REALLOC)
 /* user-provided allocator */
@@ -892,15 +1038,87 @@ static EKV__UNUSED void ekv__free(void *p)
     if (p) EKV_FREE(p);
 }
 
+EKV_DEF void *ekv_calloc(size_t count, size_t size)
+{
+    return ekv__alloc(count, size);
+}
+
+EKV_DEF void ekv_free(void *pointer)
+{
+    ekv__free(pointer);
+}
+
 static EKV__UNUSED int ekv__compare_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
 }
 
+/* >>dtypes: the one table of storage dtypes ================================== */
+
+static const ekv_dtype_traits ekv__dtype_table[EKV_DTYPE_COUNT] = {
+    /* name  bits scale group           head paired quantized min_sm */
+    {"f32",  32,  0,    0,              0,   0,     0,        0},
+    {"f16",  16,  0,    0,              0,   1,     0,        0},
+    {"bf16", 16,  0,    0,              0,   1,     0,        0},
+    {"int8", 8,   4,    0,              0,   0,     1,        0},
+    {"int4", 4,   4,    EKV_INT4_GROUP, 0,   1,     1,        0},
+    {"fp8",  8,   0,    0,              4,   0,     1,        89},
+};
+
+EKV_DEF const ekv_dtype_traits *ekv_dtype_info(ekv_dtype dtype)
+{
+    return (unsigned)dtype < EKV_DTYPE_COUNT ? &ekv__dtype_table[dtype] : NULL;
+}
+
+EKV_DEF const char *ekv_dtype_allowed(void)
+{
+    static char text[128];
+    if (!text[0]) {
+        size_t i, n = 0;
+        for (i = 0; i < EKV_DTYPE_COUNT; i++)
+            n += (size_t)snprintf(text + n, sizeof text - n, "%s%s", i ? ", " : "",
+                                  ekv__dtype_table[i].name);
+    }
+    return text;
+}
+
+static const char *const ekv__policy_names[EKV_POLICY_COUNT] = {"none", "stride", "pool",
+                                                                "window", "topk"};
+EKV_DEF const char *ekv_dtype_name(ekv_dtype dtype)
+{
+    return (unsigned)dtype < EKV_DTYPE_COUNT ? ekv__dtype_table[dtype].name : "?";
+}
+EKV_DEF const char *ekv_policy_name(ekv_policy policy)
+{
+    return (unsigned)policy < EKV_POLICY_COUNT ? ekv__policy_names[policy] : "?";
+}
+static int ekv__find_name(const char *text, const char *const *names, int count)
+{
+    int i;
+    for (i = 0; i < count; i++)
+        if (strcmp(text, names[i]) == 0) return i;
+    return -1;
+}
+
+EKV_DEF int ekv_dtype_parse(const char *text, ekv_dtype *out)
+{
+    int i;
+    for (i = 0; i < EKV_DTYPE_COUNT; i++)
+        if (strcmp(text, ekv__dtype_table[i].name) == 0) break;
+    if (i == EKV_DTYPE_COUNT) return -1;
+    *out = (ekv_dtype)i;
+    return 0;
+}
+EKV_DEF int ekv_policy_parse(const char *text, ekv_policy *out)
+{
+    int i = ekv__find_name(text, ekv__policy_names, EKV_POLICY_COUNT);
+    if (i < 0) return -1;
+    *out = (ekv_policy)i;
+    return 0;
+}
 /* >>rng: xoshiro256** seeded through splitmix64 ================================ */
 
-#include <float.h>
 
 /* splitmix64 turns any 64-bit seed (0 included) into well-mixed state words; its
    output function is a bijection, so the four words can never all be zero, which is
@@ -980,880 +1198,6 @@ EKV_DEF uint64_t ekv_rng_below(ekv_rng *rng, uint64_t n)
     return high;
 }
 
-/* >>stats: sample statistics, Student t, bootstrap ============================ *
-
-   Conventions beyond the numpy/scipy definitions in ekv.h:
-   - Samples must be finite: NaN or an infinity anywhere is EKV_ERR_INVALID_ARG naming
-     the index (a NaN would silently poison every order statistic).
-   - n = 1: std, cv and the CI of the mean are NaN (ddof = 1 leaves no degrees of
-     freedom, as numpy's nan); everything else is the one value.
-   - cv = std / mean as computed, so a zero mean gives an infinity (JSON null).
-   - Bootstrap: resample r draws n indices with ekv_rng_below(n) from one stream seeded
-     once with `seed`; the median's indices select from the sorted samples, the
-     ratio's from the pairs. The interval is the 2.5 and 97.5 percentiles (linear
-     interpolation) of the replicates, so it is reproducible from the seed alone.
-   - ekv_bootstrap_ratio needs candidate samples > 0 (they divide); resamples 0 means
-     EKV_BOOTSTRAP_RESAMPLES. On any error its outputs are NaN.
-   - ekv_median, ekv_trimmed_mean, ekv_quantile_sorted return NaN for NULL, n = 0, a
-     NaN in the data, or a proportion/quantile out of range. */
-
-/* NaN and infinities fail (x - x is NaN for both); portable where isfinite() is a
-   macro in C and a function in C++. */
-static int ekv__is_finite(double x)
-{
-    return x == x && x - x == 0.0;
-}
-
-static double ekv__nan(void)
-{
-    return NAN;
-}
-
-/* Neumaier-compensated sum: agrees with numpy's pairwise sum to well below 1e-12
-   relative, independently of the order of the data. */
-static double ekv__sum(const double *x, size_t n)
-{
-    double sum = 0.0, compensation = 0.0;
-    size_t i;
-    for (i = 0; i < n; i++) {
-        double t = sum + x[i];
-        if (fabs(sum) >= fabs(x[i])) compensation += (sum - t) + x[i];
-        else compensation += (x[i] - t) + sum;
-        sum = t;
-    }
-    return sum + compensation;
-}
-
-/* numpy's _lerp: from the nearer end so that the result is exact at both ends and
-   monotone in t. */
-static double ekv__lerp(double a, double b, double t)
-{
-    double diff = b - a;
-    return t >= 0.5 ? b - diff * (1.0 - t) : a + diff * t;
-}
-
-EKV_DEF double ekv_quantile_sorted(const double *sorted, size_t n, double q)
-{
-    double virtual_index, previous;
-    size_t i;
-    if (!sorted || n == 0 || !(q >= 0.0 && q <= 1.0)) return ekv__nan();
-    virtual_index = (double)(n - 1) * q;
-    previous = floor(virtual_index);
-    i = (size_t)previous;
-    if (i >= n - 1) return sorted[n - 1];
-    return ekv__lerp(sorted[i], sorted[i + 1], virtual_index - previous);
-}
-
-/* np.median: the middle element, or the mean of the two middle ones. */
-static double ekv__median_sorted(const double *sorted, size_t n)
-{
-    if (n % 2) return sorted[n / 2];
-    return (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0;
-}
-
-/* A sorted copy, or NULL when the input holds a NaN (numpy's median is then NaN) or
-   memory runs out. */
-static double *ekv__sorted_copy(const double *samples, size_t n)
-{
-    double *sorted;
-    size_t i;
-    for (i = 0; i < n; i++)
-        if (samples[i] != samples[i]) return NULL;
-    sorted = (double *)ekv__alloc(n, sizeof *sorted);
-    if (!sorted) return NULL;
-    memcpy(sorted, samples, n * sizeof *sorted);
-    qsort(sorted, n, sizeof *sorted, ekv__compare_double);
-    return sorted;
-}
-
-EKV_DEF double ekv_median(const double *samples, size_t n)
-{
-    double *sorted, median;
-    if (!samples || n == 0) return ekv__nan();
-    sorted = ekv__sorted_copy(samples, n);
-    if (!sorted) return ekv__nan();
-    median = ekv__median_sorted(sorted, n);
-    ekv__free(sorted);
-    return median;
-}
-
-/* scipy.stats.trim_mean: int(proportion * n) values cut from each end, with the same
-   double product Python computes (so 0.29 * 100 cuts 28, as scipy does). */
-static double ekv__trimmed_mean_sorted(const double *sorted, size_t n, double proportion)
-{
-    size_t cut;
-    if (!(proportion >= 0.0 && proportion <= 0.5)) return ekv__nan();
-    cut = (size_t)(proportion * (double)n);
-    if (2 * cut >= n) return ekv__nan();
-    return ekv__sum(sorted + cut, n - 2 * cut) / (double)(n - 2 * cut);
-}
-
-EKV_DEF double ekv_trimmed_mean(const double *samples, size_t n, double proportion)
-{
-    double *sorted, mean;
-    if (!samples || n == 0) return ekv__nan();
-    sorted = ekv__sorted_copy(samples, n);
-    if (!sorted) return ekv__nan();
-    mean = ekv__trimmed_mean_sorted(sorted, n, proportion);
-    ekv__free(sorted);
-    return mean;
-}
-
-/* --- Student t ------------------------------------------------------------------
-   P(T > t) = I_x(df/2, 1/2) / 2 and P(0 < T < t) = I_y(1/2, df/2) / 2 with
-   x = df / (df + t^2), y = t^2 / (df + t^2), I the regularized incomplete beta
-   function, evaluated by its continued fraction. The inverse solves whichever of the
-   two is the smaller probability, so neither the tails nor the centre lose digits to
-   a difference with 1/2. */
-
-/* lgamma(x) - [(x - 1/2) ln x - x + ln(2 pi)/2] for x >= 10: the series' next term is
-   below 3e-17 there. */
-static double ekv__stirling_correction(double x)
-{
-    double r = 1.0 / x, r2 = r * r;
-    return r * (1.0 / 12.0 +
-                r2 * (-1.0 / 360.0 +
-                      r2 * (1.0 / 1260.0 +
-                            r2 * (-1.0 / 1680.0 +
-                                  r2 * (1.0 / 1188.0 + r2 * (-691.0 / 360360.0 + r2 / 156.0))))));
-}
-
-/* ln B(a, b) for a, b > 0, accurate to a few ulps of its terms when the smaller
-   argument stays moderate (the t distribution uses 1/2). For a large argument the
-   difference lgamma(big) - lgamma(big + small) comes from the Stirling series,
-   rearranged so that nothing cancels: the plain difference would lose
-   |lgamma(big)| * eps (1e-9 relative at df = 1e6). */
-static double ekv__log_beta(double a, double b)
-{
-    double big = a > b ? a : b, small = a > b ? b : a;
-    if (big < 10.0) return lgamma(a) + lgamma(b) - lgamma(a + b);
-    return lgamma(small) - (big - 0.5) * log1p(small / big) - small * log(big + small) + small +
-           ekv__stirling_correction(big) - ekv__stirling_correction(big + small);
-}
-
-/* The continued fraction g of I_x(a, b) = x^a y^b / (a B(a, b) g), for x below the
-   mean (a+1)/(a+b+2) where it converges quickly. It is the even contraction of the
-   classic fraction 1/(1 + d1/(1 + d2/(1 + ...))):
-       g = (1 + d1) - d1 d2 / ((1 + d2 + d3) - d3 d4 / ((1 + d4 + d5) - ...))
-       d(2m+1) = -(a+m)(a+b+m) x / ((a+2m)(a+2m+1)),  d(2m) = m(b-m) x / ((a+2m-1)(a+2m)),
-   because 1 + d(2m+1), the sum that cancels, can then be written without cancellation:
-   when x is near 1 (the t tails at large df) it is
-       [a(1-b) + 2am + (2-b)m + 3m^2 + (a+m)(a+b+m) y] / ((a+2m)(a+2m+1)),
-   whose terms share a sign for the b = 1/2 of those tails; computed as 1 + d(2m+1) it
-   would lose digits in proportion to df. Modified Lentz. */
-static double ekv__beta_fraction(double a, double b, double x, double y)
-{
-    const double tiny = 1e-300, epsilon = 2.0 * DBL_EPSILON; /* exactly 1 may never come */
-    double g, c, d = 0.0;
-    int m;
-    g = y < x ? ((1.0 - b) + (a + b) * y) / (a + 1.0) : 1.0 - (a + b) * x / (a + 1.0);
-    if (fabs(g) < tiny) g = tiny;
-    c = g;
-    for (m = 1; m <= 1000000; m++) {
-        double odd_previous = -(a + m - 1.0) * (a + b + m - 1.0) * x /
-                              ((a + 2.0 * m - 2.0) * (a + 2.0 * m - 1.0));
-        double even = m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m));
-        double odd_denominator = (a + 2.0 * m) * (a + 2.0 * m + 1.0);
-        double one_plus_odd =
-            y < x ? (a * (1.0 - b) + 2.0 * a * m + (2.0 - b) * m + 3.0 * m * m +
-                     (a + m) * (a + b + m) * y) / odd_denominator
-                  : 1.0 - (a + m) * (a + b + m) * x / odd_denominator;
-        double numerator = -odd_previous * even, denominator = even + one_plus_odd, delta;
-        d = denominator + numerator * d;
-        if (fabs(d) < tiny) d = tiny;
-        c = denominator + numerator / c;
-        if (fabs(c) < tiny) c = tiny;
-        d = 1.0 / d;
-        delta = c * d;
-        g *= delta;
-        if (fabs(delta - 1.0) < epsilon) break;
-    }
-    return g;
-}
-
-/* I_x(a, b) given both x and y = 1 - x, each computed without cancellation by the
-   caller, so that either tail keeps full relative precision. */
-static double ekv__incomplete_beta(double a, double b, double x, double y)
-{
-    double log_x, log_y;
-    if (x <= 0.0) return 0.0;
-    if (y <= 0.0) return 1.0;
-    if (x > (a + 1.0) / (a + b + 2.0)) return 1.0 - ekv__incomplete_beta(b, a, y, x);
-    log_x = x < 0.5 ? log(x) : log1p(-y);
-    log_y = y < 0.5 ? log(y) : log1p(-x);
-    return exp(a * log_x + b * log_y - ekv__log_beta(a, b)) / (a * ekv__beta_fraction(a, b, x, y));
-}
-
-/* x = df / (df + t^2) and y = 1 - x for t >= 0, both without cancellation. */
-static void ekv__t_beta_arguments(double t, double df, double *x, double *y)
-{
-    double t2 = t * t;
-    *x = df / (df + t2);
-    *y = t2 / (df + t2);
-}
-
-/* P(T > t) for t >= 0; df = infinity is the standard normal. */
-static double ekv__t_upper_tail(double t, double df)
-{
-    double x, y, log_ratio;
-    if (df == INFINITY) return 0.5 * erfc(t / sqrt(2.0));
-    /* far tail, x < 1e-100: I_x(df/2, 1/2) = x^(df/2) / ((df/2) B) to within x, taken in
-       logarithms because x itself underflows long before the tail does (df = 1) */
-    log_ratio = log(t) - 0.5 * log(df);
-    if (log_ratio > 115.0) return exp(-df * log_ratio - ekv__log_beta(0.5 * df, 0.5)) / df;
-    ekv__t_beta_arguments(t, df, &x, &y);
-    return 0.5 * ekv__incomplete_beta(0.5 * df, 0.5, x, y);
-}
-
-/* P(0 < T < t) for t >= 0. */
-static double ekv__t_centre(double t, double df)
-{
-    double x, y;
-    if (df == INFINITY) return 0.5 * erf(t / sqrt(2.0));
-    if (t == INFINITY) return 0.5;
-    ekv__t_beta_arguments(t, df, &x, &y);
-    return 0.5 * ekv__incomplete_beta(0.5, 0.5 * df, y, x);
-}
-
-/* ln of the density at t >= 0; log_norm = -ln B(df/2, 1/2) - ln(df)/2. */
-static double ekv__t_log_density(double t, double df, double log_norm)
-{
-    double log_ratio;
-    if (df == INFINITY) return -0.5 * t * t - 0.5 * log(2.0 * EKV__PI);
-    log_ratio = log(t) - 0.5 * log(df);
-    if (log_ratio > 115.0) return log_norm - (df + 1.0) * log_ratio;
-    return log_norm - 0.5 * (df + 1.0) * log1p(t / sqrt(df) * (t / sqrt(df)));
-}
-
-EKV_DEF double ekv_t_cdf(double t, double df)
-{
-    if (t != t || !(df > 0.0)) return ekv__nan();
-    if (t < 0.0) return ekv__t_upper_tail(-t, df);
-    return 1.0 - ekv__t_upper_tail(t, df);
-}
-
-/* The probability that ekv__t_solve matches: P(0 < T < t) or P(T > t). */
-static double ekv__t_probability(double t, double df, int centre)
-{
-    return centre ? ekv__t_centre(t, df) : ekv__t_upper_tail(t, df);
-}
-
-/* Whether `probability` puts t below the root (the centre grows with t, the tail
-   shrinks). */
-static int ekv__t_below_root(double probability, double target, int centre)
-{
-    return centre ? probability < target : probability > target;
-}
-
-/* The t >= 0 with P(T > t) = target (centre = 0), or P(0 < T < t) = target (centre =
-   1), target in (0, 1/4]. Newton on the log of that probability against ln t (close
-   to linear in both the normal-like centre and the power-law tails), kept inside a
-   bracket that falls back to bisection, so it cannot diverge. Infinity when the root
-   lies beyond the largest double (df < 2 and a tail below ~1e-155). */
-static double ekv__t_solve(double target, double df, int centre)
-{
-    double log_norm = df == INFINITY ? 0.0 : -ekv__log_beta(0.5 * df, 0.5) - 0.5 * log(df);
-    double log_target = log(target);
-    double low, high, t;
-    int iteration;
-    /* bracket [low, high] around the root, by squaring away from 1 */
-    if (ekv__t_below_root(ekv__t_probability(1.0, df, centre), target, centre)) {
-        low = 1.0;
-        high = 2.0;
-        while (ekv__t_below_root(ekv__t_probability(high, df, centre), target, centre)) {
-            if (high == DBL_MAX) return INFINITY;
-            low = high;
-            high = high > 1e154 ? DBL_MAX : high * high;
-        }
-    } else {
-        high = 1.0;
-        low = 0.5;
-        while (!ekv__t_below_root(ekv__t_probability(low, df, centre), target, centre)) {
-            high = low;
-            low = low * low;
-        }
-    }
-    t = low > 0.0 ? sqrt(low) * sqrt(high) : 0.5 * high;
-    for (iteration = 0; iteration < 200; iteration++) {
-        double probability = ekv__t_probability(t, df, centre), next, slope;
-        if (probability == target) return t;
-        if (ekv__t_below_root(probability, target, centre)) low = t;
-        else high = t;
-        /* d ln(probability) / d ln(t) */
-        slope = (centre ? t : -t) * exp(ekv__t_log_density(t, df, log_norm)) / probability;
-        next = t * exp((log_target - log(probability)) / slope);
-        if (!(next > low && next < high))
-            next = low > 0.0 ? sqrt(low) * sqrt(high) : 0.5 * high;
-        if (fabs(next - t) <= 4e-16 * t || next == low || next == high) return next;
-        t = next;
-    }
-    return t;
-}
-
-EKV_DEF double ekv_t_inverse_cdf(double p, double df)
-{
-    if (!(p >= 0.0 && p <= 1.0) || !(df > 0.0)) return ekv__nan();
-    if (p == 0.0) return -INFINITY;
-    if (p == 1.0) return INFINITY;
-    if (p == 0.5) return 0.0;
-    /* p - 1/2 is exact for p in [1/4, 1] and 1 - p for p in [1/2, 1] (Sterbenz) */
-    if (p >= 0.25 && p <= 0.75) {
-        double t = ekv__t_solve(fabs(p - 0.5), df, 1);
-        return p < 0.5 ? -t : t;
-    }
-    if (p < 0.5) return -ekv__t_solve(p, df, 0);
-    return ekv__t_solve(1.0 - p, df, 0);
-}
-
-/* --- bootstrap ------------------------------------------------------------------
-   A resample is a count per original index (counts[i] = times index i was drawn).
-   Walking a sorted order and accumulating counts finds the resample's middle order
-   statistics in O(n) with no sort, and gives exactly np.median of the resample. */
-
-/* Draws n indices (ekv_rng_below(n), in order) into counts. */
-static void ekv__bootstrap_draw(ekv_rng *rng, size_t n, size_t *counts)
-{
-    size_t i;
-    memset(counts, 0, n * sizeof *counts);
-    for (i = 0; i < n; i++) counts[ekv_rng_below(rng, (uint64_t)n)]++;
-}
-
-/* Median of the resample: sorted_values[j] is the value of index order[j] (order NULL:
-   counts are already in sorted order). */
-static double ekv__counted_median(const double *sorted_values, const size_t *order,
-                                  const size_t *counts, size_t n)
-{
-    size_t lower_rank = (n - 1) / 2, upper_rank = n / 2, seen = 0, j;
-    double lower = 0.0;
-    for (j = 0; j < n; j++) {
-        size_t count = counts[order ? order[j] : j];
-        if (count == 0) continue;
-        if (seen <= lower_rank && lower_rank < seen + count) lower = sorted_values[j];
-        if (upper_rank < seen + count) {
-            if (lower_rank == upper_rank) return sorted_values[j];
-            return (lower + sorted_values[j]) / 2.0;
-        }
-        seen += count;
-    }
-    return ekv__nan();
-}
-
-/* Percentile interval: quantiles 0.025 and 0.975 of the sorted replicates. */
-static void ekv__percentile_interval(double *replicates, size_t count, double *lo, double *hi)
-{
-    qsort(replicates, count, sizeof *replicates, ekv__compare_double);
-    *lo = ekv_quantile_sorted(replicates, count, 0.025);
-    *hi = ekv_quantile_sorted(replicates, count, 0.975);
-}
-
-static ekv_result ekv__check_samples(const double *samples, size_t n, const char *function,
-                                     const char *name)
-{
-    size_t i;
-    if (!samples) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: %s is NULL", function, name);
-    if (n == 0) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: no samples (n = 0)", function);
-    for (i = 0; i < n; i++)
-        if (!ekv__is_finite(samples[i]))
-            return ekv_set_error(EKV_ERR_INVALID_ARG,
-                                 "%s: %s[%zu] is %g; samples must be finite", function, name,
-                                 i, samples[i]);
-    return EKV_SUCCESS;
-}
-
-/* Index sort for the paired bootstrap: values with their original index. */
-typedef struct ekv__indexed_value {
-    double value;
-    size_t index;
-} ekv__indexed_value;
-
-static int ekv__compare_indexed(const void *a, const void *b)
-{
-    const ekv__indexed_value *x = (const ekv__indexed_value *)a;
-    const ekv__indexed_value *y = (const ekv__indexed_value *)b;
-    if (x->value != y->value) return (x->value > y->value) - (x->value < y->value);
-    return (x->index > y->index) - (x->index < y->index);
-}
-
-EKV_DEF ekv_result ekv_stats_compute(const double *samples, size_t n, double trim_percent,
-                                     uint64_t seed, ekv_stats *out)
-{
-    double *sorted = NULL, *deviations = NULL, *medians = NULL;
-    size_t *counts = NULL, i;
-    double low_mild, high_mild, low_severe, high_severe;
-    ekv_rng rng;
-    ekv_result result;
-    if (!out) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_stats_compute: out is NULL");
-    memset(out, 0, sizeof *out);
-    result = ekv__check_samples(samples, n, "ekv_stats_compute", "samples");
-    if (result != EKV_SUCCESS) return result;
-    if (!(trim_percent >= 0.0 && trim_percent < 50.0))
-        return ekv_set_error(EKV_ERR_INVALID_ARG,
-                             "ekv_stats_compute: trim percent %g is outside [0, 50)",
-                             trim_percent);
-    sorted = ekv__sorted_copy(samples, n);
-    deviations = (double *)ekv__alloc(n, sizeof *deviations);
-    counts = (size_t *)ekv__alloc(n, sizeof *counts);
-    medians = (double *)ekv__alloc(EKV_BOOTSTRAP_RESAMPLES, sizeof *medians);
-    if (!sorted || !deviations || !counts || !medians) {
-        result = EKV_ERR_OUT_OF_MEMORY; /* ekv__alloc set the message */
-        goto done;
-    }
-
-    out->n = n;
-    out->mean = ekv__sum(samples, n) / (double)n;
-    for (i = 0; i < n; i++) deviations[i] = (samples[i] - out->mean) * (samples[i] - out->mean);
-    out->std = n > 1 ? sqrt(ekv__sum(deviations, n) / (double)(n - 1)) : ekv__nan();
-    out->cv = out->std / out->mean;
-    out->median = ekv__median_sorted(sorted, n);
-    out->min = sorted[0];
-    out->max = sorted[n - 1];
-    out->q1 = ekv_quantile_sorted(sorted, n, 0.25);
-    out->q3 = ekv_quantile_sorted(sorted, n, 0.75);
-    out->iqr = out->q3 - out->q1;
-    out->p5 = ekv_quantile_sorted(sorted, n, 0.05);
-    out->p95 = ekv_quantile_sorted(sorted, n, 0.95);
-    out->p99 = ekv_quantile_sorted(sorted, n, 0.99);
-    out->trimmed_mean = ekv__trimmed_mean_sorted(sorted, n, trim_percent / 100.0);
-
-    low_mild = out->q1 - 1.5 * out->iqr;
-    high_mild = out->q3 + 1.5 * out->iqr;
-    low_severe = out->q1 - 3.0 * out->iqr;
-    high_severe = out->q3 + 3.0 * out->iqr;
-    for (i = 0; i < n; i++) {
-        double x = sorted[i];
-        if (x < low_severe || x > high_severe) out->outliers_severe++;
-        else if (x < low_mild || x > high_mild) out->outliers_mild++;
-    }
-
-    if (n > 1) {
-        double half = ekv_t_inverse_cdf(0.975, (double)(n - 1)) * out->std / sqrt((double)n);
-        out->ci95_mean_lo = out->mean - half;
-        out->ci95_mean_hi = out->mean + half;
-    } else {
-        out->ci95_mean_lo = out->ci95_mean_hi = ekv__nan();
-    }
-
-    /* indices drawn into the sorted samples: the median depends only on the multiset */
-    ekv_rng_seed(&rng, seed);
-    for (i = 0; i < EKV_BOOTSTRAP_RESAMPLES; i++) {
-        ekv__bootstrap_draw(&rng, n, counts);
-        medians[i] = ekv__counted_median(sorted, NULL, counts, n);
-    }
-    ekv__percentile_interval(medians, EKV_BOOTSTRAP_RESAMPLES, &out->ci95_median_lo,
-                             &out->ci95_median_hi);
-    result = EKV_SUCCESS;
-done:
-    ekv__free(sorted);
-    ekv__free(deviations);
-    ekv__free(counts);
-    ekv__free(medians);
-    return result;
-}
-
-/* Sorted values and the original index of each, for one side of the pairs. */
-static ekv_result ekv__sort_indexed(const double *values, size_t n, double *sorted, size_t *order)
-{
-    ekv__indexed_value *pairs = (ekv__indexed_value *)ekv__alloc(n, sizeof *pairs);
-    size_t i;
-    if (!pairs) return EKV_ERR_OUT_OF_MEMORY;
-    for (i = 0; i < n; i++) {
-        pairs[i].value = values[i];
-        pairs[i].index = i;
-    }
-    qsort(pairs, n, sizeof *pairs, ekv__compare_indexed);
-    for (i = 0; i < n; i++) {
-        sorted[i] = pairs[i].value;
-        order[i] = pairs[i].index;
-    }
-    ekv__free(pairs);
-    return EKV_SUCCESS;
-}
-
-EKV_DEF ekv_result ekv_bootstrap_ratio(const double *base, const double *candidate, size_t n,
-                                       int resamples, uint64_t seed, double *ratio,
-                                       double *lo, double *hi)
-{
-    const char *function = "ekv_bootstrap_ratio";
-    double *base_sorted = NULL, *candidate_sorted = NULL, *ratios = NULL;
-    size_t *base_order = NULL, *candidate_order = NULL, *counts = NULL, i;
-    size_t count;
-    ekv_rng rng;
-    ekv_result result;
-    if (!ratio || !lo || !hi)
-        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: ratio, lo and hi must not be NULL",
-                             function);
-    *ratio = *lo = *hi = ekv__nan();
-    result = ekv__check_samples(base, n, function, "base");
-    if (result != EKV_SUCCESS) return result;
-    result = ekv__check_samples(candidate, n, function, "candidate");
-    if (result != EKV_SUCCESS) return result;
-    for (i = 0; i < n; i++)
-        if (!(candidate[i] > 0.0))
-            return ekv_set_error(EKV_ERR_INVALID_ARG,
-                                 "%s: candidate[%zu] is %g; candidate samples must be > 0 "
-                                 "(they divide)", function, i, candidate[i]);
-    if (resamples < 0)
-        return ekv_set_error(EKV_ERR_INVALID_ARG,
-                             "%s: resamples is %d; use >= 1, or 0 for the default %d",
-                             function, resamples, EKV_BOOTSTRAP_RESAMPLES);
-    count = resamples == 0 ? EKV_BOOTSTRAP_RESAMPLES : (size_t)resamples;
-
-    base_sorted = (double *)ekv__alloc(n, sizeof *base_sorted);
-    candidate_sorted = (double *)ekv__alloc(n, sizeof *candidate_sorted);
-    base_order = (size_t *)ekv__alloc(n, sizeof *base_order);
-    candidate_order = (size_t *)ekv__alloc(n, sizeof *candidate_order);
-    counts = (size_t *)ekv__alloc(n, sizeof *counts);
-    ratios = (double *)ekv__alloc(count, sizeof *ratios);
-    if (!base_sorted || !candidate_sorted || !base_order || !candidate_order || !counts ||
-        !ratios || ekv__sort_indexed(base, n, base_sorted, base_order) != EKV_SUCCESS ||
-        ekv__sort_indexed(candidate, n, candidate_sorted, candidate_order) != EKV_SUCCESS) {
-        result = EKV_ERR_OUT_OF_MEMORY;
-        goto done;
-    }
-    *ratio = ekv__median_sorted(base_sorted, n) / ekv__median_sorted(candidate_sorted, n);
-
-    /* indices drawn into the pairs, so base[i] and candidate[i] stay together */
-    ekv_rng_seed(&rng, seed);
-    for (i = 0; i < count; i++) {
-        ekv__bootstrap_draw(&rng, n, counts);
-        ratios[i] = ekv__counted_median(base_sorted, base_order, counts, n) /
-                    ekv__counted_median(candidate_sorted, candidate_order, counts, n);
-    }
-    ekv__percentile_interval(ratios, count, lo, hi);
-    result = EKV_SUCCESS;
-done:
-    ekv__free(base_sorted);
-    ekv__free(candidate_sorted);
-    ekv__free(base_order);
-    ekv__free(candidate_order);
-    ekv__free(counts);
-    ekv__free(ratios);
-    return result;
-}
-
-/* >>json: streaming writer ====================================================== *
-
-   The writer inserts commas, colons and (pretty) newlines with 2-space indentation
-   itself. Misuse (a value in an object without a key, a key outside an object,
-   mismatched or unbalanced ends, nesting beyond 64) and allocation failure set
-   `failed`, after which nothing more is written; the buffer always stays a NUL-
-   terminated prefix of the intended document (NULL only if ekv_json_init could not
-   allocate). Several top-level values are separated by newlines (JSONL). */
-
-/* json->first[d] describes the container open at depth d + 1: these flag bits. */
-#define EKV__JSON_EMPTY 1u  /* nothing written in it yet */
-#define EKV__JSON_OBJECT 2u /* an object (else an array) */
-#define EKV__JSON_MAX_DEPTH 64
-
-/* Room for `extra` more bytes plus the terminating NUL; on failure marks the writer
-   failed, and every later call writes nothing (the buffer keeps its valid prefix). */
-static int ekv__json_reserve(ekv_json *json, size_t extra)
-{
-    size_t needed, capacity;
-    char *grown;
-    if (json->failed) return 0;
-    if (extra > (size_t)-1 - json->length - 1) {
-        json->failed = 1;
-        return 0;
-    }
-    needed = json->length + extra + 1;
-    if (needed <= json->capacity) return 1;
-    capacity = json->capacity ? json->capacity : 256;
-    while (capacity < needed) capacity = capacity > (size_t)-1 / 2 ? needed : capacity * 2;
-    grown = (char *)EKV_REALLOC(json->buffer, capacity);
-    if (!grown) {
-        json->failed = 1;
-        return 0;
-    }
-    json->buffer = grown;
-    json->capacity = capacity;
-    return 1;
-}
-
-static void ekv__json_append(ekv_json *json, const char *bytes, size_t count)
-{
-    if (!ekv__json_reserve(json, count)) return;
-    memcpy(json->buffer + json->length, bytes, count);
-    json->length += count;
-    json->buffer[json->length] = '\0';
-}
-
-static void ekv__json_newline(ekv_json *json)
-{
-    int i;
-    if (!json->pretty) return;
-    ekv__json_append(json, "\n", 1);
-    for (i = 0; i < json->depth; i++) ekv__json_append(json, "  ", 2);
-}
-
-static void ekv__json_fail(ekv_json *json)
-{
-    json->failed = 1;
-}
-
-/* Separator and indentation before a value; 0 (and the writer failed) when a value is
-   not allowed here: in an object without a key first. Top-level values after the first
-   go on a new line, so one writer can produce JSONL. */
-static int ekv__json_before_value(ekv_json *json)
-{
-    unsigned char *flags;
-    if (json->failed) return 0;
-    if (json->depth == 0) {
-        if (json->length > 0) ekv__json_append(json, "\n", 1);
-        return !json->failed;
-    }
-    flags = &json->first[json->depth - 1];
-    if (*flags & EKV__JSON_OBJECT) {
-        if (!json->after_key) {
-            ekv__json_fail(json);
-            return 0;
-        }
-        json->after_key = 0;
-        return 1;
-    }
-    if (!(*flags & EKV__JSON_EMPTY)) ekv__json_append(json, ",", 1);
-    *flags &= (unsigned char)~EKV__JSON_EMPTY;
-    ekv__json_newline(json);
-    return !json->failed;
-}
-
-/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlongs, surrogates
-   or code points above U+10FFFF), or 0 with *bad set to the length of its maximal ill-
-   formed prefix, which becomes one U+FFFD (Unicode's recommended practice, and what
-   Python's decode(errors="replace") does). */
-static size_t ekv__utf8_sequence(const unsigned char *p, size_t *bad)
-{
-    unsigned char lead = p[0], second_lo = 0x80, second_hi = 0xBF;
-    size_t trailing, i;
-    if (lead >= 0xC2 && lead <= 0xDF) trailing = 1;
-    else if (lead >= 0xE0 && lead <= 0xEF) {
-        trailing = 2;
-        if (lead == 0xE0) second_lo = 0xA0;      /* overlong */
-        else if (lead == 0xED) second_hi = 0x9F; /* surrogates */
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-        trailing = 3;
-        if (lead == 0xF0) second_lo = 0x90;      /* overlong */
-        else if (lead == 0xF4) second_hi = 0x8F; /* above U+10FFFF */
-    } else {
-        *bad = 1;
-        return 0;
-    }
-    if (p[1] < second_lo || p[1] > second_hi) {
-        *bad = 1;
-        return 0;
-    }
-    for (i = 2; i <= trailing; i++)
-        if (p[i] < 0x80 || p[i] > 0xBF) {
-            *bad = i;
-            return 0;
-        }
-    return trailing + 1;
-}
-
-static void ekv__json_write_string(ekv_json *json, const char *text)
-{
-    static const char hex[] = "0123456789abcdef";
-    const unsigned char *p = (const unsigned char *)text;
-    size_t length = strlen(text);
-    char *out;
-    /* worst case: every byte a \u00XX escape */
-    if (length > ((size_t)-1 - 2) / 6 || !ekv__json_reserve(json, 6 * length + 2)) {
-        ekv__json_fail(json);
-        return;
-    }
-    out = json->buffer + json->length;
-    *out++ = '"';
-    while (*p) {
-        unsigned char c = *p;
-        if (c >= 0x80) {
-            size_t bad = 0, valid = ekv__utf8_sequence(p, &bad);
-            if (valid) {
-                memcpy(out, p, valid);
-                out += valid;
-                p += valid;
-            } else {
-                memcpy(out, "\xEF\xBF\xBD", 3);
-                out += 3;
-                p += bad;
-            }
-            continue;
-        }
-        p++;
-        if (c == '"' || c == '\\') {
-            *out++ = '\\';
-            *out++ = (char)c;
-        } else if (c >= 0x20 && c != 0x7F) {
-            *out++ = (char)c;
-        } else {
-            *out++ = '\\';
-            switch (c) {
-            case '\b': *out++ = 'b'; break;
-            case '\f': *out++ = 'f'; break;
-            case '\n': *out++ = 'n'; break;
-            case '\r': *out++ = 'r'; break;
-            case '\t': *out++ = 't'; break;
-            default:
-                memcpy(out, "u00", 3);
-                out += 3;
-                *out++ = hex[c >> 4];
-                *out++ = hex[c & 15];
-            }
-        }
-    }
-    *out++ = '"';
-    json->length = (size_t)(out - json->buffer);
-    json->buffer[json->length] = '\0';
-}
-
-EKV_DEF void ekv_json_init(ekv_json *json, int pretty)
-{
-    memset(json, 0, sizeof *json);
-    json->pretty = pretty != 0;
-    if (ekv__json_reserve(json, 0)) json->buffer[0] = '\0';
-}
-
-EKV_DEF void ekv_json_free(ekv_json *json)
-{
-    if (!json) return;
-    ekv__free(json->buffer);
-    memset(json, 0, sizeof *json);
-}
-
-static void ekv__json_begin(ekv_json *json, char bracket, unsigned char kind)
-{
-    if (!ekv__json_before_value(json)) return;
-    if (json->depth >= EKV__JSON_MAX_DEPTH) {
-        ekv__json_fail(json);
-        return;
-    }
-    ekv__json_append(json, &bracket, 1);
-    json->first[json->depth++] = (unsigned char)(EKV__JSON_EMPTY | kind);
-}
-
-static void ekv__json_end(ekv_json *json, char bracket, unsigned char kind)
-{
-    unsigned char flags;
-    if (json->failed) return;
-    if (json->depth == 0 || json->after_key ||
-        (json->first[json->depth - 1] & EKV__JSON_OBJECT) != kind) {
-        ekv__json_fail(json);
-        return;
-    }
-    flags = json->first[--json->depth];
-    if (!(flags & EKV__JSON_EMPTY)) ekv__json_newline(json);
-    ekv__json_append(json, &bracket, 1);
-}
-
-EKV_DEF void ekv_json_object_begin(ekv_json *json)
-{
-    ekv__json_begin(json, '{', EKV__JSON_OBJECT);
-}
-
-EKV_DEF void ekv_json_object_end(ekv_json *json)
-{
-    ekv__json_end(json, '}', EKV__JSON_OBJECT);
-}
-
-EKV_DEF void ekv_json_array_begin(ekv_json *json)
-{
-    ekv__json_begin(json, '[', 0);
-}
-
-EKV_DEF void ekv_json_array_end(ekv_json *json)
-{
-    ekv__json_end(json, ']', 0);
-}
-
-EKV_DEF void ekv_json_key(ekv_json *json, const char *key)
-{
-    unsigned char *flags;
-    if (json->failed) return;
-    if (!key || json->depth == 0 || json->after_key ||
-        !(json->first[json->depth - 1] & EKV__JSON_OBJECT)) {
-        ekv__json_fail(json);
-        return;
-    }
-    flags = &json->first[json->depth - 1];
-    if (!(*flags & EKV__JSON_EMPTY)) ekv__json_append(json, ",", 1);
-    *flags &= (unsigned char)~EKV__JSON_EMPTY;
-    ekv__json_newline(json);
-    ekv__json_write_string(json, key);
-    if (json->pretty) ekv__json_append(json, ": ", 2);
-    else ekv__json_append(json, ":", 1);
-    json->after_key = !json->failed;
-}
-
-static void ekv__json_raw_value(ekv_json *json, const char *text)
-{
-    if (ekv__json_before_value(json)) ekv__json_append(json, text, strlen(text));
-}
-
-EKV_DEF void ekv_json_string(ekv_json *json, const char *value)
-{
-    if (!value) {
-        ekv_json_null(json);
-        return;
-    }
-    if (ekv__json_before_value(json)) ekv__json_write_string(json, value);
-}
-
-/* The shortest of %.15g, %.16g, %.17g that strtod reads back to the same double (17
-   always does). printf and strtod follow LC_NUMERIC together, so the round-trip test
-   holds in any locale; a locale's decimal point (possibly several bytes) is then
-   replaced by '.'. -0.0 is written "-0.0" because parsers read "-0" as the integer 0. */
-static void ekv__json_format_double(double value, char *text, size_t size)
-{
-    uint64_t bits;
-    char formatted[40];
-    size_t in, out = 0;
-    int precision, in_point = 0;
-    memcpy(&bits, &value, sizeof bits);
-    if (value == 0.0) {
-        snprintf(text, size, "%s", (bits >> 63) ? "-0.0" : "0");
-        return;
-    }
-    for (precision = 15; precision <= 17; precision++) {
-        snprintf(formatted, sizeof formatted, "%.*g", precision, value);
-        if (strtod(formatted, NULL) == value) break;
-    }
-    for (in = 0; formatted[in] && out + 1 < size; in++) {
-        char c = formatted[in];
-        int plain = (c >= '0' && c <= '9') || c == '-' || c == '+' || c == 'e' || c == 'E';
-        if (plain) text[out++] = c;
-        else if (!in_point) text[out++] = '.';
-        in_point = !plain;
-    }
-    text[out] = '\0';
-}
-
-EKV_DEF void ekv_json_number(ekv_json *json, double value)
-{
-    char text[40];
-    if (!ekv__is_finite(value)) {
-        ekv_json_null(json);
-        return;
-    }
-    ekv__json_format_double(value, text, sizeof text);
-    ekv__json_raw_value(json, text);
-}
-
-EKV_DEF void ekv_json_int(ekv_json *json, long long value)
-{
-    char text[32];
-    snprintf(text, sizeof text, "%lld", value);
-    ekv__json_raw_value(json, text);
-}
-
-EKV_DEF void ekv_json_bool(ekv_json *json, int value)
-{
-    ekv__json_raw_value(json, value ? "true" : "false");
-}
-
-EKV_DEF void ekv_json_null(ekv_json *json)
-{
-    ekv__json_raw_value(json, "null");
-}
-
 /* >>quant: storage dtypes, bit-exact conversions, row quantization ========== */
 
 /* Every conversion here is the reference the GPU kernels are tested against bit for bit:
@@ -1864,8 +1208,6 @@ EKV_DEF void ekv_json_null(ekv_json *json)
    They work on the bit patterns with integer arithmetic only, so they give the same
    answer under any floating-point environment (rounding mode, flush-to-zero, x87). */
 
-#include <float.h>
-#include <limits.h>
 
 static uint32_t ekv__f32_bits(float x)
 {
@@ -1979,28 +1321,18 @@ EKV_DEF float ekv_fp8_to_f32(uint8_t v)
 
 EKV_DEF size_t ekv_dtype_row_bytes(ekv_dtype dtype, int head_dim)
 {
+    const ekv_dtype_traits *t = ekv_dtype_info(dtype);
     size_t d = head_dim > 0 ? (size_t)head_dim : 0;
-    switch (dtype) {
-    case EKV_DTYPE_F32: return 4 * d;
-    case EKV_DTYPE_F16:
-    case EKV_DTYPE_BF16: return 2 * d;
-    case EKV_DTYPE_INT8:
-    case EKV_DTYPE_FP8: return d;
-    case EKV_DTYPE_INT4: return (d + 1) / 2;
-    default: return 0;
-    }
-}
-
-static size_t ekv__int4_groups(int head_dim)
-{
-    return head_dim > 0 ? ((size_t)head_dim + EKV_INT4_GROUP - 1) / EKV_INT4_GROUP : 0;
+    return t ? (d * (size_t)t->bits + 7) / 8 : 0;
 }
 
 EKV_DEF size_t ekv_dtype_row_scale_bytes(ekv_dtype dtype, int head_dim)
 {
-    if (dtype == EKV_DTYPE_INT8) return 4;
-    if (dtype == EKV_DTYPE_INT4) return 4 * ekv__int4_groups(head_dim);
-    return 0;
+    const ekv_dtype_traits *t = ekv_dtype_info(dtype);
+    size_t d = head_dim > 0 ? (size_t)head_dim : 0, groups;
+    if (!t || !t->scale_bytes) return 0;
+    groups = t->scale_group ? (d + (size_t)t->scale_group - 1) / (size_t)t->scale_group : 1;
+    return (size_t)t->scale_bytes * groups;
 }
 
 /* Round to nearest, ties to even, independent of the rounding mode (CUDA: rintf or
@@ -2091,7 +1423,7 @@ EKV_DEF void ekv_quantize_row(ekv_dtype dtype, const float *x, int head_dim, flo
     case EKV_DTYPE_INT4: {
         unsigned char *out = (unsigned char *)row;
         uint16_t *pairs = (uint16_t *)row_scale;
-        size_t group, groups = ekv__int4_groups(head_dim);
+        size_t group, groups = ekv_dtype_row_scale_bytes(EKV_DTYPE_INT4, head_dim) / 4;
         memset(out, 0, ((size_t)head_dim + 1) / 2);
         for (group = 0; group < groups; group++) {
             int first = (int)group * EKV_INT4_GROUP;
@@ -3137,9 +2469,8 @@ static ekv_result ekv__data_from_arrays(ekv_npy_array *arrays, int observe, cons
 
 static const char *const ekv__data_members[4] = {"q.npy", "k.npy", "v.npy", "q_observe.npy"};
 
-/* ekv_data_load for a .npz image in memory. */
-static ekv_result ekv__data_load_npz(const unsigned char *bytes, size_t size, const char *name,
-                                     int observe, ekv_data *data)
+EKV_DEF ekv_result ekv_data_load_npz_memory(const unsigned char *bytes, size_t size,
+                                            const char *name, int observe, ekv_data *data)
 {
     ekv__zip zip;
     ekv_npy_array arrays[4];
@@ -3197,7 +2528,7 @@ EKV_DEF ekv_result ekv_data_load(const char *path, int observe, ekv_data *data)
             result = ekv_set_error(EKV_ERR_FORMAT, "%s: not a .npz archive or a directory holding "
                                    "q.npy, k.npy and v.npy", path);
         else
-            result = ekv__data_load_npz(bytes, size, path, observe, data);
+            result = ekv_data_load_npz_memory(bytes, size, path, observe, data);
         ekv__free(bytes);
         return result;
     }
@@ -3219,7 +2550,7 @@ EKV_DEF ekv_result ekv_data_load(const char *path, int observe, ekv_data *data)
 
 /* >>cache: policies, building the stored cache ============================== */
 
-static int ekv__policy_valid(const ekv_compress_desc *desc)
+EKV_DEF int ekv_compress_desc_valid(const ekv_compress_desc *desc)
 {
     return desc && (int)desc->policy >= 0 && desc->policy < EKV_POLICY_COUNT &&
            desc->compression >= 1 && desc->recent >= 0 && desc->sinks >= 0 &&
@@ -3229,7 +2560,7 @@ static int ekv__policy_valid(const ekv_compress_desc *desc)
 EKV_DEF int ekv_policy_kept(const ekv_compress_desc *desc, int length)
 {
     int recent, old;
-    if (!ekv__policy_valid(desc) || length < 0) return -1;
+    if (!ekv_compress_desc_valid(desc) || length < 0) return -1;
     recent = desc->recent < length ? desc->recent : length;
     old = length - recent;
     return old / desc->compression + (old % desc->compression != 0) + recent;
@@ -3420,7 +2751,77 @@ static ekv_result ekv__resolve_scale(double softmax_scale, int head_dim, const c
 {
     if (softmax_scale != softmax_scale || softmax_scale > DBL_MAX || softmax_scale < -DBL_MAX)
         return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: softmax_scale must be finite", function);
-    *scale = softmax_scale == 0.0 ? 1.0 / sqrt((double)head_dim) : softmax_scale;
+    *scale = ekv_softmax_scale(softmax_scale, head_dim);
+    return EKV_SUCCESS;
+}
+
+EKV_DEF double ekv_softmax_scale(double softmax_scale, int head_dim)
+{
+    return softmax_scale == 0.0 ? 1.0 / sqrt((double)(head_dim > 0 ? head_dim : 1)) : softmax_scale;
+}
+
+EKV_DEF size_t ekv_cache_scales_bytes(ekv_dtype dtype, int batch, int kv_heads, int head_dim,
+                                     int capacity)
+{
+    const ekv_dtype_traits *t = ekv_dtype_info(dtype);
+    size_t heads = batch > 0 && kv_heads > 0 ? (size_t)batch * (size_t)kv_heads : 0;
+    if (!t) return 0;
+    if (t->head_scale_bytes) return heads * (size_t)t->head_scale_bytes;
+    return heads * (size_t)(capacity > 0 ? capacity : 0) * ekv_dtype_row_scale_bytes(dtype, head_dim);
+}
+
+EKV_DEF double ekv_cache_memory_of(ekv_dtype dtype, int batch, int kv_heads, int head_dim,
+                                   int capacity, int with_bias)
+{
+    double rows = (double)batch * kv_heads * capacity;
+    if (batch < 1 || kv_heads < 1 || capacity < 1 || !ekv_dtype_info(dtype)) return 0.0;
+    return rows * (2.0 * (double)ekv_dtype_row_bytes(dtype, head_dim) + (with_bias ? 4.0 : 0.0)) +
+           2.0 * (double)ekv_cache_scales_bytes(dtype, batch, kv_heads, head_dim, capacity);
+}
+
+/* The one allocation of a host cache's buffers (ekv_cache_build, ekv_cache_create and the
+   timing copies): zeroed, every dimension and the dtype checked first. */
+static ekv_result ekv__cache_alloc(ekv_host_cache *cache, ekv_dtype dtype, int batch,
+                                   int kv_heads, int head_dim, int capacity, int with_bias,
+                                   int with_compressed, const char *fn)
+{
+    const ekv_dtype_traits *t = ekv_dtype_info(dtype);
+    size_t rows, row_bytes, scales, cells;
+    memset(cache, 0, sizeof *cache);
+    if (!t)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: unknown dtype %d: allowed %s", fn,
+                             (int)dtype, ekv_dtype_allowed());
+    if (batch < 1 || kv_heads < 1 || head_dim < 1 || capacity < 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: batch (%d), kv_heads (%d), head_dim (%d) and capacity (%d) "
+                             "must be positive", fn, batch, kv_heads, head_dim, capacity);
+    if (t->paired_values && head_dim % 2 != 0)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED, "%s: head_dim %d must be even for %s", fn,
+                             head_dim, t->name);
+    row_bytes = ekv_dtype_row_bytes(dtype, head_dim);
+    rows = (size_t)batch * (size_t)kv_heads;
+    if (!ekv__mul_size(rows, (size_t)capacity, &rows) || !ekv__mul_size(rows, row_bytes, &cells))
+        return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: cache too large to address", fn);
+    scales = ekv_cache_scales_bytes(dtype, batch, kv_heads, head_dim, capacity);
+    cache->dtype = dtype;
+    cache->batch = batch;
+    cache->kv_heads = kv_heads;
+    cache->head_dim = head_dim;
+    cache->capacity = capacity;
+    cache->lengths = (int *)ekv__alloc((size_t)batch, sizeof(int));
+    if (with_compressed) cache->compressed = (int *)ekv__alloc((size_t)batch, sizeof(int));
+    cache->k = (unsigned char *)ekv__alloc(rows, row_bytes);
+    cache->v = (unsigned char *)ekv__alloc(rows, row_bytes);
+    if (scales) {
+        cache->k_scales = (unsigned char *)ekv__alloc(scales, 1);
+        cache->v_scales = (unsigned char *)ekv__alloc(scales, 1);
+    }
+    if (with_bias) cache->bias = (float *)ekv__alloc(rows, sizeof(float));
+    if (!cache->lengths || (with_compressed && !cache->compressed) || !cache->k || !cache->v ||
+        (scales && (!cache->k_scales || !cache->v_scales)) || (with_bias && !cache->bias)) {
+        ekv_cache_free(cache);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
     return EKV_SUCCESS;
 }
 
@@ -3429,7 +2830,7 @@ EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc
                                    ekv_host_cache *cache)
 {
     const char *fn = "ekv_cache_build";
-    size_t row_bytes, scale_bytes, rows, cells, bh;
+    size_t row_bytes, scale_bytes, bh;
     double scale = 0.0, *scores = NULL, *sum = NULL;
     ekv_slot_source *slots = NULL;
     float *row = NULL;
@@ -3439,16 +2840,10 @@ EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc
     memset(cache, 0, sizeof *cache);
     result = ekv__check_data(data, fn);
     if (result != EKV_SUCCESS) return result;
-    if (!ekv__policy_valid(desc))
+    if (!ekv_compress_desc_valid(desc))
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "%s: bad compression settings (policy none needs compression 1; "
                              "compression >= 1, recent >= 0, sinks >= 0)", fn);
-    if ((int)dtype < 0 || dtype >= EKV_DTYPE_COUNT)
-        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: unknown dtype %d", fn, (int)dtype);
-    if ((dtype == EKV_DTYPE_INT4 || dtype == EKV_DTYPE_F16 || dtype == EKV_DTYPE_BF16) &&
-        data->head_dim % 2 != 0)
-        return ekv_set_error(EKV_ERR_UNSUPPORTED, "%s: head_dim %d must be even for this dtype",
-                             fn, data->head_dim);
     if (desc->policy == EKV_POLICY_TOPK && (data->observe < 1 || !data->q_observe))
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "%s: policy topk needs observed queries (data has observe = %d)", fn,
@@ -3461,39 +2856,18 @@ EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc
         if (kept > capacity) capacity = kept;
     }
     if (capacity < 1) capacity = 1;
-    cache->dtype = dtype;
-    cache->batch = data->batch;
-    cache->kv_heads = data->kv_heads;
-    cache->head_dim = D;
-    cache->capacity = capacity;
+    result = ekv__cache_alloc(cache, dtype, data->batch, data->kv_heads, D, capacity,
+                              desc->policy == EKV_POLICY_POOL, 0, fn);
+    if (result != EKV_SUCCESS) return result;
+    bh = (size_t)data->batch * (size_t)data->kv_heads;
     row_bytes = ekv_dtype_row_bytes(dtype, D);
     scale_bytes = ekv_dtype_row_scale_bytes(dtype, D);
-    bh = (size_t)data->batch * (size_t)data->kv_heads;
-    rows = bh * (size_t)capacity;
-    if (!ekv__mul_size(rows, row_bytes, &cells)) {
-        ekv_cache_free(cache);
-        return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: cache too large to address", fn);
-    }
-    cache->lengths = (int *)ekv__alloc((size_t)data->batch, sizeof(int));
-    cache->k = (unsigned char *)ekv__alloc(rows, row_bytes);
-    cache->v = (unsigned char *)ekv__alloc(rows, row_bytes);
-    if (dtype == EKV_DTYPE_FP8) {
-        cache->k_scales = (unsigned char *)ekv__alloc(bh, sizeof(float));
-        cache->v_scales = (unsigned char *)ekv__alloc(bh, sizeof(float));
-    } else if (scale_bytes) {
-        cache->k_scales = (unsigned char *)ekv__alloc(rows, scale_bytes);
-        cache->v_scales = (unsigned char *)ekv__alloc(rows, scale_bytes);
-    }
-    if (desc->policy == EKV_POLICY_POOL) cache->bias = (float *)ekv__alloc(rows, sizeof(float));
     slots = (ekv_slot_source *)ekv__alloc((size_t)capacity, sizeof *slots);
     row = (float *)ekv__alloc((size_t)D, sizeof(float));
     sum = (double *)ekv__alloc((size_t)D, sizeof(double));
     if (desc->policy == EKV_POLICY_TOPK)
         scores = (double *)ekv__alloc(bh * (size_t)data->capacity, sizeof(double));
-    if (!cache->lengths || !cache->k || !cache->v || !slots || !row || !sum ||
-        ((dtype == EKV_DTYPE_FP8 || scale_bytes) && (!cache->k_scales || !cache->v_scales)) ||
-        (desc->policy == EKV_POLICY_POOL && !cache->bias) ||
-        (desc->policy == EKV_POLICY_TOPK && !scores)) {
+    if (!slots || !row || !sum || (desc->policy == EKV_POLICY_TOPK && !scores)) {
         result = EKV_ERR_OUT_OF_MEMORY;
         goto done;
     }
@@ -3558,8 +2932,9 @@ EKV_DEF ekv_cache_bytes ekv_cache_bytes_of(ekv_dtype dtype, int batch, int kv_he
     for (b = 0; b < batch; b++) rows += (double)lengths[b] * kv_heads;
     bytes.k = rows * (double)ekv_dtype_row_bytes(dtype, head_dim);
     bytes.v = bytes.k;
-    bytes.scales = 2.0 * rows * (double)ekv_dtype_row_scale_bytes(dtype, head_dim);
-    if (dtype == EKV_DTYPE_FP8) bytes.scales = 2.0 * 4.0 * batch * kv_heads;
+    bytes.scales = ekv_dtype_info(dtype) && ekv_dtype_info(dtype)->head_scale_bytes
+                       ? 2.0 * (double)ekv_cache_scales_bytes(dtype, batch, kv_heads, head_dim, 1)
+                       : 2.0 * rows * (double)ekv_dtype_row_scale_bytes(dtype, head_dim);
     bytes.bias = has_bias ? 4.0 * rows : 0.0;
     bytes.total = bytes.k + bytes.v + bytes.scales + bytes.bias;
     return bytes;
@@ -3776,7 +3151,7 @@ EKV_DEF ekv_result ekv_cpu_attention(const ekv_host_cache *cache, const float *q
     if (softmax_scale != softmax_scale || softmax_scale > FLT_MAX || softmax_scale < -FLT_MAX)
         return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: softmax_scale must be finite", fn);
     D = cache->head_dim;
-    scale = softmax_scale == 0.0f ? (float)(1.0 / sqrt((double)D)) : softmax_scale;
+    scale = (float)ekv_softmax_scale(softmax_scale, D);
     group = heads / cache->kv_heads;
     kbuf = (float *)ekv__alloc((size_t)EKV__CPU_BLOCK * (size_t)D, sizeof(float));
     vbuf = (float *)ekv__alloc((size_t)EKV__CPU_BLOCK * (size_t)D, sizeof(float));
@@ -3906,94 +3281,6 @@ EKV_DEF ekv_result ekv_observed_scores(const ekv_data *data, double softmax_scal
     return EKV_SUCCESS;
 }
 
-/* >>accuracy: error metrics, attention profile of the data ================== */
-
-typedef struct ekv__error_sums {
-    double diff2, ref2, x2, dot, max_abs;
-    int nan_seen;
-} ekv__error_sums;
-
-static void ekv__error_add(ekv__error_sums *sums, double r, double y)
-{
-    double e = y - r, a = fabs(e);
-    sums->diff2 += e * e;
-    sums->ref2 += r * r;
-    sums->x2 += y * y;
-    sums->dot += r * y;
-    if (a != a) sums->nan_seen = 1;
-    else if (a > sums->max_abs) sums->max_abs = a;
-}
-
-/* NaN anywhere makes max_abs NaN (as it does the sums): an error must never look small. */
-static ekv_error_stats ekv__error_finish(const ekv__error_sums *sums)
-{
-    ekv_error_stats stats;
-    stats.rel_l2 = sums->ref2 > 0.0 ? sqrt(sums->diff2 / sums->ref2) : sqrt(sums->diff2);
-    stats.max_abs = sums->nan_seen ? (double)NAN : sums->max_abs;
-    if (sums->ref2 > 0.0 && sums->x2 > 0.0)
-        stats.cosine = sums->dot / (sqrt(sums->ref2) * sqrt(sums->x2));
-    else if (sums->ref2 == 0.0 && sums->x2 == 0.0)
-        stats.cosine = 1.0;
-    else
-        stats.cosine = sums->ref2 == sums->ref2 && sums->x2 == sums->x2 ? 0.0 : (double)NAN;
-    return stats;
-}
-
-EKV_DEF ekv_error_stats ekv_compare_f32(const double *ref, const float *x, size_t n)
-{
-    ekv__error_sums sums;
-    size_t i;
-    memset(&sums, 0, sizeof sums);
-    for (i = 0; ref && x && i < n; i++) ekv__error_add(&sums, ref[i], (double)x[i]);
-    return ekv__error_finish(&sums);
-}
-
-EKV_DEF ekv_error_stats ekv_compare_f64(const double *ref, const double *x, size_t n)
-{
-    ekv__error_sums sums;
-    size_t i;
-    memset(&sums, 0, sizeof sums);
-    for (i = 0; ref && x && i < n; i++) ekv__error_add(&sums, ref[i], x[i]);
-    return ekv__error_finish(&sums);
-}
-
-EKV_DEF ekv_result ekv_attention_profile(const ekv_data *data, double softmax_scale,
-                                         double *entropy, double *top5pct_mass)
-{
-    const char *fn = "ekv_attention_profile";
-    ekv_result result = ekv__check_data(data, fn);
-    double scale = 0.0, *p, entropy_sum = 0.0, mass_sum = 0.0;
-    int b, h, t, count = 0;
-    if (result != EKV_SUCCESS) return result;
-    if (!entropy || !top5pct_mass) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL output", fn);
-    result = ekv__resolve_scale(softmax_scale, data->head_dim, fn, &scale);
-    if (result != EKV_SUCCESS) return result;
-    p = (double *)ekv__alloc((size_t)data->capacity, sizeof(double));
-    if (!p) return EKV_ERR_OUT_OF_MEMORY;
-    for (b = 0; b < data->batch; b++) {
-        const int length = data->lengths[b];
-        const int top = (int)ceil(0.05 * length) > 1 ? (int)ceil(0.05 * length) : 1;
-        if (length == 0) continue;
-        for (h = 0; h < data->heads; h++) {
-            double e = 0.0, mass = 0.0;
-            ekv__attention_probs(data, data->q + ((size_t)b * (size_t)data->heads + (size_t)h) *
-                                                     (size_t)data->head_dim,
-                                 b, h, scale, p);
-            for (t = 0; t < length; t++)
-                if (p[t] > 0.0) e -= p[t] * log(p[t]);
-            qsort(p, (size_t)length, sizeof *p, ekv__compare_double);
-            for (t = length - top; t < length; t++) mass += p[t];
-            entropy_sum += e;
-            mass_sum += mass;
-            count++;
-        }
-    }
-    ekv__free(p);
-    *entropy = count ? entropy_sum / count : 0.0;
-    *top5pct_mass = count ? mass_sum / count : 0.0;
-    return EKV_SUCCESS;
-}
-
 /* >>cacheops: the elastic cache on the host: create, prefill, append, compress ========= */
 
 /* The CPU reference of the device cache: every rule of ekv.h >>cacheops is decided here,
@@ -4039,63 +3326,17 @@ static float *ekv__elastic_head_scale(ekv_host_cache *cache, int which, int b, i
 
 EKV_DEF size_t ekv_cache_memory_bytes(const ekv_host_cache *cache)
 {
-    size_t rows, per_slot;
-    if (!cache || cache->batch < 1 || cache->kv_heads < 1 || cache->capacity < 1) return 0;
-    rows = (size_t)cache->batch * (size_t)cache->kv_heads * (size_t)cache->capacity;
-    per_slot = 2 * (ekv_dtype_row_bytes(cache->dtype, cache->head_dim) +
-                    ekv_dtype_row_scale_bytes(cache->dtype, cache->head_dim)) +
-               (cache->bias ? sizeof(float) : 0);
-    return rows * per_slot + (cache->dtype == EKV_DTYPE_FP8
-                                  ? 2 * sizeof(float) * (size_t)cache->batch * (size_t)cache->kv_heads
-                                  : 0);
+    if (!cache) return 0;
+    return (size_t)ekv_cache_memory_of(cache->dtype, cache->batch, cache->kv_heads,
+                                       cache->head_dim, cache->capacity, cache->bias != NULL);
 }
 
 EKV_DEF ekv_result ekv_cache_create(ekv_host_cache *cache, ekv_dtype dtype, int batch,
                                     int kv_heads, int head_dim, int capacity, int with_bias)
 {
-    const char *fn = "ekv_cache_create";
-    size_t rows, row_bytes, scale_bytes, cells;
-    if (!cache) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL cache", fn);
-    memset(cache, 0, sizeof *cache);
-    if ((int)dtype < 0 || dtype >= EKV_DTYPE_COUNT)
-        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: unknown dtype %d", fn, (int)dtype);
-    if (batch < 1 || kv_heads < 1 || head_dim < 1 || capacity < 1)
-        return ekv_set_error(EKV_ERR_INVALID_ARG,
-                             "%s: batch (%d), kv_heads (%d), head_dim (%d) and capacity (%d) "
-                             "must be positive", fn, batch, kv_heads, head_dim, capacity);
-    if ((dtype == EKV_DTYPE_INT4 || dtype == EKV_DTYPE_F16 || dtype == EKV_DTYPE_BF16) &&
-        head_dim % 2 != 0)
-        return ekv_set_error(EKV_ERR_UNSUPPORTED, "%s: head_dim %d must be even for %s", fn,
-                             head_dim, ekv_dtype_name(dtype));
-    row_bytes = ekv_dtype_row_bytes(dtype, head_dim);
-    scale_bytes = ekv_dtype_row_scale_bytes(dtype, head_dim);
-    rows = (size_t)batch * (size_t)kv_heads;
-    if (!ekv__mul_size(rows, (size_t)capacity, &rows) || !ekv__mul_size(rows, row_bytes, &cells))
-        return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: cache too large to address", fn);
-    cache->dtype = dtype;
-    cache->batch = batch;
-    cache->kv_heads = kv_heads;
-    cache->head_dim = head_dim;
-    cache->capacity = capacity;
-    cache->lengths = (int *)ekv__alloc((size_t)batch, sizeof(int));
-    cache->compressed = (int *)ekv__alloc((size_t)batch, sizeof(int));
-    cache->k = (unsigned char *)ekv__alloc(rows, row_bytes);
-    cache->v = (unsigned char *)ekv__alloc(rows, row_bytes);
-    if (dtype == EKV_DTYPE_FP8) {
-        cache->k_scales = (unsigned char *)ekv__alloc((size_t)batch * (size_t)kv_heads, sizeof(float));
-        cache->v_scales = (unsigned char *)ekv__alloc((size_t)batch * (size_t)kv_heads, sizeof(float));
-    } else if (scale_bytes) {
-        cache->k_scales = (unsigned char *)ekv__alloc(rows, scale_bytes);
-        cache->v_scales = (unsigned char *)ekv__alloc(rows, scale_bytes);
-    }
-    if (with_bias) cache->bias = (float *)ekv__alloc(rows, sizeof(float));
-    if (!cache->lengths || !cache->compressed || !cache->k || !cache->v ||
-        ((dtype == EKV_DTYPE_FP8 || scale_bytes) && (!cache->k_scales || !cache->v_scales)) ||
-        (with_bias && !cache->bias)) {
-        ekv_cache_free(cache);
-        return EKV_ERR_OUT_OF_MEMORY;
-    }
-    return EKV_SUCCESS;
+    if (!cache) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cache_create: NULL cache");
+    return ekv__cache_alloc(cache, dtype, batch, kv_heads, head_dim, capacity, with_bias, 1,
+                            "ekv_cache_create");
 }
 
 /* Quantizes `x` into slot `slot` of (b, h) and clears the slot's bias. */
@@ -4292,7 +3533,7 @@ EKV_DEF ekv_result ekv_cache_compress(ekv_host_cache *cache, const ekv_compress_
     float *row = NULL;
     int b, h, which, s;
     if (result != EKV_SUCCESS) return result;
-    if (!ekv__policy_valid(desc))
+    if (!ekv_compress_desc_valid(desc))
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "%s: bad compression settings (policy none needs compression 1; "
                              "compression >= 1, recent >= 0, sinks >= 0)", fn);
@@ -4357,1009 +3598,117 @@ done:
     return result;
 }
 
-/* >>cycle: the inference cycle on the host: model, CPU decode loop, results, JSON ====== */
+/* >>accuracy: error metrics, attention profile of the data ================== */
 
-/* Shared by both backends: the seeded model (weights and inputs), the projection that
-   both the decode step and nocache's recompute use (so that their k and v agree bit for
-   bit), the capacity of each variant's cache, the memory estimate, the assembly of a
-   ekv_cycle_result from raw timings, and the JSON and table of the cycle. The CPU
-   backend's decode loop follows; ekv_cuda.cuh (>>cycle) has the device one. */
+typedef struct ekv__error_sums {
+    double diff2, ref2, x2, dot, max_abs;
+    int nan_seen;
+} ekv__error_sums;
 
-#if defined(__unix__) || defined(__APPLE__)
-#include <unistd.h>
-#endif
-
-/* defined in >>report and >>cpu below */
-static void ekv__json_stats(ekv_json *j, const ekv_stats *s);
-static void ekv__cpu_name(char *out, size_t size);
-
-enum { EKV__PHASE_PROJECTION = 0, EKV__PHASE_APPEND, EKV__PHASE_COMPRESS, EKV__PHASE_ATTENTION };
-static const char *const ekv__phase_names[EKV_CYCLE_PHASES] = {"projection", "append", "compress",
-                                                               "attention"};
-
-/* The variants `all` stands for, in this order. */
-static const ekv_variant ekv__cycle_variants[6] = {EKV_VARIANT_NOCACHE, EKV_VARIANT_CACHE,
-                                                   EKV_VARIANT_INT8,    EKV_VARIANT_SHARED,
-                                                   EKV_VARIANT_INT8_SHARED, EKV_VARIANT_ELASTIC};
-
-typedef struct ekv__cycle_model {
-    int batch, heads, kv_heads, head_dim, layers, prompt, steps;
-    int tokens;          /* prompt + steps */
-    int hidden;          /* heads x head_dim */
-    int observe, compress_every;
-    ekv_compress_desc compress;
-    double softmax_scale;
-    float *wq, *wk, *wv; /* [layers][hidden][heads x D], [layers][hidden][kv_heads x D] */
-    float *x;            /* [layers][batch][tokens][hidden] */
-} ekv__cycle_model;
-
-static int ekv__cycle_is_int8(ekv_variant v)
+static void ekv__error_add(ekv__error_sums *sums, double r, double y)
 {
-    return v == EKV_VARIANT_INT8 || v == EKV_VARIANT_INT8_SHARED;
+    double e = y - r, a = fabs(e);
+    sums->diff2 += e * e;
+    sums->ref2 += r * r;
+    sums->x2 += y * y;
+    sums->dot += r * y;
+    if (a != a) sums->nan_seen = 1;
+    else if (a > sums->max_abs) sums->max_abs = a;
 }
 
-static int ekv__cycle_is_shared(ekv_variant v)
+/* NaN anywhere makes max_abs NaN (as it does the sums): an error must never look small. */
+static ekv_error_stats ekv__error_finish(const ekv__error_sums *sums)
 {
-    return v == EKV_VARIANT_SHARED || v == EKV_VARIANT_INT8_SHARED;
+    ekv_error_stats stats;
+    stats.rel_l2 = sums->ref2 > 0.0 ? sqrt(sums->diff2 / sums->ref2) : sqrt(sums->diff2);
+    stats.max_abs = sums->nan_seen ? (double)NAN : sums->max_abs;
+    if (sums->ref2 > 0.0 && sums->x2 > 0.0)
+        stats.cosine = sums->dot / (sqrt(sums->ref2) * sqrt(sums->x2));
+    else if (sums->ref2 == 0.0 && sums->x2 == 0.0)
+        stats.cosine = 1.0;
+    else
+        stats.cosine = sums->ref2 == sums->ref2 && sums->x2 == sums->x2 ? 0.0 : (double)NAN;
+    return stats;
 }
 
-static ekv_dtype ekv__cycle_dtype(const ekv_config *c, ekv_variant v)
+EKV_DEF ekv_error_stats ekv_compare_f32(const double *ref, const float *x, size_t n)
 {
-    return ekv__cycle_is_int8(v) ? EKV_DTYPE_INT8 : c->kv_dtype;
-}
-
-/* Layer l reads the cache of layer cache_layer(l); it projects k and v only if it owns it. */
-static int ekv__cycle_cache_layer(ekv_variant v, int layer, int layers)
-{
-    if (ekv__cycle_is_shared(v) && layer % 2 == 1) return layer - 1;
-    (void)layers;
-    return layer;
-}
-
-static int ekv__cycle_cache_count(ekv_variant v, int layers)
-{
-    if (v == EKV_VARIANT_NOCACHE) return 1; /* one scratch cache, rebuilt each layer and step */
-    return ekv__cycle_is_shared(v) ? (layers + 1) / 2 : layers;
-}
-
-static int ekv__cycle_anchor(const ekv__cycle_model *m, ekv_variant v, int step)
-{
-    return v == EKV_VARIANT_ELASTIC && m->compress.policy != EKV_POLICY_NONE &&
-           step % m->compress_every == 0;
-}
-
-/* Slots the cache of `v` needs: prompt + steps, or for elastic the largest length the
-   sequence of prefill, elastic step, appends and anchor steps reaches (at least the
-   prompt, which prefill writes before compressing). */
-static int ekv__cycle_capacity(const ekv_config *c, ekv_variant v)
-{
-    ekv_compress_desc desc;
-    int length = c->seq_len, compressed = 0, most = c->seq_len, t;
-    int every = c->compress_every ? c->compress_every : c->compression;
-    if (v != EKV_VARIANT_ELASTIC || c->policy == EKV_POLICY_NONE) return c->seq_len + c->decode_tokens;
-    memset(&desc, 0, sizeof desc);
-    desc.policy = c->policy;
-    desc.compression = c->compression;
-    desc.recent = c->recent;
-    desc.sinks = c->sinks;
-    desc.observe = c->observe;
-    for (t = 0; t <= c->decode_tokens; t++) {
-        if (t > 0) {
-            length++;
-            if (length > most) most = length;
-        }
-        if (t == 0 || t % every == 0) {
-            const int fresh = length - compressed;
-            const int recent = c->recent < fresh ? c->recent : fresh;
-            if (fresh - recent > 0) {
-                length = compressed + ekv_policy_kept(&desc, fresh);
-                compressed = length - recent;
-            }
-        }
-    }
-    return most;
-}
-
-static double ekv__cycle_cache_alloc_bytes(ekv_dtype dtype, int batch, int kv_heads, int head_dim,
-                                           int capacity, int with_bias)
-{
-    double rows = (double)batch * kv_heads * capacity;
-    double per_slot = 2.0 * (double)(ekv_dtype_row_bytes(dtype, head_dim) +
-                                     ekv_dtype_row_scale_bytes(dtype, head_dim)) +
-                      (with_bias ? 4.0 : 0.0);
-    return rows * per_slot + (dtype == EKV_DTYPE_FP8 ? 8.0 * batch * kv_heads : 0.0);
-}
-
-/* The model's own bytes: weights and inputs. */
-static double ekv__cycle_model_bytes(const ekv_config *c)
-{
-    const double hidden = (double)c->heads * c->head_dim;
-    const int kv_heads = c->kv_heads ? c->kv_heads : c->heads;
-    const double weights = hidden * (double)(c->heads + 2 * kv_heads) * c->head_dim;
-    const double inputs = (double)c->batch * (c->seq_len + c->decode_tokens) * hidden;
-    return 4.0 * c->layers * (weights + inputs);
-}
-
-/* The variant's state: caches at capacity, the per-step vectors, nocache's recompute
-   buffers, topk's observed queries. */
-static double ekv__cycle_state_bytes(const ekv_config *c, ekv_variant v)
-{
-    const int kv_heads = c->kv_heads ? c->kv_heads : c->heads;
-    const int tokens = c->seq_len + c->decode_tokens;
-    const double hidden = (double)c->heads * c->head_dim;
-    const ekv_dtype dtype = ekv__cycle_dtype(c, v);
-    const int with_bias = v == EKV_VARIANT_ELASTIC && c->policy == EKV_POLICY_POOL;
-    double bytes = ekv__cycle_cache_count(v, c->layers) *
-                   ekv__cycle_cache_alloc_bytes(dtype, c->batch, kv_heads, c->head_dim,
-                                                v == EKV_VARIANT_NOCACHE ? tokens
-                                                                         : ekv__cycle_capacity(c, v),
-                                                with_bias);
-    bytes += 4.0 * c->batch * (hidden + 2.0 * kv_heads * c->head_dim) * (1 + c->layers); /* q k v, out */
-    if (v == EKV_VARIANT_NOCACHE)
-        bytes += 4.0 * c->batch * tokens * 2.0 * kv_heads * c->head_dim * 2.0; /* K, V and rows */
-    if (v == EKV_VARIANT_ELASTIC && c->policy == EKV_POLICY_TOPK)
-        bytes += 4.0 * c->batch * hidden * c->observe * (c->layers + 1);
-    return bytes;
-}
-
-EKV_DEF double ekv_cycle_memory_estimate(const ekv_config *c, ekv_variant v)
-{
-    double most = 0.0;
-    int i;
-    if (!c) return 0.0;
-    if (v != EKV_VARIANT_ALL) return ekv__cycle_model_bytes(c) + ekv__cycle_state_bytes(c, v);
-    for (i = 0; i < 6; i++) {
-        double b = ekv__cycle_state_bytes(c, ekv__cycle_variants[i]);
-        if (b > most) most = b;
-    }
-    /* a variant and the cache it is compared with live together */
-    return ekv__cycle_model_bytes(c) + most + ekv__cycle_state_bytes(c, EKV_VARIANT_CACHE);
-}
-
-/* Called by ekv_config_validate when config->inference is set. */
-static ekv_result ekv__cycle_validate(const ekv_config *c)
-{
-    double need, have = 0.0;
-    if (ekv__cycle_is_int8(c->variant) && c->kv_dtype != EKV_DTYPE_INT8 &&
-        c->kv_dtype != EKV_DTYPE_F16)
-        return ekv_set_error(EKV_ERR_UNSUPPORTED,
-                             "--variant=%s stores the cache in int8, so --kv-dtype=%s contradicts it: "
-                             "allowed --kv-dtype=int8 or no --kv-dtype (other dtypes: "
-                             "--variant=cache or elastic)",
-                             ekv_variant_name(c->variant), ekv_dtype_name(c->kv_dtype));
-    if (c->data == EKV_DATA_FILE)
-        return ekv_set_error(EKV_ERR_UNSUPPORTED,
-                             "--data=%s: the inference cycle projects its own seeded inputs; "
-                             "allowed with --inference: --data=structured or random (ignored)",
-                             c->data_path);
-    if (c->dump_dir[0])
-        return ekv_set_error(EKV_ERR_UNSUPPORTED,
-                             "--dump-dir is not supported with --inference (it dumps one attention "
-                             "step; omit one of them)");
-    if ((long long)c->seq_len + c->decode_tokens > (1LL << 24))
-        return ekv_set_error(EKV_ERR_INVALID_ARG,
-                             "--seq=%d plus --decode_tokens=%d exceeds %d tokens", c->seq_len,
-                             c->decode_tokens, 1 << 24);
-    need = ekv_cycle_memory_estimate(c, c->variant);
-#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
-    have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
-#endif
-    if (have > 0.0 && need > 0.9 * have)
-        return ekv_set_error(EKV_ERR_UNSUPPORTED,
-                             "--inference needs about %.3g GB of host memory for --layers=%d "
-                             "--batch=%d --seq=%d --decode_tokens=%d --heads=%d --dim=%d, this "
-                             "machine has %.3g GB: reduce one of them",
-                             need * 1e-9, c->layers, c->batch, c->seq_len, c->decode_tokens,
-                             c->heads, c->head_dim, have * 1e-9);
-    return EKV_SUCCESS;
-}
-
-static void ekv__cycle_model_free(ekv__cycle_model *m)
-{
-    ekv__free(m->wq);
-    ekv__free(m->wk);
-    ekv__free(m->wv);
-    ekv__free(m->x);
-    memset(m, 0, sizeof *m);
-}
-
-static void ekv__cycle_fill_normal(float *out, size_t n, uint64_t seed, double scale)
-{
-    ekv_rng rng;
+    ekv__error_sums sums;
     size_t i;
-    ekv_rng_seed(&rng, seed);
-    for (i = 0; i < n; i++) out[i] = (float)(ekv_rng_normal(&rng) * scale);
+    memset(&sums, 0, sizeof sums);
+    for (i = 0; ref && x && i < n; i++) ekv__error_add(&sums, ref[i], (double)x[i]);
+    return ekv__error_finish(&sums);
 }
 
-/* Seeded per layer and per tensor: the same config gives the same model on any backend. */
-static ekv_result ekv__cycle_model_make(const ekv_config *c, ekv__cycle_model *m)
+EKV_DEF ekv_error_stats ekv_compare_f64(const double *ref, const double *x, size_t n)
 {
-    size_t wq_n, wkv_n, x_n;
-    int l;
-    memset(m, 0, sizeof *m);
-    m->batch = c->batch;
-    m->heads = c->heads;
-    m->kv_heads = c->kv_heads ? c->kv_heads : c->heads;
-    m->head_dim = c->head_dim;
-    m->layers = c->layers;
-    m->prompt = c->seq_len;
-    m->steps = c->decode_tokens;
-    m->tokens = m->prompt + m->steps;
-    m->hidden = m->heads * m->head_dim;
-    m->observe = c->observe;
-    m->compress_every = c->compress_every ? c->compress_every : c->compression;
-    m->compress.policy = c->policy;
-    m->compress.compression = c->compression;
-    m->compress.recent = c->recent;
-    m->compress.sinks = c->sinks;
-    m->compress.observe = c->observe;
-    m->softmax_scale = c->softmax_scale > 0 ? c->softmax_scale : 1.0 / sqrt((double)c->head_dim);
-    wq_n = (size_t)m->hidden * (size_t)m->hidden;
-    wkv_n = (size_t)m->hidden * (size_t)m->kv_heads * (size_t)m->head_dim;
-    x_n = (size_t)m->batch * (size_t)m->tokens * (size_t)m->hidden;
-    m->wq = (float *)ekv__alloc((size_t)m->layers * wq_n, sizeof(float));
-    m->wk = (float *)ekv__alloc((size_t)m->layers * wkv_n, sizeof(float));
-    m->wv = (float *)ekv__alloc((size_t)m->layers * wkv_n, sizeof(float));
-    m->x = (float *)ekv__alloc((size_t)m->layers * x_n, sizeof(float));
-    if (!m->wq || !m->wk || !m->wv || !m->x) {
-        ekv__cycle_model_free(m);
-        return EKV_ERR_OUT_OF_MEMORY;
-    }
-    for (l = 0; l < m->layers; l++) {
-        const uint64_t base = c->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)l * 8u;
-        const double w_scale = 1.0 / sqrt((double)m->hidden);
-        ekv__cycle_fill_normal(m->wq + (size_t)l * wq_n, wq_n, base + 1, w_scale);
-        ekv__cycle_fill_normal(m->wk + (size_t)l * wkv_n, wkv_n, base + 2, w_scale);
-        ekv__cycle_fill_normal(m->wv + (size_t)l * wkv_n, wkv_n, base + 3, w_scale);
-        ekv__cycle_fill_normal(m->x + (size_t)l * x_n, x_n, base + 4, 1.0);
-    }
-    return EKV_SUCCESS;
-}
-
-static const float *ekv__cycle_x(const ekv__cycle_model *m, int layer, int b, int token)
-{
-    return m->x + (((size_t)layer * (size_t)m->batch + (size_t)b) * (size_t)m->tokens + (size_t)token) *
-                      (size_t)m->hidden;
-}
-
-/* out[r][j] = sum_k x[r][k] w[k][j], k in increasing order for every element, in blocks
-   of four rows that share each row of w: the single-token projection and nocache's
-   recompute both come here, so each k and v is the same float either way. */
-#define EKV__PROJECT_BLOCK 4
-static void ekv__cycle_project(const float *x, size_t x_stride, int rows, int hidden, const float *w,
-                               int n, float *out)
-{
-    int r0, r, k, j;
-    for (r0 = 0; r0 < rows; r0 += EKV__PROJECT_BLOCK) {
-        const int count = rows - r0 < EKV__PROJECT_BLOCK ? rows - r0 : EKV__PROJECT_BLOCK;
-        for (r = 0; r < count; r++) memset(out + (size_t)(r0 + r) * (size_t)n, 0, (size_t)n * sizeof(float));
-        for (k = 0; k < hidden; k++) {
-            const float *wk = w + (size_t)k * (size_t)n;
-            for (r = 0; r < count; r++) {
-                const float xv = x[(size_t)(r0 + r) * x_stride + (size_t)k];
-                float *o = out + (size_t)(r0 + r) * (size_t)n;
-                for (j = 0; j < n; j++) o[j] += xv * wk[j];
-            }
-        }
-    }
-}
-
-/* ---- assembling a result from raw timings (both backends) ---- */
-
-typedef struct ekv__cycle_timing {
-    int reps, steps;
-    double *step_ms;   /* [reps][steps] */
-    double *phase_ms;  /* [reps][EKV_CYCLE_PHASES], totals over the loop */
-    double *kv_bytes;  /* [steps], after each step (the same every repeat) */
-    double *peak_bytes; /* [steps] */
-} ekv__cycle_timing;
-
-static void ekv__cycle_timing_free(ekv__cycle_timing *t)
-{
-    ekv__free(t->step_ms);
-    ekv__free(t->phase_ms);
-    ekv__free(t->kv_bytes);
-    ekv__free(t->peak_bytes);
-    memset(t, 0, sizeof *t);
-}
-
-static ekv_result ekv__cycle_timing_make(ekv__cycle_timing *t, int reps, int steps)
-{
-    memset(t, 0, sizeof *t);
-    t->reps = reps;
-    t->steps = steps;
-    t->step_ms = (double *)ekv__alloc((size_t)reps * (size_t)steps, sizeof(double));
-    t->phase_ms = (double *)ekv__alloc((size_t)reps * EKV_CYCLE_PHASES, sizeof(double));
-    t->kv_bytes = (double *)ekv__alloc((size_t)steps, sizeof(double));
-    t->peak_bytes = (double *)ekv__alloc((size_t)steps, sizeof(double));
-    if (!t->step_ms || !t->phase_ms || !t->kv_bytes || !t->peak_bytes) {
-        ekv__cycle_timing_free(t);
-        return EKV_ERR_OUT_OF_MEMORY;
-    }
-    return EKV_SUCCESS;
-}
-
-static double ekv__cycle_rep_total(const ekv__cycle_timing *t, int rep)
-{
-    double total = 0.0;
-    int s;
-    for (s = 0; s < t->steps; s++) total += t->step_ms[(size_t)rep * (size_t)t->steps + (size_t)s];
-    return total;
-}
-
-/* Fills `out` from the variant's timings and, when paired, the baseline's (NULL
-   otherwise). The agreement fields are filled by the caller. */
-static ekv_result ekv__cycle_result_fill(const ekv_config *c, const ekv__cycle_model *m,
-                                         ekv_variant v, const ekv__cycle_timing *t,
-                                         const ekv__cycle_timing *baseline, ekv_cycle_result *out)
-{
-    const int reps = t->reps, steps = t->steps;
-    double *column = NULL;
-    ekv_result r;
-    int i, s, p;
-    memset(out, 0, sizeof *out);
-    out->variant = v;
-    out->decode_tokens = steps;
-    out->layers = m->layers;
-    out->kv_dtype = ekv__cycle_dtype(c, v);
-    out->agreement_max_abs_diff = ekv__nan();
-    out->baseline_total_ms = out->baseline_tokens_per_sec = ekv__nan();
-    out->speedup = out->speedup_ci_lo = out->speedup_ci_hi = ekv__nan();
-    out->samples_ms = (double *)ekv__alloc((size_t)reps * 2u, sizeof(double));
-    out->series = (ekv_series_point *)ekv__alloc((size_t)steps, sizeof(ekv_series_point));
-    column = (double *)ekv__alloc((size_t)reps, sizeof(double));
-    if (!out->samples_ms || !out->series || !column) {
-        ekv__free(column);
-        return EKV_ERR_OUT_OF_MEMORY;
-    }
-    out->sample_count = (size_t)reps;
-    for (i = 0; i < reps; i++) {
-        out->samples_ms[i] = ekv__cycle_rep_total(t, i);
-        for (p = 0; p < EKV_CYCLE_PHASES; p++)
-            out->phases_ms[p] += t->phase_ms[(size_t)i * EKV_CYCLE_PHASES + (size_t)p] / reps;
-    }
-    r = ekv_stats_compute(out->samples_ms, (size_t)reps, c->truncate_percent, c->seed, &out->stats);
-    if (r != EKV_SUCCESS) {
-        ekv__free(column);
-        return r;
-    }
-    out->total_ms = out->stats.median;
-    out->tokens_per_sec = (double)m->batch * steps * 1000.0 / out->total_ms;
-    for (s = 0; s < steps; s++) {
-        for (i = 0; i < reps; i++) column[i] = t->step_ms[(size_t)i * (size_t)steps + (size_t)s];
-        out->series[s].step = s + 1;
-        out->series[s].context_len = m->prompt + s + 1;
-        out->series[s].latency_ms = ekv_median(column, (size_t)reps);
-        out->series[s].kv_cache_bytes = t->kv_bytes[s];
-        out->series[s].peak_device_bytes = t->peak_bytes[s];
-    }
-    out->series_count = steps;
-    out->kv_cache_bytes = t->kv_bytes[steps - 1];
-    out->peak_device_bytes = t->peak_bytes[steps - 1];
-    ekv__free(column);
-    if (baseline) {
-        out->has_baseline = 1;
-        out->baseline_samples_ms = out->samples_ms + reps;
-        for (i = 0; i < reps; i++) out->baseline_samples_ms[i] = ekv__cycle_rep_total(baseline, i);
-        out->baseline_total_ms = ekv_median(out->baseline_samples_ms, (size_t)reps);
-        out->baseline_tokens_per_sec = (double)m->batch * steps * 1000.0 / out->baseline_total_ms;
-        r = ekv_bootstrap_ratio(out->baseline_samples_ms, out->samples_ms, (size_t)reps,
-                                EKV_BOOTSTRAP_RESAMPLES, c->seed ^ 0x9e3779b97f4a7c15ULL,
-                                &out->speedup, &out->speedup_ci_lo, &out->speedup_ci_hi);
-        if (r != EKV_SUCCESS) return r;
-    }
-    return EKV_SUCCESS;
-}
-
-/* The last step's outputs of the variant against the reference (cache's). */
-static void ekv__cycle_agreement(const ekv__cycle_model *m, const float *ref, const float *x,
-                                 ekv_cycle_result *out)
-{
-    const size_t per_layer = (size_t)m->batch * (size_t)m->heads * (size_t)m->head_dim;
-    double *ref64 = (double *)ekv__alloc(per_layer, sizeof(double));
+    ekv__error_sums sums;
     size_t i;
-    int l;
-    out->has_agreement = 1;
-    out->agreement_max_abs_diff = 0.0;
-    out->agreement_bitwise_equal = memcmp(ref, x, per_layer * (size_t)m->layers * sizeof(float)) == 0;
-    for (i = 0; i < per_layer * (size_t)m->layers; i++) {
-        double d = fabs((double)ref[i] - (double)x[i]);
-        if (!(d <= out->agreement_max_abs_diff)) out->agreement_max_abs_diff = d;
-    }
-    for (l = 0; l < m->layers && ref64; l++) {
-        for (i = 0; i < per_layer; i++) ref64[i] = ref[(size_t)l * per_layer + i];
-        out->error_vs_cache[l] = ekv_compare_f32(ref64, x + (size_t)l * per_layer, per_layer);
-    }
-    ekv__free(ref64);
+    memset(&sums, 0, sizeof sums);
+    for (i = 0; ref && x && i < n; i++) ekv__error_add(&sums, ref[i], x[i]);
+    return ekv__error_finish(&sums);
 }
 
-/* The report-level figures of a cycle run: results/statistics over the per-step time
-   (decode loop / steps) of the first variant, so that results.tokens_per_sec equals the
-   cycle's tokens/s; metrics from the KV bytes the last step's attention read. */
-static ekv_result ekv__cycle_report_finish(ekv_report *report)
+EKV_DEF ekv_result ekv_attention_profile(const ekv_data *data, double softmax_scale,
+                                         double *entropy, double *top5pct_mass)
 {
-    const ekv_cycle_result *first = &report->cycles[0];
-    const double steps = (double)first->decode_tokens;
-    size_t i;
-    report->samples_ms = (double *)ekv__alloc(first->sample_count, sizeof(double));
-    if (!report->samples_ms) return EKV_ERR_OUT_OF_MEMORY;
-    report->sample_count = first->sample_count;
-    for (i = 0; i < first->sample_count; i++) report->samples_ms[i] = first->samples_ms[i] / steps;
-    if (first->has_baseline) {
-        report->baseline_samples_ms = (double *)ekv__alloc(first->sample_count, sizeof(double));
-        if (!report->baseline_samples_ms) return EKV_ERR_OUT_OF_MEMORY;
-        report->baseline_sample_count = first->sample_count;
-        for (i = 0; i < first->sample_count; i++)
-            report->baseline_samples_ms[i] = first->baseline_samples_ms[i] / steps;
-        report->has_baseline = 1;
-    }
-    report->kv_cache_bytes_uncompressed = ekv__nan();
-    report->peak_device_bytes = first->peak_device_bytes;
-    report->accuracy.total.rel_l2 = report->accuracy.total.max_abs = report->accuracy.total.cosine =
-        ekv__nan();
-    report->accuracy.compression = report->accuracy.kernel = report->accuracy.total;
-    report->accuracy.attention_entropy = report->accuracy.top5pct_mass = ekv__nan();
-    {
-        ekv_result r = ekv_report_finish(report);
-        report->kv_cache_bytes = first->kv_cache_bytes; /* in use, not the bytes read */
-        return r;
-    }
-}
-
-/* Metrics of one decode step: the KV bytes every layer's attention reads (a shared
-   cache is read by both of its layers). */
-static void ekv__cycle_step_bytes(ekv_report *report, const ekv_host_cache *caches,
-                                  const ekv__cycle_model *m, ekv_variant v)
-{
-    int l, b;
-    memset(&report->cache_bytes, 0, sizeof report->cache_bytes);
-    report->kept_tokens_total = 0.0;
-    for (l = 0; l < m->layers; l++) {
-        const ekv_host_cache *cache = &caches[v == EKV_VARIANT_NOCACHE ? 0 : ekv__cycle_cache_layer(v, l, m->layers) / (ekv__cycle_is_shared(v) ? 2 : 1)];
-        ekv_cache_bytes bytes = ekv_cache_bytes_of(cache->dtype, cache->batch, cache->kv_heads,
-                                                   cache->head_dim, cache->lengths, cache->bias != NULL);
-        report->cache_bytes.k += bytes.k;
-        report->cache_bytes.v += bytes.v;
-        report->cache_bytes.scales += bytes.scales;
-        report->cache_bytes.bias += bytes.bias;
-        report->cache_bytes.total += bytes.total;
-        for (b = 0; b < cache->batch; b++) report->kept_tokens_total += cache->lengths[b];
-    }
-}
-
-/* ---- the CPU decode loop ---- */
-
-typedef struct ekv__cycle_cpu {
-    ekv_variant variant;
-    int cache_count;
-    ekv_host_cache *caches;
-    int *lengths;        /* [batch] */
-    float *q, *k, *v;    /* [batch][heads x D], [batch][kv_heads x D] */
-    float *out;          /* [layers][batch][heads][D]: each layer's latest attention output */
-    float *q_ring;       /* topk: [layers][batch][heads][observe][D], slot = count % observe */
-    int *ring_count;     /* [layers] */
-    float *q_observe;    /* [batch][heads][observe][D], gathered in time order */
-    float *k_all, *v_all; /* nocache: [batch][kv_heads][tokens][D]; prefill: the prompt */
-    float *rows;         /* [tokens][kv_heads x D] */
-    double state_bytes;  /* allocated for the state, without nocache's growing inputs */
-} ekv__cycle_cpu;
-
-static void ekv__cycle_cpu_free(ekv__cycle_cpu *s)
-{
-    int i;
-    for (i = 0; i < s->cache_count && s->caches; i++) ekv_cache_free(&s->caches[i]);
-    ekv__free(s->caches);
-    ekv__free(s->lengths);
-    ekv__free(s->q);
-    ekv__free(s->k);
-    ekv__free(s->v);
-    ekv__free(s->out);
-    ekv__free(s->q_ring);
-    ekv__free(s->ring_count);
-    ekv__free(s->q_observe);
-    ekv__free(s->k_all);
-    ekv__free(s->v_all);
-    ekv__free(s->rows);
-    memset(s, 0, sizeof *s);
-}
-
-static ekv_result ekv__cycle_cpu_make(const ekv_config *c, const ekv__cycle_model *m, ekv_variant v,
-                                      ekv__cycle_cpu *s)
-{
-    const size_t kv_width = (size_t)m->kv_heads * (size_t)m->head_dim;
-    const int topk = v == EKV_VARIANT_ELASTIC && m->compress.policy == EKV_POLICY_TOPK;
-    const int with_bias = v == EKV_VARIANT_ELASTIC && m->compress.policy == EKV_POLICY_POOL;
-    const int capacity = v == EKV_VARIANT_NOCACHE ? m->tokens : ekv__cycle_capacity(c, v);
-    ekv_result r;
-    int i;
-    memset(s, 0, sizeof *s);
-    s->variant = v;
-    s->caches = (ekv_host_cache *)ekv__alloc((size_t)ekv__cycle_cache_count(v, m->layers),
-                                             sizeof(ekv_host_cache));
-    s->lengths = (int *)ekv__alloc((size_t)m->batch, sizeof(int));
-    s->q = (float *)ekv__alloc((size_t)m->batch * (size_t)m->hidden, sizeof(float));
-    s->k = (float *)ekv__alloc((size_t)m->batch * kv_width, sizeof(float));
-    s->v = (float *)ekv__alloc((size_t)m->batch * kv_width, sizeof(float));
-    s->out = (float *)ekv__alloc((size_t)m->layers * (size_t)m->batch * (size_t)m->hidden, sizeof(float));
-    s->k_all = (float *)ekv__alloc((size_t)m->batch * (size_t)m->tokens * kv_width, sizeof(float));
-    s->v_all = (float *)ekv__alloc((size_t)m->batch * (size_t)m->tokens * kv_width, sizeof(float));
-    s->rows = (float *)ekv__alloc((size_t)m->tokens * kv_width, sizeof(float));
-    if (topk) {
-        s->q_ring = (float *)ekv__alloc((size_t)m->layers * (size_t)m->batch * (size_t)m->hidden *
-                                            (size_t)m->observe, sizeof(float));
-        s->ring_count = (int *)ekv__alloc((size_t)m->layers, sizeof(int));
-        s->q_observe = (float *)ekv__alloc((size_t)m->batch * (size_t)m->hidden * (size_t)m->observe,
-                                           sizeof(float));
-    }
-    if (!s->caches || !s->lengths || !s->q || !s->k || !s->v || !s->out || !s->k_all || !s->v_all ||
-        !s->rows || (topk && (!s->q_ring || !s->ring_count || !s->q_observe))) {
-        ekv__cycle_cpu_free(s);
-        return EKV_ERR_OUT_OF_MEMORY;
-    }
-    for (i = 0; i < ekv__cycle_cache_count(v, m->layers); i++) {
-        r = ekv_cache_create(&s->caches[i], ekv__cycle_dtype(c, v), m->batch, m->kv_heads,
-                             m->head_dim, capacity, with_bias);
-        if (r != EKV_SUCCESS) {
-            ekv__cycle_cpu_free(s);
-            return r;
+    const char *fn = "ekv_attention_profile";
+    ekv_result result = ekv__check_data(data, fn);
+    double scale = 0.0, *p, entropy_sum = 0.0, mass_sum = 0.0;
+    int b, h, t, count = 0;
+    if (result != EKV_SUCCESS) return result;
+    if (!entropy || !top5pct_mass) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL output", fn);
+    result = ekv__resolve_scale(softmax_scale, data->head_dim, fn, &scale);
+    if (result != EKV_SUCCESS) return result;
+    p = (double *)ekv__alloc((size_t)data->capacity, sizeof(double));
+    if (!p) return EKV_ERR_OUT_OF_MEMORY;
+    for (b = 0; b < data->batch; b++) {
+        const int length = data->lengths[b];
+        const int top = (int)ceil(0.05 * length) > 1 ? (int)ceil(0.05 * length) : 1;
+        if (length == 0) continue;
+        for (h = 0; h < data->heads; h++) {
+            double e = 0.0, mass = 0.0;
+            ekv__attention_probs(data, data->q + ((size_t)b * (size_t)data->heads + (size_t)h) *
+                                                     (size_t)data->head_dim,
+                                 b, h, scale, p);
+            for (t = 0; t < length; t++)
+                if (p[t] > 0.0) e -= p[t] * log(p[t]);
+            qsort(p, (size_t)length, sizeof *p, ekv__compare_double);
+            for (t = length - top; t < length; t++) mass += p[t];
+            entropy_sum += e;
+            mass_sum += mass;
+            count++;
         }
-        s->cache_count++;
-        s->state_bytes += (double)ekv_cache_memory_bytes(&s->caches[i]);
     }
-    s->state_bytes += 4.0 * (double)m->batch * ((double)m->hidden * (1 + m->layers) + 2.0 * (double)kv_width);
-    if (v == EKV_VARIANT_NOCACHE) s->state_bytes += 4.0 * (double)m->tokens * (double)kv_width * (2.0 * m->batch + 1.0);
-    if (topk) s->state_bytes += 4.0 * (double)m->batch * m->hidden * m->observe * (m->layers + 1);
+    ekv__free(p);
+    *entropy = count ? entropy_sum / count : 0.0;
+    *top5pct_mass = count ? mass_sum / count : 0.0;
     return EKV_SUCCESS;
 }
 
-/* k and v of tokens [0, count) of layer l, into k_all/v_all laid out
-   [batch][kv_heads][tokens][D] (the prefill source layout). */
-static void ekv__cycle_cpu_project_all(const ekv__cycle_model *m, ekv__cycle_cpu *s, int l, int count)
-{
-    const size_t kv_width = (size_t)m->kv_heads * (size_t)m->head_dim;
-    const size_t wkv_n = (size_t)m->hidden * kv_width;
-    int b, which, t, h;
-    for (b = 0; b < m->batch; b++)
-        for (which = 0; which < 2; which++) {
-            float *dest = which ? s->v_all : s->k_all;
-            ekv__cycle_project(ekv__cycle_x(m, l, b, 0), (size_t)m->hidden, count, m->hidden,
-                               (which ? m->wv : m->wk) + (size_t)l * wkv_n, (int)kv_width, s->rows);
-            for (h = 0; h < m->kv_heads; h++)
-                for (t = 0; t < count; t++)
-                    memcpy(dest + (((size_t)b * (size_t)m->kv_heads + (size_t)h) * (size_t)m->tokens +
-                                   (size_t)t) * (size_t)m->head_dim,
-                           s->rows + (size_t)t * kv_width + (size_t)h * (size_t)m->head_dim,
-                           (size_t)m->head_dim * sizeof(float));
-        }
-}
+#ifndef EKV_NO_BENCH
+/* ======================== Part B: the benchmark ========================= */
 
-/* q of token `token` of layer l for every sequence into s->q (and topk's ring). */
-static void ekv__cycle_cpu_project_q(const ekv__cycle_model *m, ekv__cycle_cpu *s, int l, int token)
-{
-    const size_t wq_n = (size_t)m->hidden * (size_t)m->hidden;
-    int b, h;
-    for (b = 0; b < m->batch; b++)
-        ekv__cycle_project(ekv__cycle_x(m, l, b, token), (size_t)m->hidden, 1, m->hidden,
-                           m->wq + (size_t)l * wq_n, m->hidden, s->q + (size_t)b * (size_t)m->hidden);
-    if (!s->q_ring) return;
-    for (b = 0; b < m->batch; b++)
-        for (h = 0; h < m->heads; h++)
-            memcpy(s->q_ring + ((((size_t)l * (size_t)m->batch + (size_t)b) * (size_t)m->heads + (size_t)h) *
-                                    (size_t)m->observe + (size_t)(s->ring_count[l] % m->observe)) *
-                                   (size_t)m->head_dim,
-                   s->q + ((size_t)b * (size_t)m->heads + (size_t)h) * (size_t)m->head_dim,
-                   (size_t)m->head_dim * sizeof(float));
-    s->ring_count[l]++;
-}
+/* >>config (implementation) ================================================ */
 
-/* The elastic step of layer l's cache with its last min(observe, seen) queries. */
-static ekv_result ekv__cycle_cpu_compress(const ekv__cycle_model *m, ekv__cycle_cpu *s, int l)
-{
-    int observe = 0, b, h, i;
-    if (s->q_ring) {
-        const int count = s->ring_count[l];
-        observe = count < m->observe ? count : m->observe;
-        for (b = 0; b < m->batch; b++)
-            for (h = 0; h < m->heads; h++)
-                for (i = 0; i < observe; i++)
-                    memcpy(s->q_observe + ((((size_t)b * (size_t)m->heads + (size_t)h) * (size_t)observe) +
-                                           (size_t)i) * (size_t)m->head_dim,
-                           s->q_ring + ((((size_t)l * (size_t)m->batch + (size_t)b) * (size_t)m->heads +
-                                         (size_t)h) * (size_t)m->observe +
-                                        (size_t)((count - observe + i) % m->observe)) * (size_t)m->head_dim,
-                           (size_t)m->head_dim * sizeof(float));
-    }
-    return ekv_cache_compress(&s->caches[l], &m->compress, s->q_ring ? s->q_observe : NULL, m->heads,
-                              observe, m->softmax_scale);
-}
-
-/* Prefill (not timed): the prompt's k, v into every cache; topk's ring gets the last
-   `observe` prompt queries; elastic then takes one elastic step over the prompt. */
-static ekv_result ekv__cycle_cpu_prefill(const ekv__cycle_model *m, ekv__cycle_cpu *s)
-{
-    ekv_result r;
-    int l, b, t;
-    for (b = 0; b < m->batch; b++) s->lengths[b] = m->prompt;
-    if (s->variant == EKV_VARIANT_NOCACHE) return EKV_SUCCESS;
-    for (l = 0; l < m->layers; l++) {
-        if (ekv__cycle_cache_layer(s->variant, l, m->layers) != l) continue;
-        ekv__cycle_cpu_project_all(m, s, l, m->prompt);
-        r = ekv_cache_prefill(&s->caches[ekv__cycle_is_shared(s->variant) ? l / 2 : l], s->k_all,
-                              s->v_all, m->tokens, s->lengths);
-        if (r != EKV_SUCCESS) return r;
-        if (s->q_ring) {
-            s->ring_count[l] = 0;
-            for (t = m->prompt - (m->prompt < m->observe ? m->prompt : m->observe); t < m->prompt; t++)
-                ekv__cycle_cpu_project_q(m, s, l, t);
-        }
-        if (ekv__cycle_anchor(m, s->variant, m->compress_every)) {
-            r = ekv__cycle_cpu_compress(m, s, l);
-            if (r != EKV_SUCCESS) return r;
-        }
-    }
-    return EKV_SUCCESS;
-}
-
-static double ekv__cycle_cpu_kv_bytes(const ekv__cycle_cpu *s)
-{
-    double total = 0.0;
-    int i;
-    if (s->variant == EKV_VARIANT_NOCACHE) return 0.0; /* nothing is kept between steps */
-    for (i = 0; i < s->cache_count; i++) {
-        const ekv_host_cache *c = &s->caches[i];
-        total += ekv_cache_bytes_of(c->dtype, c->batch, c->kv_heads, c->head_dim, c->lengths,
-                                    c->bias != NULL).total;
-    }
-    return total;
-}
-
-/* One decode loop: prefill, then the timed steps. `timing`/`rep` may be NULL/-1 (not
-   timed); `record` [steps][layers][batch][heads][D] receives every step's outputs when
-   not NULL; s->out holds the last step's. */
-static ekv_result ekv__cycle_cpu_loop(const ekv__cycle_model *m, ekv__cycle_cpu *s,
-                                      ekv__cycle_timing *timing, int rep, float *record)
-{
-    const size_t kv_width = (size_t)m->kv_heads * (size_t)m->head_dim;
-    const size_t wkv_n = (size_t)m->hidden * kv_width;
-    const size_t out_layer = (size_t)m->batch * (size_t)m->hidden;
-    const float scale = (float)m->softmax_scale;
-    double phase[EKV_CYCLE_PHASES] = {0, 0, 0, 0};
-    ekv_result r = ekv__cycle_cpu_prefill(m, s);
-    int step, l, b, p;
-    if (r != EKV_SUCCESS) return r;
-    for (step = 1; step <= m->steps; step++) {
-        const int token = m->prompt + step - 1;
-        const double step_start = ekv_time_ms();
-        double t0, t1, t2, t3, t4;
-        for (l = 0; l < m->layers; l++) {
-            const int owner = ekv__cycle_cache_layer(s->variant, l, m->layers);
-            ekv_host_cache *cache =
-                &s->caches[s->variant == EKV_VARIANT_NOCACHE ? 0
-                                                             : (ekv__cycle_is_shared(s->variant) ? owner / 2 : owner)];
-            t0 = ekv_time_ms();
-            ekv__cycle_cpu_project_q(m, s, l, token);
-            if (s->variant == EKV_VARIANT_NOCACHE) {
-                ekv__cycle_cpu_project_all(m, s, l, token + 1);
-            } else if (owner == l) {
-                for (b = 0; b < m->batch; b++) {
-                    ekv__cycle_project(ekv__cycle_x(m, l, b, token), (size_t)m->hidden, 1, m->hidden,
-                                       m->wk + (size_t)l * wkv_n, (int)kv_width, s->k + (size_t)b * kv_width);
-                    ekv__cycle_project(ekv__cycle_x(m, l, b, token), (size_t)m->hidden, 1, m->hidden,
-                                       m->wv + (size_t)l * wkv_n, (int)kv_width, s->v + (size_t)b * kv_width);
-                }
-            }
-            t1 = ekv_time_ms();
-            if (s->variant == EKV_VARIANT_NOCACHE) {
-                for (b = 0; b < m->batch; b++) s->lengths[b] = token + 1;
-                r = ekv_cache_prefill(cache, s->k_all, s->v_all, m->tokens, s->lengths);
-            } else if (owner == l) {
-                r = ekv_cache_append(cache, s->k, s->v, NULL);
-            }
-            if (r != EKV_SUCCESS) return r;
-            t2 = ekv_time_ms();
-            r = ekv_cpu_attention(cache, s->q, m->heads, scale, s->out + (size_t)l * out_layer);
-            if (r != EKV_SUCCESS) return r;
-            t3 = ekv_time_ms();
-            if (ekv__cycle_anchor(m, s->variant, step) && (r = ekv__cycle_cpu_compress(m, s, l)) != EKV_SUCCESS)
-                return r;
-            t4 = ekv_time_ms();
-            phase[EKV__PHASE_PROJECTION] += t1 - t0;
-            phase[EKV__PHASE_APPEND] += t2 - t1;
-            phase[EKV__PHASE_ATTENTION] += t3 - t2;
-            phase[EKV__PHASE_COMPRESS] += t4 - t3;
-        }
-        if (timing) {
-            timing->step_ms[(size_t)rep * (size_t)m->steps + (size_t)(step - 1)] = ekv_time_ms() - step_start;
-            timing->kv_bytes[step - 1] = ekv__cycle_cpu_kv_bytes(s);
-            /* nocache keeps every token's input: its state grows with the context */
-            timing->peak_bytes[step - 1] =
-                s->state_bytes + (s->variant == EKV_VARIANT_NOCACHE
-                                      ? 4.0 * (double)m->layers * m->batch * (token + 1) * m->hidden
-                                      : 0.0);
-        }
-        if (record)
-            memcpy(record + (size_t)(step - 1) * (size_t)m->layers * out_layer, s->out,
-                   (size_t)m->layers * out_layer * sizeof(float));
-    }
-    if (timing)
-        for (p = 0; p < EKV_CYCLE_PHASES; p++) timing->phase_ms[(size_t)rep * EKV_CYCLE_PHASES + (size_t)p] = phase[p];
-    return EKV_SUCCESS;
-}
-
-EKV_DEF ekv_result ekv_cycle_outputs(const ekv_config *c, ekv_variant v, float *outputs)
-{
-    ekv__cycle_model m;
-    ekv__cycle_cpu s;
-    ekv_result r;
-    if (!c || !outputs || (unsigned)v >= EKV_VARIANT_ALL)
-        return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cycle_outputs: NULL argument or variant all");
-    if ((r = ekv__cycle_model_make(c, &m)) != EKV_SUCCESS) return r;
-    r = ekv__cycle_cpu_make(c, &m, v, &s);
-    if (r == EKV_SUCCESS) r = ekv__cycle_cpu_loop(&m, &s, NULL, -1, outputs);
-    ekv__cycle_cpu_free(&s);
-    ekv__cycle_model_free(&m);
-    return r;
-}
-
-/* One variant on the CPU: warmup + reps loops (ABAB with cache when paired), agreement
-   with `reference` (cache's last-step outputs; NULL for cache itself). */
-static ekv_result ekv__cycle_cpu_variant(const ekv_config *c, const ekv__cycle_model *m, ekv_variant v,
-                                         const float *reference, ekv_report *report, ekv_cycle_result *out)
-{
-    ekv__cycle_cpu s, base;
-    ekv__cycle_timing t, tb;
-    const int paired = c->paired_baseline;
-    ekv_result r;
-    int i;
-    memset(&base, 0, sizeof base);
-    memset(&tb, 0, sizeof tb);
-    if ((r = ekv__cycle_cpu_make(c, m, v, &s)) != EKV_SUCCESS) return r;
-    if ((r = ekv__cycle_timing_make(&t, c->reps, m->steps)) != EKV_SUCCESS) goto done;
-    if (paired && ((r = ekv__cycle_cpu_make(c, m, EKV_VARIANT_CACHE, &base)) != EKV_SUCCESS ||
-                   (r = ekv__cycle_timing_make(&tb, c->reps, m->steps)) != EKV_SUCCESS))
-        goto done;
-    for (i = 0; i < c->warmup + c->reps; i++) {
-        const int rep = i - c->warmup;
-        /* ABAB: cache then the variant in every pair, so drift hits both alike */
-        if (paired && (r = ekv__cycle_cpu_loop(m, &base, rep >= 0 ? &tb : NULL, rep, NULL)) != EKV_SUCCESS)
-            goto done;
-        if ((r = ekv__cycle_cpu_loop(m, &s, rep >= 0 ? &t : NULL, rep, NULL)) != EKV_SUCCESS) goto done;
-    }
-    if ((r = ekv__cycle_result_fill(c, m, v, &t, paired ? &tb : NULL, out)) != EKV_SUCCESS) goto done;
-    if (reference) ekv__cycle_agreement(m, reference, s.out, out);
-    if (out == &report->cycles[0]) ekv__cycle_step_bytes(report, s.caches, m, v);
-done:
-    ekv__cycle_timing_free(&t);
-    ekv__cycle_timing_free(&tb);
-    ekv__cycle_cpu_free(&s);
-    ekv__cycle_cpu_free(&base);
-    return r;
-}
-
-EKV_DEF ekv_result ekv_cycle_run(const ekv_config *c, ekv_report *report)
-{
-    ekv__cycle_model m;
-    ekv__cycle_cpu ref;
-    const int count = c->variant == EKV_VARIANT_ALL ? 6 : 1;
-    ekv_result r;
-    int i;
-    ekv_report_init(report, c);
-    report->backend = EKV_BACKEND_CPU;
-    ekv__cpu_name(report->device.name, sizeof report->device.name);
-#if defined(_SC_NPROCESSORS_ONLN)
-    report->device.sm_count = (int)sysconf(_SC_NPROCESSORS_ONLN);
-#endif
-    if ((r = ekv_config_validate(c)) != EKV_SUCCESS) return r;
-    if (!c->inference)
-        return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cycle_run: the config does not ask for "
-                                                  "--inference");
-    report->cycles = (ekv_cycle_result *)ekv__alloc((size_t)count, sizeof(ekv_cycle_result));
-    if (!report->cycles) return EKV_ERR_OUT_OF_MEMORY;
-    if ((r = ekv__cycle_model_make(c, &m)) != EKV_SUCCESS) return r;
-    /* the reference every variant is compared with: cache's last-step outputs */
-    r = ekv__cycle_cpu_make(c, &m, EKV_VARIANT_CACHE, &ref);
-    if (r == EKV_SUCCESS) r = ekv__cycle_cpu_loop(&m, &ref, NULL, -1, NULL);
-    for (i = 0; i < count && r == EKV_SUCCESS; i++) {
-        const ekv_variant v = count == 1 ? c->variant : ekv__cycle_variants[i];
-        r = ekv__cycle_cpu_variant(c, &m, v, v == EKV_VARIANT_CACHE ? NULL : ref.out, report,
-                                   &report->cycles[i]);
-        if (r == EKV_SUCCESS || report->cycles[i].samples_ms) report->cycle_count = i + 1;
-    }
-    ekv__cycle_cpu_free(&ref);
-    ekv__cycle_model_free(&m);
-    if (r != EKV_SUCCESS) return r;
-    return ekv__cycle_report_finish(report);
-}
-
-/* ---- JSON and table ---- */
-
-static void ekv__cycle_json_one(const ekv_cycle_result *y, ekv_json *j)
-{
-    int p, l, i;
-    ekv_json_object_begin(j);
-    ekv_json_key(j, "variant"); ekv_json_string(j, ekv_variant_name(y->variant));
-    ekv_json_key(j, "layers"); ekv_json_int(j, y->layers);
-    ekv_json_key(j, "kv_dtype"); ekv_json_string(j, ekv_dtype_name(y->kv_dtype));
-    ekv_json_key(j, "decode_tokens"); ekv_json_int(j, y->decode_tokens);
-    /* the seed's fields: baseline = cache (paired), elastic = this variant */
-    ekv_json_key(j, "baseline_total_ms");
-    if (y->has_baseline) ekv_json_number(j, y->baseline_total_ms); else ekv_json_null(j);
-    ekv_json_key(j, "elastic_total_ms"); ekv_json_number(j, y->total_ms);
-    ekv_json_key(j, "baseline_tokens_per_sec");
-    if (y->has_baseline) ekv_json_number(j, y->baseline_tokens_per_sec); else ekv_json_null(j);
-    ekv_json_key(j, "elastic_tokens_per_sec"); ekv_json_number(j, y->tokens_per_sec);
-    ekv_json_key(j, "speedup_vs_baseline");
-    if (y->has_baseline) ekv_json_number(j, y->speedup); else ekv_json_null(j);
-    ekv_json_key(j, "speedup_ci95");
-    if (y->has_baseline) {
-        ekv_json_object_begin(j);
-        ekv_json_key(j, "lo"); ekv_json_number(j, y->speedup_ci_lo);
-        ekv_json_key(j, "hi"); ekv_json_number(j, y->speedup_ci_hi);
-        ekv_json_object_end(j);
-    } else {
-        ekv_json_null(j);
-    }
-    ekv_json_key(j, "total_ms"); ekv_json_number(j, y->total_ms);
-    ekv_json_key(j, "tokens_per_sec"); ekv_json_number(j, y->tokens_per_sec);
-    ekv_json_key(j, "phases_ms");
-    ekv_json_object_begin(j);
-    for (p = 0; p < EKV_CYCLE_PHASES; p++) {
-        ekv_json_key(j, ekv__phase_names[p]);
-        ekv_json_number(j, y->phases_ms[p]);
-    }
-    ekv_json_object_end(j);
-    ekv_json_key(j, "statistics"); ekv__json_stats(j, &y->stats);
-    ekv_json_key(j, "samples_ms");
-    ekv_json_array_begin(j);
-    for (i = 0; i < (int)y->sample_count; i++) ekv_json_number(j, y->samples_ms[i]);
-    ekv_json_array_end(j);
-    ekv_json_key(j, "baseline_samples_ms");
-    if (y->has_baseline) {
-        ekv_json_array_begin(j);
-        for (i = 0; i < (int)y->sample_count; i++) ekv_json_number(j, y->baseline_samples_ms[i]);
-        ekv_json_array_end(j);
-    } else {
-        ekv_json_null(j);
-    }
-    ekv_json_key(j, "memory");
-    ekv_json_object_begin(j);
-    ekv_json_key(j, "kv_cache_bytes"); ekv_json_number(j, y->kv_cache_bytes);
-    ekv_json_key(j, "peak_device_bytes"); ekv_json_number(j, y->peak_device_bytes);
-    ekv_json_object_end(j);
-    ekv_json_key(j, "agreement_vs_cache");
-    if (y->has_agreement) {
-        ekv_json_object_begin(j);
-        ekv_json_key(j, "max_abs_diff"); ekv_json_number(j, y->agreement_max_abs_diff);
-        ekv_json_key(j, "bitwise_equal"); ekv_json_bool(j, y->agreement_bitwise_equal);
-        ekv_json_object_end(j);
-    } else {
-        ekv_json_null(j);
-    }
-    ekv_json_key(j, "error_vs_cache");
-    if (y->has_agreement) {
-        ekv_json_array_begin(j);
-        for (l = 0; l < y->layers; l++) {
-            ekv_json_object_begin(j);
-            ekv_json_key(j, "layer"); ekv_json_int(j, l);
-            ekv_json_key(j, "rel_l2"); ekv_json_number(j, y->error_vs_cache[l].rel_l2);
-            ekv_json_key(j, "max_abs"); ekv_json_number(j, y->error_vs_cache[l].max_abs);
-            ekv_json_key(j, "cosine"); ekv_json_number(j, y->error_vs_cache[l].cosine);
-            ekv_json_object_end(j);
-        }
-        ekv_json_array_end(j);
-    } else {
-        ekv_json_null(j);
-    }
-    ekv_json_key(j, "series");
-    ekv_json_array_begin(j);
-    for (i = 0; i < y->series_count; i++) {
-        const ekv_series_point *s = &y->series[i];
-        ekv_json_object_begin(j);
-        ekv_json_key(j, "step"); ekv_json_int(j, s->step);
-        ekv_json_key(j, "context_len"); ekv_json_int(j, s->context_len);
-        ekv_json_key(j, "latency_ms"); ekv_json_number(j, s->latency_ms);
-        ekv_json_key(j, "kv_cache_bytes"); ekv_json_number(j, s->kv_cache_bytes);
-        ekv_json_key(j, "peak_device_bytes"); ekv_json_number(j, s->peak_device_bytes);
-        ekv_json_object_end(j);
-    }
-    ekv_json_array_end(j);
-    ekv_json_object_end(j);
-}
-
-/* One variant: its object. Several (a library call with variant all): an object
-   {"variant": "all", "variants": [one object per variant]}. */
-EKV_DEF void ekv_cycle_write_json(const ekv_report *report, ekv_json *j)
-{
-    int i;
-    if (!report || report->cycle_count < 1) {
-        ekv_json_null(j);
-        return;
-    }
-    if (report->cycle_count == 1) {
-        ekv__cycle_json_one(&report->cycles[0], j);
-        return;
-    }
-    ekv_json_object_begin(j);
-    ekv_json_key(j, "variant"); ekv_json_string(j, ekv_variant_name(EKV_VARIANT_ALL));
-    ekv_json_key(j, "variants");
-    ekv_json_array_begin(j);
-    for (i = 0; i < report->cycle_count; i++) ekv__cycle_json_one(&report->cycles[i], j);
-    ekv_json_array_end(j);
-    ekv_json_object_end(j);
-}
-
-EKV_DEF void ekv_cycle_print_table(const ekv_report *report, FILE *out)
-{
-    int i;
-    if (!report || report->cycle_count < 1) return;
-    fprintf(out, "cycle      %d layers, prompt %d, %d decode steps (prefill not timed; MLPs and "
-                 "layer dependency left out)\n",
-            report->cycles[0].layers, report->config.seq_len, report->cycles[0].decode_tokens);
-    for (i = 0; i < report->cycle_count; i++) {
-        const ekv_cycle_result *y = &report->cycles[i];
-        fprintf(out, "  %-11s %-5s total %.6g ms  %.1f tokens/s  proj %.3g  append %.3g  compress "
-                     "%.3g  attn %.3g ms  KV %.4g MB  peak %.4g MB",
-                ekv_variant_name(y->variant), ekv_dtype_name(y->kv_dtype), y->total_ms,
-                y->tokens_per_sec, y->phases_ms[0], y->phases_ms[1], y->phases_ms[2], y->phases_ms[3],
-                y->kv_cache_bytes * 1e-6, y->peak_device_bytes * 1e-6);
-        if (y->has_agreement)
-            fprintf(out, "  vs cache max|d| %.3g%s", y->agreement_max_abs_diff,
-                    y->agreement_bitwise_equal ? " (bitwise)" : "");
-        if (y->has_baseline)
-            fprintf(out, "  speedup %.3fx [%.3f, %.3f]", y->speedup, y->speedup_ci_lo, y->speedup_ci_hi);
-        fprintf(out, "\n");
-    }
-}
-
-/* >>enums (implementation) ================================================= */
-
-static const char *const ekv__dtype_names[EKV_DTYPE_COUNT] = {"f32", "f16", "bf16",
-                                                              "int8", "int4", "fp8"};
-static const char *const ekv__policy_names[EKV_POLICY_COUNT] = {"none", "stride", "pool",
-                                                                "window", "topk"};
 static const char *const ekv__backend_names[4] = {"auto", "cuda", "cpu", "emulator"};
-static const char *const ekv__variant_names[EKV_VARIANT_COUNT] = {
-    "nocache", "cache", "int8", "shared", "int8-shared", "elastic", "all"};
+/* The cycle's variants: which store int8, which share a cache between layer pairs. */
+static const struct ekv__variant_traits {
+    const char *name;
+    int int8, shared;
+} ekv__variant_table[EKV_VARIANT_COUNT] = {
+    {"nocache", 0, 0}, {"cache", 0, 0}, {"int8", 1, 0}, {"shared", 0, 1},
+    {"int8-shared", 1, 1}, {"elastic", 0, 0}, {"all", 0, 0}};
 
-EKV_DEF const char *ekv_dtype_name(ekv_dtype dtype)
-{
-    return (unsigned)dtype < EKV_DTYPE_COUNT ? ekv__dtype_names[dtype] : "?";
-}
-EKV_DEF const char *ekv_policy_name(ekv_policy policy)
-{
-    return (unsigned)policy < EKV_POLICY_COUNT ? ekv__policy_names[policy] : "?";
-}
 EKV_DEF const char *ekv_backend_name(ekv_backend backend)
 {
     return (unsigned)backend < 4 ? ekv__backend_names[backend] : "?";
 }
 EKV_DEF const char *ekv_variant_name(ekv_variant variant)
 {
-    return (unsigned)variant < EKV_VARIANT_COUNT ? ekv__variant_names[variant] : "?";
+    return (unsigned)variant < EKV_VARIANT_COUNT ? ekv__variant_table[variant].name : "?";
 }
 
-static int ekv__find_name(const char *text, const char *const *names, int count)
-{
-    int i;
-    for (i = 0; i < count; i++)
-        if (strcmp(text, names[i]) == 0) return i;
-    return -1;
-}
-
-EKV_DEF int ekv_dtype_parse(const char *text, ekv_dtype *out)
-{
-    int i = ekv__find_name(text, ekv__dtype_names, EKV_DTYPE_COUNT);
-    if (i < 0) return -1;
-    *out = (ekv_dtype)i;
-    return 0;
-}
-EKV_DEF int ekv_policy_parse(const char *text, ekv_policy *out)
-{
-    int i = ekv__find_name(text, ekv__policy_names, EKV_POLICY_COUNT);
-    if (i < 0) return -1;
-    *out = (ekv_policy)i;
-    return 0;
-}
 EKV_DEF int ekv_backend_parse(const char *text, ekv_backend *out)
 {
     int i = ekv__find_name(text, ekv__backend_names, 4);
@@ -5369,7 +3718,10 @@ EKV_DEF int ekv_backend_parse(const char *text, ekv_backend *out)
 }
 EKV_DEF int ekv_variant_parse(const char *text, ekv_variant *out)
 {
-    int i = ekv__find_name(text, ekv__variant_names, EKV_VARIANT_COUNT);
+    int i;
+    for (i = 0; i < EKV_VARIANT_COUNT; i++)
+        if (strcmp(text, ekv__variant_table[i].name) == 0) break;
+    if (i == EKV_VARIANT_COUNT) i = -1;
     /* v0..v4: the nanoGPT benchmark's names for the first five variants */
     if (i < 0 && text[0] == 'v' && text[1] >= '0' && text[1] <= '4' && text[2] == '\0')
         i = text[1] - '0';
@@ -5378,7 +3730,6 @@ EKV_DEF int ekv_variant_parse(const char *text, ekv_variant *out)
     return 0;
 }
 
-/* >>config (implementation) ================================================ */
 
 EKV_DEF ekv_config ekv_config_default(void)
 {
@@ -5420,6 +3771,43 @@ EKV_DEF ekv_config ekv_config_default(void)
 
 #define EKV__SEQ_MAX (1 << 24)
 
+static ekv_result ekv__config_validate_cycle(const ekv_config *c)
+{
+    double need, have = 0.0;
+    if (ekv__variant_table[c->variant].int8 && c->kv_dtype != EKV_DTYPE_INT8 &&
+        c->kv_dtype != EKV_DTYPE_F16)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "--variant=%s stores the cache in int8, so --kv-dtype=%s contradicts it: "
+                             "allowed --kv-dtype=int8 or no --kv-dtype (other dtypes: "
+                             "--variant=cache or elastic)",
+                             ekv_variant_name(c->variant), ekv_dtype_name(c->kv_dtype));
+    if (c->data == EKV_DATA_FILE)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "--data=%s: the inference cycle projects its own seeded inputs; "
+                             "allowed with --inference: --data=structured or random (ignored)",
+                             c->data_path);
+    if (c->dump_dir[0])
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "--dump-dir is not supported with --inference (it dumps one attention "
+                             "step; omit one of them)");
+    if ((long long)c->seq_len + c->decode_tokens > (1LL << 24))
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--seq=%d plus --decode_tokens=%d exceeds %d tokens", c->seq_len,
+                             c->decode_tokens, 1 << 24);
+    need = ekv_cycle_memory_estimate(c, c->variant);
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+#endif
+    if (have > 0.0 && need > 0.9 * have)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "--inference needs about %.3g GB of host memory for --layers=%d "
+                             "--batch=%d --seq=%d --decode_tokens=%d --heads=%d --dim=%d, this "
+                             "machine has %.3g GB: reduce one of them",
+                             need * 1e-9, c->layers, c->batch, c->seq_len, c->decode_tokens,
+                             c->heads, c->head_dim, have * 1e-9);
+    return EKV_SUCCESS;
+}
+
 static ekv_result ekv__range_error(const char *flag, long long value, long long lo,
                                    long long hi)
 {
@@ -5433,77 +3821,6 @@ static ekv_result ekv__range_error(const char *flag, long long value, long long 
             return ekv__range_error(flag, (long long)(value), (long long)(lo),     \
                                     (long long)(hi));                              \
     } while (0)
-
-EKV_DEF ekv_result ekv_config_validate(const ekv_config *c)
-{
-    int kv_heads;
-    if (!c) return ekv_set_error(EKV_ERR_INVALID_ARG, "config is NULL");
-    EKV__CHECK_RANGE("--batch", c->batch, 1, 4096);
-    EKV__CHECK_RANGE("--seq", c->seq_len, 1, EKV__SEQ_MAX);
-    EKV__CHECK_RANGE("--heads", c->heads, 1, 1024);
-    EKV__CHECK_RANGE("--kv-heads", c->kv_heads, 0, 1024);
-    if (c->head_dim != 64 && c->head_dim != 128 && c->head_dim != 256)
-        return ekv_set_error(EKV_ERR_UNSUPPORTED,
-                             "--dim=%d is not supported: allowed 64, 128, 256", c->head_dim);
-    kv_heads = c->kv_heads ? c->kv_heads : c->heads;
-    if (kv_heads > c->heads || c->heads % kv_heads != 0)
-        return ekv_set_error(EKV_ERR_INVALID_ARG,
-                             "--kv-heads=%d must divide --heads=%d (GQA/MQA groups)", kv_heads,
-                             c->heads);
-    EKV__CHECK_RANGE("--compress", c->compression, 1, 64);
-    if ((unsigned)c->kv_dtype >= EKV_DTYPE_COUNT)
-        return ekv_set_error(EKV_ERR_INVALID_ARG,
-                             "--kv-dtype is invalid: allowed f32, f16, bf16, int8, int4, fp8");
-    if ((unsigned)c->baseline_dtype >= EKV_DTYPE_COUNT)
-        return ekv_set_error(EKV_ERR_INVALID_ARG, "--baseline-dtype is invalid: allowed f32, "
-                                                  "f16, bf16, int8, int4, fp8");
-    if ((unsigned)c->policy >= EKV_POLICY_COUNT)
-        return ekv_set_error(EKV_ERR_INVALID_ARG,
-                             "--policy is invalid: allowed none, stride, pool, window, topk");
-    if (c->policy == EKV_POLICY_NONE && c->compression != 1)
-        return ekv_set_error(EKV_ERR_INVALID_ARG,
-                             "--compress=%d needs a compression policy: with --policy=none "
-                             "only --compress=1 is allowed (or choose stride, pool, window, topk)",
-                             c->compression);
-    EKV__CHECK_RANGE("--recent", c->recent, 0, c->seq_len);
-    EKV__CHECK_RANGE("--sinks", c->sinks, 0, c->seq_len);
-    EKV__CHECK_RANGE("--observe", c->observe, 1, 1024);
-    EKV__CHECK_RANGE("--layers", c->layers, 1, 256);
-    EKV__CHECK_RANGE("--decode_tokens", c->decode_tokens, 1, 65536);
-    EKV__CHECK_RANGE("--compress-every", c->compress_every, 0, 65536);
-    if ((unsigned)c->variant >= EKV_VARIANT_COUNT)
-        return ekv_set_error(EKV_ERR_INVALID_ARG,
-                             "--variant is invalid: allowed nocache, cache, int8, shared, "
-                             "int8-shared, elastic, all (or v0..v4)");
-    if (c->data == EKV_DATA_FILE && c->data_path[0] == '\0')
-        return ekv_set_error(EKV_ERR_INVALID_ARG, "--data: a file path is required");
-    if (!(c->softmax_scale >= 0.0) || c->softmax_scale > 1e6)
-        return ekv_set_error(EKV_ERR_INVALID_ARG,
-                             "--softmax-scale=%g is out of range: allowed (0, 1e6]",
-                             c->softmax_scale);
-    EKV__CHECK_RANGE("--reps", c->reps, 2, 1000000);
-    EKV__CHECK_RANGE("--warmup", c->warmup, 0, 1000000);
-    EKV__CHECK_RANGE("--inner_loops", c->inner_loops, 1, 100000);
-    if (!(c->truncate_percent >= 0.0 && c->truncate_percent <= 49.0))
-        return ekv_set_error(EKV_ERR_INVALID_ARG,
-                             "--truncate=%g is out of range: allowed 0..49 (percent cut from "
-                             "each end)", c->truncate_percent);
-    if ((unsigned)c->backend > EKV_BACKEND_EMULATOR)
-        return ekv_set_error(EKV_ERR_INVALID_ARG,
-                             "--backend is invalid: allowed auto, cuda, cpu, emulator");
-    EKV__CHECK_RANGE("--device", c->device, 0, 63);
-    if (!(c->peak_bw_gbs >= 0.0 && c->peak_bw_gbs <= 1e6))
-        return ekv_set_error(EKV_ERR_INVALID_ARG,
-                             "--peak-bw=%g is out of range: allowed (0, 1e6] GB/s",
-                             c->peak_bw_gbs);
-    if (c->baseline_dtype_set && !c->paired_baseline)
-        return ekv_set_error(EKV_ERR_INVALID_ARG,
-                             "--baseline-dtype needs --paired-baseline");
-    if (c->inference) return ekv__cycle_validate(c);
-    return EKV_SUCCESS;
-}
-
-/* ---- command line ---- */
 
 typedef enum ekv__flag_kind {
     EKV__FLAG_INT,    /* sweepable integer */
@@ -5531,10 +3848,10 @@ static const ekv__flag ekv__flags[] = {
      "tokens in the cache per sequence (default 1024)"},
     {"--batch", NULL, EKV__FLAG_INT, EKV__OFF(batch), 1, 4096, "sequences (default 1)"},
     {"--heads", NULL, EKV__FLAG_INT, EKV__OFF(heads), 1, 1024, "query heads (default 16)"},
-    {"--kv-heads", NULL, EKV__FLAG_INT, EKV__OFF(kv_heads), 1, 1024,
+    {"--kv-heads", NULL, EKV__FLAG_INT, EKV__OFF(kv_heads), 0, 1024,
      "KV heads, divides --heads (default = heads)"},
-    {"--dim", NULL, EKV__FLAG_INT, EKV__OFF(head_dim), 1, 1 << 20,
-     "head dimension: 64, 128, 256 (default 64)"},
+    {"--dim", NULL, EKV__FLAG_INT, EKV__OFF(head_dim), 1, 1024,
+     "head dimension, 1..1024 (CUDA kernels: 64, 128, 256; default 64)"},
     {"--compress", NULL, EKV__FLAG_INT, EKV__OFF(compression), 1, 64,
      "compression ratio C, 1..64 (default 2)"},
     {"--kv-dtype", NULL, EKV__FLAG_ENUM, EKV__OFF(kv_dtype), 0, 0,
@@ -5597,6 +3914,90 @@ static const ekv__flag ekv__flags[] = {
 
 #define EKV__FLAG_COUNT (sizeof ekv__flags / sizeof ekv__flags[0])
 
+EKV_DEF ekv_config ekv_config_resolve(const ekv_config *in)
+{
+    ekv_config c = *in;
+    const ekv_dtype_traits *t = ekv_dtype_info(c.kv_dtype);
+    if (c.kv_heads == 0) c.kv_heads = c.heads;
+    if (c.softmax_scale == 0.0) c.softmax_scale = ekv_softmax_scale(0.0, c.head_dim);
+    if (c.compress_every == 0) c.compress_every = c.compression;
+    if (!c.baseline_dtype_set) c.baseline_dtype = t && t->quantized ? EKV_DTYPE_F16 : c.kv_dtype;
+    return c;
+}
+
+EKV_DEF ekv_result ekv_config_validate(const ekv_config *config)
+{
+    int kv_heads;
+    size_t i;
+    ekv_config resolved;
+    const ekv_config *c = &resolved;
+    if (!config) return ekv_set_error(EKV_ERR_INVALID_ARG, "config is NULL");
+    resolved = ekv_config_resolve(config);
+    /* every integer flag's range, from the flag table */
+    for (i = 0; i < EKV__FLAG_COUNT; i++) {
+        const ekv__flag *f = &ekv__flags[i];
+        int value;
+        if (f->kind != EKV__FLAG_INT) continue;
+        memcpy(&value, (const char *)config + f->offset, sizeof value);
+        EKV__CHECK_RANGE(f->name, value, f->lo, f->hi);
+    }
+    if (ekv_dtype_info(c->kv_dtype) && ekv_dtype_info(c->kv_dtype)->paired_values &&
+        c->head_dim % 2 != 0)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "--dim=%d: --kv-dtype=%s stores values in pairs; allowed an even "
+                             "--dim (or --kv-dtype=f32, int8, fp8)",
+                             c->head_dim, ekv_dtype_name(c->kv_dtype));
+    kv_heads = c->kv_heads;
+    if (kv_heads > c->heads || c->heads % kv_heads != 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--kv-heads=%d must divide --heads=%d (GQA/MQA groups)", kv_heads,
+                             c->heads);
+    if (!ekv_dtype_info(c->kv_dtype))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "--kv-dtype is invalid: allowed %s",
+                             ekv_dtype_allowed());
+    if (!ekv_dtype_info(c->baseline_dtype))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "--baseline-dtype is invalid: allowed %s",
+                             ekv_dtype_allowed());
+    if ((unsigned)c->policy >= EKV_POLICY_COUNT)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--policy is invalid: allowed none, stride, pool, window, topk");
+    if (c->policy == EKV_POLICY_NONE && c->compression != 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--compress=%d needs a compression policy: with --policy=none "
+                             "only --compress=1 is allowed (or choose stride, pool, window, topk)",
+                             c->compression);
+    EKV__CHECK_RANGE("--recent", c->recent, 0, c->seq_len);
+    EKV__CHECK_RANGE("--sinks", c->sinks, 0, c->seq_len);
+    if ((unsigned)c->variant >= EKV_VARIANT_COUNT)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--variant is invalid: allowed nocache, cache, int8, shared, "
+                             "int8-shared, elastic, all (or v0..v4)");
+    if (c->data == EKV_DATA_FILE && c->data_path[0] == '\0')
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "--data: a file path is required");
+    if (!(c->softmax_scale >= 0.0) || c->softmax_scale > 1e6)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--softmax-scale=%g is out of range: allowed (0, 1e6]",
+                             c->softmax_scale);
+    if (!(c->truncate_percent >= 0.0 && c->truncate_percent <= 49.0))
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--truncate=%g is out of range: allowed 0..49 (percent cut from "
+                             "each end)", c->truncate_percent);
+    if ((unsigned)c->backend > EKV_BACKEND_EMULATOR)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--backend is invalid: allowed auto, cuda, cpu, emulator");
+    if (!(c->peak_bw_gbs >= 0.0 && c->peak_bw_gbs <= 1e6))
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--peak-bw=%g is out of range: allowed (0, 1e6] GB/s",
+                             c->peak_bw_gbs);
+    if (c->baseline_dtype_set && !c->paired_baseline)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--baseline-dtype needs --paired-baseline");
+    if (c->inference) return ekv__config_validate_cycle(c);
+    return EKV_SUCCESS;
+}
+
+/* ---- command line ---- */
+
 /* Sweepable: the workload flags. Measurement, device and output flags take one value. */
 static int ekv__flag_sweepable(const ekv__flag *f)
 {
@@ -5654,9 +4055,8 @@ static ekv_result ekv__parse_enum(const ekv__flag *f, const char *text, int *out
         ok = ekv_dtype_parse(text, &d);
         *out = (int)d;
         if (ok < 0)
-            return ekv_set_error(EKV_ERR_INVALID_ARG,
-                                 "%s='%s' is unknown: allowed f32, f16, bf16, int8, int4, fp8",
-                                 f->name, text);
+            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s='%s' is unknown: allowed %s", f->name,
+                                 text, ekv_dtype_allowed());
     } else if (off == EKV__OFF(policy)) {
         ekv_policy p = EKV_POLICY_NONE;
         ok = ekv_policy_parse(text, &p);
@@ -5829,9 +4229,7 @@ EKV_DEF ekv_result ekv_cli_config(const ekv_cli *cli, size_t index, ekv_config *
         index /= (size_t)axis->count;
         ekv__config_set_int(out, f->offset, axis->values[i]);
     }
-    /* --baseline-dtype defaults to f16 for the quantized forms, else the same dtype */
-    if (!out->baseline_dtype_set)
-        out->baseline_dtype = out->kv_dtype >= EKV_DTYPE_INT8 ? EKV_DTYPE_F16 : out->kv_dtype;
+    *out = ekv_config_resolve(out);
     return EKV_SUCCESS;
 }
 
@@ -5895,6 +4293,880 @@ EKV_DEF ekv_result ekv_cli_parse(int argc, char **argv, ekv_cli *cli, FILE *out)
     return EKV_SUCCESS;
 }
 
+/* >>stats: sample statistics, Student t, bootstrap ============================ *
+
+   Conventions beyond the numpy/scipy definitions in ekv.h:
+   - Samples must be finite: NaN or an infinity anywhere is EKV_ERR_INVALID_ARG naming
+     the index (a NaN would silently poison every order statistic).
+   - n = 1: std, cv and the CI of the mean are NaN (ddof = 1 leaves no degrees of
+     freedom, as numpy's nan); everything else is the one value.
+   - cv = std / mean as computed, so a zero mean gives an infinity (JSON null).
+   - Bootstrap: resample r draws n indices with ekv_rng_below(n) from one stream seeded
+     once with `seed`; the median's indices select from the sorted samples, the
+     ratio's from the pairs. The interval is the 2.5 and 97.5 percentiles (linear
+     interpolation) of the replicates, so it is reproducible from the seed alone.
+   - ekv_bootstrap_ratio needs candidate samples > 0 (they divide); resamples 0 means
+     EKV_BOOTSTRAP_RESAMPLES. On any error its outputs are NaN.
+   - ekv_median, ekv_trimmed_mean, ekv_quantile_sorted return NaN for NULL, n = 0, a
+     NaN in the data, or a proportion/quantile out of range. */
+
+/* NaN and infinities fail (x - x is NaN for both); portable where isfinite() is a
+   macro in C and a function in C++. */
+static int ekv__is_finite(double x)
+{
+    return x == x && x - x == 0.0;
+}
+
+static double ekv__nan(void)
+{
+    return NAN;
+}
+
+/* Neumaier-compensated sum: agrees with numpy's pairwise sum to well below 1e-12
+   relative, independently of the order of the data. */
+static double ekv__sum(const double *x, size_t n)
+{
+    double sum = 0.0, compensation = 0.0;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        double t = sum + x[i];
+        if (fabs(sum) >= fabs(x[i])) compensation += (sum - t) + x[i];
+        else compensation += (x[i] - t) + sum;
+        sum = t;
+    }
+    return sum + compensation;
+}
+
+/* numpy's _lerp: from the nearer end so that the result is exact at both ends and
+   monotone in t. */
+static double ekv__lerp(double a, double b, double t)
+{
+    double diff = b - a;
+    return t >= 0.5 ? b - diff * (1.0 - t) : a + diff * t;
+}
+
+EKV_DEF double ekv_quantile_sorted(const double *sorted, size_t n, double q)
+{
+    double virtual_index, previous;
+    size_t i;
+    if (!sorted || n == 0 || !(q >= 0.0 && q <= 1.0)) return ekv__nan();
+    virtual_index = (double)(n - 1) * q;
+    previous = floor(virtual_index);
+    i = (size_t)previous;
+    if (i >= n - 1) return sorted[n - 1];
+    return ekv__lerp(sorted[i], sorted[i + 1], virtual_index - previous);
+}
+
+/* np.median: the middle element, or the mean of the two middle ones. */
+static double ekv__median_sorted(const double *sorted, size_t n)
+{
+    if (n % 2) return sorted[n / 2];
+    return (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0;
+}
+
+/* A sorted copy, or NULL when the input holds a NaN (numpy's median is then NaN) or
+   memory runs out. */
+static double *ekv__sorted_copy(const double *samples, size_t n)
+{
+    double *sorted;
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (samples[i] != samples[i]) return NULL;
+    sorted = (double *)ekv__alloc(n, sizeof *sorted);
+    if (!sorted) return NULL;
+    memcpy(sorted, samples, n * sizeof *sorted);
+    qsort(sorted, n, sizeof *sorted, ekv__compare_double);
+    return sorted;
+}
+
+EKV_DEF double ekv_median(const double *samples, size_t n)
+{
+    double *sorted, median;
+    if (!samples || n == 0) return ekv__nan();
+    sorted = ekv__sorted_copy(samples, n);
+    if (!sorted) return ekv__nan();
+    median = ekv__median_sorted(sorted, n);
+    ekv__free(sorted);
+    return median;
+}
+
+/* scipy.stats.trim_mean: int(proportion * n) values cut from each end, with the same
+   double product Python computes (so 0.29 * 100 cuts 28, as scipy does). */
+static double ekv__trimmed_mean_sorted(const double *sorted, size_t n, double proportion)
+{
+    size_t cut;
+    if (!(proportion >= 0.0 && proportion <= 0.5)) return ekv__nan();
+    cut = (size_t)(proportion * (double)n);
+    if (2 * cut >= n) return ekv__nan();
+    return ekv__sum(sorted + cut, n - 2 * cut) / (double)(n - 2 * cut);
+}
+
+EKV_DEF double ekv_trimmed_mean(const double *samples, size_t n, double proportion)
+{
+    double *sorted, mean;
+    if (!samples || n == 0) return ekv__nan();
+    sorted = ekv__sorted_copy(samples, n);
+    if (!sorted) return ekv__nan();
+    mean = ekv__trimmed_mean_sorted(sorted, n, proportion);
+    ekv__free(sorted);
+    return mean;
+}
+
+/* --- Student t ------------------------------------------------------------------
+   P(T > t) = I_x(df/2, 1/2) / 2 and P(0 < T < t) = I_y(1/2, df/2) / 2 with
+   x = df / (df + t^2), y = t^2 / (df + t^2), I the regularized incomplete beta
+   function, evaluated by its continued fraction. The inverse solves whichever of the
+   two is the smaller probability, so neither the tails nor the centre lose digits to
+   a difference with 1/2. */
+
+/* lgamma(x) - [(x - 1/2) ln x - x + ln(2 pi)/2] for x >= 10: the series' next term is
+   below 3e-17 there. */
+static double ekv__stirling_correction(double x)
+{
+    double r = 1.0 / x, r2 = r * r;
+    return r * (1.0 / 12.0 +
+                r2 * (-1.0 / 360.0 +
+                      r2 * (1.0 / 1260.0 +
+                            r2 * (-1.0 / 1680.0 +
+                                  r2 * (1.0 / 1188.0 + r2 * (-691.0 / 360360.0 + r2 / 156.0))))));
+}
+
+/* ln B(a, b) for a, b > 0, accurate to a few ulps of its terms when the smaller
+   argument stays moderate (the t distribution uses 1/2). For a large argument the
+   difference lgamma(big) - lgamma(big + small) comes from the Stirling series,
+   rearranged so that nothing cancels: the plain difference would lose
+   |lgamma(big)| * eps (1e-9 relative at df = 1e6). */
+static double ekv__log_beta(double a, double b)
+{
+    double big = a > b ? a : b, small = a > b ? b : a;
+    if (big < 10.0) return lgamma(a) + lgamma(b) - lgamma(a + b);
+    return lgamma(small) - (big - 0.5) * log1p(small / big) - small * log(big + small) + small +
+           ekv__stirling_correction(big) - ekv__stirling_correction(big + small);
+}
+
+/* The continued fraction g of I_x(a, b) = x^a y^b / (a B(a, b) g), for x below the
+   mean (a+1)/(a+b+2) where it converges quickly. It is the even contraction of the
+   classic fraction 1/(1 + d1/(1 + d2/(1 + ...))):
+       g = (1 + d1) - d1 d2 / ((1 + d2 + d3) - d3 d4 / ((1 + d4 + d5) - ...))
+       d(2m+1) = -(a+m)(a+b+m) x / ((a+2m)(a+2m+1)),  d(2m) = m(b-m) x / ((a+2m-1)(a+2m)),
+   because 1 + d(2m+1), the sum that cancels, can then be written without cancellation:
+   when x is near 1 (the t tails at large df) it is
+       [a(1-b) + 2am + (2-b)m + 3m^2 + (a+m)(a+b+m) y] / ((a+2m)(a+2m+1)),
+   whose terms share a sign for the b = 1/2 of those tails; computed as 1 + d(2m+1) it
+   would lose digits in proportion to df. Modified Lentz. */
+static double ekv__beta_fraction(double a, double b, double x, double y)
+{
+    const double tiny = 1e-300, epsilon = 2.0 * DBL_EPSILON; /* exactly 1 may never come */
+    double g, c, d = 0.0;
+    int m;
+    g = y < x ? ((1.0 - b) + (a + b) * y) / (a + 1.0) : 1.0 - (a + b) * x / (a + 1.0);
+    if (fabs(g) < tiny) g = tiny;
+    c = g;
+    for (m = 1; m <= 1000000; m++) {
+        double odd_previous = -(a + m - 1.0) * (a + b + m - 1.0) * x /
+                              ((a + 2.0 * m - 2.0) * (a + 2.0 * m - 1.0));
+        double even = m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m));
+        double odd_denominator = (a + 2.0 * m) * (a + 2.0 * m + 1.0);
+        double one_plus_odd =
+            y < x ? (a * (1.0 - b) + 2.0 * a * m + (2.0 - b) * m + 3.0 * m * m +
+                     (a + m) * (a + b + m) * y) / odd_denominator
+                  : 1.0 - (a + m) * (a + b + m) * x / odd_denominator;
+        double numerator = -odd_previous * even, denominator = even + one_plus_odd, delta;
+        d = denominator + numerator * d;
+        if (fabs(d) < tiny) d = tiny;
+        c = denominator + numerator / c;
+        if (fabs(c) < tiny) c = tiny;
+        d = 1.0 / d;
+        delta = c * d;
+        g *= delta;
+        if (fabs(delta - 1.0) < epsilon) break;
+    }
+    return g;
+}
+
+/* I_x(a, b) given both x and y = 1 - x, each computed without cancellation by the
+   caller, so that either tail keeps full relative precision. */
+static double ekv__incomplete_beta(double a, double b, double x, double y)
+{
+    double log_x, log_y;
+    if (x <= 0.0) return 0.0;
+    if (y <= 0.0) return 1.0;
+    if (x > (a + 1.0) / (a + b + 2.0)) return 1.0 - ekv__incomplete_beta(b, a, y, x);
+    log_x = x < 0.5 ? log(x) : log1p(-y);
+    log_y = y < 0.5 ? log(y) : log1p(-x);
+    return exp(a * log_x + b * log_y - ekv__log_beta(a, b)) / (a * ekv__beta_fraction(a, b, x, y));
+}
+
+/* x = df / (df + t^2) and y = 1 - x for t >= 0, both without cancellation. */
+static void ekv__t_beta_arguments(double t, double df, double *x, double *y)
+{
+    double t2 = t * t;
+    *x = df / (df + t2);
+    *y = t2 / (df + t2);
+}
+
+/* P(T > t) for t >= 0; df = infinity is the standard normal. */
+static double ekv__t_upper_tail(double t, double df)
+{
+    double x, y, log_ratio;
+    if (df == INFINITY) return 0.5 * erfc(t / sqrt(2.0));
+    /* far tail, x < 1e-100: I_x(df/2, 1/2) = x^(df/2) / ((df/2) B) to within x, taken in
+       logarithms because x itself underflows long before the tail does (df = 1) */
+    log_ratio = log(t) - 0.5 * log(df);
+    if (log_ratio > 115.0) return exp(-df * log_ratio - ekv__log_beta(0.5 * df, 0.5)) / df;
+    ekv__t_beta_arguments(t, df, &x, &y);
+    return 0.5 * ekv__incomplete_beta(0.5 * df, 0.5, x, y);
+}
+
+/* P(0 < T < t) for t >= 0. */
+static double ekv__t_centre(double t, double df)
+{
+    double x, y;
+    if (df == INFINITY) return 0.5 * erf(t / sqrt(2.0));
+    if (t == INFINITY) return 0.5;
+    ekv__t_beta_arguments(t, df, &x, &y);
+    return 0.5 * ekv__incomplete_beta(0.5, 0.5 * df, y, x);
+}
+
+/* ln of the density at t >= 0; log_norm = -ln B(df/2, 1/2) - ln(df)/2. */
+static double ekv__t_log_density(double t, double df, double log_norm)
+{
+    double log_ratio;
+    if (df == INFINITY) return -0.5 * t * t - 0.5 * log(2.0 * EKV__PI);
+    log_ratio = log(t) - 0.5 * log(df);
+    if (log_ratio > 115.0) return log_norm - (df + 1.0) * log_ratio;
+    return log_norm - 0.5 * (df + 1.0) * log1p(t / sqrt(df) * (t / sqrt(df)));
+}
+
+EKV_DEF double ekv_t_cdf(double t, double df)
+{
+    if (t != t || !(df > 0.0)) return ekv__nan();
+    if (t < 0.0) return ekv__t_upper_tail(-t, df);
+    return 1.0 - ekv__t_upper_tail(t, df);
+}
+
+/* The probability that ekv__t_solve matches: P(0 < T < t) or P(T > t). */
+static double ekv__t_probability(double t, double df, int centre)
+{
+    return centre ? ekv__t_centre(t, df) : ekv__t_upper_tail(t, df);
+}
+
+/* Whether `probability` puts t below the root (the centre grows with t, the tail
+   shrinks). */
+static int ekv__t_below_root(double probability, double target, int centre)
+{
+    return centre ? probability < target : probability > target;
+}
+
+/* The t >= 0 with P(T > t) = target (centre = 0), or P(0 < T < t) = target (centre =
+   1), target in (0, 1/4]. Newton on the log of that probability against ln t (close
+   to linear in both the normal-like centre and the power-law tails), kept inside a
+   bracket that falls back to bisection, so it cannot diverge. Infinity when the root
+   lies beyond the largest double (df < 2 and a tail below ~1e-155). */
+static double ekv__t_solve(double target, double df, int centre)
+{
+    double log_norm = df == INFINITY ? 0.0 : -ekv__log_beta(0.5 * df, 0.5) - 0.5 * log(df);
+    double log_target = log(target);
+    double low, high, t;
+    int iteration;
+    /* bracket [low, high] around the root, by squaring away from 1 */
+    if (ekv__t_below_root(ekv__t_probability(1.0, df, centre), target, centre)) {
+        low = 1.0;
+        high = 2.0;
+        while (ekv__t_below_root(ekv__t_probability(high, df, centre), target, centre)) {
+            if (high == DBL_MAX) return INFINITY;
+            low = high;
+            high = high > 1e154 ? DBL_MAX : high * high;
+        }
+    } else {
+        high = 1.0;
+        low = 0.5;
+        while (!ekv__t_below_root(ekv__t_probability(low, df, centre), target, centre)) {
+            high = low;
+            low = low * low;
+        }
+    }
+    t = low > 0.0 ? sqrt(low) * sqrt(high) : 0.5 * high;
+    for (iteration = 0; iteration < 200; iteration++) {
+        double probability = ekv__t_probability(t, df, centre), next, slope;
+        if (probability == target) return t;
+        if (ekv__t_below_root(probability, target, centre)) low = t;
+        else high = t;
+        /* d ln(probability) / d ln(t) */
+        slope = (centre ? t : -t) * exp(ekv__t_log_density(t, df, log_norm)) / probability;
+        next = t * exp((log_target - log(probability)) / slope);
+        if (!(next > low && next < high))
+            next = low > 0.0 ? sqrt(low) * sqrt(high) : 0.5 * high;
+        if (fabs(next - t) <= 4e-16 * t || next == low || next == high) return next;
+        t = next;
+    }
+    return t;
+}
+
+EKV_DEF double ekv_t_inverse_cdf(double p, double df)
+{
+    if (!(p >= 0.0 && p <= 1.0) || !(df > 0.0)) return ekv__nan();
+    if (p == 0.0) return -INFINITY;
+    if (p == 1.0) return INFINITY;
+    if (p == 0.5) return 0.0;
+    /* p - 1/2 is exact for p in [1/4, 1] and 1 - p for p in [1/2, 1] (Sterbenz) */
+    if (p >= 0.25 && p <= 0.75) {
+        double t = ekv__t_solve(fabs(p - 0.5), df, 1);
+        return p < 0.5 ? -t : t;
+    }
+    if (p < 0.5) return -ekv__t_solve(p, df, 0);
+    return ekv__t_solve(1.0 - p, df, 0);
+}
+
+/* --- bootstrap ------------------------------------------------------------------
+   A resample is a count per original index (counts[i] = times index i was drawn).
+   Walking a sorted order and accumulating counts finds the resample's middle order
+   statistics in O(n) with no sort, and gives exactly np.median of the resample. */
+
+/* Draws n indices (ekv_rng_below(n), in order) into counts. */
+static void ekv__bootstrap_draw(ekv_rng *rng, size_t n, size_t *counts)
+{
+    size_t i;
+    memset(counts, 0, n * sizeof *counts);
+    for (i = 0; i < n; i++) counts[ekv_rng_below(rng, (uint64_t)n)]++;
+}
+
+/* Median of the resample: sorted_values[j] is the value of index order[j] (order NULL:
+   counts are already in sorted order). */
+static double ekv__counted_median(const double *sorted_values, const size_t *order,
+                                  const size_t *counts, size_t n)
+{
+    size_t lower_rank = (n - 1) / 2, upper_rank = n / 2, seen = 0, j;
+    double lower = 0.0;
+    for (j = 0; j < n; j++) {
+        size_t count = counts[order ? order[j] : j];
+        if (count == 0) continue;
+        if (seen <= lower_rank && lower_rank < seen + count) lower = sorted_values[j];
+        if (upper_rank < seen + count) {
+            if (lower_rank == upper_rank) return sorted_values[j];
+            return (lower + sorted_values[j]) / 2.0;
+        }
+        seen += count;
+    }
+    return ekv__nan();
+}
+
+/* Percentile interval: quantiles 0.025 and 0.975 of the sorted replicates. */
+static void ekv__percentile_interval(double *replicates, size_t count, double *lo, double *hi)
+{
+    qsort(replicates, count, sizeof *replicates, ekv__compare_double);
+    *lo = ekv_quantile_sorted(replicates, count, 0.025);
+    *hi = ekv_quantile_sorted(replicates, count, 0.975);
+}
+
+static ekv_result ekv__check_samples(const double *samples, size_t n, const char *function,
+                                     const char *name)
+{
+    size_t i;
+    if (!samples) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: %s is NULL", function, name);
+    if (n == 0) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: no samples (n = 0)", function);
+    for (i = 0; i < n; i++)
+        if (!ekv__is_finite(samples[i]))
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "%s: %s[%zu] is %g; samples must be finite", function, name,
+                                 i, samples[i]);
+    return EKV_SUCCESS;
+}
+
+/* Index sort for the paired bootstrap: values with their original index. */
+typedef struct ekv__indexed_value {
+    double value;
+    size_t index;
+} ekv__indexed_value;
+
+static int ekv__compare_indexed(const void *a, const void *b)
+{
+    const ekv__indexed_value *x = (const ekv__indexed_value *)a;
+    const ekv__indexed_value *y = (const ekv__indexed_value *)b;
+    if (x->value != y->value) return (x->value > y->value) - (x->value < y->value);
+    return (x->index > y->index) - (x->index < y->index);
+}
+
+EKV_DEF ekv_result ekv_stats_compute(const double *samples, size_t n, double trim_percent,
+                                     uint64_t seed, ekv_stats *out)
+{
+    double *sorted = NULL, *deviations = NULL, *medians = NULL;
+    size_t *counts = NULL, i;
+    double low_mild, high_mild, low_severe, high_severe;
+    ekv_rng rng;
+    ekv_result result;
+    if (!out) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_stats_compute: out is NULL");
+    memset(out, 0, sizeof *out);
+    result = ekv__check_samples(samples, n, "ekv_stats_compute", "samples");
+    if (result != EKV_SUCCESS) return result;
+    if (!(trim_percent >= 0.0 && trim_percent < 50.0))
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "ekv_stats_compute: trim percent %g is outside [0, 50)",
+                             trim_percent);
+    sorted = ekv__sorted_copy(samples, n);
+    deviations = (double *)ekv__alloc(n, sizeof *deviations);
+    counts = (size_t *)ekv__alloc(n, sizeof *counts);
+    medians = (double *)ekv__alloc(EKV_BOOTSTRAP_RESAMPLES, sizeof *medians);
+    if (!sorted || !deviations || !counts || !medians) {
+        result = EKV_ERR_OUT_OF_MEMORY; /* ekv__alloc set the message */
+        goto done;
+    }
+
+    out->n = n;
+    out->mean = ekv__sum(samples, n) / (double)n;
+    for (i = 0; i < n; i++) deviations[i] = (samples[i] - out->mean) * (samples[i] - out->mean);
+    out->std = n > 1 ? sqrt(ekv__sum(deviations, n) / (double)(n - 1)) : ekv__nan();
+    out->cv = out->std / out->mean;
+    out->median = ekv__median_sorted(sorted, n);
+    out->min = sorted[0];
+    out->max = sorted[n - 1];
+    out->q1 = ekv_quantile_sorted(sorted, n, 0.25);
+    out->q3 = ekv_quantile_sorted(sorted, n, 0.75);
+    out->iqr = out->q3 - out->q1;
+    out->p5 = ekv_quantile_sorted(sorted, n, 0.05);
+    out->p95 = ekv_quantile_sorted(sorted, n, 0.95);
+    out->p99 = ekv_quantile_sorted(sorted, n, 0.99);
+    out->trimmed_mean = ekv__trimmed_mean_sorted(sorted, n, trim_percent / 100.0);
+
+    low_mild = out->q1 - 1.5 * out->iqr;
+    high_mild = out->q3 + 1.5 * out->iqr;
+    low_severe = out->q1 - 3.0 * out->iqr;
+    high_severe = out->q3 + 3.0 * out->iqr;
+    for (i = 0; i < n; i++) {
+        double x = sorted[i];
+        if (x < low_severe || x > high_severe) out->outliers_severe++;
+        else if (x < low_mild || x > high_mild) out->outliers_mild++;
+    }
+
+    if (n > 1) {
+        double half = ekv_t_inverse_cdf(0.975, (double)(n - 1)) * out->std / sqrt((double)n);
+        out->ci95_mean_lo = out->mean - half;
+        out->ci95_mean_hi = out->mean + half;
+    } else {
+        out->ci95_mean_lo = out->ci95_mean_hi = ekv__nan();
+    }
+
+    /* indices drawn into the sorted samples: the median depends only on the multiset */
+    ekv_rng_seed(&rng, seed);
+    for (i = 0; i < EKV_BOOTSTRAP_RESAMPLES; i++) {
+        ekv__bootstrap_draw(&rng, n, counts);
+        medians[i] = ekv__counted_median(sorted, NULL, counts, n);
+    }
+    ekv__percentile_interval(medians, EKV_BOOTSTRAP_RESAMPLES, &out->ci95_median_lo,
+                             &out->ci95_median_hi);
+    result = EKV_SUCCESS;
+done:
+    ekv__free(sorted);
+    ekv__free(deviations);
+    ekv__free(counts);
+    ekv__free(medians);
+    return result;
+}
+
+/* Sorted values and the original index of each, for one side of the pairs. */
+static ekv_result ekv__sort_indexed(const double *values, size_t n, double *sorted, size_t *order)
+{
+    ekv__indexed_value *pairs = (ekv__indexed_value *)ekv__alloc(n, sizeof *pairs);
+    size_t i;
+    if (!pairs) return EKV_ERR_OUT_OF_MEMORY;
+    for (i = 0; i < n; i++) {
+        pairs[i].value = values[i];
+        pairs[i].index = i;
+    }
+    qsort(pairs, n, sizeof *pairs, ekv__compare_indexed);
+    for (i = 0; i < n; i++) {
+        sorted[i] = pairs[i].value;
+        order[i] = pairs[i].index;
+    }
+    ekv__free(pairs);
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_bootstrap_ratio(const double *base, const double *candidate, size_t n,
+                                       int resamples, uint64_t seed, double *ratio,
+                                       double *lo, double *hi)
+{
+    const char *function = "ekv_bootstrap_ratio";
+    double *base_sorted = NULL, *candidate_sorted = NULL, *ratios = NULL;
+    size_t *base_order = NULL, *candidate_order = NULL, *counts = NULL, i;
+    size_t count;
+    ekv_rng rng;
+    ekv_result result;
+    if (!ratio || !lo || !hi)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: ratio, lo and hi must not be NULL",
+                             function);
+    *ratio = *lo = *hi = ekv__nan();
+    result = ekv__check_samples(base, n, function, "base");
+    if (result != EKV_SUCCESS) return result;
+    result = ekv__check_samples(candidate, n, function, "candidate");
+    if (result != EKV_SUCCESS) return result;
+    for (i = 0; i < n; i++)
+        if (!(candidate[i] > 0.0))
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "%s: candidate[%zu] is %g; candidate samples must be > 0 "
+                                 "(they divide)", function, i, candidate[i]);
+    if (resamples < 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: resamples is %d; use >= 1, or 0 for the default %d",
+                             function, resamples, EKV_BOOTSTRAP_RESAMPLES);
+    count = resamples == 0 ? EKV_BOOTSTRAP_RESAMPLES : (size_t)resamples;
+
+    base_sorted = (double *)ekv__alloc(n, sizeof *base_sorted);
+    candidate_sorted = (double *)ekv__alloc(n, sizeof *candidate_sorted);
+    base_order = (size_t *)ekv__alloc(n, sizeof *base_order);
+    candidate_order = (size_t *)ekv__alloc(n, sizeof *candidate_order);
+    counts = (size_t *)ekv__alloc(n, sizeof *counts);
+    ratios = (double *)ekv__alloc(count, sizeof *ratios);
+    if (!base_sorted || !candidate_sorted || !base_order || !candidate_order || !counts ||
+        !ratios || ekv__sort_indexed(base, n, base_sorted, base_order) != EKV_SUCCESS ||
+        ekv__sort_indexed(candidate, n, candidate_sorted, candidate_order) != EKV_SUCCESS) {
+        result = EKV_ERR_OUT_OF_MEMORY;
+        goto done;
+    }
+    *ratio = ekv__median_sorted(base_sorted, n) / ekv__median_sorted(candidate_sorted, n);
+
+    /* indices drawn into the pairs, so base[i] and candidate[i] stay together */
+    ekv_rng_seed(&rng, seed);
+    for (i = 0; i < count; i++) {
+        ekv__bootstrap_draw(&rng, n, counts);
+        ratios[i] = ekv__counted_median(base_sorted, base_order, counts, n) /
+                    ekv__counted_median(candidate_sorted, candidate_order, counts, n);
+    }
+    ekv__percentile_interval(ratios, count, lo, hi);
+    result = EKV_SUCCESS;
+done:
+    ekv__free(base_sorted);
+    ekv__free(candidate_sorted);
+    ekv__free(base_order);
+    ekv__free(candidate_order);
+    ekv__free(counts);
+    ekv__free(ratios);
+    return result;
+}
+
+/* >>json: streaming writer ====================================================== *
+
+   The writer inserts commas, colons and (pretty) newlines with 2-space indentation
+   itself. Misuse (a value in an object without a key, a key outside an object,
+   mismatched or unbalanced ends, nesting beyond 64) and allocation failure set
+   `failed`, after which nothing more is written; the buffer always stays a NUL-
+   terminated prefix of the intended document (NULL only if ekv_json_init could not
+   allocate). Several top-level values are separated by newlines (JSONL). */
+
+/* json->first[d] describes the container open at depth d + 1: these flag bits. */
+#define EKV__JSON_EMPTY 1u  /* nothing written in it yet */
+#define EKV__JSON_OBJECT 2u /* an object (else an array) */
+#define EKV__JSON_MAX_DEPTH 64
+
+/* Room for `extra` more bytes plus the terminating NUL; on failure marks the writer
+   failed, and every later call writes nothing (the buffer keeps its valid prefix). */
+static int ekv__json_reserve(ekv_json *json, size_t extra)
+{
+    size_t needed, capacity;
+    char *grown;
+    if (json->failed) return 0;
+    if (extra > (size_t)-1 - json->length - 1) {
+        json->failed = 1;
+        return 0;
+    }
+    needed = json->length + extra + 1;
+    if (needed <= json->capacity) return 1;
+    capacity = json->capacity ? json->capacity : 256;
+    while (capacity < needed) capacity = capacity > (size_t)-1 / 2 ? needed : capacity * 2;
+    grown = (char *)EKV_REALLOC(json->buffer, capacity);
+    if (!grown) {
+        json->failed = 1;
+        return 0;
+    }
+    json->buffer = grown;
+    json->capacity = capacity;
+    return 1;
+}
+
+static void ekv__json_append(ekv_json *json, const char *bytes, size_t count)
+{
+    if (!ekv__json_reserve(json, count)) return;
+    memcpy(json->buffer + json->length, bytes, count);
+    json->length += count;
+    json->buffer[json->length] = '\0';
+}
+
+static void ekv__json_newline(ekv_json *json)
+{
+    int i;
+    if (!json->pretty) return;
+    ekv__json_append(json, "\n", 1);
+    for (i = 0; i < json->depth; i++) ekv__json_append(json, "  ", 2);
+}
+
+static void ekv__json_fail(ekv_json *json)
+{
+    json->failed = 1;
+}
+
+/* Separator and indentation before a value; 0 (and the writer failed) when a value is
+   not allowed here: in an object without a key first. Top-level values after the first
+   go on a new line, so one writer can produce JSONL. */
+static int ekv__json_before_value(ekv_json *json)
+{
+    unsigned char *flags;
+    if (json->failed) return 0;
+    if (json->depth == 0) {
+        if (json->length > 0) ekv__json_append(json, "\n", 1);
+        return !json->failed;
+    }
+    flags = &json->first[json->depth - 1];
+    if (*flags & EKV__JSON_OBJECT) {
+        if (!json->after_key) {
+            ekv__json_fail(json);
+            return 0;
+        }
+        json->after_key = 0;
+        return 1;
+    }
+    if (!(*flags & EKV__JSON_EMPTY)) ekv__json_append(json, ",", 1);
+    *flags &= (unsigned char)~EKV__JSON_EMPTY;
+    ekv__json_newline(json);
+    return !json->failed;
+}
+
+/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlongs, surrogates
+   or code points above U+10FFFF), or 0 with *bad set to the length of its maximal ill-
+   formed prefix, which becomes one U+FFFD (Unicode's recommended practice, and what
+   Python's decode(errors="replace") does). */
+static size_t ekv__utf8_sequence(const unsigned char *p, size_t *bad)
+{
+    unsigned char lead = p[0], second_lo = 0x80, second_hi = 0xBF;
+    size_t trailing, i;
+    if (lead >= 0xC2 && lead <= 0xDF) trailing = 1;
+    else if (lead >= 0xE0 && lead <= 0xEF) {
+        trailing = 2;
+        if (lead == 0xE0) second_lo = 0xA0;      /* overlong */
+        else if (lead == 0xED) second_hi = 0x9F; /* surrogates */
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+        trailing = 3;
+        if (lead == 0xF0) second_lo = 0x90;      /* overlong */
+        else if (lead == 0xF4) second_hi = 0x8F; /* above U+10FFFF */
+    } else {
+        *bad = 1;
+        return 0;
+    }
+    if (p[1] < second_lo || p[1] > second_hi) {
+        *bad = 1;
+        return 0;
+    }
+    for (i = 2; i <= trailing; i++)
+        if (p[i] < 0x80 || p[i] > 0xBF) {
+            *bad = i;
+            return 0;
+        }
+    return trailing + 1;
+}
+
+static void ekv__json_write_string(ekv_json *json, const char *text)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)text;
+    size_t length = strlen(text);
+    char *out;
+    /* worst case: every byte a \u00XX escape */
+    if (length > ((size_t)-1 - 2) / 6 || !ekv__json_reserve(json, 6 * length + 2)) {
+        ekv__json_fail(json);
+        return;
+    }
+    out = json->buffer + json->length;
+    *out++ = '"';
+    while (*p) {
+        unsigned char c = *p;
+        if (c >= 0x80) {
+            size_t bad = 0, valid = ekv__utf8_sequence(p, &bad);
+            if (valid) {
+                memcpy(out, p, valid);
+                out += valid;
+                p += valid;
+            } else {
+                memcpy(out, "\xEF\xBF\xBD", 3);
+                out += 3;
+                p += bad;
+            }
+            continue;
+        }
+        p++;
+        if (c == '"' || c == '\\') {
+            *out++ = '\\';
+            *out++ = (char)c;
+        } else if (c >= 0x20 && c != 0x7F) {
+            *out++ = (char)c;
+        } else {
+            *out++ = '\\';
+            switch (c) {
+            case '\b': *out++ = 'b'; break;
+            case '\f': *out++ = 'f'; break;
+            case '\n': *out++ = 'n'; break;
+            case '\r': *out++ = 'r'; break;
+            case '\t': *out++ = 't'; break;
+            default:
+                memcpy(out, "u00", 3);
+                out += 3;
+                *out++ = hex[c >> 4];
+                *out++ = hex[c & 15];
+            }
+        }
+    }
+    *out++ = '"';
+    json->length = (size_t)(out - json->buffer);
+    json->buffer[json->length] = '\0';
+}
+
+EKV_DEF void ekv_json_init(ekv_json *json, int pretty)
+{
+    memset(json, 0, sizeof *json);
+    json->pretty = pretty != 0;
+    if (ekv__json_reserve(json, 0)) json->buffer[0] = '\0';
+}
+
+EKV_DEF void ekv_json_free(ekv_json *json)
+{
+    if (!json) return;
+    ekv__free(json->buffer);
+    memset(json, 0, sizeof *json);
+}
+
+static void ekv__json_begin(ekv_json *json, char bracket, unsigned char kind)
+{
+    if (!ekv__json_before_value(json)) return;
+    if (json->depth >= EKV__JSON_MAX_DEPTH) {
+        ekv__json_fail(json);
+        return;
+    }
+    ekv__json_append(json, &bracket, 1);
+    json->first[json->depth++] = (unsigned char)(EKV__JSON_EMPTY | kind);
+}
+
+static void ekv__json_end(ekv_json *json, char bracket, unsigned char kind)
+{
+    unsigned char flags;
+    if (json->failed) return;
+    if (json->depth == 0 || json->after_key ||
+        (json->first[json->depth - 1] & EKV__JSON_OBJECT) != kind) {
+        ekv__json_fail(json);
+        return;
+    }
+    flags = json->first[--json->depth];
+    if (!(flags & EKV__JSON_EMPTY)) ekv__json_newline(json);
+    ekv__json_append(json, &bracket, 1);
+}
+
+EKV_DEF void ekv_json_object_begin(ekv_json *json)
+{
+    ekv__json_begin(json, '{', EKV__JSON_OBJECT);
+}
+
+EKV_DEF void ekv_json_object_end(ekv_json *json)
+{
+    ekv__json_end(json, '}', EKV__JSON_OBJECT);
+}
+
+EKV_DEF void ekv_json_array_begin(ekv_json *json)
+{
+    ekv__json_begin(json, '[', 0);
+}
+
+EKV_DEF void ekv_json_array_end(ekv_json *json)
+{
+    ekv__json_end(json, ']', 0);
+}
+
+EKV_DEF void ekv_json_key(ekv_json *json, const char *key)
+{
+    unsigned char *flags;
+    if (json->failed) return;
+    if (!key || json->depth == 0 || json->after_key ||
+        !(json->first[json->depth - 1] & EKV__JSON_OBJECT)) {
+        ekv__json_fail(json);
+        return;
+    }
+    flags = &json->first[json->depth - 1];
+    if (!(*flags & EKV__JSON_EMPTY)) ekv__json_append(json, ",", 1);
+    *flags &= (unsigned char)~EKV__JSON_EMPTY;
+    ekv__json_newline(json);
+    ekv__json_write_string(json, key);
+    if (json->pretty) ekv__json_append(json, ": ", 2);
+    else ekv__json_append(json, ":", 1);
+    json->after_key = !json->failed;
+}
+
+static void ekv__json_raw_value(ekv_json *json, const char *text)
+{
+    if (ekv__json_before_value(json)) ekv__json_append(json, text, strlen(text));
+}
+
+EKV_DEF void ekv_json_string(ekv_json *json, const char *value)
+{
+    if (!value) {
+        ekv_json_null(json);
+        return;
+    }
+    if (ekv__json_before_value(json)) ekv__json_write_string(json, value);
+}
+
+/* The shortest of %.15g, %.16g, %.17g that strtod reads back to the same double (17
+   always does). printf and strtod follow LC_NUMERIC together, so the round-trip test
+   holds in any locale; a locale's decimal point (possibly several bytes) is then
+   replaced by '.'. -0.0 is written "-0.0" because parsers read "-0" as the integer 0. */
+static void ekv__json_format_double(double value, char *text, size_t size)
+{
+    uint64_t bits;
+    char formatted[40];
+    size_t in, out = 0;
+    int precision, in_point = 0;
+    memcpy(&bits, &value, sizeof bits);
+    if (value == 0.0) {
+        snprintf(text, size, "%s", (bits >> 63) ? "-0.0" : "0");
+        return;
+    }
+    for (precision = 15; precision <= 17; precision++) {
+        snprintf(formatted, sizeof formatted, "%.*g", precision, value);
+        if (strtod(formatted, NULL) == value) break;
+    }
+    for (in = 0; formatted[in] && out + 1 < size; in++) {
+        char c = formatted[in];
+        int plain = (c >= '0' && c <= '9') || c == '-' || c == '+' || c == 'e' || c == 'E';
+        if (plain) text[out++] = c;
+        else if (!in_point) text[out++] = '.';
+        in_point = !plain;
+    }
+    text[out] = '\0';
+}
+
+EKV_DEF void ekv_json_number(ekv_json *json, double value)
+{
+    char text[40];
+    if (!ekv__is_finite(value)) {
+        ekv_json_null(json);
+        return;
+    }
+    ekv__json_format_double(value, text, sizeof text);
+    ekv__json_raw_value(json, text);
+}
+
+EKV_DEF void ekv_json_int(ekv_json *json, long long value)
+{
+    char text[32];
+    snprintf(text, sizeof text, "%lld", value);
+    ekv__json_raw_value(json, text);
+}
+
+EKV_DEF void ekv_json_bool(ekv_json *json, int value)
+{
+    ekv__json_raw_value(json, value ? "true" : "false");
+}
+
+EKV_DEF void ekv_json_null(ekv_json *json)
+{
+    ekv__json_raw_value(json, "null");
+}
+
 /* >>metrics (implementation) =============================================== */
 
 EKV_DEF void ekv_metrics_compute(ekv_metrics *m, const ekv_cache_bytes *cache_bytes, int batch,
@@ -5946,7 +5218,7 @@ static void ekv__timestamp(char *out, size_t size)
 EKV_DEF void ekv_report_init(ekv_report *report, const ekv_config *config)
 {
     memset(report, 0, sizeof *report);
-    report->config = *config;
+    report->config = ekv_config_resolve(config);
     report->device.peak_bw_theoretical_gbs = ekv__nan();
     report->device.peak_bw_measured_gbs = ekv__nan();
     report->device.peak_gflops = ekv__nan();
@@ -6059,7 +5331,7 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     const ekv_metrics *m = &r->metrics;
     double median = r->stats.median;
     double tokens_per_sec = c->batch * 1000.0 / median;
-    int kv_heads = c->kv_heads ? c->kv_heads : c->heads;
+    int kv_heads = c->kv_heads;
     char sm[16];
     ekv_json_object_begin(j);
     ekv_json_key(j, "schema_version"); ekv_json_int(j, EKV_SCHEMA_VERSION);
@@ -6122,7 +5394,7 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
                                                 : (c->data == EKV_DATA_RANDOM ? "random" : "structured"));
     ekv_json_key(j, "seed"); ekv_json_number(j, (double)c->seed);
     ekv_json_key(j, "softmax_scale");
-    ekv_json_number(j, c->softmax_scale > 0 ? c->softmax_scale : 1.0 / sqrt((double)c->head_dim));
+    ekv_json_number(j, c->softmax_scale);
     ekv_json_key(j, "reps"); ekv_json_int(j, c->reps);
     ekv_json_key(j, "warmup"); ekv_json_int(j, c->warmup);
     ekv_json_key(j, "inner_loops"); ekv_json_int(j, c->inner_loops);
@@ -6136,7 +5408,7 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     ekv_json_key(j, "layers"); ekv_json_int(j, c->layers);
     ekv_json_key(j, "decode_tokens"); ekv_json_int(j, c->decode_tokens);
     ekv_json_key(j, "variant"); ekv_json_string(j, ekv_variant_name(c->variant));
-    ekv_json_key(j, "compress_every"); ekv_json_int(j, c->compress_every ? c->compress_every : c->compression);
+    ekv_json_key(j, "compress_every"); ekv_json_int(j, c->compress_every);
     ekv_json_key(j, "backend_requested"); ekv_json_string(j, ekv_backend_name(c->backend));
     ekv_json_key(j, "device"); ekv_json_int(j, c->device);
     ekv_json_key(j, "peak_bw_override_gbs");
@@ -6254,7 +5526,7 @@ EKV_DEF void ekv_report_print_table(const ekv_report *r, FILE *out)
     const ekv_config *c = &r->config;
     const ekv_metrics *m = &r->metrics;
     const ekv_stats *s = &r->stats;
-    int kv_heads = c->kv_heads ? c->kv_heads : c->heads;
+    int kv_heads = c->kv_heads;
     fprintf(out, "ekv %s  backend %s  device %s%s\n", EKV_VERSION_STRING,
             ekv_backend_name(r->backend), r->device.name, c->hot ? "  (hot: L2/cache resident)" : "  (cold)");
     fprintf(out, "workload   batch %d  seq %d  heads %d/%d  dim %d  %s  policy %s  C=%d  recent %d  sinks %d\n",
@@ -6317,8 +5589,10 @@ EKV_DEF void ekv_workload_free(ekv_workload *w)
     memset(w, 0, sizeof *w);
 }
 
-EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *c, ekv_workload *w)
+EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *config, ekv_workload *w)
 {
+    const ekv_config resolved = ekv_config_resolve(config);
+    const ekv_config *c = &resolved;
     ekv_result r;
     size_t out_count;
     ekv_cache_bytes full;
@@ -6328,7 +5602,7 @@ EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *c, ekv_workload *w)
         r = ekv_data_load(c->data_path, c->observe, &w->data);
         if (r != EKV_SUCCESS) return r;
         if (w->data.batch != c->batch || w->data.heads != c->heads ||
-            w->data.kv_heads != (c->kv_heads ? c->kv_heads : c->heads) ||
+            w->data.kv_heads != c->kv_heads ||
             w->data.head_dim != c->head_dim || w->data.capacity != c->seq_len) {
             r = ekv_set_error(EKV_ERR_INVALID_ARG,
                               "--data=%s holds batch %d, heads %d, kv-heads %d, dim %d, seq %d; "
@@ -6344,7 +5618,7 @@ EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *c, ekv_workload *w)
         d.kind = c->data;
         d.batch = c->batch;
         d.heads = c->heads;
-        d.kv_heads = c->kv_heads ? c->kv_heads : c->heads;
+        d.kv_heads = c->kv_heads;
         d.head_dim = c->head_dim;
         d.seq_len = c->seq_len;
         d.observe = c->observe;
@@ -6352,7 +5626,7 @@ EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *c, ekv_workload *w)
         r = ekv_data_generate(&d, &w->data);
         if (r != EKV_SUCCESS) return r;
     }
-    w->softmax_scale = c->softmax_scale > 0 ? c->softmax_scale : 1.0 / sqrt((double)c->head_dim);
+    w->softmax_scale = c->softmax_scale;
     w->compress.policy = c->policy;
     w->compress.compression = c->compression;
     w->compress.recent = c->recent;
@@ -6425,11 +5699,7 @@ EKV_DEF ekv_result ekv_workload_dump(const ekv_workload *w, const float *out, co
     return ekv_npy_write_f64(path, w->reference_full, 3, qshape);
 }
 
-/* >>cpu (implementation) =================================================== */
-
-#if defined(__unix__) || defined(__APPLE__)
-#include <unistd.h>
-#endif
+/* >>timing (implementation) ================================================ */
 
 EKV_DEF double ekv_time_ms(void)
 {
@@ -6441,6 +5711,21 @@ EKV_DEF double ekv_time_ms(void)
     return (double)clock() * 1e3 / CLOCKS_PER_SEC;
 #endif
 }
+
+EKV_DEF ekv_result ekv_time_abab(int warmup, int reps, int paired, ekv_sample_fn sample,
+                                 void *context)
+{
+    int i;
+    for (i = 0; i < warmup + reps; i++) {
+        ekv_result r;
+        if (paired && (r = sample(context, 1, i - warmup)) != EKV_SUCCESS) return r;
+        if ((r = sample(context, 0, i - warmup)) != EKV_SUCCESS) return r;
+    }
+    return EKV_SUCCESS;
+}
+
+/* >>cpu (implementation) =================================================== */
+
 
 EKV_DEF double ekv_cpu_copy_bandwidth_gbs(size_t bytes, int reps)
 {
@@ -6490,31 +5775,14 @@ static void ekv__cpu_name(char *out, size_t size)
 
 static ekv_result ekv__cache_clone(const ekv_host_cache *src, ekv_host_cache *dst)
 {
+    /* a timing copy is read, never grown or compressed: no compressed counts */
+    ekv_result r = ekv__cache_alloc(dst, src->dtype, src->batch, src->kv_heads, src->head_dim,
+                                    src->capacity, src->bias != NULL, 0, "ekv_cache_clone");
     size_t slots = (size_t)src->batch * src->kv_heads * src->capacity;
     size_t row = ekv_dtype_row_bytes(src->dtype, src->head_dim);
-    size_t scale_bytes = 0;
-    *dst = *src;
-    dst->lengths = NULL;
-    dst->k = dst->v = dst->k_scales = dst->v_scales = NULL;
-    dst->bias = NULL;
-    dst->compressed = NULL; /* a timing copy is read, never grown or compressed */
-    if (src->dtype == EKV_DTYPE_INT8 || src->dtype == EKV_DTYPE_INT4)
-        scale_bytes = slots * ekv_dtype_row_scale_bytes(src->dtype, src->head_dim);
-    else if (src->dtype == EKV_DTYPE_FP8)
-        scale_bytes = (size_t)src->batch * src->kv_heads * sizeof(float);
-    dst->lengths = (int *)ekv__alloc((size_t)src->batch, sizeof(int));
-    dst->k = (unsigned char *)ekv__alloc(slots, row);
-    dst->v = (unsigned char *)ekv__alloc(slots, row);
-    if (scale_bytes) {
-        dst->k_scales = (unsigned char *)ekv__alloc(scale_bytes, 1);
-        dst->v_scales = (unsigned char *)ekv__alloc(scale_bytes, 1);
-    }
-    if (src->bias) dst->bias = (float *)ekv__alloc(slots, sizeof(float));
-    if (!dst->lengths || !dst->k || !dst->v || (scale_bytes && (!dst->k_scales || !dst->v_scales)) ||
-        (src->bias && !dst->bias)) {
-        ekv_cache_free(dst);
-        return EKV_ERR_OUT_OF_MEMORY;
-    }
+    size_t scale_bytes = ekv_cache_scales_bytes(src->dtype, src->batch, src->kv_heads,
+                                                src->head_dim, src->capacity);
+    if (r != EKV_SUCCESS) return r;
     memcpy(dst->lengths, src->lengths, (size_t)src->batch * sizeof(int));
     memcpy(dst->k, src->k, slots * row);
     memcpy(dst->v, src->v, slots * row);
@@ -6593,17 +5861,39 @@ static ekv_result ekv__cpu_sample(const ekv__cpu_set *s, int *next, const float 
 
 static double ekv__cpu_measured_bw = -1.0;
 
+struct ekv__cpu_timing {
+    ekv__cpu_set *cand, *base;
+    int next_cand, next_base, inner_loops;
+    const ekv_workload *work;
+    float scale, *out;
+    ekv_report *report;
+};
+
+static ekv_result ekv__cpu_timed_sample(void *context, int baseline, int rep)
+{
+    struct ekv__cpu_timing *t = (struct ekv__cpu_timing *)context;
+    double ms = 0.0;
+    ekv_result r = ekv__cpu_sample(baseline ? t->base : t->cand,
+                                   baseline ? &t->next_base : &t->next_cand, t->work->data.q,
+                                   t->work->data.heads, t->scale, t->out, t->inner_loops, &ms);
+    if (r == EKV_SUCCESS && rep >= 0)
+        (baseline ? t->report->baseline_samples_ms : t->report->samples_ms)[rep] = ms;
+    return r;
+}
+
 EKV_DEF ekv_result ekv_cpu_run(const ekv_config *c, const ekv_workload *w, ekv_report *report)
 {
     size_t out_count = (size_t)w->data.batch * w->data.heads * w->data.head_dim;
     float *out = (float *)ekv__alloc(out_count, sizeof(float));
     float scale = (float)w->softmax_scale;
     ekv__cpu_set cand, base;
+    struct ekv__cpu_timing timing;
     ekv_result r = EKV_SUCCESS;
-    int copies, i, next_c = 0, next_b = 0, b;
+    int copies, i, b;
     double kept = 0;
     memset(&cand, 0, sizeof cand);
     memset(&base, 0, sizeof base);
+    memset(&timing, 0, sizeof timing);
     ekv_report_init(report, c);
     report->backend = EKV_BACKEND_CPU;
     if (!out) return EKV_ERR_OUT_OF_MEMORY;
@@ -6649,21 +5939,16 @@ EKV_DEF ekv_result ekv_cpu_run(const ekv_config *c, const ekv_workload *w, ekv_r
     report->samples_ms = (double *)ekv__alloc((size_t)c->reps, sizeof(double));
     if (!report->samples_ms) { r = EKV_ERR_OUT_OF_MEMORY; goto done; }
     report->sample_count = (size_t)c->reps;
-    for (i = 0; i < c->warmup + c->reps; i++) {
-        double ms_c, ms_b = 0;
-        /* ABAB: baseline then candidate in every pair, so drift hits both alike */
-        if (c->paired_baseline &&
-            (r = ekv__cpu_sample(&base, &next_b, w->data.q, w->data.heads, scale, out,
-                                 c->inner_loops, &ms_b)) != EKV_SUCCESS)
-            goto done;
-        if ((r = ekv__cpu_sample(&cand, &next_c, w->data.q, w->data.heads, scale, out,
-                                 c->inner_loops, &ms_c)) != EKV_SUCCESS)
-            goto done;
-        if (i >= c->warmup) {
-            report->samples_ms[i - c->warmup] = ms_c;
-            if (c->paired_baseline) report->baseline_samples_ms[i - c->warmup] = ms_b;
-        }
-    }
+    timing.cand = &cand;
+    timing.base = &base;
+    timing.work = w;
+    timing.scale = scale;
+    timing.out = out;
+    timing.inner_loops = c->inner_loops;
+    timing.report = report;
+    if ((r = ekv_time_abab(c->warmup, c->reps, c->paired_baseline, ekv__cpu_timed_sample,
+                           &timing)) != EKV_SUCCESS)
+        goto done;
     r = ekv_report_finish(report);
 done:
     ekv__cpu_set_free(&cand);
@@ -6672,6 +5957,1002 @@ done:
     return r;
 }
 
+
+/* >>cycle: the inference cycle on the host: model, CPU decode loop, results, JSON ====== */
+
+/* Shared by both backends: the seeded model (weights and inputs), the projection that
+   both the decode step and nocache's recompute use (so that their k and v agree bit for
+   bit), the capacity of each variant's cache, the memory estimate, the assembly of a
+   ekv_cycle_result from raw timings, and the JSON and table of the cycle. The CPU
+   backend's decode loop follows; ekv_cuda.cuh (>>cycle) has the device one. */
+
+
+static const char *const ekv__phase_names[EKV_CYCLE_PHASES] = {"projection", "append", "compress",
+                                                               "attention"};
+
+/* The variants `all` stands for, in this order. */
+static const ekv_variant ekv__cycle_variants[6] = {EKV_VARIANT_NOCACHE, EKV_VARIANT_CACHE,
+                                                   EKV_VARIANT_INT8,    EKV_VARIANT_SHARED,
+                                                   EKV_VARIANT_INT8_SHARED, EKV_VARIANT_ELASTIC};
+
+
+static int ekv__cycle_is_int8(ekv_variant v)
+{
+    return ekv__variant_table[v].int8;
+}
+
+static int ekv__cycle_is_shared(ekv_variant v)
+{
+    return ekv__variant_table[v].shared;
+}
+
+EKV_DEF ekv_dtype ekv_cycle_dtype(const ekv_config *c, ekv_variant v)
+{
+    return ekv__cycle_is_int8(v) ? EKV_DTYPE_INT8 : c->kv_dtype;
+}
+
+EKV_DEF int ekv_cycle_cache_layer(ekv_variant v, int layer)
+{
+    return ekv__cycle_is_shared(v) && layer % 2 == 1 ? layer - 1 : layer;
+}
+
+EKV_DEF int ekv_cycle_cache_index(ekv_variant v, int layer)
+{
+    if (v == EKV_VARIANT_NOCACHE) return 0;
+    return ekv__cycle_is_shared(v) ? ekv_cycle_cache_layer(v, layer) / 2 : layer;
+}
+
+EKV_DEF int ekv_cycle_cache_count(ekv_variant v, int layers)
+{
+    if (v == EKV_VARIANT_NOCACHE) return 1; /* one scratch cache, rebuilt each layer and step */
+    return ekv__cycle_is_shared(v) ? (layers + 1) / 2 : layers;
+}
+
+EKV_DEF int ekv_cycle_anchor(const ekv_cycle_model *m, ekv_variant v, int step)
+{
+    return v == EKV_VARIANT_ELASTIC && m->compress.policy != EKV_POLICY_NONE &&
+           step % m->compress_every == 0;
+}
+
+/* Slots the cache of `v` needs: prompt + steps, or for elastic the largest length the
+   sequence of prefill, elastic step, appends and anchor steps reaches (at least the
+   prompt, which prefill writes before compressing). */
+EKV_DEF int ekv_cycle_capacity(const ekv_config *c, ekv_variant v)
+{
+    ekv_compress_desc desc;
+    int length = c->seq_len, compressed = 0, most = c->seq_len, t;
+    int every = c->compress_every;
+    if (v != EKV_VARIANT_ELASTIC || c->policy == EKV_POLICY_NONE) return c->seq_len + c->decode_tokens;
+    memset(&desc, 0, sizeof desc);
+    desc.policy = c->policy;
+    desc.compression = c->compression;
+    desc.recent = c->recent;
+    desc.sinks = c->sinks;
+    desc.observe = c->observe;
+    for (t = 0; t <= c->decode_tokens; t++) {
+        if (t > 0) {
+            length++;
+            if (length > most) most = length;
+        }
+        if (t == 0 || t % every == 0) {
+            const int fresh = length - compressed;
+            const int recent = c->recent < fresh ? c->recent : fresh;
+            if (fresh - recent > 0) {
+                length = compressed + ekv_policy_kept(&desc, fresh);
+                compressed = length - recent;
+            }
+        }
+    }
+    return most;
+}
+
+static double ekv__cycle_model_bytes(const ekv_config *c)
+{
+    const double hidden = (double)c->heads * c->head_dim;
+    const int kv_heads = c->kv_heads;
+    const double weights = hidden * (double)(c->heads + 2 * kv_heads) * c->head_dim;
+    const double inputs = (double)c->batch * (c->seq_len + c->decode_tokens) * hidden;
+    return 4.0 * c->layers * (weights + inputs);
+}
+
+/* The variant's state: caches at capacity, the per-step vectors, nocache's recompute
+   buffers, topk's observed queries. */
+static double ekv__cycle_state_bytes(const ekv_config *c, ekv_variant v)
+{
+    const int kv_heads = c->kv_heads;
+    const int tokens = c->seq_len + c->decode_tokens;
+    const double hidden = (double)c->heads * c->head_dim;
+    const ekv_dtype dtype = ekv_cycle_dtype(c, v);
+    const int with_bias = v == EKV_VARIANT_ELASTIC && c->policy == EKV_POLICY_POOL;
+    double bytes = ekv_cycle_cache_count(v, c->layers) *
+                   ekv_cache_memory_of(dtype, c->batch, kv_heads, c->head_dim,
+                                                v == EKV_VARIANT_NOCACHE ? tokens
+                                                                         : ekv_cycle_capacity(c, v),
+                                                with_bias);
+    bytes += 4.0 * c->batch * (hidden + 2.0 * kv_heads * c->head_dim) * (1 + c->layers); /* q k v, out */
+    if (v == EKV_VARIANT_NOCACHE)
+        bytes += 4.0 * c->batch * tokens * 2.0 * kv_heads * c->head_dim * 2.0; /* K, V and rows */
+    if (v == EKV_VARIANT_ELASTIC && c->policy == EKV_POLICY_TOPK)
+        bytes += 4.0 * c->batch * hidden * c->observe * (c->layers + 1);
+    return bytes;
+}
+
+EKV_DEF double ekv_cycle_memory_estimate(const ekv_config *config, ekv_variant v)
+{
+    ekv_config resolved;
+    const ekv_config *c = &resolved;
+    double most = 0.0;
+    int i;
+    if (!config) return 0.0;
+    resolved = ekv_config_resolve(config);
+    if (v != EKV_VARIANT_ALL)
+        return ekv__cycle_model_bytes(c) + ekv__cycle_state_bytes(c, v) +
+               (c->paired_baseline ? ekv__cycle_state_bytes(c, EKV_VARIANT_CACHE) : 0.0);
+    for (i = 0; i < 6; i++) {
+        double b = ekv__cycle_state_bytes(c, ekv__cycle_variants[i]);
+        if (b > most) most = b;
+    }
+    /* a variant and the cache it is compared with live together */
+    return ekv__cycle_model_bytes(c) + most + ekv__cycle_state_bytes(c, EKV_VARIANT_CACHE);
+}
+
+/* Called by ekv_config_validate when config->inference is set. */
+EKV_DEF void ekv_cycle_model_free(ekv_cycle_model *m)
+{
+    ekv__free(m->wq);
+    ekv__free(m->wk);
+    ekv__free(m->wv);
+    ekv__free(m->x);
+    memset(m, 0, sizeof *m);
+}
+
+static void ekv__cycle_fill_normal(float *out, size_t n, uint64_t seed, double scale)
+{
+    ekv_rng rng;
+    size_t i;
+    ekv_rng_seed(&rng, seed);
+    for (i = 0; i < n; i++) out[i] = (float)(ekv_rng_normal(&rng) * scale);
+}
+
+/* Seeded per layer and per tensor: the same config gives the same model on any backend. */
+EKV_DEF ekv_result ekv_cycle_model_make(const ekv_config *c, ekv_cycle_model *m)
+{
+    size_t wq_n, wkv_n, x_n;
+    int l;
+    memset(m, 0, sizeof *m);
+    m->batch = c->batch;
+    m->heads = c->heads;
+    m->kv_heads = c->kv_heads;
+    m->head_dim = c->head_dim;
+    m->layers = c->layers;
+    m->prompt = c->seq_len;
+    m->steps = c->decode_tokens;
+    m->tokens = m->prompt + m->steps;
+    m->hidden = m->heads * m->head_dim;
+    m->observe = c->observe;
+    m->compress_every = c->compress_every;
+    m->compress.policy = c->policy;
+    m->compress.compression = c->compression;
+    m->compress.recent = c->recent;
+    m->compress.sinks = c->sinks;
+    m->compress.observe = c->observe;
+    m->softmax_scale = c->softmax_scale;
+    wq_n = (size_t)m->hidden * (size_t)m->hidden;
+    wkv_n = (size_t)m->hidden * (size_t)m->kv_heads * (size_t)m->head_dim;
+    x_n = (size_t)m->batch * (size_t)m->tokens * (size_t)m->hidden;
+    m->wq = (float *)ekv__alloc((size_t)m->layers * wq_n, sizeof(float));
+    m->wk = (float *)ekv__alloc((size_t)m->layers * wkv_n, sizeof(float));
+    m->wv = (float *)ekv__alloc((size_t)m->layers * wkv_n, sizeof(float));
+    m->x = (float *)ekv__alloc((size_t)m->layers * x_n, sizeof(float));
+    if (!m->wq || !m->wk || !m->wv || !m->x) {
+        ekv_cycle_model_free(m);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    for (l = 0; l < m->layers; l++) {
+        const uint64_t base = c->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)l * 8u;
+        const double w_scale = 1.0 / sqrt((double)m->hidden);
+        ekv__cycle_fill_normal(m->wq + (size_t)l * wq_n, wq_n, base + 1, w_scale);
+        ekv__cycle_fill_normal(m->wk + (size_t)l * wkv_n, wkv_n, base + 2, w_scale);
+        ekv__cycle_fill_normal(m->wv + (size_t)l * wkv_n, wkv_n, base + 3, w_scale);
+        ekv__cycle_fill_normal(m->x + (size_t)l * x_n, x_n, base + 4, 1.0);
+    }
+    return EKV_SUCCESS;
+}
+
+EKV_DEF const float *ekv_cycle_model_x(const ekv_cycle_model *m, int layer, int b, int token)
+{
+    return m->x + (((size_t)layer * (size_t)m->batch + (size_t)b) * (size_t)m->tokens + (size_t)token) *
+                      (size_t)m->hidden;
+}
+
+/* out[r][j] = sum_k x[r][k] w[k][j], k in increasing order for every element, in blocks
+   of four rows that share each row of w: the single-token projection and nocache's
+   recompute both come here, so each k and v is the same float either way. */
+#define EKV__PROJECT_BLOCK 4
+static void ekv__cycle_project(const float *x, size_t x_stride, int rows, int hidden, const float *w,
+                               int n, float *out)
+{
+    int r0, r, k, j;
+    for (r0 = 0; r0 < rows; r0 += EKV__PROJECT_BLOCK) {
+        const int count = rows - r0 < EKV__PROJECT_BLOCK ? rows - r0 : EKV__PROJECT_BLOCK;
+        for (r = 0; r < count; r++) memset(out + (size_t)(r0 + r) * (size_t)n, 0, (size_t)n * sizeof(float));
+        for (k = 0; k < hidden; k++) {
+            const float *wk = w + (size_t)k * (size_t)n;
+            for (r = 0; r < count; r++) {
+                const float xv = x[(size_t)(r0 + r) * x_stride + (size_t)k];
+                float *o = out + (size_t)(r0 + r) * (size_t)n;
+                for (j = 0; j < n; j++) o[j] += xv * wk[j];
+            }
+        }
+    }
+}
+
+/* ---- assembling a result from raw timings (both backends) ---- */
+
+
+static void ekv__cycle_timing_free(ekv_cycle_timing *t)
+{
+    ekv__free(t->step_ms);
+    ekv__free(t->phase_ms);
+    ekv__free(t->kv_bytes);
+    ekv__free(t->peak_bytes);
+    memset(t, 0, sizeof *t);
+}
+
+static ekv_result ekv__cycle_timing_make(ekv_cycle_timing *t, int reps, int steps)
+{
+    memset(t, 0, sizeof *t);
+    t->reps = reps;
+    t->steps = steps;
+    t->step_ms = (double *)ekv__alloc((size_t)reps * (size_t)steps, sizeof(double));
+    t->phase_ms = (double *)ekv__alloc((size_t)reps * EKV_CYCLE_PHASES, sizeof(double));
+    t->kv_bytes = (double *)ekv__alloc((size_t)steps, sizeof(double));
+    t->peak_bytes = (double *)ekv__alloc((size_t)steps, sizeof(double));
+    if (!t->step_ms || !t->phase_ms || !t->kv_bytes || !t->peak_bytes) {
+        ekv__cycle_timing_free(t);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    return EKV_SUCCESS;
+}
+
+static double ekv__cycle_rep_total(const ekv_cycle_timing *t, int rep)
+{
+    double total = 0.0;
+    int s;
+    for (s = 0; s < t->steps; s++) total += t->step_ms[(size_t)rep * (size_t)t->steps + (size_t)s];
+    return total;
+}
+
+/* Fills `out` from the variant's timings and, when paired, the baseline's (NULL
+   otherwise). The agreement fields are filled by the caller. */
+static ekv_result ekv__cycle_result_fill(const ekv_config *c, const ekv_cycle_model *m,
+                                         ekv_variant v, const ekv_cycle_timing *t,
+                                         const ekv_cycle_timing *baseline, ekv_cycle_result *out)
+{
+    const int reps = t->reps, steps = t->steps;
+    double *column = NULL;
+    ekv_result r;
+    int i, s, p;
+    memset(out, 0, sizeof *out);
+    out->variant = v;
+    out->decode_tokens = steps;
+    out->layers = m->layers;
+    out->kv_dtype = ekv_cycle_dtype(c, v);
+    out->agreement_max_abs_diff = ekv__nan();
+    out->baseline_total_ms = out->baseline_tokens_per_sec = ekv__nan();
+    out->speedup = out->speedup_ci_lo = out->speedup_ci_hi = ekv__nan();
+    out->samples_ms = (double *)ekv__alloc((size_t)reps * 2u, sizeof(double));
+    out->series = (ekv_series_point *)ekv__alloc((size_t)steps, sizeof(ekv_series_point));
+    column = (double *)ekv__alloc((size_t)reps, sizeof(double));
+    if (!out->samples_ms || !out->series || !column) {
+        ekv__free(column);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    out->sample_count = (size_t)reps;
+    for (i = 0; i < reps; i++) {
+        out->samples_ms[i] = ekv__cycle_rep_total(t, i);
+        for (p = 0; p < EKV_CYCLE_PHASES; p++)
+            out->phases_ms[p] += t->phase_ms[(size_t)i * EKV_CYCLE_PHASES + (size_t)p] / reps;
+    }
+    r = ekv_stats_compute(out->samples_ms, (size_t)reps, c->truncate_percent, c->seed, &out->stats);
+    if (r != EKV_SUCCESS) {
+        ekv__free(column);
+        return r;
+    }
+    out->total_ms = out->stats.median;
+    out->tokens_per_sec = (double)m->batch * steps * 1000.0 / out->total_ms;
+    for (s = 0; s < steps; s++) {
+        for (i = 0; i < reps; i++) column[i] = t->step_ms[(size_t)i * (size_t)steps + (size_t)s];
+        out->series[s].step = s + 1;
+        out->series[s].context_len = m->prompt + s + 1;
+        out->series[s].latency_ms = ekv_median(column, (size_t)reps);
+        out->series[s].kv_cache_bytes = t->kv_bytes[s];
+        out->series[s].peak_device_bytes = t->peak_bytes[s];
+    }
+    out->series_count = steps;
+    out->kv_cache_bytes = t->kv_bytes[steps - 1];
+    out->peak_device_bytes = t->peak_bytes[steps - 1];
+    ekv__free(column);
+    if (baseline) {
+        out->has_baseline = 1;
+        out->baseline_samples_ms = out->samples_ms + reps;
+        for (i = 0; i < reps; i++) out->baseline_samples_ms[i] = ekv__cycle_rep_total(baseline, i);
+        out->baseline_total_ms = ekv_median(out->baseline_samples_ms, (size_t)reps);
+        out->baseline_tokens_per_sec = (double)m->batch * steps * 1000.0 / out->baseline_total_ms;
+        r = ekv_bootstrap_ratio(out->baseline_samples_ms, out->samples_ms, (size_t)reps,
+                                EKV_BOOTSTRAP_RESAMPLES, c->seed ^ 0x9e3779b97f4a7c15ULL,
+                                &out->speedup, &out->speedup_ci_lo, &out->speedup_ci_hi);
+        if (r != EKV_SUCCESS) return r;
+    }
+    return EKV_SUCCESS;
+}
+
+/* The last step's outputs of the variant against the reference (cache's). */
+static void ekv__cycle_agreement(const ekv_cycle_model *m, const float *ref, const float *x,
+                                 ekv_cycle_result *out)
+{
+    const size_t per_layer = (size_t)m->batch * (size_t)m->heads * (size_t)m->head_dim;
+    double *ref64 = (double *)ekv__alloc(per_layer, sizeof(double));
+    size_t i;
+    int l;
+    out->has_agreement = 1;
+    out->agreement_max_abs_diff = 0.0;
+    out->agreement_bitwise_equal = memcmp(ref, x, per_layer * (size_t)m->layers * sizeof(float)) == 0;
+    for (i = 0; i < per_layer * (size_t)m->layers; i++) {
+        double d = fabs((double)ref[i] - (double)x[i]);
+        if (!(d <= out->agreement_max_abs_diff)) out->agreement_max_abs_diff = d;
+    }
+    for (l = 0; l < m->layers && ref64; l++) {
+        for (i = 0; i < per_layer; i++) ref64[i] = ref[(size_t)l * per_layer + i];
+        out->error_vs_cache[l] = ekv_compare_f32(ref64, x + (size_t)l * per_layer, per_layer);
+    }
+    ekv__free(ref64);
+}
+
+/* The report-level figures of a cycle run: results/statistics over the per-step time
+   (decode loop / steps) of the first variant, so that results.tokens_per_sec equals the
+   cycle's tokens/s; metrics from the KV bytes the last step's attention read. */
+static ekv_result ekv__cycle_report_finish(ekv_report *report)
+{
+    const ekv_cycle_result *first = &report->cycles[0];
+    const double steps = (double)first->decode_tokens;
+    size_t i;
+    report->samples_ms = (double *)ekv__alloc(first->sample_count, sizeof(double));
+    if (!report->samples_ms) return EKV_ERR_OUT_OF_MEMORY;
+    report->sample_count = first->sample_count;
+    for (i = 0; i < first->sample_count; i++) report->samples_ms[i] = first->samples_ms[i] / steps;
+    if (first->has_baseline) {
+        report->baseline_samples_ms = (double *)ekv__alloc(first->sample_count, sizeof(double));
+        if (!report->baseline_samples_ms) return EKV_ERR_OUT_OF_MEMORY;
+        report->baseline_sample_count = first->sample_count;
+        for (i = 0; i < first->sample_count; i++)
+            report->baseline_samples_ms[i] = first->baseline_samples_ms[i] / steps;
+        report->has_baseline = 1;
+    }
+    report->kv_cache_bytes_uncompressed = ekv__nan();
+    report->peak_device_bytes = first->peak_device_bytes;
+    report->accuracy.total.rel_l2 = report->accuracy.total.max_abs = report->accuracy.total.cosine =
+        ekv__nan();
+    report->accuracy.compression = report->accuracy.kernel = report->accuracy.total;
+    report->accuracy.attention_entropy = report->accuracy.top5pct_mass = ekv__nan();
+    {
+        ekv_result r = ekv_report_finish(report);
+        report->kv_cache_bytes = first->kv_cache_bytes; /* in use, not the bytes read */
+        return r;
+    }
+}
+
+/* Metrics of one decode step: the KV bytes every layer's attention reads (a shared
+   cache is read by both of its layers). */
+static void ekv__cycle_step_bytes(ekv_report *report, const ekv_cycle_backend *backend,
+                                  void *state, const ekv_cycle_model *m)
+{
+    int l;
+    memset(&report->cache_bytes, 0, sizeof report->cache_bytes);
+    report->kept_tokens_total = 0.0;
+    for (l = 0; l < m->layers; l++) {
+        ekv_cache_bytes bytes;
+        double kept = 0.0;
+        backend->layer_bytes(state, l, &bytes, &kept);
+        report->cache_bytes.k += bytes.k;
+        report->cache_bytes.v += bytes.v;
+        report->cache_bytes.scales += bytes.scales;
+        report->cache_bytes.bias += bytes.bias;
+        report->cache_bytes.total += bytes.total;
+        report->kept_tokens_total += kept;
+    }
+}
+
+/* ---- the CPU decode loop ---- */
+
+typedef struct ekv__cycle_cpu {
+    const ekv_cycle_model *model;
+    ekv_variant variant;
+    int cache_count;
+    ekv_host_cache *caches;
+    int *lengths;        /* [batch] */
+    float *q, *k, *v;    /* [batch][heads x D], [batch][kv_heads x D] */
+    float *out;          /* [layers][batch][heads][D]: each layer's latest attention output */
+    float *q_ring;       /* topk: [layers][batch][heads][observe][D], slot = count % observe */
+    int *ring_count;     /* [layers] */
+    float *q_observe;    /* [batch][heads][observe][D], gathered in time order */
+    float *k_all, *v_all; /* nocache: [batch][kv_heads][tokens][D]; prefill: the prompt */
+    float *rows;         /* [tokens][kv_heads x D] */
+    double state_bytes;  /* allocated for the state, without nocache's growing inputs */
+} ekv__cycle_cpu;
+
+static void ekv__cycle_cpu_free(ekv__cycle_cpu *s)
+{
+    int i;
+    for (i = 0; i < s->cache_count && s->caches; i++) ekv_cache_free(&s->caches[i]);
+    ekv__free(s->caches);
+    ekv__free(s->lengths);
+    ekv__free(s->q);
+    ekv__free(s->k);
+    ekv__free(s->v);
+    ekv__free(s->out);
+    ekv__free(s->q_ring);
+    ekv__free(s->ring_count);
+    ekv__free(s->q_observe);
+    ekv__free(s->k_all);
+    ekv__free(s->v_all);
+    ekv__free(s->rows);
+    memset(s, 0, sizeof *s);
+}
+
+static ekv_result ekv__cycle_cpu_make(const ekv_config *c, const ekv_cycle_model *m, ekv_variant v,
+                                      ekv__cycle_cpu *s)
+{
+    const size_t kv_width = (size_t)m->kv_heads * (size_t)m->head_dim;
+    const int topk = v == EKV_VARIANT_ELASTIC && m->compress.policy == EKV_POLICY_TOPK;
+    const int with_bias = v == EKV_VARIANT_ELASTIC && m->compress.policy == EKV_POLICY_POOL;
+    const int capacity = v == EKV_VARIANT_NOCACHE ? m->tokens : ekv_cycle_capacity(c, v);
+    ekv_result r;
+    int i;
+    memset(s, 0, sizeof *s);
+    s->variant = v;
+    s->caches = (ekv_host_cache *)ekv__alloc((size_t)ekv_cycle_cache_count(v, m->layers),
+                                             sizeof(ekv_host_cache));
+    s->lengths = (int *)ekv__alloc((size_t)m->batch, sizeof(int));
+    s->q = (float *)ekv__alloc((size_t)m->batch * (size_t)m->hidden, sizeof(float));
+    s->k = (float *)ekv__alloc((size_t)m->batch * kv_width, sizeof(float));
+    s->v = (float *)ekv__alloc((size_t)m->batch * kv_width, sizeof(float));
+    s->out = (float *)ekv__alloc((size_t)m->layers * (size_t)m->batch * (size_t)m->hidden, sizeof(float));
+    s->k_all = (float *)ekv__alloc((size_t)m->batch * (size_t)m->tokens * kv_width, sizeof(float));
+    s->v_all = (float *)ekv__alloc((size_t)m->batch * (size_t)m->tokens * kv_width, sizeof(float));
+    s->rows = (float *)ekv__alloc((size_t)m->tokens * kv_width, sizeof(float));
+    if (topk) {
+        s->q_ring = (float *)ekv__alloc((size_t)m->layers * (size_t)m->batch * (size_t)m->hidden *
+                                            (size_t)m->observe, sizeof(float));
+        s->ring_count = (int *)ekv__alloc((size_t)m->layers, sizeof(int));
+        s->q_observe = (float *)ekv__alloc((size_t)m->batch * (size_t)m->hidden * (size_t)m->observe,
+                                           sizeof(float));
+    }
+    if (!s->caches || !s->lengths || !s->q || !s->k || !s->v || !s->out || !s->k_all || !s->v_all ||
+        !s->rows || (topk && (!s->q_ring || !s->ring_count || !s->q_observe))) {
+        ekv__cycle_cpu_free(s);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    for (i = 0; i < ekv_cycle_cache_count(v, m->layers); i++) {
+        r = ekv_cache_create(&s->caches[i], ekv_cycle_dtype(c, v), m->batch, m->kv_heads,
+                             m->head_dim, capacity, with_bias);
+        if (r != EKV_SUCCESS) {
+            ekv__cycle_cpu_free(s);
+            return r;
+        }
+        s->cache_count++;
+        s->state_bytes += (double)ekv_cache_memory_bytes(&s->caches[i]);
+    }
+    s->state_bytes += 4.0 * (double)m->batch * ((double)m->hidden * (1 + m->layers) + 2.0 * (double)kv_width);
+    if (v == EKV_VARIANT_NOCACHE) s->state_bytes += 4.0 * (double)m->tokens * (double)kv_width * (2.0 * m->batch + 1.0);
+    if (topk) s->state_bytes += 4.0 * (double)m->batch * m->hidden * m->observe * (m->layers + 1);
+    return EKV_SUCCESS;
+}
+
+/* k and v of tokens [0, count) of layer l, into k_all/v_all laid out
+   [batch][kv_heads][tokens][D] (the prefill source layout). */
+static void ekv__cycle_cpu_project_all(const ekv_cycle_model *m, ekv__cycle_cpu *s, int l, int count)
+{
+    const size_t kv_width = (size_t)m->kv_heads * (size_t)m->head_dim;
+    const size_t wkv_n = (size_t)m->hidden * kv_width;
+    int b, which, t, h;
+    for (b = 0; b < m->batch; b++)
+        for (which = 0; which < 2; which++) {
+            float *dest = which ? s->v_all : s->k_all;
+            ekv__cycle_project(ekv_cycle_model_x(m, l, b, 0), (size_t)m->hidden, count, m->hidden,
+                               (which ? m->wv : m->wk) + (size_t)l * wkv_n, (int)kv_width, s->rows);
+            for (h = 0; h < m->kv_heads; h++)
+                for (t = 0; t < count; t++)
+                    memcpy(dest + (((size_t)b * (size_t)m->kv_heads + (size_t)h) * (size_t)m->tokens +
+                                   (size_t)t) * (size_t)m->head_dim,
+                           s->rows + (size_t)t * kv_width + (size_t)h * (size_t)m->head_dim,
+                           (size_t)m->head_dim * sizeof(float));
+        }
+}
+
+/* q of token `token` of layer l for every sequence into s->q (and topk's ring). */
+static void ekv__cycle_cpu_project_q(const ekv_cycle_model *m, ekv__cycle_cpu *s, int l, int token)
+{
+    const size_t wq_n = (size_t)m->hidden * (size_t)m->hidden;
+    int b, h;
+    for (b = 0; b < m->batch; b++)
+        ekv__cycle_project(ekv_cycle_model_x(m, l, b, token), (size_t)m->hidden, 1, m->hidden,
+                           m->wq + (size_t)l * wq_n, m->hidden, s->q + (size_t)b * (size_t)m->hidden);
+    if (!s->q_ring) return;
+    for (b = 0; b < m->batch; b++)
+        for (h = 0; h < m->heads; h++)
+            memcpy(s->q_ring + ((((size_t)l * (size_t)m->batch + (size_t)b) * (size_t)m->heads + (size_t)h) *
+                                    (size_t)m->observe + (size_t)(s->ring_count[l] % m->observe)) *
+                                   (size_t)m->head_dim,
+                   s->q + ((size_t)b * (size_t)m->heads + (size_t)h) * (size_t)m->head_dim,
+                   (size_t)m->head_dim * sizeof(float));
+    s->ring_count[l]++;
+}
+
+/* The elastic step of layer l's cache with its last min(observe, seen) queries. */
+static ekv_result ekv__cycle_cpu_compress(const ekv_cycle_model *m, ekv__cycle_cpu *s, int l)
+{
+    int observe = 0, b, h, i;
+    if (s->q_ring) {
+        const int count = s->ring_count[l];
+        observe = count < m->observe ? count : m->observe;
+        for (b = 0; b < m->batch; b++)
+            for (h = 0; h < m->heads; h++)
+                for (i = 0; i < observe; i++)
+                    memcpy(s->q_observe + ((((size_t)b * (size_t)m->heads + (size_t)h) * (size_t)observe) +
+                                           (size_t)i) * (size_t)m->head_dim,
+                           s->q_ring + ((((size_t)l * (size_t)m->batch + (size_t)b) * (size_t)m->heads +
+                                         (size_t)h) * (size_t)m->observe +
+                                        (size_t)((count - observe + i) % m->observe)) * (size_t)m->head_dim,
+                           (size_t)m->head_dim * sizeof(float));
+    }
+    return ekv_cache_compress(&s->caches[l], &m->compress, s->q_ring ? s->q_observe : NULL, m->heads,
+                              observe, m->softmax_scale);
+}
+
+/* Prefill (not timed): the prompt's k, v into every cache; topk's ring gets the last
+   `observe` prompt queries; elastic then takes one elastic step over the prompt. */
+static ekv_result ekv__cycle_cpu_prefill(const ekv_cycle_model *m, ekv__cycle_cpu *s)
+{
+    ekv_result r;
+    int l, b, t;
+    for (b = 0; b < m->batch; b++) s->lengths[b] = m->prompt;
+    if (s->variant == EKV_VARIANT_NOCACHE) return EKV_SUCCESS;
+    for (l = 0; l < m->layers; l++) {
+        if (ekv_cycle_cache_layer(s->variant, l) != l) continue;
+        ekv__cycle_cpu_project_all(m, s, l, m->prompt);
+        r = ekv_cache_prefill(&s->caches[ekv__cycle_is_shared(s->variant) ? l / 2 : l], s->k_all,
+                              s->v_all, m->tokens, s->lengths);
+        if (r != EKV_SUCCESS) return r;
+        if (s->q_ring) {
+            s->ring_count[l] = 0;
+            for (t = m->prompt - (m->prompt < m->observe ? m->prompt : m->observe); t < m->prompt; t++)
+                ekv__cycle_cpu_project_q(m, s, l, t);
+        }
+        if (ekv_cycle_anchor(m, s->variant, m->compress_every)) {
+            r = ekv__cycle_cpu_compress(m, s, l);
+            if (r != EKV_SUCCESS) return r;
+        }
+    }
+    return EKV_SUCCESS;
+}
+
+static double ekv__cycle_cpu_kv_bytes(const ekv__cycle_cpu *s)
+{
+    double total = 0.0;
+    int i;
+    if (s->variant == EKV_VARIANT_NOCACHE) return 0.0; /* nothing is kept between steps */
+    for (i = 0; i < s->cache_count; i++) {
+        const ekv_host_cache *c = &s->caches[i];
+        total += ekv_cache_bytes_of(c->dtype, c->batch, c->kv_heads, c->head_dim, c->lengths,
+                                    c->bias != NULL).total;
+    }
+    return total;
+}
+
+/* One decode loop: prefill, then the timed steps. `timing`/`rep` may be NULL/-1 (not
+   timed); `record` [steps][layers][batch][heads][D] receives every step's outputs when
+   not NULL; s->out holds the last step's. */
+static ekv_result ekv__cycle_cpu_loop(const ekv_cycle_model *m, ekv__cycle_cpu *s,
+                                      ekv_cycle_timing *timing, int rep, float *record)
+{
+    const size_t kv_width = (size_t)m->kv_heads * (size_t)m->head_dim;
+    const size_t wkv_n = (size_t)m->hidden * kv_width;
+    const size_t out_layer = (size_t)m->batch * (size_t)m->hidden;
+    const float scale = (float)m->softmax_scale;
+    double phase[EKV_CYCLE_PHASES] = {0, 0, 0, 0};
+    ekv_result r = ekv__cycle_cpu_prefill(m, s);
+    int step, l, b, p;
+    if (r != EKV_SUCCESS) return r;
+    for (step = 1; step <= m->steps; step++) {
+        const int token = m->prompt + step - 1;
+        const double step_start = ekv_time_ms();
+        double t0, t1, t2, t3, t4;
+        for (l = 0; l < m->layers; l++) {
+            const int owner = ekv_cycle_cache_layer(s->variant, l);
+            ekv_host_cache *cache = &s->caches[ekv_cycle_cache_index(s->variant, l)];
+            t0 = ekv_time_ms();
+            ekv__cycle_cpu_project_q(m, s, l, token);
+            if (s->variant == EKV_VARIANT_NOCACHE) {
+                ekv__cycle_cpu_project_all(m, s, l, token + 1);
+            } else if (owner == l) {
+                for (b = 0; b < m->batch; b++) {
+                    ekv__cycle_project(ekv_cycle_model_x(m, l, b, token), (size_t)m->hidden, 1, m->hidden,
+                                       m->wk + (size_t)l * wkv_n, (int)kv_width, s->k + (size_t)b * kv_width);
+                    ekv__cycle_project(ekv_cycle_model_x(m, l, b, token), (size_t)m->hidden, 1, m->hidden,
+                                       m->wv + (size_t)l * wkv_n, (int)kv_width, s->v + (size_t)b * kv_width);
+                }
+            }
+            t1 = ekv_time_ms();
+            if (s->variant == EKV_VARIANT_NOCACHE) {
+                for (b = 0; b < m->batch; b++) s->lengths[b] = token + 1;
+                r = ekv_cache_prefill(cache, s->k_all, s->v_all, m->tokens, s->lengths);
+            } else if (owner == l) {
+                r = ekv_cache_append(cache, s->k, s->v, NULL);
+            }
+            if (r != EKV_SUCCESS) return r;
+            t2 = ekv_time_ms();
+            r = ekv_cpu_attention(cache, s->q, m->heads, scale, s->out + (size_t)l * out_layer);
+            if (r != EKV_SUCCESS) return r;
+            t3 = ekv_time_ms();
+            if (ekv_cycle_anchor(m, s->variant, step) && (r = ekv__cycle_cpu_compress(m, s, l)) != EKV_SUCCESS)
+                return r;
+            t4 = ekv_time_ms();
+            phase[EKV_CYCLE_PHASE_PROJECTION] += t1 - t0;
+            phase[EKV_CYCLE_PHASE_APPEND] += t2 - t1;
+            phase[EKV_CYCLE_PHASE_ATTENTION] += t3 - t2;
+            phase[EKV_CYCLE_PHASE_COMPRESS] += t4 - t3;
+        }
+        if (timing) {
+            timing->step_ms[(size_t)rep * (size_t)m->steps + (size_t)(step - 1)] = ekv_time_ms() - step_start;
+            timing->kv_bytes[step - 1] = ekv__cycle_cpu_kv_bytes(s);
+            /* nocache keeps every token's input: its state grows with the context */
+            timing->peak_bytes[step - 1] =
+                s->state_bytes + (s->variant == EKV_VARIANT_NOCACHE
+                                      ? 4.0 * (double)m->layers * m->batch * (token + 1) * m->hidden
+                                      : 0.0);
+        }
+        if (record)
+            memcpy(record + (size_t)(step - 1) * (size_t)m->layers * out_layer, s->out,
+                   (size_t)m->layers * out_layer * sizeof(float));
+    }
+    if (timing)
+        for (p = 0; p < EKV_CYCLE_PHASES; p++) timing->phase_ms[(size_t)rep * EKV_CYCLE_PHASES + (size_t)p] = phase[p];
+    return EKV_SUCCESS;
+}
+
+/* The CPU backend of the cycle driver. */
+static ekv_result ekv__cycle_cpu_open(const ekv_config *c, const ekv_cycle_model *m, ekv_variant v,
+                                      void **state)
+{
+    ekv__cycle_cpu *s = (ekv__cycle_cpu *)ekv__alloc(1, sizeof *s);
+    ekv_result r;
+    *state = NULL;
+    if (!s) return EKV_ERR_OUT_OF_MEMORY;
+    if ((r = ekv__cycle_cpu_make(c, m, v, s)) != EKV_SUCCESS) {
+        ekv__free(s);
+        return r;
+    }
+    s->model = m;
+    *state = s;
+    return EKV_SUCCESS;
+}
+
+static ekv_result ekv__cycle_cpu_run_loop(void *state, ekv_cycle_timing *timing, int rep, float *record)
+{
+    ekv__cycle_cpu *s = (ekv__cycle_cpu *)state;
+    return ekv__cycle_cpu_loop(s->model, s, timing, rep, record);
+}
+
+static ekv_result ekv__cycle_cpu_last_outputs(void *state, float *out)
+{
+    const ekv__cycle_cpu *s = (const ekv__cycle_cpu *)state;
+    const ekv_cycle_model *m = s->model;
+    memcpy(out, s->out, (size_t)m->layers * (size_t)m->batch * (size_t)m->hidden * sizeof(float));
+    return EKV_SUCCESS;
+}
+
+static void ekv__cycle_cpu_layer_bytes(void *state, int layer, ekv_cache_bytes *bytes, double *kept)
+{
+    const ekv__cycle_cpu *s = (const ekv__cycle_cpu *)state;
+    const ekv_host_cache *cache = &s->caches[ekv_cycle_cache_index(s->variant, layer)];
+    int b;
+    *bytes = ekv_cache_bytes_of(cache->dtype, cache->batch, cache->kv_heads, cache->head_dim,
+                                cache->lengths, cache->bias != NULL);
+    *kept = 0.0;
+    for (b = 0; b < cache->batch; b++) *kept += cache->lengths[b];
+}
+
+static void ekv__cycle_cpu_close(void *state)
+{
+    ekv__cycle_cpu_free((ekv__cycle_cpu *)state);
+    ekv__free(state);
+}
+
+static ekv_result ekv__cycle_cpu_prepare(const ekv_config *c, ekv_report *report)
+{
+    (void)c;
+    if (!report) return EKV_SUCCESS;
+    ekv__cpu_name(report->device.name, sizeof report->device.name);
+#if defined(_SC_NPROCESSORS_ONLN)
+    report->device.sm_count = (int)sysconf(_SC_NPROCESSORS_ONLN);
+#endif
+    return EKV_SUCCESS;
+}
+
+static const ekv_cycle_backend ekv__cycle_cpu_backend = {
+    EKV_BACKEND_CPU,         ekv__cycle_cpu_prepare,      ekv__cycle_cpu_open,
+    ekv__cycle_cpu_run_loop, ekv__cycle_cpu_last_outputs, ekv__cycle_cpu_layer_bytes,
+    ekv__cycle_cpu_close};
+
+/* ---- the driver: the same steps, statistics and report on every backend ---- */
+
+struct ekv__cycle_pair {
+    const ekv_cycle_backend *backend;
+    void *state, *base;
+    ekv_cycle_timing *timing, *base_timing;
+};
+
+static ekv_result ekv__cycle_sample(void *context, int baseline, int rep)
+{
+    struct ekv__cycle_pair *p = (struct ekv__cycle_pair *)context;
+    if (baseline) return p->backend->loop(p->base, rep >= 0 ? p->base_timing : NULL, rep, NULL);
+    return p->backend->loop(p->state, rep >= 0 ? p->timing : NULL, rep, NULL);
+}
+
+/* One variant: warmup + reps loops (ABAB with cache when paired), agreement with
+   `reference` (cache's last-step outputs; NULL for cache itself). */
+static ekv_result ekv__cycle_variant(const ekv_config *c, const ekv_cycle_model *m,
+                                     const ekv_cycle_backend *backend, ekv_variant v,
+                                     const float *reference, ekv_report *report,
+                                     ekv_cycle_result *out)
+{
+    const size_t last = (size_t)m->layers * (size_t)m->batch * (size_t)m->hidden;
+    float *host_out = (float *)ekv__alloc(last, sizeof(float));
+    ekv_cycle_timing t, tb;
+    struct ekv__cycle_pair pair;
+    const int paired = c->paired_baseline;
+    ekv_result r;
+    memset(&t, 0, sizeof t);
+    memset(&tb, 0, sizeof tb);
+    memset(&pair, 0, sizeof pair);
+    pair.backend = backend;
+    pair.timing = &t;
+    pair.base_timing = &tb;
+    if (!host_out) return EKV_ERR_OUT_OF_MEMORY;
+    if ((r = backend->open(c, m, v, &pair.state)) != EKV_SUCCESS) goto done;
+    if ((r = ekv__cycle_timing_make(&t, c->reps, m->steps)) != EKV_SUCCESS) goto done;
+    if (paired && ((r = backend->open(c, m, EKV_VARIANT_CACHE, &pair.base)) != EKV_SUCCESS ||
+                   (r = ekv__cycle_timing_make(&tb, c->reps, m->steps)) != EKV_SUCCESS))
+        goto done;
+    if ((r = ekv_time_abab(c->warmup, c->reps, paired, ekv__cycle_sample, &pair)) != EKV_SUCCESS)
+        goto done;
+    if ((r = ekv__cycle_result_fill(c, m, v, &t, paired ? &tb : NULL, out)) != EKV_SUCCESS) goto done;
+    if ((r = backend->last_outputs(pair.state, host_out)) != EKV_SUCCESS) goto done;
+    if (reference) ekv__cycle_agreement(m, reference, host_out, out);
+    if (out == &report->cycles[0]) ekv__cycle_step_bytes(report, backend, pair.state, m);
+done:
+    ekv__cycle_timing_free(&t);
+    ekv__cycle_timing_free(&tb);
+    if (pair.state) backend->close(pair.state);
+    if (pair.base) backend->close(pair.base);
+    ekv__free(host_out);
+    return r;
+}
+
+EKV_DEF ekv_result ekv_cycle_outputs_on(const ekv_config *config, const ekv_cycle_backend *backend,
+                                        ekv_variant v, float *outputs)
+{
+    ekv_config resolved;
+    ekv_cycle_model m;
+    void *state = NULL;
+    ekv_result r;
+    if (!config || !backend || !outputs || (unsigned)v >= EKV_VARIANT_ALL)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cycle_outputs: NULL argument or variant all");
+    resolved = ekv_config_resolve(config);
+    if ((r = backend->prepare(&resolved, NULL)) != EKV_SUCCESS) return r;
+    if ((r = ekv_cycle_model_make(&resolved, &m)) != EKV_SUCCESS) return r;
+    r = backend->open(&resolved, &m, v, &state);
+    if (r == EKV_SUCCESS) r = backend->loop(state, NULL, -1, outputs);
+    if (state) backend->close(state);
+    ekv_cycle_model_free(&m);
+    return r;
+}
+
+EKV_DEF ekv_result ekv_cycle_outputs(const ekv_config *config, ekv_variant v, float *outputs)
+{
+    return ekv_cycle_outputs_on(config, &ekv__cycle_cpu_backend, v, outputs);
+}
+
+EKV_DEF ekv_result ekv_cycle_run_on(const ekv_config *config, const ekv_cycle_backend *backend,
+                                    ekv_report *report)
+{
+    const ekv_config resolved = ekv_config_resolve(config);
+    const ekv_config *c = &resolved;
+    const int count = c->variant == EKV_VARIANT_ALL ? 6 : 1;
+    const size_t last = (size_t)c->layers * (size_t)c->batch * (size_t)c->heads * (size_t)c->head_dim;
+    ekv_cycle_model m;
+    float *reference = NULL;
+    void *state = NULL;
+    ekv_result r;
+    int i;
+    memset(&m, 0, sizeof m);
+    ekv_report_init(report, c);
+    report->backend = backend->kind;
+    if ((r = ekv_config_validate(c)) != EKV_SUCCESS) return r;
+    if (!c->inference)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cycle_run: the config does not ask for "
+                                                  "--inference");
+    if ((r = backend->prepare(c, report)) != EKV_SUCCESS) return r;
+    report->cycles = (ekv_cycle_result *)ekv__alloc((size_t)count, sizeof(ekv_cycle_result));
+    reference = (float *)ekv__alloc(last, sizeof(float));
+    if (!report->cycles || !reference) {
+        r = EKV_ERR_OUT_OF_MEMORY;
+        goto done;
+    }
+    if ((r = ekv_cycle_model_make(c, &m)) != EKV_SUCCESS) goto done;
+    /* the reference every variant is compared with: cache's last-step outputs */
+    r = backend->open(c, &m, EKV_VARIANT_CACHE, &state);
+    if (r == EKV_SUCCESS) r = backend->loop(state, NULL, -1, NULL);
+    if (r == EKV_SUCCESS) r = backend->last_outputs(state, reference);
+    if (state) backend->close(state);
+    for (i = 0; i < count && r == EKV_SUCCESS; i++) {
+        const ekv_variant v = count == 1 ? c->variant : ekv__cycle_variants[i];
+        r = ekv__cycle_variant(c, &m, backend, v, v == EKV_VARIANT_CACHE ? NULL : reference, report,
+                               &report->cycles[i]);
+        if (r == EKV_SUCCESS || report->cycles[i].samples_ms) report->cycle_count = i + 1;
+    }
+    if (r == EKV_SUCCESS) r = ekv__cycle_report_finish(report);
+done:
+    ekv_cycle_model_free(&m);
+    ekv__free(reference);
+    return r;
+}
+
+EKV_DEF ekv_result ekv_cycle_run(const ekv_config *config, ekv_report *report)
+{
+    return ekv_cycle_run_on(config, &ekv__cycle_cpu_backend, report);
+}
+
+static void ekv__cycle_json_one(const ekv_cycle_result *y, ekv_json *j)
+{
+    int p, l, i;
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "variant"); ekv_json_string(j, ekv_variant_name(y->variant));
+    ekv_json_key(j, "layers"); ekv_json_int(j, y->layers);
+    ekv_json_key(j, "kv_dtype"); ekv_json_string(j, ekv_dtype_name(y->kv_dtype));
+    ekv_json_key(j, "decode_tokens"); ekv_json_int(j, y->decode_tokens);
+    /* the seed's fields: baseline = cache (paired), elastic = this variant */
+    ekv_json_key(j, "baseline_total_ms");
+    if (y->has_baseline) ekv_json_number(j, y->baseline_total_ms); else ekv_json_null(j);
+    ekv_json_key(j, "elastic_total_ms"); ekv_json_number(j, y->total_ms);
+    ekv_json_key(j, "baseline_tokens_per_sec");
+    if (y->has_baseline) ekv_json_number(j, y->baseline_tokens_per_sec); else ekv_json_null(j);
+    ekv_json_key(j, "elastic_tokens_per_sec"); ekv_json_number(j, y->tokens_per_sec);
+    ekv_json_key(j, "speedup_vs_baseline");
+    if (y->has_baseline) ekv_json_number(j, y->speedup); else ekv_json_null(j);
+    ekv_json_key(j, "speedup_ci95");
+    if (y->has_baseline) {
+        ekv_json_object_begin(j);
+        ekv_json_key(j, "lo"); ekv_json_number(j, y->speedup_ci_lo);
+        ekv_json_key(j, "hi"); ekv_json_number(j, y->speedup_ci_hi);
+        ekv_json_object_end(j);
+    } else {
+        ekv_json_null(j);
+    }
+    ekv_json_key(j, "total_ms"); ekv_json_number(j, y->total_ms);
+    ekv_json_key(j, "tokens_per_sec"); ekv_json_number(j, y->tokens_per_sec);
+    ekv_json_key(j, "phases_ms");
+    ekv_json_object_begin(j);
+    for (p = 0; p < EKV_CYCLE_PHASES; p++) {
+        ekv_json_key(j, ekv__phase_names[p]);
+        ekv_json_number(j, y->phases_ms[p]);
+    }
+    ekv_json_object_end(j);
+    ekv_json_key(j, "statistics"); ekv__json_stats(j, &y->stats);
+    ekv_json_key(j, "samples_ms");
+    ekv_json_array_begin(j);
+    for (i = 0; i < (int)y->sample_count; i++) ekv_json_number(j, y->samples_ms[i]);
+    ekv_json_array_end(j);
+    ekv_json_key(j, "baseline_samples_ms");
+    if (y->has_baseline) {
+        ekv_json_array_begin(j);
+        for (i = 0; i < (int)y->sample_count; i++) ekv_json_number(j, y->baseline_samples_ms[i]);
+        ekv_json_array_end(j);
+    } else {
+        ekv_json_null(j);
+    }
+    ekv_json_key(j, "memory");
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "kv_cache_bytes"); ekv_json_number(j, y->kv_cache_bytes);
+    ekv_json_key(j, "peak_device_bytes"); ekv_json_number(j, y->peak_device_bytes);
+    ekv_json_object_end(j);
+    ekv_json_key(j, "agreement_vs_cache");
+    if (y->has_agreement) {
+        ekv_json_object_begin(j);
+        ekv_json_key(j, "max_abs_diff"); ekv_json_number(j, y->agreement_max_abs_diff);
+        ekv_json_key(j, "bitwise_equal"); ekv_json_bool(j, y->agreement_bitwise_equal);
+        ekv_json_object_end(j);
+    } else {
+        ekv_json_null(j);
+    }
+    ekv_json_key(j, "error_vs_cache");
+    if (y->has_agreement) {
+        ekv_json_array_begin(j);
+        for (l = 0; l < y->layers; l++) {
+            ekv_json_object_begin(j);
+            ekv_json_key(j, "layer"); ekv_json_int(j, l);
+            ekv_json_key(j, "rel_l2"); ekv_json_number(j, y->error_vs_cache[l].rel_l2);
+            ekv_json_key(j, "max_abs"); ekv_json_number(j, y->error_vs_cache[l].max_abs);
+            ekv_json_key(j, "cosine"); ekv_json_number(j, y->error_vs_cache[l].cosine);
+            ekv_json_object_end(j);
+        }
+        ekv_json_array_end(j);
+    } else {
+        ekv_json_null(j);
+    }
+    ekv_json_key(j, "series");
+    ekv_json_array_begin(j);
+    for (i = 0; i < y->series_count; i++) {
+        const ekv_series_point *s = &y->series[i];
+        ekv_json_object_begin(j);
+        ekv_json_key(j, "step"); ekv_json_int(j, s->step);
+        ekv_json_key(j, "context_len"); ekv_json_int(j, s->context_len);
+        ekv_json_key(j, "latency_ms"); ekv_json_number(j, s->latency_ms);
+        ekv_json_key(j, "kv_cache_bytes"); ekv_json_number(j, s->kv_cache_bytes);
+        ekv_json_key(j, "peak_device_bytes"); ekv_json_number(j, s->peak_device_bytes);
+        ekv_json_object_end(j);
+    }
+    ekv_json_array_end(j);
+    ekv_json_object_end(j);
+}
+
+/* One variant: its object. Several (a library call with variant all): an object
+   {"variant": "all", "variants": [one object per variant]}. */
+EKV_DEF void ekv_cycle_write_json(const ekv_report *report, ekv_json *j)
+{
+    int i;
+    if (!report || report->cycle_count < 1) {
+        ekv_json_null(j);
+        return;
+    }
+    if (report->cycle_count == 1) {
+        ekv__cycle_json_one(&report->cycles[0], j);
+        return;
+    }
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "variant"); ekv_json_string(j, ekv_variant_name(EKV_VARIANT_ALL));
+    ekv_json_key(j, "variants");
+    ekv_json_array_begin(j);
+    for (i = 0; i < report->cycle_count; i++) ekv__cycle_json_one(&report->cycles[i], j);
+    ekv_json_array_end(j);
+    ekv_json_object_end(j);
+}
+
+EKV_DEF void ekv_cycle_print_table(const ekv_report *report, FILE *out)
+{
+    int i;
+    if (!report || report->cycle_count < 1) return;
+    fprintf(out, "cycle      %d layers, prompt %d, %d decode steps (prefill not timed; MLPs and "
+                 "layer dependency left out)\n",
+            report->cycles[0].layers, report->config.seq_len, report->cycles[0].decode_tokens);
+    for (i = 0; i < report->cycle_count; i++) {
+        const ekv_cycle_result *y = &report->cycles[i];
+        fprintf(out, "  %-11s %-5s total %.6g ms  %.1f tokens/s  proj %.3g  append %.3g  compress "
+                     "%.3g  attn %.3g ms  KV %.4g MB  peak %.4g MB",
+                ekv_variant_name(y->variant), ekv_dtype_name(y->kv_dtype), y->total_ms,
+                y->tokens_per_sec, y->phases_ms[0], y->phases_ms[1], y->phases_ms[2], y->phases_ms[3],
+                y->kv_cache_bytes * 1e-6, y->peak_device_bytes * 1e-6);
+        if (y->has_agreement)
+            fprintf(out, "  vs cache max|d| %.3g%s", y->agreement_max_abs_diff,
+                    y->agreement_bitwise_equal ? " (bitwise)" : "");
+        if (y->has_baseline)
+            fprintf(out, "  speedup %.3fx [%.3f, %.3f]", y->speedup, y->speedup_ci_lo, y->speedup_ci_hi);
+        fprintf(out, "\n");
+    }
+}
+
+#endif /* EKV_NO_BENCH */
 
 #endif /* EKV_IMPLEMENTATION_DONE */
 #endif /* EKV_IMPLEMENTATION */

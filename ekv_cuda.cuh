@@ -10,7 +10,8 @@
        #include "ekv_cuda.cuh"
 
    Build: nvcc -O3 -o app app.cu -lcublas   (any -arch from sm_75; CUDA 11.8 or newer;
-          cuBLAS serves the inference cycle's projections)
+          cuBLAS serves the inference cycle's projections, in Part B only: with
+          #define EKV_NO_BENCH the library part builds without -lcublas)
 
    QUICK START (attention from your own engine)
 
@@ -27,14 +28,16 @@
    or the whole measured benchmark: ekv_cuda_run(&config, &workload, &report).
 
    TABLE OF CONTENTS (grep for ">>name")
-       >>cache        ekv_cuda_cache: the device copy of an ekv_host_cache
-       >>attention    the decode attention entry point, its plan and workspace
-       >>device       device info, theoretical and measured bandwidth
-       >>run          the CUDA backend: validation, cold timing, paired baseline
-       >>elastic      the elastic device cache: create, prefill, append, compress
-       >>cycle        the inference cycle on the device (cuBLAS projections)
+     Part A, the library
        >>errors       (implementation) CUDA error checks and the one launch helper
        >>kernels      (implementation) storage decoding, attention and merge kernels
+       >>cache        ekv_cuda_cache: the device copy of an ekv_host_cache; device selection
+       >>attention    the decode attention entry point, its plan and workspace
+       >>elastic      the elastic device cache: create, prefill, append, compress
+     Part B, the benchmark (left out by #define EKV_NO_BENCH, as in ekv.h)
+       >>device       device info, theoretical and measured bandwidth
+       >>run          the CUDA backend: validation, cold timing, paired baseline
+       >>cycle        the inference cycle's device backend (cuBLAS projections)
 
    COMPILE-TIME OPTIONS
        #define EKV_CUDA_DEF static   make every function of this header static
@@ -138,41 +141,11 @@ EKV_CUDA_DEF ekv_result ekv_cuda_attention(const ekv_cuda_cache *cache, const fl
                                            float softmax_scale, float *out,
                                            const ekv_cuda_attention_plan *plan,
                                            cudaStream_t stream);
+/* Makes `device` current: EKV_ERR_NO_DEVICE when there is no usable device or driver,
+   EKV_ERR_INVALID_ARG naming --device when the ordinal does not exist. */
+EKV_CUDA_DEF ekv_result ekv_cuda_device_select(int device);
 /* 1 when the kernels are compiled for this head dim. */
 EKV_CUDA_DEF int ekv_cuda_supports_head_dim(int head_dim);
-
-/* >>device ================================================================= */
-
-/* Name, compute capability, SM count, L2, memory, clocks and versions from the runtime's
-   device attributes; theoretical bandwidth = 2 x memory clock x bus width / 8 (double
-   data rate); peak FP32 = SMs x FP32 lanes per SM x 2 (an FMA) x SM clock; and the
-   measured device-to-device copy bandwidth (ekv_cuda_copy_bandwidth). Fields the device
-   does not report stay NaN (doubles) or 0. */
-EKV_CUDA_DEF ekv_result ekv_cuda_device_info(int device, ekv_device_info *out);
-/* Median over `reps` timed cudaMemcpyAsync device-to-device copies of `bytes` (0 = at
-   least 4 x L2 and 256 MiB, capped by free memory), counting bytes read + written, in
-   GB/s (1e9). */
-EKV_CUDA_DEF ekv_result ekv_cuda_copy_bandwidth(int device, size_t bytes, int reps, double *gbs);
-
-/* >>run ==================================================================== */
-
-/* The CUDA backend of the benchmark: checks the device and its free memory, uploads the
-   workload, validates the kernel against the CPU reference (output poisoned with NaN
-   first; every head compared), writes --dump-dir, then times cold (rotating among copies
-   of the cache so that none is found in L2; --hot: one copy) with CUDA events around
-   inner_loops launches per sample, in a CUDA graph unless config->use_graphs is 0, ABAB
-   against the baseline cache when config->paired_baseline, and fills `report`. It starts
-   with ekv_report_init(report, config); free the report with ekv_report_free, also after
-   a failure. */
-EKV_CUDA_DEF ekv_result ekv_cuda_run(const ekv_config *config, const ekv_workload *work,
-                                     ekv_report *report);
-/* The rel_l2 the kernel may differ by from the double reference over the same stored
-   cache, for sequences of up to `max_length` slots (see the implementation). */
-EKV_CUDA_DEF double ekv_cuda_validation_tolerance(int max_length);
-
-#ifdef __cplusplus
-}
-#endif
 
 /* >>elastic: the elastic cache on the device - created
    empty, prefilled, grown one token per sequence and compressed in place by kernels that
@@ -202,9 +175,6 @@ EKV_CUDA_DEF double ekv_cuda_validation_tolerance(int max_length);
    device's exp(), which can only matter when two topk scores tie to within ~1e-16. */
 
 
-#ifdef __cplusplus
-extern "C" {
-#endif
 
 /* Sequences one elastic cache may hold: the active mask of an append travels as a bit
    set in the kernel's parameters. */
@@ -266,16 +236,40 @@ EKV_CUDA_DEF ekv_result ekv_cuda_elastic_download(const ekv_cuda_elastic_cache *
                                                   ekv_host_cache *host, cudaStream_t stream);
 EKV_CUDA_DEF void ekv_cuda_elastic_free(ekv_cuda_elastic_cache *cache);
 
-#ifdef __cplusplus
-}
-#endif
+#ifndef EKV_NO_BENCH
+/* ======================== Part B: the benchmark ========================= */
 
+/* >>device ================================================================= */
 
-/* >>cycle: the inference cycle on the device (see ekv.h >>cycle) */
+/* Name, compute capability, SM count, L2, memory, clocks and versions from the runtime's
+   device attributes; theoretical bandwidth = 2 x memory clock x bus width / 8 (double
+   data rate); peak FP32 = SMs x FP32 lanes per SM x 2 (an FMA) x SM clock; and the
+   measured device-to-device copy bandwidth (ekv_cuda_copy_bandwidth). Fields the device
+   does not report stay NaN (doubles) or 0. */
+EKV_CUDA_DEF ekv_result ekv_cuda_device_info(int device, ekv_device_info *out);
+/* Median over `reps` timed cudaMemcpyAsync device-to-device copies of `bytes` (0 = at
+   least 4 x L2 and 256 MiB, capped by free memory), counting bytes read + written, in
+   GB/s (1e9). */
+EKV_CUDA_DEF ekv_result ekv_cuda_copy_bandwidth(int device, size_t bytes, int reps, double *gbs);
 
-#ifdef __cplusplus
-extern "C" {
-#endif
+/* >>run ==================================================================== */
+
+/* The CUDA backend of the benchmark: checks the device and its free memory, uploads the
+   workload, validates the kernel against the CPU reference (output poisoned with NaN
+   first; every head compared), writes --dump-dir, then times cold (rotating among copies
+   of the cache so that none is found in L2; --hot: one copy) with CUDA events around
+   inner_loops launches per sample, in a CUDA graph unless config->use_graphs is 0, ABAB
+   against the baseline cache when config->paired_baseline, and fills `report`. It starts
+   with ekv_report_init(report, config); free the report with ekv_report_free, also after
+   a failure. */
+EKV_CUDA_DEF ekv_result ekv_cuda_run(const ekv_config *config, const ekv_workload *work,
+                                     ekv_report *report);
+/* The rel_l2 the kernel may differ by from the double reference over the same stored
+   cache, for sequences of up to `max_length` slots (see the implementation). */
+EKV_CUDA_DEF double ekv_cuda_validation_tolerance(int max_length);
+
+/* >>cycle ================================================================== */
+
 
 /* The cycle on the current CUDA device (config->device): checks the device and that the
    cycle's estimated bytes fit in its free memory (EKV_ERR_OUT_OF_MEMORY otherwise, before
@@ -285,6 +279,8 @@ EKV_CUDA_DEF ekv_result ekv_cuda_cycle_run(const ekv_config *config, ekv_report 
    array outputs [decode_tokens][layers][batch][heads][head_dim]. */
 EKV_CUDA_DEF ekv_result ekv_cuda_cycle_outputs(const ekv_config *config, ekv_variant variant,
                                                float *outputs);
+
+#endif /* EKV_NO_BENCH */
 
 #ifdef __cplusplus
 }
@@ -297,14 +293,18 @@ EKV_CUDA_DEF ekv_result ekv_cuda_cycle_outputs(const ekv_config *config, ekv_var
 /* ======================================================================== */
 
 #ifdef EKV_IMPLEMENTATION
-#include <cublas_v2.h>
 #ifndef EKV_CUDA_IMPLEMENTATION_DONE
 #define EKV_CUDA_IMPLEMENTATION_DONE
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifndef EKV_NO_BENCH
+#include <cublas_v2.h> /* Part B only: the inference cycle's projections */
+#endif
 
 /* >>errors ================================================================= */
 
@@ -866,6 +866,30 @@ static int ekv_cuda__group_tile(int group)
     return group == 1 ? 1 : EKV_CUDA__GROUP_TILE;
 }
 
+/* >>cache: device selection (implementation) =============================== */
+
+EKV_CUDA_DEF ekv_result ekv_cuda_device_select(int device)
+{
+    int device_count = 0;
+    cudaError_t err = cudaGetDeviceCount(&device_count);
+    if (err != cudaSuccess || device_count == 0) {
+        (void)cudaGetLastError();
+        if (err == cudaErrorInsufficientDriver)
+            return ekv_set_error(EKV_ERR_NO_DEVICE,
+                                 "no usable CUDA driver: none is installed, or it is older than "
+                                 "this program's CUDA runtime (%d.%d)", CUDART_VERSION / 1000,
+                                 CUDART_VERSION % 1000 / 10);
+        if (err != cudaSuccess && err != cudaErrorNoDevice)
+            return ekv_set_error(EKV_ERR_NO_DEVICE, "no usable CUDA device: %s (%s)",
+                                 cudaGetErrorName(err), cudaGetErrorString(err));
+        return ekv_set_error(EKV_ERR_NO_DEVICE, "no CUDA device found");
+    }
+    if (device < 0 || device >= device_count)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "--device=%d: allowed 0..%d (%d CUDA device%s)",
+                             device, device_count - 1, device_count, device_count == 1 ? "" : "s");
+    return EKV_CUDA__CHECK(cudaSetDevice(device));
+}
+
 /* >>cache (implementation) ================================================= */
 
 /* Byte sizes of the five buffers of a cache; each starts 256-byte aligned in the block. */
@@ -1203,605 +1227,6 @@ EKV_CUDA_DEF ekv_result ekv_cuda_attention(const ekv_cuda_cache *cache, const fl
     return result;
 }
 
-/* >>device (implementation) ================================================ */
-
-/* FP32 results per clock per SM, from the arithmetic-instruction throughput table of the
-   CUDA C++ Programming Guide: 64 on sm_60, sm_70/72, sm_75 and sm_80; 128 on sm_61/62,
-   sm_86/87/89, sm_90 and the Blackwell parts. Architectures newer than the table are
-   assumed to keep 128; the figure is a peak for the roofline, not a measurement. */
-static int ekv_cuda__fp32_lanes(int major, int minor)
-{
-    if (major == 7 || ((major == 6 || major == 8) && minor == 0)) return 64;
-    return 128;
-}
-
-EKV_CUDA_DEF ekv_result ekv_cuda_copy_bandwidth(int device, size_t bytes, int reps, double *gbs)
-{
-    ekv_result result = EKV_SUCCESS;
-    void *src = NULL, *dst = NULL;
-    cudaStream_t stream = NULL;
-    cudaEvent_t start = NULL, stop = NULL;
-    double *times = NULL;
-    int previous = 0, l2 = 0, i;
-    size_t free_bytes = 0, total_bytes = 0;
-    *gbs = NAN;
-    if (reps < 1) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cuda_copy_bandwidth: reps %d < 1", reps);
-    if ((result = EKV_CUDA__CHECK(cudaGetDevice(&previous))) != EKV_SUCCESS) return result;
-    if ((result = EKV_CUDA__CHECK(cudaSetDevice(device))) != EKV_SUCCESS) return result;
-    times = (double *)EKV_MALLOC((size_t)reps * sizeof(double));
-    if (!times) {
-        result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "ekv_cuda_copy_bandwidth: out of host memory");
-        goto done;
-    }
-    if (bytes == 0) {
-        /* well beyond L2, so the copy runs at DRAM speed; two buffers within half of free */
-        EKV_CUDA__TRY(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
-        EKV_CUDA__TRY(cudaMemGetInfo(&free_bytes, &total_bytes));
-        bytes = (size_t)256 << 20;
-        if ((size_t)l2 * 4 > bytes) bytes = (size_t)l2 * 4;
-        if (bytes > free_bytes / 4) bytes = free_bytes / 4;
-        bytes &= ~(size_t)255;
-        if (bytes < ((size_t)1 << 20)) {
-            result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY,
-                                   "ekv_cuda_copy_bandwidth: only %zu bytes free on the device",
-                                   free_bytes);
-            goto done;
-        }
-    }
-    EKV_CUDA__TRY(cudaMalloc(&src, bytes));
-    EKV_CUDA__TRY(cudaMalloc(&dst, bytes));
-    EKV_CUDA__TRY(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    EKV_CUDA__TRY(cudaEventCreate(&start));
-    EKV_CUDA__TRY(cudaEventCreate(&stop));
-    /* touch both buffers (first-use costs stay out of the timing), then one warm-up copy */
-    EKV_CUDA__TRY(cudaMemsetAsync(src, 1, bytes, stream));
-    EKV_CUDA__TRY(cudaMemsetAsync(dst, 2, bytes, stream));
-    EKV_CUDA__TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
-    for (i = 0; i < reps; i++) {
-        float ms = 0.0f;
-        EKV_CUDA__TRY(cudaEventRecord(start, stream));
-        EKV_CUDA__TRY(cudaMemcpyAsync(i % 2 ? src : dst, i % 2 ? dst : src, bytes,
-                                      cudaMemcpyDeviceToDevice, stream));
-        EKV_CUDA__TRY(cudaEventRecord(stop, stream));
-        EKV_CUDA__TRY(cudaEventSynchronize(stop));
-        EKV_CUDA__TRY(cudaEventElapsedTime(&ms, start, stop));
-        times[i] = ms;
-    }
-    {
-        const double median_ms = ekv_median(times, (size_t)reps);
-        if (median_ms > 0) *gbs = 2.0 * (double)bytes / (median_ms * 1e-3) * 1e-9;
-    }
-done:
-    if (start) (void)cudaEventDestroy(start);
-    if (stop) (void)cudaEventDestroy(stop);
-    if (stream) (void)cudaStreamDestroy(stream);
-    if (src) (void)cudaFree(src);
-    if (dst) (void)cudaFree(dst);
-    if (times) EKV_FREE(times);
-    (void)cudaSetDevice(previous);
-    return result;
-}
-
-/* Everything but the measured copy bandwidth, which takes a fraction of a second and
-   hundreds of MiB: ekv_cuda_run measures it once per device and process. */
-static ekv_result ekv_cuda__device_attributes(int device, ekv_device_info *out)
-{
-    ekv_result result = EKV_SUCCESS;
-    cudaDeviceProp prop;
-    int sm_clock_khz = 0, l2 = 0;
-    memset(out, 0, sizeof *out);
-    out->peak_bw_theoretical_gbs = NAN;
-    out->peak_bw_measured_gbs = NAN;
-    out->peak_gflops = NAN;
-    memset(&prop, 0, sizeof prop);
-    EKV_CUDA__TRY(cudaGetDeviceProperties(&prop, device));
-    snprintf(out->name, sizeof out->name, "%s", prop.name);
-    out->memory_bytes = (long long)prop.totalGlobalMem;
-    /* attributes rather than cudaDeviceProp fields: CUDA 13 removed the clock fields */
-    EKV_CUDA__TRY(cudaDeviceGetAttribute(&out->sm_major, cudaDevAttrComputeCapabilityMajor, device));
-    EKV_CUDA__TRY(cudaDeviceGetAttribute(&out->sm_minor, cudaDevAttrComputeCapabilityMinor, device));
-    EKV_CUDA__TRY(cudaDeviceGetAttribute(&out->sm_count, cudaDevAttrMultiProcessorCount, device));
-    EKV_CUDA__TRY(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
-    EKV_CUDA__TRY(cudaDeviceGetAttribute(&out->memory_clock_khz, cudaDevAttrMemoryClockRate, device));
-    EKV_CUDA__TRY(cudaDeviceGetAttribute(&out->bus_width_bits, cudaDevAttrGlobalMemoryBusWidth, device));
-    EKV_CUDA__TRY(cudaDeviceGetAttribute(&sm_clock_khz, cudaDevAttrClockRate, device));
-    EKV_CUDA__TRY(cudaDriverGetVersion(&out->driver_version));
-    EKV_CUDA__TRY(cudaRuntimeGetVersion(&out->runtime_version));
-    out->l2_bytes = l2;
-    /* double data rate: two transfers per memory clock (HBM and GDDR report the clock
-       this formula expects; --peak-bw overrides it where a part reports otherwise) */
-    if (out->memory_clock_khz > 0 && out->bus_width_bits > 0)
-        out->peak_bw_theoretical_gbs =
-            2.0 * out->memory_clock_khz * 1e3 * (out->bus_width_bits / 8.0) * 1e-9;
-    if (sm_clock_khz > 0 && out->sm_count > 0)
-        out->peak_gflops = (double)out->sm_count * ekv_cuda__fp32_lanes(out->sm_major, out->sm_minor) *
-                           2.0 * sm_clock_khz * 1e3 * 1e-9;
-done:
-    return result;
-}
-
-static ekv_result ekv_cuda__measure_copy(int device, ekv_device_info *out)
-{
-    ekv_result result = ekv_cuda_copy_bandwidth(device, 0, 10, &out->peak_bw_measured_gbs);
-    return result == EKV_ERR_OUT_OF_MEMORY ? EKV_SUCCESS : result; /* not measured: NaN */
-}
-
-EKV_CUDA_DEF ekv_result ekv_cuda_device_info(int device, ekv_device_info *out)
-{
-    ekv_result result = ekv_cuda__device_attributes(device, out);
-    return result == EKV_SUCCESS ? ekv_cuda__measure_copy(device, out) : result;
-}
-
-/* >>run (implementation) =================================================== */
-
-/* Tolerance of the kernel against the double reference over the same stored cache. Both
-   read the same stored values (the reference dequantizes them with the same formulas), so
-   the storage dtype does not enter: what remains is fp32 arithmetic - q times the scale,
-   dot products of head_dim terms, exp2f (2 ulp), and the running sums. Those errors are
-   about 1e-7 relative each; the sums grow like the square root of the tokens one thread
-   accumulates, which the second term allows for on long sequences. */
-EKV_CUDA_DEF double ekv_cuda_validation_tolerance(int max_length)
-{
-    const double grow = 2e-7 * sqrt((double)(max_length > 0 ? max_length : 1));
-    return grow > 1e-5 ? grow : 1e-5;
-}
-
-/* The arguments every timed launch shares. */
-typedef struct ekv_cuda__call {
-    const float *q;
-    float *out;
-    int heads;
-    float softmax_scale;
-    cudaStream_t stream;
-} ekv_cuda__call;
-
-/* One measured cache: its rotation copies (copies[0] is the upload), its plan, and the
-   graphs that replay the rotation when graphs are on. */
-typedef struct ekv_cuda__timed {
-    ekv_cuda_cache *copies;
-    int copy_count;
-    ekv_cuda_attention_plan plan;
-    cudaGraphExec_t *graphs;
-    int graph_count;
-} ekv_cuda__timed;
-
-static void ekv_cuda__timed_free(ekv_cuda__timed *t)
-{
-    int i;
-    for (i = 0; i < t->graph_count; i++)
-        if (t->graphs[i]) (void)cudaGraphExecDestroy(t->graphs[i]);
-    if (t->graphs) EKV_FREE(t->graphs);
-    for (i = 0; i < t->copy_count; i++) ekv_cuda_cache_free(&t->copies[i]);
-    if (t->copies) EKV_FREE(t->copies);
-    memset(t, 0, sizeof *t);
-}
-
-/* Launches number first .. first + count - 1 of the rotation; launch n uses copy n mod N. */
-static ekv_result ekv_cuda__launches(const ekv_cuda__timed *t, const ekv_cuda__call *call,
-                                     long long first, int count)
-{
-    int i;
-    for (i = 0; i < count; i++) {
-        const ekv_cuda_cache *cache = &t->copies[(first + i) % t->copy_count];
-        ekv_result result = ekv_cuda_attention(cache, call->q, call->heads, call->softmax_scale,
-                                               call->out, &t->plan, call->stream);
-        if (result != EKV_SUCCESS) return result;
-    }
-    return EKV_SUCCESS;
-}
-
-/* Copies: N = 1 when the cache alone is 3 x L2 or more (a launch streams it past L2
-   before it comes round again), else enough that the others stream 3 x L2 between two
-   launches on the same copy. N is then rounded to a divisor or a multiple of inner_loops,
-   so that sample s starts the rotation at s x inner_loops mod N, one of N / inner_loops
-   fixed points: that many graphs replay it. Within max_copies (memory, graph count). */
-static int ekv_cuda__cold_copies(double bytes, double l2, int inner_loops, long long max_copies)
-{
-    const double target = 3.0 * l2;
-    long long want, up = 0, down = 1, d;
-    if (max_copies < 1) max_copies = 1;
-    want = bytes >= target || bytes <= 0 ? 1 : 1 + (long long)ceil(target / bytes);
-    for (d = 1; d <= inner_loops; d++) {
-        if (inner_loops % d != 0 || d > max_copies) continue;
-        if (d >= want && !up) up = d;
-        down = d;
-    }
-    if (!up && want > inner_loops) {
-        const long long multiple = (want + inner_loops - 1) / inner_loops * inner_loops;
-        if (multiple <= max_copies) up = multiple;
-        else if (max_copies / inner_loops * inner_loops >= inner_loops)
-            down = max_copies / inner_loops * inner_loops;
-    }
-    return (int)(up ? up : down);
-}
-
-static ekv_result ekv_cuda__timed_make(const ekv_host_cache *host, int copies, int heads,
-                                       ekv_cuda__timed *t)
-{
-    ekv_result result = EKV_SUCCESS;
-    int i;
-    memset(t, 0, sizeof *t);
-    t->copies = (ekv_cuda_cache *)EKV_MALLOC((size_t)copies * sizeof(ekv_cuda_cache));
-    if (!t->copies) return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "ekv_cuda_run: out of host memory");
-    memset(t->copies, 0, (size_t)copies * sizeof(ekv_cuda_cache));
-    EKV_CUDA__TRY_EKV(ekv_cuda_cache_upload(host, &t->copies[0]));
-    t->copy_count = 1;
-    for (i = 1; i < copies; i++) {
-        EKV_CUDA__TRY_EKV(ekv_cuda_cache_clone(&t->copies[0], &t->copies[i]));
-        t->copy_count++;
-    }
-    EKV_CUDA__TRY_EKV(ekv_cuda_attention_plan_make(&t->copies[0], heads, 0, &t->plan));
-done:
-    if (result != EKV_SUCCESS) ekv_cuda__timed_free(t);
-    return result;
-}
-
-/* Captures the inner loop once per rotation start point: graph p replays launches
-   p x inner_loops ... (p + 1) x inner_loops - 1. */
-static ekv_result ekv_cuda__timed_capture(ekv_cuda__timed *t, const ekv_cuda__call *call,
-                                          int inner_loops)
-{
-    ekv_result result = EKV_SUCCESS;
-    cudaGraph_t graph = NULL;
-    const int count = t->copy_count > inner_loops ? t->copy_count / inner_loops : 1;
-    int i;
-    t->graphs = (cudaGraphExec_t *)EKV_MALLOC((size_t)count * sizeof(cudaGraphExec_t));
-    if (!t->graphs) return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "ekv_cuda_run: out of host memory");
-    memset(t->graphs, 0, (size_t)count * sizeof(cudaGraphExec_t));
-    t->graph_count = count;
-    for (i = 0; i < count; i++) {
-        ekv_result launched;
-        EKV_CUDA__TRY(cudaStreamBeginCapture(call->stream, cudaStreamCaptureModeThreadLocal));
-        launched = ekv_cuda__launches(t, call, (long long)i * inner_loops, inner_loops);
-        /* end the capture even when a launch failed, so the stream is usable again */
-        result = EKV_CUDA__CHECK(cudaStreamEndCapture(call->stream, &graph));
-        if (launched != EKV_SUCCESS) {
-            if (graph) (void)cudaGraphDestroy(graph);
-            result = launched;
-            goto done;
-        }
-        if (result != EKV_SUCCESS) goto done;
-        result = EKV_CUDA__CHECK(cudaGraphInstantiateWithFlags(&t->graphs[i], graph, 0));
-        (void)cudaGraphDestroy(graph);
-        graph = NULL;
-        if (result != EKV_SUCCESS) goto done;
-    }
-done:
-    return result;
-}
-
-/* One sample: inner_loops launches between two events, per-launch milliseconds out. */
-static ekv_result ekv_cuda__timed_sample(const ekv_cuda__timed *t, const ekv_cuda__call *call,
-                                         long long sample, int inner_loops, cudaEvent_t start,
-                                         cudaEvent_t stop, double *ms)
-{
-    ekv_result result = EKV_SUCCESS;
-    float elapsed = 0.0f;
-    EKV_CUDA__TRY(cudaEventRecord(start, call->stream));
-    if (t->graph_count)
-        EKV_CUDA__TRY(cudaGraphLaunch(t->graphs[sample % t->graph_count], call->stream));
-    else
-        EKV_CUDA__TRY_EKV(ekv_cuda__launches(t, call, sample * inner_loops, inner_loops));
-    EKV_CUDA__TRY(cudaEventRecord(stop, call->stream));
-    EKV_CUDA__TRY(cudaEventSynchronize(stop));
-    EKV_CUDA__TRY(cudaEventElapsedTime(&elapsed, start, stop));
-    *ms = (double)elapsed / inner_loops;
-done:
-    return result;
-}
-
-/* Runs the plan once on copy 0 into an output poisoned with NaN (0xff bytes), copies it
-   back, and fails on any element left NaN: a kernel that skips a head cannot pass. */
-static ekv_result ekv_cuda__run_once(const ekv_cuda__timed *t, const ekv_cuda__call *call,
-                                     float *host_out, size_t count, const char *what)
-{
-    ekv_result result = EKV_SUCCESS;
-    size_t i;
-    EKV_CUDA__TRY(cudaMemsetAsync(call->out, 0xff, count * sizeof(float), call->stream));
-    EKV_CUDA__TRY_EKV(ekv_cuda__launches(t, call, 0, 1));
-    EKV_CUDA__TRY(cudaStreamSynchronize(call->stream));
-    EKV_CUDA__TRY(cudaMemcpy(host_out, call->out, count * sizeof(float), cudaMemcpyDeviceToHost));
-    for (i = 0; i < count; i++)
-        if (!(host_out[i] == host_out[i])) {
-            const size_t d = (size_t)t->copies[0].head_dim, h = (size_t)call->heads;
-            result = ekv_set_error(EKV_ERR_VALIDATION,
-                                   "the %s kernel output is NaN at [%zu][%zu][%zu] (not written, "
-                                   "or a NaN in the computation)",
-                                   what, i / (d * h), i / d % h, i % d);
-            goto done;
-        }
-done:
-    return result;
-}
-
-static int ekv_cuda__max_length(const ekv_host_cache *c)
-{
-    int b, m = 0;
-    for (b = 0; b < c->batch; b++)
-        if (c->lengths[b] > m) m = c->lengths[b];
-    return m;
-}
-
-/* Bytes the split path writes and the merge reads back per launch: per (sequence, query
-   head) a (max, sum) pair for every split and head_dim accumulators for every split that
-   holds slots of that sequence. */
-static double ekv_cuda__partial_bytes(const ekv_host_cache *c, int heads, int splits)
-{
-    double per_launch = 0.0;
-    int b, per, used;
-    if (splits <= 1) return 0.0;
-    ekv_cuda__split_shape(c->capacity, splits, &per, &used);
-    for (b = 0; b < c->batch; b++) {
-        const int busy = (c->lengths[b] + per - 1) / per;
-        per_launch += (double)heads * ((double)busy * c->head_dim + 2.0 * used) * sizeof(float);
-    }
-    return 2.0 * per_launch;
-}
-
-/* Measured copy bandwidth per device ordinal, once per process (0 = not yet). */
-#define EKV_CUDA__MEMO_DEVICES 64
-static double ekv_cuda__copy_gbs[EKV_CUDA__MEMO_DEVICES];
-
-static double ekv_cuda__gib(double bytes)
-{
-    return bytes / (1024.0 * 1024.0 * 1024.0);
-}
-
-EKV_CUDA_DEF ekv_result ekv_cuda_run(const ekv_config *config, const ekv_workload *work,
-                                     ekv_report *report)
-{
-    const char *fn = "ekv_cuda_run";
-    ekv_result result = EKV_SUCCESS;
-    ekv_cuda__timed candidate, baseline;
-    ekv_cuda__call call;
-    cudaEvent_t start = NULL, stop = NULL;
-    float *host_out = NULL, *device_q = NULL, *device_out = NULL;
-    double *baseline_reference = NULL;
-    void *workspace = NULL;
-    cudaError_t err;
-    size_t count, free_bytes = 0, total_bytes = 0, workspace_bytes;
-    double candidate_block, baseline_block = 0.0, io_bytes, need, margin, spare, kept = 0.0;
-    double tolerance, l2;
-    int device_count = 0, sm, copies_candidate = 1, copies_baseline = 1, heads, b;
-    long long i, max_copies;
-    ekv_cuda_cache shape;
-    ekv_cuda_attention_plan plan_candidate, plan_baseline;
-
-    memset(&candidate, 0, sizeof candidate);
-    memset(&baseline, 0, sizeof baseline);
-    memset(&call, 0, sizeof call);
-    ekv_report_init(report, config);
-#ifdef EKV_EMULATOR_ACTIVE
-    report->backend = EKV_BACKEND_EMULATOR;
-#else
-    report->backend = EKV_BACKEND_CUDA;
-#endif
-    if (!work || !work->cache.k || !work->data.q || !work->reference_cache)
-        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: the workload is not prepared", fn);
-    if (config->paired_baseline && work->baseline.batch == 0)
-        return ekv_set_error(EKV_ERR_INVALID_ARG,
-                             "%s: --paired-baseline but the workload has no baseline cache", fn);
-    heads = work->data.heads;
-    count = (size_t)work->data.batch * (size_t)heads * (size_t)work->data.head_dim;
-
-    /* the device, before anything is allocated */
-    err = cudaGetDeviceCount(&device_count);
-    if (err != cudaSuccess || device_count == 0) {
-        (void)cudaGetLastError();
-        if (err == cudaErrorInsufficientDriver)
-            return ekv_set_error(EKV_ERR_NO_DEVICE,
-                                 "no usable CUDA driver: none is installed, or it is older than "
-                                 "this program's CUDA runtime (%d.%d)", CUDART_VERSION / 1000,
-                                 CUDART_VERSION % 1000 / 10);
-        if (err != cudaSuccess && err != cudaErrorNoDevice)
-            return ekv_set_error(EKV_ERR_NO_DEVICE, "no usable CUDA device: %s (%s)",
-                                 cudaGetErrorName(err), cudaGetErrorString(err));
-        return ekv_set_error(EKV_ERR_NO_DEVICE, "no CUDA device found");
-    }
-    if (config->device < 0 || config->device >= device_count)
-        return ekv_set_error(EKV_ERR_INVALID_ARG, "--device=%d: allowed 0..%d (%d CUDA device%s)",
-                             config->device, device_count - 1, device_count,
-                             device_count == 1 ? "" : "s");
-    EKV_CUDA__TRY(cudaSetDevice(config->device));
-    EKV_CUDA__TRY_EKV(ekv_cuda__device_attributes(config->device, &report->device));
-    if (config->device < EKV_CUDA__MEMO_DEVICES && ekv_cuda__copy_gbs[config->device] > 0) {
-        report->device.peak_bw_measured_gbs = ekv_cuda__copy_gbs[config->device];
-    } else {
-        EKV_CUDA__TRY_EKV(ekv_cuda__measure_copy(config->device, &report->device));
-        if (config->device < EKV_CUDA__MEMO_DEVICES && report->device.peak_bw_measured_gbs > 0)
-            ekv_cuda__copy_gbs[config->device] = report->device.peak_bw_measured_gbs;
-    }
-    if (config->peak_bw_gbs > 0) report->device.peak_bw_theoretical_gbs = config->peak_bw_gbs;
-    sm = report->device.sm_major * 10 + report->device.sm_minor;
-    if (!ekv_cuda_supports_head_dim(work->cache.head_dim))
-        return ekv_set_error(EKV_ERR_UNSUPPORTED,
-                             "--dim=%d: the CUDA kernels support head dims %s (the CPU backend "
-                             "takes any: --backend=cpu)", work->cache.head_dim, EKV_CUDA_HEAD_DIMS);
-    EKV_CUDA__TRY_EKV(ekv_cuda__check_dtype_device(work->cache.dtype, sm));
-    if (config->paired_baseline)
-        EKV_CUDA__TRY_EKV(ekv_cuda__check_dtype_device(work->baseline.dtype, sm));
-
-    /* memory: one copy of each cache, q, out and the workspace must fit; more copies for
-       cold timing come out of what is left */
-    memset(&shape, 0, sizeof shape);
-    shape.dtype = work->cache.dtype;
-    shape.batch = work->cache.batch;
-    shape.kv_heads = work->cache.kv_heads;
-    shape.head_dim = work->cache.head_dim;
-    shape.capacity = work->cache.capacity;
-    shape.device = config->device;
-    shape.sm = sm;
-    EKV_CUDA__TRY_EKV(ekv_cuda_attention_plan_make(&shape, heads, 0, &plan_candidate));
-    workspace_bytes = plan_candidate.workspace_bytes;
-    if (config->paired_baseline) {
-        shape.dtype = work->baseline.dtype;
-        shape.capacity = work->baseline.capacity;
-        EKV_CUDA__TRY_EKV(ekv_cuda_attention_plan_make(&shape, heads, 0, &plan_baseline));
-        if (plan_baseline.workspace_bytes > workspace_bytes) workspace_bytes = plan_baseline.workspace_bytes;
-        baseline_block = (double)ekv_cuda_cache_allocation_bytes(&work->baseline);
-    }
-    candidate_block = (double)ekv_cuda_cache_allocation_bytes(&work->cache);
-    io_bytes = 2.0 * (double)count * sizeof(float);
-    EKV_CUDA__TRY(cudaMemGetInfo(&free_bytes, &total_bytes));
-    margin = (double)total_bytes / 20.0;
-    need = candidate_block + baseline_block + io_bytes + (double)workspace_bytes;
-    if (need + margin > (double)free_bytes)
-        return ekv_set_error(EKV_ERR_OUT_OF_MEMORY,
-                             "%s: needs %.2f GiB of device memory (cache %.2f GiB%s, q/out, "
-                             "workspace) plus %.2f GiB headroom; device has %.2f GiB free",
-                             fn, ekv_cuda__gib(need), ekv_cuda__gib(candidate_block),
-                             config->paired_baseline ? " + baseline" : "", ekv_cuda__gib(margin),
-                             ekv_cuda__gib((double)free_bytes));
-    l2 = (double)report->device.l2_bytes;
-    if (!config->hot) {
-        /* share the spare memory in proportion to each cache's size; at most 64 graphs
-           per cache (copies up to 64 x inner_loops) */
-        spare = (double)free_bytes - margin - need;
-        max_copies = 64LL * config->inner_loops;
-        if (max_copies > 4096) max_copies = 4096;
-        {
-            const double both = candidate_block + baseline_block;
-            long long fit = 1 + (long long)(spare / both);
-            if (fit < max_copies) max_copies = fit;
-        }
-        copies_candidate = ekv_cuda__cold_copies(candidate_block, l2, config->inner_loops, max_copies);
-        if (config->paired_baseline)
-            copies_baseline = ekv_cuda__cold_copies(baseline_block, l2, config->inner_loops, max_copies);
-        if ((double)copies_candidate * candidate_block < 2.0 * l2)
-            snprintf(report->notice, sizeof report->notice,
-                     "timing is not fully cold: %d copies x %.1f MiB of cache < 2 x L2 (%.0f MiB); "
-                     "memory or the graph count limits the rotation",
-                     copies_candidate, candidate_block / 1048576.0, l2 / 1048576.0);
-    }
-
-    EKV_CUDA__TRY_EKV(ekv_cuda__timed_make(&work->cache, copies_candidate, heads, &candidate));
-    if (config->paired_baseline)
-        EKV_CUDA__TRY_EKV(ekv_cuda__timed_make(&work->baseline, copies_baseline, heads, &baseline));
-    EKV_CUDA__TRY(cudaMalloc((void **)&device_q, count * sizeof(float)));
-    EKV_CUDA__TRY(cudaMalloc((void **)&device_out, count * sizeof(float)));
-    if (workspace_bytes) EKV_CUDA__TRY(cudaMalloc(&workspace, workspace_bytes));
-    candidate.plan.workspace = workspace;
-    baseline.plan.workspace = workspace;
-    EKV_CUDA__TRY(cudaMemcpy(device_q, work->data.q, count * sizeof(float), cudaMemcpyHostToDevice));
-    EKV_CUDA__TRY(cudaStreamCreateWithFlags(&call.stream, cudaStreamNonBlocking));
-    EKV_CUDA__TRY(cudaEventCreate(&start));
-    EKV_CUDA__TRY(cudaEventCreate(&stop));
-    call.q = device_q;
-    call.out = device_out;
-    call.heads = heads;
-    call.softmax_scale = (float)work->softmax_scale;
-
-    /* validation first: nothing is timed unless the kernel matches the reference */
-    host_out = (float *)EKV_MALLOC(count * sizeof(float));
-    if (!host_out) {
-        result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-        goto done;
-    }
-    tolerance = ekv_cuda_validation_tolerance(ekv_cuda__max_length(&work->cache));
-    EKV_CUDA__TRY_EKV(ekv_cuda__run_once(&candidate, &call, host_out, count, "candidate"));
-    ekv_workload_accuracy(work, host_out, &report->accuracy);
-    if (!(report->accuracy.kernel.rel_l2 <= tolerance)) {
-        result = ekv_set_error(EKV_ERR_VALIDATION,
-                               "%s: the CUDA kernel differs from the double reference over the same "
-                               "%s cache: rel_l2 %.3e > %.1e (max_abs %.3e)",
-                               fn, ekv_dtype_name(work->cache.dtype),
-                               report->accuracy.kernel.rel_l2, tolerance,
-                               report->accuracy.kernel.max_abs);
-        goto done;
-    }
-    if (config->dump_dir[0])
-        EKV_CUDA__TRY_EKV(ekv_workload_dump(work, host_out, config->dump_dir));
-    if (config->paired_baseline) {
-        ekv_error_stats error;
-        const double baseline_tolerance =
-            ekv_cuda_validation_tolerance(ekv_cuda__max_length(&work->baseline));
-        baseline_reference = (double *)EKV_MALLOC(count * sizeof(double));
-        if (!baseline_reference) {
-            result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-            goto done;
-        }
-        EKV_CUDA__TRY_EKV(ekv_reference_attention_cache(&work->baseline, work->data.q, heads,
-                                                        work->softmax_scale, baseline_reference));
-        EKV_CUDA__TRY_EKV(ekv_cuda__run_once(&baseline, &call, host_out, count, "baseline"));
-        error = ekv_compare_f32(baseline_reference, host_out, count);
-        if (!(error.rel_l2 <= baseline_tolerance)) {
-            result = ekv_set_error(EKV_ERR_VALIDATION,
-                                   "%s: the CUDA kernel on the baseline %s cache differs from the "
-                                   "double reference: rel_l2 %.3e > %.1e",
-                                   fn, ekv_dtype_name(work->baseline.dtype), error.rel_l2,
-                                   baseline_tolerance);
-            goto done;
-        }
-    }
-
-    /* timing */
-    if (config->use_graphs) {
-        EKV_CUDA__TRY_EKV(ekv_cuda__timed_capture(&candidate, &call, config->inner_loops));
-        if (config->paired_baseline)
-            EKV_CUDA__TRY_EKV(ekv_cuda__timed_capture(&baseline, &call, config->inner_loops));
-    }
-    report->samples_ms = (double *)EKV_MALLOC((size_t)config->reps * sizeof(double));
-    if (!report->samples_ms) {
-        result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-        goto done;
-    }
-    report->sample_count = (size_t)config->reps;
-    if (config->paired_baseline) {
-        report->baseline_samples_ms = (double *)EKV_MALLOC((size_t)config->reps * sizeof(double));
-        if (!report->baseline_samples_ms) {
-            result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-            goto done;
-        }
-        report->baseline_sample_count = (size_t)config->reps;
-        report->has_baseline = 1;
-    }
-    for (i = 0; i < (long long)config->warmup + config->reps; i++) {
-        double ms = 0.0, baseline_ms = 0.0;
-        /* ABAB: baseline then candidate in every pair, so drift hits both alike */
-        if (config->paired_baseline)
-            EKV_CUDA__TRY_EKV(ekv_cuda__timed_sample(&baseline, &call, i, config->inner_loops,
-                                                     start, stop, &baseline_ms));
-        EKV_CUDA__TRY_EKV(ekv_cuda__timed_sample(&candidate, &call, i, config->inner_loops, start,
-                                                 stop, &ms));
-        if (i >= config->warmup) {
-            report->samples_ms[i - config->warmup] = ms;
-            if (config->paired_baseline) report->baseline_samples_ms[i - config->warmup] = baseline_ms;
-        }
-    }
-
-    for (b = 0; b < work->cache.batch; b++) kept += work->cache.lengths[b];
-    report->kept_tokens_total = kept;
-    report->splits = candidate.plan.splits;
-    report->cache_copies = copies_candidate;
-    report->cache_bytes = ekv_cache_bytes_of(work->cache.dtype, work->cache.batch,
-                                             work->cache.kv_heads, work->cache.head_dim,
-                                             work->cache.lengths, work->cache.bias != NULL);
-    report->kv_cache_bytes_uncompressed = work->kv_cache_bytes_uncompressed;
-    report->partial_bytes = ekv_cuda__partial_bytes(&work->cache, heads, candidate.plan.splits);
-    report->peak_device_bytes = (double)copies_candidate * candidate_block +
-                                (config->paired_baseline ? (double)copies_baseline * baseline_block
-                                                         : 0.0) +
-                                io_bytes + (double)workspace_bytes;
-    result = ekv_report_finish(report);
-done:
-    if (start) (void)cudaEventDestroy(start);
-    if (stop) (void)cudaEventDestroy(stop);
-    if (call.stream) (void)cudaStreamDestroy(call.stream);
-    ekv_cuda__timed_free(&candidate);
-    ekv_cuda__timed_free(&baseline);
-    if (device_q) (void)cudaFree(device_q);
-    if (device_out) (void)cudaFree(device_out);
-    if (workspace) (void)cudaFree(workspace);
-    if (host_out) EKV_FREE(host_out);
-    if (baseline_reference) EKV_FREE(baseline_reference);
-    return result;
-}
-
-/* >>elastic (implementation) is below, then >>cycle */
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
-
 /* >>elastic (implementation) =============================================== */
 
 #define EKV_CUDA__ELASTIC_THREADS 128
@@ -2138,7 +1563,7 @@ __global__ void __launch_bounds__(EKV_CUDA__ELASTIC_THREADS)
 
 /* ---- topk scoring ---------------------------------------------------------- */
 
-/* scale x dot(q, K_slot) + bias in double, in the order of ekv__dot_f64: four interleaved
+/* scale x dot(q, K_slot) + bias in double, in the order of ekv.h's reference dot product: four interleaved
    partial sums, (s0 + s1) + (s2 + s3). */
 static __device__ double ekv_cuda__logit(const ekv_cuda__elastic &c, size_t row, float head_scale,
                                          const float *q, double scale)
@@ -2495,8 +1920,8 @@ EKV_CUDA_DEF void ekv_cuda_elastic_free(ekv_cuda_elastic_cache *cache)
     /* failed frees at teardown have no caller that could act on them */
     if (cache->compressed) (void)cudaFree(cache->compressed);
     if (cache->workspace) (void)cudaFree(cache->workspace);
-    ekv__free(cache->host_lengths);
-    ekv__free(cache->host_compressed);
+    ekv_free(cache->host_lengths);
+    ekv_free(cache->host_compressed);
     memset(cache, 0, sizeof *cache);
 }
 
@@ -2533,8 +1958,8 @@ EKV_CUDA_DEF ekv_result ekv_cuda_elastic_create(ekv_cuda_elastic_cache *cache, e
     EKV_CUDA__TRY(cudaMemset(cache->cache.allocation, 0, l.total));
     EKV_CUDA__TRY(cudaMalloc((void **)&cache->compressed, (size_t)batch * sizeof(int)));
     EKV_CUDA__TRY(cudaMemset(cache->compressed, 0, (size_t)batch * sizeof(int)));
-    cache->host_lengths = (int *)ekv__alloc((size_t)batch, sizeof(int));
-    cache->host_compressed = (int *)ekv__alloc((size_t)batch, sizeof(int));
+    cache->host_lengths = (int *)ekv_calloc((size_t)batch, sizeof(int));
+    cache->host_compressed = (int *)ekv_calloc((size_t)batch, sizeof(int));
     if (!cache->host_lengths || !cache->host_compressed) result = EKV_ERR_OUT_OF_MEMORY;
 done:
     if (result != EKV_SUCCESS) ekv_cuda_elastic_free(cache);
@@ -2735,7 +2160,7 @@ EKV_CUDA_DEF ekv_result ekv_cuda_elastic_compress(ekv_cuda_elastic_cache *cache,
     ekv_cuda__policy p;
     int b, n, longest_old = 0, tile_rows;
     if (result != EKV_SUCCESS) return result;
-    if (!ekv__policy_valid(desc))
+    if (!ekv_compress_desc_valid(desc))
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "%s: bad compression settings (policy none needs compression 1; "
                              "compression >= 1, recent >= 0, sinks >= 0)", fn);
@@ -2819,7 +2244,604 @@ done:
     return result;
 }
 
-/* >>cuda_cycle: the inference cycle on the device (see ekv.h >>cycle) ================= */
+#ifndef EKV_NO_BENCH
+/* ======================== Part B: the benchmark ========================= */
+
+/* >>device (implementation) ================================================ */
+
+/* FP32 results per clock per SM, from the arithmetic-instruction throughput table of the
+   CUDA C++ Programming Guide: 64 on sm_60, sm_70/72, sm_75 and sm_80; 128 on sm_61/62,
+   sm_86/87/89, sm_90 and the Blackwell parts. Architectures newer than the table are
+   assumed to keep 128; the figure is a peak for the roofline, not a measurement. */
+static int ekv_cuda__fp32_lanes(int major, int minor)
+{
+    if (major == 7 || ((major == 6 || major == 8) && minor == 0)) return 64;
+    return 128;
+}
+
+EKV_CUDA_DEF ekv_result ekv_cuda_copy_bandwidth(int device, size_t bytes, int reps, double *gbs)
+{
+    ekv_result result = EKV_SUCCESS;
+    void *src = NULL, *dst = NULL;
+    cudaStream_t stream = NULL;
+    cudaEvent_t start = NULL, stop = NULL;
+    double *times = NULL;
+    int previous = 0, l2 = 0, i;
+    size_t free_bytes = 0, total_bytes = 0;
+    *gbs = NAN;
+    if (reps < 1) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cuda_copy_bandwidth: reps %d < 1", reps);
+    if ((result = EKV_CUDA__CHECK(cudaGetDevice(&previous))) != EKV_SUCCESS) return result;
+    if ((result = EKV_CUDA__CHECK(cudaSetDevice(device))) != EKV_SUCCESS) return result;
+    times = (double *)EKV_MALLOC((size_t)reps * sizeof(double));
+    if (!times) {
+        result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "ekv_cuda_copy_bandwidth: out of host memory");
+        goto done;
+    }
+    if (bytes == 0) {
+        /* well beyond L2, so the copy runs at DRAM speed; two buffers within half of free */
+        EKV_CUDA__TRY(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
+        EKV_CUDA__TRY(cudaMemGetInfo(&free_bytes, &total_bytes));
+        bytes = (size_t)256 << 20;
+        if ((size_t)l2 * 4 > bytes) bytes = (size_t)l2 * 4;
+        if (bytes > free_bytes / 4) bytes = free_bytes / 4;
+        bytes &= ~(size_t)255;
+        if (bytes < ((size_t)1 << 20)) {
+            result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY,
+                                   "ekv_cuda_copy_bandwidth: only %zu bytes free on the device",
+                                   free_bytes);
+            goto done;
+        }
+    }
+    EKV_CUDA__TRY(cudaMalloc(&src, bytes));
+    EKV_CUDA__TRY(cudaMalloc(&dst, bytes));
+    EKV_CUDA__TRY(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    EKV_CUDA__TRY(cudaEventCreate(&start));
+    EKV_CUDA__TRY(cudaEventCreate(&stop));
+    /* touch both buffers (first-use costs stay out of the timing), then one warm-up copy */
+    EKV_CUDA__TRY(cudaMemsetAsync(src, 1, bytes, stream));
+    EKV_CUDA__TRY(cudaMemsetAsync(dst, 2, bytes, stream));
+    EKV_CUDA__TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
+    for (i = 0; i < reps; i++) {
+        float ms = 0.0f;
+        EKV_CUDA__TRY(cudaEventRecord(start, stream));
+        EKV_CUDA__TRY(cudaMemcpyAsync(i % 2 ? src : dst, i % 2 ? dst : src, bytes,
+                                      cudaMemcpyDeviceToDevice, stream));
+        EKV_CUDA__TRY(cudaEventRecord(stop, stream));
+        EKV_CUDA__TRY(cudaEventSynchronize(stop));
+        EKV_CUDA__TRY(cudaEventElapsedTime(&ms, start, stop));
+        times[i] = ms;
+    }
+    {
+        const double median_ms = ekv_median(times, (size_t)reps);
+        if (median_ms > 0) *gbs = 2.0 * (double)bytes / (median_ms * 1e-3) * 1e-9;
+    }
+done:
+    if (start) (void)cudaEventDestroy(start);
+    if (stop) (void)cudaEventDestroy(stop);
+    if (stream) (void)cudaStreamDestroy(stream);
+    if (src) (void)cudaFree(src);
+    if (dst) (void)cudaFree(dst);
+    if (times) EKV_FREE(times);
+    (void)cudaSetDevice(previous);
+    return result;
+}
+
+/* Everything but the measured copy bandwidth, which takes a fraction of a second and
+   hundreds of MiB: ekv_cuda_run measures it once per device and process. */
+static ekv_result ekv_cuda__device_attributes(int device, ekv_device_info *out)
+{
+    ekv_result result = EKV_SUCCESS;
+    cudaDeviceProp prop;
+    int sm_clock_khz = 0, l2 = 0;
+    memset(out, 0, sizeof *out);
+    out->peak_bw_theoretical_gbs = NAN;
+    out->peak_bw_measured_gbs = NAN;
+    out->peak_gflops = NAN;
+    memset(&prop, 0, sizeof prop);
+    EKV_CUDA__TRY(cudaGetDeviceProperties(&prop, device));
+    snprintf(out->name, sizeof out->name, "%s", prop.name);
+    out->memory_bytes = (long long)prop.totalGlobalMem;
+    /* attributes rather than cudaDeviceProp fields: CUDA 13 removed the clock fields */
+    EKV_CUDA__TRY(cudaDeviceGetAttribute(&out->sm_major, cudaDevAttrComputeCapabilityMajor, device));
+    EKV_CUDA__TRY(cudaDeviceGetAttribute(&out->sm_minor, cudaDevAttrComputeCapabilityMinor, device));
+    EKV_CUDA__TRY(cudaDeviceGetAttribute(&out->sm_count, cudaDevAttrMultiProcessorCount, device));
+    EKV_CUDA__TRY(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
+    EKV_CUDA__TRY(cudaDeviceGetAttribute(&out->memory_clock_khz, cudaDevAttrMemoryClockRate, device));
+    EKV_CUDA__TRY(cudaDeviceGetAttribute(&out->bus_width_bits, cudaDevAttrGlobalMemoryBusWidth, device));
+    EKV_CUDA__TRY(cudaDeviceGetAttribute(&sm_clock_khz, cudaDevAttrClockRate, device));
+    EKV_CUDA__TRY(cudaDriverGetVersion(&out->driver_version));
+    EKV_CUDA__TRY(cudaRuntimeGetVersion(&out->runtime_version));
+    out->l2_bytes = l2;
+    /* double data rate: two transfers per memory clock (HBM and GDDR report the clock
+       this formula expects; --peak-bw overrides it where a part reports otherwise) */
+    if (out->memory_clock_khz > 0 && out->bus_width_bits > 0)
+        out->peak_bw_theoretical_gbs =
+            2.0 * out->memory_clock_khz * 1e3 * (out->bus_width_bits / 8.0) * 1e-9;
+    if (sm_clock_khz > 0 && out->sm_count > 0)
+        out->peak_gflops = (double)out->sm_count * ekv_cuda__fp32_lanes(out->sm_major, out->sm_minor) *
+                           2.0 * sm_clock_khz * 1e3 * 1e-9;
+done:
+    return result;
+}
+
+static ekv_result ekv_cuda__measure_copy(int device, ekv_device_info *out)
+{
+    ekv_result result = ekv_cuda_copy_bandwidth(device, 0, 10, &out->peak_bw_measured_gbs);
+    return result == EKV_ERR_OUT_OF_MEMORY ? EKV_SUCCESS : result; /* not measured: NaN */
+}
+
+EKV_CUDA_DEF ekv_result ekv_cuda_device_info(int device, ekv_device_info *out)
+{
+    ekv_result result = ekv_cuda__device_attributes(device, out);
+    return result == EKV_SUCCESS ? ekv_cuda__measure_copy(device, out) : result;
+}
+
+/* >>run (implementation) =================================================== */
+
+/* Tolerance of the kernel against the double reference over the same stored cache. Both
+   read the same stored values (the reference dequantizes them with the same formulas), so
+   the storage dtype does not enter: what remains is fp32 arithmetic - q times the scale,
+   dot products of head_dim terms, exp2f (2 ulp), and the running sums. Those errors are
+   about 1e-7 relative each; the sums grow like the square root of the tokens one thread
+   accumulates, which the second term allows for on long sequences. */
+EKV_CUDA_DEF double ekv_cuda_validation_tolerance(int max_length)
+{
+    const double grow = 2e-7 * sqrt((double)(max_length > 0 ? max_length : 1));
+    return grow > 1e-5 ? grow : 1e-5;
+}
+
+/* The arguments every timed launch shares. */
+typedef struct ekv_cuda__call {
+    const float *q;
+    float *out;
+    int heads;
+    float softmax_scale;
+    cudaStream_t stream;
+} ekv_cuda__call;
+
+/* One measured cache: its rotation copies (copies[0] is the upload), its plan, and the
+   graphs that replay the rotation when graphs are on. */
+typedef struct ekv_cuda__timed {
+    ekv_cuda_cache *copies;
+    int copy_count;
+    ekv_cuda_attention_plan plan;
+    cudaGraphExec_t *graphs;
+    int graph_count;
+} ekv_cuda__timed;
+
+static void ekv_cuda__timed_free(ekv_cuda__timed *t)
+{
+    int i;
+    for (i = 0; i < t->graph_count; i++)
+        if (t->graphs[i]) (void)cudaGraphExecDestroy(t->graphs[i]);
+    if (t->graphs) EKV_FREE(t->graphs);
+    for (i = 0; i < t->copy_count; i++) ekv_cuda_cache_free(&t->copies[i]);
+    if (t->copies) EKV_FREE(t->copies);
+    memset(t, 0, sizeof *t);
+}
+
+/* Launches number first .. first + count - 1 of the rotation; launch n uses copy n mod N. */
+static ekv_result ekv_cuda__launches(const ekv_cuda__timed *t, const ekv_cuda__call *call,
+                                     long long first, int count)
+{
+    int i;
+    for (i = 0; i < count; i++) {
+        const ekv_cuda_cache *cache = &t->copies[(first + i) % t->copy_count];
+        ekv_result result = ekv_cuda_attention(cache, call->q, call->heads, call->softmax_scale,
+                                               call->out, &t->plan, call->stream);
+        if (result != EKV_SUCCESS) return result;
+    }
+    return EKV_SUCCESS;
+}
+
+/* Copies: N = 1 when the cache alone is 3 x L2 or more (a launch streams it past L2
+   before it comes round again), else enough that the others stream 3 x L2 between two
+   launches on the same copy. N is then rounded to a divisor or a multiple of inner_loops,
+   so that sample s starts the rotation at s x inner_loops mod N, one of N / inner_loops
+   fixed points: that many graphs replay it. Within max_copies (memory, graph count). */
+static int ekv_cuda__cold_copies(double bytes, double l2, int inner_loops, long long max_copies)
+{
+    const double target = 3.0 * l2;
+    long long want, up = 0, down = 1, d;
+    if (max_copies < 1) max_copies = 1;
+    want = bytes >= target || bytes <= 0 ? 1 : 1 + (long long)ceil(target / bytes);
+    for (d = 1; d <= inner_loops; d++) {
+        if (inner_loops % d != 0 || d > max_copies) continue;
+        if (d >= want && !up) up = d;
+        down = d;
+    }
+    if (!up && want > inner_loops) {
+        const long long multiple = (want + inner_loops - 1) / inner_loops * inner_loops;
+        if (multiple <= max_copies) up = multiple;
+        else if (max_copies / inner_loops * inner_loops >= inner_loops)
+            down = max_copies / inner_loops * inner_loops;
+    }
+    return (int)(up ? up : down);
+}
+
+static ekv_result ekv_cuda__timed_make(const ekv_host_cache *host, int copies, int heads,
+                                       ekv_cuda__timed *t)
+{
+    ekv_result result = EKV_SUCCESS;
+    int i;
+    memset(t, 0, sizeof *t);
+    t->copies = (ekv_cuda_cache *)EKV_MALLOC((size_t)copies * sizeof(ekv_cuda_cache));
+    if (!t->copies) return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "ekv_cuda_run: out of host memory");
+    memset(t->copies, 0, (size_t)copies * sizeof(ekv_cuda_cache));
+    EKV_CUDA__TRY_EKV(ekv_cuda_cache_upload(host, &t->copies[0]));
+    t->copy_count = 1;
+    for (i = 1; i < copies; i++) {
+        EKV_CUDA__TRY_EKV(ekv_cuda_cache_clone(&t->copies[0], &t->copies[i]));
+        t->copy_count++;
+    }
+    EKV_CUDA__TRY_EKV(ekv_cuda_attention_plan_make(&t->copies[0], heads, 0, &t->plan));
+done:
+    if (result != EKV_SUCCESS) ekv_cuda__timed_free(t);
+    return result;
+}
+
+/* Captures the inner loop once per rotation start point: graph p replays launches
+   p x inner_loops ... (p + 1) x inner_loops - 1. */
+static ekv_result ekv_cuda__timed_capture(ekv_cuda__timed *t, const ekv_cuda__call *call,
+                                          int inner_loops)
+{
+    ekv_result result = EKV_SUCCESS;
+    cudaGraph_t graph = NULL;
+    const int count = t->copy_count > inner_loops ? t->copy_count / inner_loops : 1;
+    int i;
+    t->graphs = (cudaGraphExec_t *)EKV_MALLOC((size_t)count * sizeof(cudaGraphExec_t));
+    if (!t->graphs) return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "ekv_cuda_run: out of host memory");
+    memset(t->graphs, 0, (size_t)count * sizeof(cudaGraphExec_t));
+    t->graph_count = count;
+    for (i = 0; i < count; i++) {
+        ekv_result launched;
+        EKV_CUDA__TRY(cudaStreamBeginCapture(call->stream, cudaStreamCaptureModeThreadLocal));
+        launched = ekv_cuda__launches(t, call, (long long)i * inner_loops, inner_loops);
+        /* end the capture even when a launch failed, so the stream is usable again */
+        result = EKV_CUDA__CHECK(cudaStreamEndCapture(call->stream, &graph));
+        if (launched != EKV_SUCCESS) {
+            if (graph) (void)cudaGraphDestroy(graph);
+            result = launched;
+            goto done;
+        }
+        if (result != EKV_SUCCESS) goto done;
+        result = EKV_CUDA__CHECK(cudaGraphInstantiateWithFlags(&t->graphs[i], graph, 0));
+        (void)cudaGraphDestroy(graph);
+        graph = NULL;
+        if (result != EKV_SUCCESS) goto done;
+    }
+done:
+    return result;
+}
+
+/* One sample: inner_loops launches between two events, per-launch milliseconds out. */
+static ekv_result ekv_cuda__timed_sample(const ekv_cuda__timed *t, const ekv_cuda__call *call,
+                                         long long sample, int inner_loops, cudaEvent_t start,
+                                         cudaEvent_t stop, double *ms)
+{
+    ekv_result result = EKV_SUCCESS;
+    float elapsed = 0.0f;
+    EKV_CUDA__TRY(cudaEventRecord(start, call->stream));
+    if (t->graph_count)
+        EKV_CUDA__TRY(cudaGraphLaunch(t->graphs[sample % t->graph_count], call->stream));
+    else
+        EKV_CUDA__TRY_EKV(ekv_cuda__launches(t, call, sample * inner_loops, inner_loops));
+    EKV_CUDA__TRY(cudaEventRecord(stop, call->stream));
+    EKV_CUDA__TRY(cudaEventSynchronize(stop));
+    EKV_CUDA__TRY(cudaEventElapsedTime(&elapsed, start, stop));
+    *ms = (double)elapsed / inner_loops;
+done:
+    return result;
+}
+
+/* Runs the plan once on copy 0 into an output poisoned with NaN (0xff bytes), copies it
+   back, and fails on any element left NaN: a kernel that skips a head cannot pass. */
+static ekv_result ekv_cuda__run_once(const ekv_cuda__timed *t, const ekv_cuda__call *call,
+                                     float *host_out, size_t count, const char *what)
+{
+    ekv_result result = EKV_SUCCESS;
+    size_t i;
+    EKV_CUDA__TRY(cudaMemsetAsync(call->out, 0xff, count * sizeof(float), call->stream));
+    EKV_CUDA__TRY_EKV(ekv_cuda__launches(t, call, 0, 1));
+    EKV_CUDA__TRY(cudaStreamSynchronize(call->stream));
+    EKV_CUDA__TRY(cudaMemcpy(host_out, call->out, count * sizeof(float), cudaMemcpyDeviceToHost));
+    for (i = 0; i < count; i++)
+        if (!(host_out[i] == host_out[i])) {
+            const size_t d = (size_t)t->copies[0].head_dim, h = (size_t)call->heads;
+            result = ekv_set_error(EKV_ERR_VALIDATION,
+                                   "the %s kernel output is NaN at [%zu][%zu][%zu] (not written, "
+                                   "or a NaN in the computation)",
+                                   what, i / (d * h), i / d % h, i % d);
+            goto done;
+        }
+done:
+    return result;
+}
+
+static int ekv_cuda__max_length(const ekv_host_cache *c)
+{
+    int b, m = 0;
+    for (b = 0; b < c->batch; b++)
+        if (c->lengths[b] > m) m = c->lengths[b];
+    return m;
+}
+
+/* Bytes the split path writes and the merge reads back per launch: per (sequence, query
+   head) a (max, sum) pair for every split and head_dim accumulators for every split that
+   holds slots of that sequence. */
+static double ekv_cuda__partial_bytes(const ekv_host_cache *c, int heads, int splits)
+{
+    double per_launch = 0.0;
+    int b, per, used;
+    if (splits <= 1) return 0.0;
+    ekv_cuda__split_shape(c->capacity, splits, &per, &used);
+    for (b = 0; b < c->batch; b++) {
+        const int busy = (c->lengths[b] + per - 1) / per;
+        per_launch += (double)heads * ((double)busy * c->head_dim + 2.0 * used) * sizeof(float);
+    }
+    return 2.0 * per_launch;
+}
+
+/* Measured copy bandwidth per device ordinal, once per process (0 = not yet). */
+#define EKV_CUDA__MEMO_DEVICES 64
+static double ekv_cuda__copy_gbs[EKV_CUDA__MEMO_DEVICES];
+
+static double ekv_cuda__gib(double bytes)
+{
+    return bytes / (1024.0 * 1024.0 * 1024.0);
+}
+
+struct ekv_cuda__abab {
+    ekv_cuda__timed *candidate, *baseline;
+    ekv_cuda__call *call;
+    int inner_loops, warmup;
+    cudaEvent_t start, stop;
+    ekv_report *report;
+};
+
+static ekv_result ekv_cuda__abab_sample(void *context, int baseline, int rep)
+{
+    struct ekv_cuda__abab *t = (struct ekv_cuda__abab *)context;
+    double ms = 0.0;
+    ekv_result r = ekv_cuda__timed_sample(baseline ? t->baseline : t->candidate, t->call,
+                                          (long long)rep + t->warmup, t->inner_loops, t->start,
+                                          t->stop, &ms);
+    if (r == EKV_SUCCESS && rep >= 0)
+        (baseline ? t->report->baseline_samples_ms : t->report->samples_ms)[rep] = ms;
+    return r;
+}
+
+EKV_CUDA_DEF ekv_result ekv_cuda_run(const ekv_config *config, const ekv_workload *work,
+                                     ekv_report *report)
+{
+    const char *fn = "ekv_cuda_run";
+    ekv_result result = EKV_SUCCESS;
+    ekv_cuda__timed candidate, baseline;
+    ekv_cuda__call call;
+    struct ekv_cuda__abab timing;
+    cudaEvent_t start = NULL, stop = NULL;
+    float *host_out = NULL, *device_q = NULL, *device_out = NULL;
+    double *baseline_reference = NULL;
+    void *workspace = NULL;
+    size_t count, free_bytes = 0, total_bytes = 0, workspace_bytes;
+    double candidate_block, baseline_block = 0.0, io_bytes, need, margin, spare, kept = 0.0;
+    double tolerance, l2;
+    int sm, copies_candidate = 1, copies_baseline = 1, heads, b;
+    long long max_copies;
+    ekv_cuda_cache shape;
+    ekv_cuda_attention_plan plan_candidate, plan_baseline;
+
+    memset(&candidate, 0, sizeof candidate);
+    memset(&baseline, 0, sizeof baseline);
+    memset(&call, 0, sizeof call);
+    ekv_report_init(report, config);
+#ifdef EKV_EMULATOR_ACTIVE
+    report->backend = EKV_BACKEND_EMULATOR;
+#else
+    report->backend = EKV_BACKEND_CUDA;
+#endif
+    if (!work || !work->cache.k || !work->data.q || !work->reference_cache)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: the workload is not prepared", fn);
+    if (config->paired_baseline && work->baseline.batch == 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: --paired-baseline but the workload has no baseline cache", fn);
+    heads = work->data.heads;
+    count = (size_t)work->data.batch * (size_t)heads * (size_t)work->data.head_dim;
+
+    /* the device, before anything is allocated */
+    if ((result = ekv_cuda_device_select(config->device)) != EKV_SUCCESS) return result;
+    EKV_CUDA__TRY_EKV(ekv_cuda__device_attributes(config->device, &report->device));
+    if (config->device < EKV_CUDA__MEMO_DEVICES && ekv_cuda__copy_gbs[config->device] > 0) {
+        report->device.peak_bw_measured_gbs = ekv_cuda__copy_gbs[config->device];
+    } else {
+        EKV_CUDA__TRY_EKV(ekv_cuda__measure_copy(config->device, &report->device));
+        if (config->device < EKV_CUDA__MEMO_DEVICES && report->device.peak_bw_measured_gbs > 0)
+            ekv_cuda__copy_gbs[config->device] = report->device.peak_bw_measured_gbs;
+    }
+    if (config->peak_bw_gbs > 0) report->device.peak_bw_theoretical_gbs = config->peak_bw_gbs;
+    sm = report->device.sm_major * 10 + report->device.sm_minor;
+    if (!ekv_cuda_supports_head_dim(work->cache.head_dim))
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "--dim=%d: the CUDA kernels support head dims %s (the CPU backend "
+                             "takes any: --backend=cpu)", work->cache.head_dim, EKV_CUDA_HEAD_DIMS);
+    EKV_CUDA__TRY_EKV(ekv_cuda__check_dtype_device(work->cache.dtype, sm));
+    if (config->paired_baseline)
+        EKV_CUDA__TRY_EKV(ekv_cuda__check_dtype_device(work->baseline.dtype, sm));
+
+    /* memory: one copy of each cache, q, out and the workspace must fit; more copies for
+       cold timing come out of what is left */
+    memset(&shape, 0, sizeof shape);
+    shape.dtype = work->cache.dtype;
+    shape.batch = work->cache.batch;
+    shape.kv_heads = work->cache.kv_heads;
+    shape.head_dim = work->cache.head_dim;
+    shape.capacity = work->cache.capacity;
+    shape.device = config->device;
+    shape.sm = sm;
+    EKV_CUDA__TRY_EKV(ekv_cuda_attention_plan_make(&shape, heads, 0, &plan_candidate));
+    workspace_bytes = plan_candidate.workspace_bytes;
+    if (config->paired_baseline) {
+        shape.dtype = work->baseline.dtype;
+        shape.capacity = work->baseline.capacity;
+        EKV_CUDA__TRY_EKV(ekv_cuda_attention_plan_make(&shape, heads, 0, &plan_baseline));
+        if (plan_baseline.workspace_bytes > workspace_bytes) workspace_bytes = plan_baseline.workspace_bytes;
+        baseline_block = (double)ekv_cuda_cache_allocation_bytes(&work->baseline);
+    }
+    candidate_block = (double)ekv_cuda_cache_allocation_bytes(&work->cache);
+    io_bytes = 2.0 * (double)count * sizeof(float);
+    EKV_CUDA__TRY(cudaMemGetInfo(&free_bytes, &total_bytes));
+    margin = (double)total_bytes / 20.0;
+    need = candidate_block + baseline_block + io_bytes + (double)workspace_bytes;
+    if (need + margin > (double)free_bytes)
+        return ekv_set_error(EKV_ERR_OUT_OF_MEMORY,
+                             "%s: needs %.2f GiB of device memory (cache %.2f GiB%s, q/out, "
+                             "workspace) plus %.2f GiB headroom; device has %.2f GiB free",
+                             fn, ekv_cuda__gib(need), ekv_cuda__gib(candidate_block),
+                             config->paired_baseline ? " + baseline" : "", ekv_cuda__gib(margin),
+                             ekv_cuda__gib((double)free_bytes));
+    l2 = (double)report->device.l2_bytes;
+    if (!config->hot) {
+        /* share the spare memory in proportion to each cache's size; at most 64 graphs
+           per cache (copies up to 64 x inner_loops) */
+        spare = (double)free_bytes - margin - need;
+        max_copies = 64LL * config->inner_loops;
+        if (max_copies > 4096) max_copies = 4096;
+        {
+            const double both = candidate_block + baseline_block;
+            long long fit = 1 + (long long)(spare / both);
+            if (fit < max_copies) max_copies = fit;
+        }
+        copies_candidate = ekv_cuda__cold_copies(candidate_block, l2, config->inner_loops, max_copies);
+        if (config->paired_baseline)
+            copies_baseline = ekv_cuda__cold_copies(baseline_block, l2, config->inner_loops, max_copies);
+        if ((double)copies_candidate * candidate_block < 2.0 * l2)
+            snprintf(report->notice, sizeof report->notice,
+                     "timing is not fully cold: %d copies x %.1f MiB of cache < 2 x L2 (%.0f MiB); "
+                     "memory or the graph count limits the rotation",
+                     copies_candidate, candidate_block / 1048576.0, l2 / 1048576.0);
+    }
+
+    EKV_CUDA__TRY_EKV(ekv_cuda__timed_make(&work->cache, copies_candidate, heads, &candidate));
+    if (config->paired_baseline)
+        EKV_CUDA__TRY_EKV(ekv_cuda__timed_make(&work->baseline, copies_baseline, heads, &baseline));
+    EKV_CUDA__TRY(cudaMalloc((void **)&device_q, count * sizeof(float)));
+    EKV_CUDA__TRY(cudaMalloc((void **)&device_out, count * sizeof(float)));
+    if (workspace_bytes) EKV_CUDA__TRY(cudaMalloc(&workspace, workspace_bytes));
+    candidate.plan.workspace = workspace;
+    baseline.plan.workspace = workspace;
+    EKV_CUDA__TRY(cudaMemcpy(device_q, work->data.q, count * sizeof(float), cudaMemcpyHostToDevice));
+    EKV_CUDA__TRY(cudaStreamCreateWithFlags(&call.stream, cudaStreamNonBlocking));
+    EKV_CUDA__TRY(cudaEventCreate(&start));
+    EKV_CUDA__TRY(cudaEventCreate(&stop));
+    call.q = device_q;
+    call.out = device_out;
+    call.heads = heads;
+    call.softmax_scale = (float)work->softmax_scale;
+
+    /* validation first: nothing is timed unless the kernel matches the reference */
+    host_out = (float *)EKV_MALLOC(count * sizeof(float));
+    if (!host_out) {
+        result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+        goto done;
+    }
+    tolerance = ekv_cuda_validation_tolerance(ekv_cuda__max_length(&work->cache));
+    EKV_CUDA__TRY_EKV(ekv_cuda__run_once(&candidate, &call, host_out, count, "candidate"));
+    ekv_workload_accuracy(work, host_out, &report->accuracy);
+    if (!(report->accuracy.kernel.rel_l2 <= tolerance)) {
+        result = ekv_set_error(EKV_ERR_VALIDATION,
+                               "%s: the CUDA kernel differs from the double reference over the same "
+                               "%s cache: rel_l2 %.3e > %.1e (max_abs %.3e)",
+                               fn, ekv_dtype_name(work->cache.dtype),
+                               report->accuracy.kernel.rel_l2, tolerance,
+                               report->accuracy.kernel.max_abs);
+        goto done;
+    }
+    if (config->dump_dir[0])
+        EKV_CUDA__TRY_EKV(ekv_workload_dump(work, host_out, config->dump_dir));
+    if (config->paired_baseline) {
+        ekv_error_stats error;
+        const double baseline_tolerance =
+            ekv_cuda_validation_tolerance(ekv_cuda__max_length(&work->baseline));
+        baseline_reference = (double *)EKV_MALLOC(count * sizeof(double));
+        if (!baseline_reference) {
+            result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+            goto done;
+        }
+        EKV_CUDA__TRY_EKV(ekv_reference_attention_cache(&work->baseline, work->data.q, heads,
+                                                        work->softmax_scale, baseline_reference));
+        EKV_CUDA__TRY_EKV(ekv_cuda__run_once(&baseline, &call, host_out, count, "baseline"));
+        error = ekv_compare_f32(baseline_reference, host_out, count);
+        if (!(error.rel_l2 <= baseline_tolerance)) {
+            result = ekv_set_error(EKV_ERR_VALIDATION,
+                                   "%s: the CUDA kernel on the baseline %s cache differs from the "
+                                   "double reference: rel_l2 %.3e > %.1e",
+                                   fn, ekv_dtype_name(work->baseline.dtype), error.rel_l2,
+                                   baseline_tolerance);
+            goto done;
+        }
+    }
+
+    /* timing */
+    if (config->use_graphs) {
+        EKV_CUDA__TRY_EKV(ekv_cuda__timed_capture(&candidate, &call, config->inner_loops));
+        if (config->paired_baseline)
+            EKV_CUDA__TRY_EKV(ekv_cuda__timed_capture(&baseline, &call, config->inner_loops));
+    }
+    report->samples_ms = (double *)EKV_MALLOC((size_t)config->reps * sizeof(double));
+    if (!report->samples_ms) {
+        result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+        goto done;
+    }
+    report->sample_count = (size_t)config->reps;
+    if (config->paired_baseline) {
+        report->baseline_samples_ms = (double *)EKV_MALLOC((size_t)config->reps * sizeof(double));
+        if (!report->baseline_samples_ms) {
+            result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+            goto done;
+        }
+        report->baseline_sample_count = (size_t)config->reps;
+        report->has_baseline = 1;
+    }
+    timing.candidate = &candidate;
+    timing.baseline = &baseline;
+    timing.call = &call;
+    timing.inner_loops = config->inner_loops;
+    timing.warmup = config->warmup;
+    timing.start = start;
+    timing.stop = stop;
+    timing.report = report;
+    EKV_CUDA__TRY_EKV(ekv_time_abab(config->warmup, config->reps, config->paired_baseline,
+                                    ekv_cuda__abab_sample, &timing));
+
+    for (b = 0; b < work->cache.batch; b++) kept += work->cache.lengths[b];
+    report->kept_tokens_total = kept;
+    report->splits = candidate.plan.splits;
+    report->cache_copies = copies_candidate;
+    report->cache_bytes = ekv_cache_bytes_of(work->cache.dtype, work->cache.batch,
+                                             work->cache.kv_heads, work->cache.head_dim,
+                                             work->cache.lengths, work->cache.bias != NULL);
+    report->kv_cache_bytes_uncompressed = work->kv_cache_bytes_uncompressed;
+    report->partial_bytes = ekv_cuda__partial_bytes(&work->cache, heads, candidate.plan.splits);
+    report->peak_device_bytes = (double)copies_candidate * candidate_block +
+                                (config->paired_baseline ? (double)copies_baseline * baseline_block
+                                                         : 0.0) +
+                                io_bytes + (double)workspace_bytes;
+    result = ekv_report_finish(report);
+done:
+    if (start) (void)cudaEventDestroy(start);
+    if (stop) (void)cudaEventDestroy(stop);
+    if (call.stream) (void)cudaStreamDestroy(call.stream);
+    ekv_cuda__timed_free(&candidate);
+    ekv_cuda__timed_free(&baseline);
+    if (device_q) (void)cudaFree(device_q);
+    if (device_out) (void)cudaFree(device_out);
+    if (workspace) (void)cudaFree(workspace);
+    if (host_out) EKV_FREE(host_out);
+    if (baseline_reference) EKV_FREE(baseline_reference);
+    return result;
+}
+
+/* >>cycle: the device backend of ekv.h's cycle driver =================================== */
 
 /* The decode loop of ekv.h >>cycle with the same model, order of operations and
    result assembly, on one stream: projections by cuBLAS (cublasSgemm; nocache recomputes
@@ -2859,7 +2881,7 @@ static __global__ void ekv_cuda__cycle_ring_gather(float *q_observe, const float
 }
 
 typedef struct ekv_cuda__cycle {
-    const ekv__cycle_model *model; /* host model: sizes, settings */
+    const ekv_cycle_model *model; /* host model: sizes, settings */
     ekv_variant variant;
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -2899,11 +2921,11 @@ static void ekv_cuda__cycle_free(ekv_cuda__cycle *s)
     cudaFree(s->v_all);
     if (s->blas) cublasDestroy(s->blas);
     if (s->stream) cudaStreamDestroy(s->stream);
-    ekv__free(s->caches);
-    ekv__free(s->plans);
-    ekv__free(s->lengths);
-    ekv__free(s->ring_count);
-    ekv__free(s->events);
+    ekv_free(s->caches);
+    ekv_free(s->plans);
+    ekv_free(s->lengths);
+    ekv_free(s->ring_count);
+    ekv_free(s->events);
     memset(s, 0, sizeof *s);
 }
 
@@ -2913,7 +2935,7 @@ static ekv_result ekv_cuda__cycle_alloc(void **p, size_t bytes, double *total)
     return EKV_CUDA__CHECK(cudaMalloc(p, bytes > 0 ? bytes : 1));
 }
 
-static ekv_result ekv_cuda__cycle_make(const ekv_config *c, const ekv__cycle_model *m, ekv_variant v,
+static ekv_result ekv_cuda__cycle_make(const ekv_config *c, const ekv_cycle_model *m, ekv_variant v,
                                        ekv_cuda__cycle *s)
 {
     const size_t kv_width = (size_t)m->kv_heads * (size_t)m->head_dim;
@@ -2922,8 +2944,8 @@ static ekv_result ekv_cuda__cycle_make(const ekv_config *c, const ekv__cycle_mod
     const size_t x_n = (size_t)m->layers * (size_t)m->batch * (size_t)m->tokens * (size_t)m->hidden;
     const int topk = v == EKV_VARIANT_ELASTIC && m->compress.policy == EKV_POLICY_TOPK;
     const int with_bias = v == EKV_VARIANT_ELASTIC && m->compress.policy == EKV_POLICY_POOL;
-    const int capacity = v == EKV_VARIANT_NOCACHE ? m->tokens : ekv__cycle_capacity(c, v);
-    const int count = ekv__cycle_cache_count(v, m->layers);
+    const int capacity = v == EKV_VARIANT_NOCACHE ? m->tokens : ekv_cycle_capacity(c, v);
+    const int count = ekv_cycle_cache_count(v, m->layers);
     double model_bytes = 0.0;
     size_t workspace = 0;
     ekv_result result = EKV_SUCCESS;
@@ -2931,11 +2953,11 @@ static ekv_result ekv_cuda__cycle_make(const ekv_config *c, const ekv__cycle_mod
     memset(s, 0, sizeof *s);
     s->model = m;
     s->variant = v;
-    s->caches = (ekv_cuda_elastic_cache *)ekv__alloc((size_t)count, sizeof(ekv_cuda_elastic_cache));
-    s->plans = (ekv_cuda_attention_plan *)ekv__alloc((size_t)count, sizeof(ekv_cuda_attention_plan));
-    s->lengths = (int *)ekv__alloc((size_t)m->batch, sizeof(int));
-    s->ring_count = (int *)ekv__alloc((size_t)m->layers, sizeof(int));
-    s->events = (cudaEvent_t *)ekv__alloc((size_t)(1 + 4 * m->layers), sizeof(cudaEvent_t));
+    s->caches = (ekv_cuda_elastic_cache *)ekv_calloc((size_t)count, sizeof(ekv_cuda_elastic_cache));
+    s->plans = (ekv_cuda_attention_plan *)ekv_calloc((size_t)count, sizeof(ekv_cuda_attention_plan));
+    s->lengths = (int *)ekv_calloc((size_t)m->batch, sizeof(int));
+    s->ring_count = (int *)ekv_calloc((size_t)m->layers, sizeof(int));
+    s->events = (cudaEvent_t *)ekv_calloc((size_t)(1 + 4 * m->layers), sizeof(cudaEvent_t));
     if (!s->caches || !s->plans || !s->lengths || !s->ring_count || !s->events) {
         result = EKV_ERR_OUT_OF_MEMORY;
         goto done;
@@ -2953,7 +2975,7 @@ static ekv_result ekv_cuda__cycle_make(const ekv_config *c, const ekv__cycle_mod
     EKV_CUDA__TRY(cudaMemcpy(s->wv, m->wv, wkv_n * sizeof(float), cudaMemcpyHostToDevice));
     EKV_CUDA__TRY(cudaMemcpy(s->x, m->x, x_n * sizeof(float), cudaMemcpyHostToDevice));
     for (i = 0; i < count; i++) {
-        EKV_CUDA__TRY_EKV(ekv_cuda_elastic_create(&s->caches[i], ekv__cycle_dtype(c, v), m->batch,
+        EKV_CUDA__TRY_EKV(ekv_cuda_elastic_create(&s->caches[i], ekv_cycle_dtype(c, v), m->batch,
                                                   m->kv_heads, m->head_dim, capacity, with_bias));
         s->cache_count++;
         s->state_bytes += (double)s->caches[i].cache.allocation_bytes;
@@ -2998,7 +3020,7 @@ static ekv_result ekv_cuda__cycle_gemm(ekv_cuda__cycle *s, const float *x, int x
 
 static const float *ekv_cuda__cycle_x(const ekv_cuda__cycle *s, int layer, int b, int token)
 {
-    const ekv__cycle_model *m = s->model;
+    const ekv_cycle_model *m = s->model;
     return s->x + (((size_t)layer * (size_t)m->batch + (size_t)b) * (size_t)m->tokens + (size_t)token) *
                       (size_t)m->hidden;
 }
@@ -3007,7 +3029,7 @@ static const float *ekv_cuda__cycle_x(const ekv_cuda__cycle *s, int layer, int b
    one GEMM per (sequence, kv head), its output rows landing in place. */
 static ekv_result ekv_cuda__cycle_project_all(ekv_cuda__cycle *s, int l, int count)
 {
-    const ekv__cycle_model *m = s->model;
+    const ekv_cycle_model *m = s->model;
     const int kv_width = m->kv_heads * m->head_dim;
     const size_t wkv_n = (size_t)m->hidden * (size_t)kv_width;
     ekv_result r;
@@ -3030,7 +3052,7 @@ static ekv_result ekv_cuda__cycle_project_all(ekv_cuda__cycle *s, int l, int cou
    the sequences lie tokens x hidden apart, which is the GEMM's leading dimension. */
 static ekv_result ekv_cuda__cycle_project(ekv_cuda__cycle *s, int l, int token, int kv)
 {
-    const ekv__cycle_model *m = s->model;
+    const ekv_cycle_model *m = s->model;
     const int kv_width = m->kv_heads * m->head_dim;
     const float *x = ekv_cuda__cycle_x(s, l, 0, token);
     ekv_result r = ekv_cuda__cycle_gemm(s, x, m->tokens * m->hidden, m->batch,
@@ -3054,7 +3076,7 @@ static ekv_result ekv_cuda__cycle_project(ekv_cuda__cycle *s, int l, int token, 
 
 static ekv_result ekv_cuda__cycle_compress(ekv_cuda__cycle *s, int l)
 {
-    const ekv__cycle_model *m = s->model;
+    const ekv_cycle_model *m = s->model;
     int observe = 0;
     if (s->ring) {
         const int count = s->ring_count[l];
@@ -3070,32 +3092,25 @@ static ekv_result ekv_cuda__cycle_compress(ekv_cuda__cycle *s, int l)
                                      observe, m->softmax_scale, s->stream);
 }
 
-static int ekv_cuda__cycle_cache_index(const ekv_cuda__cycle *s, int layer)
-{
-    if (s->variant == EKV_VARIANT_NOCACHE) return 0;
-    return ekv__cycle_is_shared(s->variant) ? ekv__cycle_cache_layer(s->variant, layer, s->model->layers) / 2
-                                            : layer;
-}
-
 static ekv_result ekv_cuda__cycle_prefill(ekv_cuda__cycle *s)
 {
-    const ekv__cycle_model *m = s->model;
+    const ekv_cycle_model *m = s->model;
     ekv_result r = EKV_SUCCESS;
     int l, b, t;
     for (b = 0; b < m->batch; b++) s->lengths[b] = m->prompt;
     if (s->variant == EKV_VARIANT_NOCACHE) return EKV_SUCCESS;
     for (l = 0; l < m->layers && r == EKV_SUCCESS; l++) {
-        if (ekv__cycle_cache_layer(s->variant, l, m->layers) != l) continue;
+        if (ekv_cycle_cache_layer(s->variant, l) != l) continue;
         r = ekv_cuda__cycle_project_all(s, l, m->prompt);
         if (r == EKV_SUCCESS)
-            r = ekv_cuda_elastic_prefill(&s->caches[ekv_cuda__cycle_cache_index(s, l)], s->k_all, s->v_all,
+            r = ekv_cuda_elastic_prefill(&s->caches[ekv_cycle_cache_index(s->variant, l)], s->k_all, s->v_all,
                                          m->tokens, s->lengths, s->stream);
         if (r == EKV_SUCCESS && s->ring) {
             s->ring_count[l] = 0;
             for (t = m->prompt - (m->prompt < m->observe ? m->prompt : m->observe); t < m->prompt && r == EKV_SUCCESS; t++)
                 r = ekv_cuda__cycle_project(s, l, t, 0);
         }
-        if (r == EKV_SUCCESS && ekv__cycle_anchor(m, s->variant, m->compress_every))
+        if (r == EKV_SUCCESS && ekv_cycle_anchor(m, s->variant, m->compress_every))
             r = ekv_cuda__cycle_compress(s, l);
     }
     return r;
@@ -3114,11 +3129,11 @@ static double ekv_cuda__cycle_kv_bytes(const ekv_cuda__cycle *s)
     return total;
 }
 
-/* One decode loop (see ekv__cycle_cpu_loop): events e[0] at the step's start, then per
+/* One decode loop (the same steps as ekv.h's CPU loop): events e[0] at the step's start, then per
    layer after projection, append, attention and compress. */
-static ekv_result ekv_cuda__cycle_loop(ekv_cuda__cycle *s, ekv__cycle_timing *timing, int rep, float *record)
+static ekv_result ekv_cuda__cycle_loop(ekv_cuda__cycle *s, ekv_cycle_timing *timing, int rep, float *record)
 {
-    const ekv__cycle_model *m = s->model;
+    const ekv_cycle_model *m = s->model;
     const size_t out_layer = (size_t)m->batch * (size_t)m->hidden;
     double phase[EKV_CYCLE_PHASES] = {0, 0, 0, 0};
     ekv_result result = ekv_cuda__cycle_prefill(s);
@@ -3129,8 +3144,8 @@ static ekv_result ekv_cuda__cycle_loop(ekv_cuda__cycle *s, ekv__cycle_timing *ti
         cudaEvent_t *e = s->events;
         EKV_CUDA__TRY(cudaEventRecord(e[0], s->stream));
         for (l = 0; l < m->layers; l++) {
-            const int owner = ekv__cycle_cache_layer(s->variant, l, m->layers) == l;
-            ekv_cuda_elastic_cache *cache = &s->caches[ekv_cuda__cycle_cache_index(s, l)];
+            const int owner = ekv_cycle_cache_layer(s->variant, l) == l;
+            ekv_cuda_elastic_cache *cache = &s->caches[ekv_cycle_cache_index(s->variant, l)];
             EKV_CUDA__TRY_EKV(ekv_cuda__cycle_project(s, l, token, owner && s->variant != EKV_VARIANT_NOCACHE));
             if (s->variant == EKV_VARIANT_NOCACHE) EKV_CUDA__TRY_EKV(ekv_cuda__cycle_project_all(s, l, token + 1));
             EKV_CUDA__TRY(cudaEventRecord(e[1 + 4 * l], s->stream));
@@ -3143,9 +3158,9 @@ static ekv_result ekv_cuda__cycle_loop(ekv_cuda__cycle *s, ekv__cycle_timing *ti
             EKV_CUDA__TRY(cudaEventRecord(e[2 + 4 * l], s->stream));
             EKV_CUDA__TRY_EKV(ekv_cuda_attention(&cache->cache, s->q, m->heads, (float)m->softmax_scale,
                                                  s->out + (size_t)l * out_layer,
-                                                 &s->plans[ekv_cuda__cycle_cache_index(s, l)], s->stream));
+                                                 &s->plans[ekv_cycle_cache_index(s->variant, l)], s->stream));
             EKV_CUDA__TRY(cudaEventRecord(e[3 + 4 * l], s->stream));
-            if (ekv__cycle_anchor(m, s->variant, step)) EKV_CUDA__TRY_EKV(ekv_cuda__cycle_compress(s, l));
+            if (ekv_cycle_anchor(m, s->variant, step)) EKV_CUDA__TRY_EKV(ekv_cuda__cycle_compress(s, l));
             EKV_CUDA__TRY(cudaEventRecord(e[4 + 4 * l], s->stream));
         }
         EKV_CUDA__TRY(cudaEventSynchronize(e[4 * m->layers]));
@@ -3153,8 +3168,8 @@ static ekv_result ekv_cuda__cycle_loop(ekv_cuda__cycle *s, ekv__cycle_timing *ti
             float ms;
             for (l = 0; l < m->layers; l++)
                 for (p = 0; p < 4; p++) {
-                    static const int phase_of[4] = {EKV__PHASE_PROJECTION, EKV__PHASE_APPEND,
-                                                    EKV__PHASE_ATTENTION, EKV__PHASE_COMPRESS};
+                    static const int phase_of[4] = {EKV_CYCLE_PHASE_PROJECTION, EKV_CYCLE_PHASE_APPEND,
+                                                    EKV_CYCLE_PHASE_ATTENTION, EKV_CYCLE_PHASE_COMPRESS};
                     EKV_CUDA__TRY(cudaEventElapsedTime(&ms, p == 0 && l == 0 ? e[0] : e[4 * l + p], e[4 * l + p + 1]));
                     phase[phase_of[p]] += ms;
                 }
@@ -3173,133 +3188,92 @@ done:
     return result;
 }
 
-static ekv_result ekv_cuda__cycle_device(const ekv_config *c)
+/* The device backend of ekv.h's cycle driver (ekv_cycle_run_on). */
+static ekv_result ekv_cuda__cycle_prepare(const ekv_config *c, ekv_report *report)
 {
-    int count = 0;
-    cudaError_t err = cudaGetDeviceCount(&count);
-    if (err != cudaSuccess || count < 1)
-        return ekv_set_error(EKV_ERR_NO_DEVICE, "no CUDA device (%s)",
-                             err != cudaSuccess ? cudaGetErrorString(err) : "count 0");
-    if (c->device >= count)
-        return ekv_set_error(EKV_ERR_NO_DEVICE, "--device=%d: only %d CUDA devices", c->device, count);
-    return EKV_CUDA__CHECK(cudaSetDevice(c->device));
-}
-
-EKV_CUDA_DEF ekv_result ekv_cuda_cycle_outputs(const ekv_config *c, ekv_variant v, float *outputs)
-{
-    ekv__cycle_model m;
-    ekv_cuda__cycle s;
-    ekv_result r;
-    if (!c || !outputs || (unsigned)v >= EKV_VARIANT_ALL)
-        return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cuda_cycle_outputs: NULL argument or variant all");
-    if ((r = ekv_cuda__cycle_device(c)) != EKV_SUCCESS) return r;
-    if ((r = ekv__cycle_model_make(c, &m)) != EKV_SUCCESS) return r;
-    r = ekv_cuda__cycle_make(c, &m, v, &s);
-    if (r == EKV_SUCCESS) {
-        r = ekv_cuda__cycle_loop(&s, NULL, -1, outputs);
-        ekv_cuda__cycle_free(&s);
-    }
-    ekv__cycle_model_free(&m);
-    return r;
-}
-
-static ekv_result ekv_cuda__cycle_variant(const ekv_config *c, const ekv__cycle_model *m, ekv_variant v,
-                                          const float *reference, ekv_report *report, ekv_cycle_result *out)
-{
-    const size_t last = (size_t)m->layers * (size_t)m->batch * (size_t)m->hidden;
-    ekv_cuda__cycle s, base;
-    ekv__cycle_timing t, tb;
-    float *host_out = (float *)ekv__alloc(last, sizeof(float));
-    ekv_result result;
-    int i;
-    memset(&s, 0, sizeof s);
-    memset(&base, 0, sizeof base);
-    memset(&t, 0, sizeof t);
-    memset(&tb, 0, sizeof tb);
-    if (!host_out) return EKV_ERR_OUT_OF_MEMORY;
-    EKV_CUDA__TRY_EKV(ekv_cuda__cycle_make(c, m, v, &s));
-    EKV_CUDA__TRY_EKV(ekv__cycle_timing_make(&t, c->reps, m->steps));
-    if (c->paired_baseline) {
-        EKV_CUDA__TRY_EKV(ekv_cuda__cycle_make(c, m, EKV_VARIANT_CACHE, &base));
-        EKV_CUDA__TRY_EKV(ekv__cycle_timing_make(&tb, c->reps, m->steps));
-    }
-    for (i = 0; i < c->warmup + c->reps; i++) {
-        const int rep = i - c->warmup;
-        if (c->paired_baseline) EKV_CUDA__TRY_EKV(ekv_cuda__cycle_loop(&base, rep >= 0 ? &tb : NULL, rep, NULL));
-        EKV_CUDA__TRY_EKV(ekv_cuda__cycle_loop(&s, rep >= 0 ? &t : NULL, rep, NULL));
-    }
-    EKV_CUDA__TRY_EKV(ekv__cycle_result_fill(c, m, v, &t, c->paired_baseline ? &tb : NULL, out));
-    EKV_CUDA__TRY(cudaMemcpy(host_out, s.out, last * sizeof(float), cudaMemcpyDeviceToHost));
-    if (reference) ekv__cycle_agreement(m, reference, host_out, out);
-    (void)report;
-done:
-    ekv__cycle_timing_free(&t);
-    ekv__cycle_timing_free(&tb);
-    if (s.model) ekv_cuda__cycle_free(&s);
-    if (base.model) ekv_cuda__cycle_free(&base);
-    ekv__free(host_out);
-    return result;
-}
-
-EKV_CUDA_DEF ekv_result ekv_cuda_cycle_run(const ekv_config *c, ekv_report *report)
-{
-    const int count = c->variant == EKV_VARIANT_ALL ? 6 : 1;
-    const size_t last = (size_t)c->layers * (size_t)c->batch * (size_t)c->heads * (size_t)c->head_dim;
-    ekv__cycle_model m;
-    float *reference = NULL;
     size_t free_bytes = 0, total_bytes = 0;
     double need;
     ekv_result result;
-    int i;
-    memset(&m, 0, sizeof m);
-    ekv_report_init(report, c);
-    report->backend = EKV_BACKEND_CUDA;
-#ifdef EKV_EMULATOR_ACTIVE
-    report->backend = EKV_BACKEND_EMULATOR;
-#endif
-    if ((result = ekv_config_validate(c)) != EKV_SUCCESS) return result;
-    if (!c->inference)
-        return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cuda_cycle_run: the config does not ask for --inference");
-    if ((result = ekv_cuda__cycle_device(c)) != EKV_SUCCESS) return result;
-    ekv_cuda_device_info(c->device, &report->device);
-    EKV_CUDA__TRY(cudaMemGetInfo(&free_bytes, &total_bytes));
-    need = ekv_cycle_memory_estimate(c, c->variant) + (c->paired_baseline ? ekv__cycle_state_bytes(c, EKV_VARIANT_CACHE) : 0.0);
+    if ((result = ekv_cuda_device_select(c->device)) != EKV_SUCCESS) return result;
+    if (!report) return EKV_SUCCESS;
+    if ((result = ekv_cuda_device_info(c->device, &report->device)) != EKV_SUCCESS) return result;
+    if ((result = EKV_CUDA__CHECK(cudaMemGetInfo(&free_bytes, &total_bytes))) != EKV_SUCCESS)
+        return result;
+    need = ekv_cycle_memory_estimate(c, c->variant);
     if (need > 0.9 * (double)free_bytes)
         return ekv_set_error(EKV_ERR_OUT_OF_MEMORY,
                              "--inference needs about %.3g GB of device memory for --layers=%d --batch=%d "
                              "--seq=%d --decode_tokens=%d --heads=%d --dim=%d --variant=%s; %.3g GB are free",
                              need * 1e-9, c->layers, c->batch, c->seq_len, c->decode_tokens, c->heads,
                              c->head_dim, ekv_variant_name(c->variant), (double)free_bytes * 1e-9);
-    report->cycles = (ekv_cycle_result *)ekv__alloc((size_t)count, sizeof(ekv_cycle_result));
-    reference = (float *)ekv__alloc(last, sizeof(float));
-    if (!report->cycles || !reference) {
-        result = EKV_ERR_OUT_OF_MEMORY;
-        goto done;
-    }
-    EKV_CUDA__TRY_EKV(ekv__cycle_model_make(c, &m));
-    {
-        /* the reference: cache's last-step outputs, one untimed loop */
-        ekv_cuda__cycle ref;
-        EKV_CUDA__TRY_EKV(ekv_cuda__cycle_make(c, &m, EKV_VARIANT_CACHE, &ref));
-        result = ekv_cuda__cycle_loop(&ref, NULL, -1, NULL);
-        if (result == EKV_SUCCESS)
-            result = EKV_CUDA__CHECK(cudaMemcpy(reference, ref.out, last * sizeof(float), cudaMemcpyDeviceToHost));
-        ekv_cuda__cycle_free(&ref);
-        if (result != EKV_SUCCESS) goto done;
-    }
-    for (i = 0; i < count; i++) {
-        const ekv_variant v = count == 1 ? c->variant : ekv__cycle_variants[i];
-        result = ekv_cuda__cycle_variant(c, &m, v, v == EKV_VARIANT_CACHE ? NULL : reference, report,
-                                         &report->cycles[i]);
-        if (result == EKV_SUCCESS || report->cycles[i].samples_ms) report->cycle_count = i + 1;
-        if (result != EKV_SUCCESS) goto done;
-    }
-    result = ekv__cycle_report_finish(report);
-done:
-    ekv__cycle_model_free(&m);
-    ekv__free(reference);
-    return result;
+    return EKV_SUCCESS;
 }
+
+static ekv_result ekv_cuda__cycle_open(const ekv_config *c, const ekv_cycle_model *m, ekv_variant v,
+                                       void **state)
+{
+    ekv_cuda__cycle *s = (ekv_cuda__cycle *)ekv_calloc(1, sizeof *s);
+    ekv_result result;
+    *state = NULL;
+    if (!s) return EKV_ERR_OUT_OF_MEMORY;
+    if ((result = ekv_cuda__cycle_make(c, m, v, s)) != EKV_SUCCESS) {
+        ekv_free(s);
+        return result;
+    }
+    *state = s;
+    return EKV_SUCCESS;
+}
+
+static ekv_result ekv_cuda__cycle_run_loop(void *state, ekv_cycle_timing *timing, int rep, float *record)
+{
+    return ekv_cuda__cycle_loop((ekv_cuda__cycle *)state, timing, rep, record);
+}
+
+static ekv_result ekv_cuda__cycle_last_outputs(void *state, float *out)
+{
+    const ekv_cuda__cycle *s = (const ekv_cuda__cycle *)state;
+    const ekv_cycle_model *m = s->model;
+    return EKV_CUDA__CHECK(cudaMemcpy(out, s->out, (size_t)m->layers * m->batch * m->hidden * sizeof(float),
+                                      cudaMemcpyDeviceToHost));
+}
+
+static void ekv_cuda__cycle_layer_bytes(void *state, int layer, ekv_cache_bytes *bytes, double *kept)
+{
+    const ekv_cuda__cycle *s = (const ekv_cuda__cycle *)state;
+    const ekv_cuda_elastic_cache *e = &s->caches[ekv_cycle_cache_index(s->variant, layer)];
+    int b;
+    *bytes = ekv_cache_bytes_of(e->cache.dtype, e->cache.batch, e->cache.kv_heads, e->cache.head_dim,
+                                e->host_lengths, e->cache.bias != NULL);
+    *kept = 0.0;
+    for (b = 0; b < e->cache.batch; b++) *kept += e->host_lengths[b];
+}
+
+static void ekv_cuda__cycle_close(void *state)
+{
+    ekv_cuda__cycle_free((ekv_cuda__cycle *)state);
+    ekv_free(state);
+}
+
+static const ekv_cycle_backend ekv_cuda__cycle_backend = {
+#ifdef EKV_EMULATOR_ACTIVE
+    EKV_BACKEND_EMULATOR,
+#else
+    EKV_BACKEND_CUDA,
+#endif
+    ekv_cuda__cycle_prepare,      ekv_cuda__cycle_open,        ekv_cuda__cycle_run_loop,
+    ekv_cuda__cycle_last_outputs, ekv_cuda__cycle_layer_bytes, ekv_cuda__cycle_close};
+
+EKV_CUDA_DEF ekv_result ekv_cuda_cycle_outputs(const ekv_config *c, ekv_variant v, float *outputs)
+{
+    return ekv_cycle_outputs_on(c, &ekv_cuda__cycle_backend, v, outputs);
+}
+
+EKV_CUDA_DEF ekv_result ekv_cuda_cycle_run(const ekv_config *c, ekv_report *report)
+{
+    return ekv_cycle_run_on(c, &ekv_cuda__cycle_backend, report);
+}
+
+#endif /* EKV_NO_BENCH */
 
 #endif /* EKV_CUDA_IMPLEMENTATION_DONE */
 #endif /* EKV_IMPLEMENTATION */

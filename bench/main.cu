@@ -1,7 +1,7 @@
 /* bench/main.cu - ekv_bench: decode attention over an elastic KV cache, measured and
    validated. Thin: parse, run each configuration of the sweep, emit.
 
-   Build (GPU):          nvcc -O3 -o ekv_bench bench/main.cu
+   Build (GPU):          nvcc -O3 -o ekv_bench bench/main.cu -lcublas
    Build (CPU backend):  c++ -O2 -x c++ -o ekv_bench bench/main.cu
    Build (emulator):     c++ -O1 -std=c++17 -pthread -DEKV_EMULATOR -Itests/emu/include \
                              -x c++ -o ekv_bench_emu bench/main.cu
@@ -92,6 +92,29 @@ static ekv_result bench_check_dir(const char *dir)
     return EKV_SUCCESS;
 }
 
+#if EKV_BENCH_HAS_CUDA
+/* --backend=auto without a usable device: the same run on the CPU backend, with the
+   reason kept in the report's notice (the CPU run resets the report and the last error).
+   work == NULL: the inference cycle. */
+static ekv_result bench_fall_back(const ekv_config *config, ekv_report *report,
+                                  const ekv_workload *work)
+{
+    static const char prefix[] = "CPU backend: ";
+    char notice[sizeof report->notice];
+    size_t n = strlen(ekv_last_error());
+    ekv_result r;
+    if (n > sizeof notice - sizeof prefix) n = sizeof notice - sizeof prefix;
+    memcpy(notice, prefix, sizeof prefix - 1);
+    memcpy(notice + sizeof prefix - 1, ekv_last_error(), n);
+    notice[sizeof prefix - 1 + n] = '\0';
+    ekv_report_free(report);
+    r = work ? ekv_cpu_run(config, work, report) : ekv_cycle_run(config, report);
+    memcpy(report->notice, notice, sizeof notice);
+    if (!config->quiet) fprintf(stderr, "ekv_bench: notice: %s\n", report->notice);
+    return r;
+}
+#endif
+
 static ekv_result bench_run_one(const ekv_config *config, ekv_report *report)
 {
     ekv_workload work;
@@ -102,19 +125,8 @@ static ekv_result bench_run_one(const ekv_config *config, ekv_report *report)
 #if EKV_BENCH_HAS_CUDA
         if (backend != EKV_BACKEND_CPU) {
             r = ekv_cuda_cycle_run(config, report);
-            if (r == EKV_ERR_NO_DEVICE && backend == EKV_BACKEND_AUTO) {
-                static const char prefix[] = "CPU backend: ";
-                char notice[sizeof report->notice];
-                size_t n = strlen(ekv_last_error());
-                if (n > sizeof notice - sizeof prefix) n = sizeof notice - sizeof prefix;
-                memcpy(notice, prefix, sizeof prefix - 1);
-                memcpy(notice + sizeof prefix - 1, ekv_last_error(), n);
-                notice[sizeof prefix - 1 + n] = '\0';
-                ekv_report_free(report);
-                r = ekv_cycle_run(config, report);
-                memcpy(report->notice, notice, sizeof notice);
-                if (!config->quiet) fprintf(stderr, "ekv_bench: notice: %s\n", report->notice);
-            }
+            if (r == EKV_ERR_NO_DEVICE && backend == EKV_BACKEND_AUTO)
+                r = bench_fall_back(config, report, NULL);
             return r;
         }
 #endif
@@ -125,20 +137,8 @@ static ekv_result bench_run_one(const ekv_config *config, ekv_report *report)
 #if EKV_BENCH_HAS_CUDA
     if (backend != EKV_BACKEND_CPU) {
         r = ekv_cuda_run(config, &work, report);
-        if (r == EKV_ERR_NO_DEVICE && backend == EKV_BACKEND_AUTO) {
-            /* keep the reason: the CPU run resets the report and the last error */
-            static const char prefix[] = "CPU backend: ";
-            char notice[sizeof report->notice];
-            size_t n = strlen(ekv_last_error());
-            if (n > sizeof notice - sizeof prefix) n = sizeof notice - sizeof prefix;
-            memcpy(notice, prefix, sizeof prefix - 1);
-            memcpy(notice + sizeof prefix - 1, ekv_last_error(), n);
-            notice[sizeof prefix - 1 + n] = '\0';
-            ekv_report_free(report);
-            r = ekv_cpu_run(config, &work, report);
-            memcpy(report->notice, notice, sizeof notice);
-            if (!config->quiet) fprintf(stderr, "ekv_bench: notice: %s\n", report->notice);
-        }
+        if (r == EKV_ERR_NO_DEVICE && backend == EKV_BACKEND_AUTO)
+            r = bench_fall_back(config, report, &work);
     } else {
         r = ekv_cpu_run(config, &work, report);
     }
@@ -153,7 +153,7 @@ static ekv_result bench_run_one(const ekv_config *config, ekv_report *report)
 static void bench_describe(const ekv_config *c, char *out, size_t size)
 {
     snprintf(out, size, "batch=%d seq=%d heads=%d kv-heads=%d dim=%d %s %s C=%d", c->batch,
-             c->seq_len, c->heads, c->kv_heads ? c->kv_heads : c->heads, c->head_dim,
+             c->seq_len, c->heads, c->kv_heads, c->head_dim,
              ekv_dtype_name(c->kv_dtype), ekv_policy_name(c->policy), c->compression);
 }
 

@@ -2,13 +2,16 @@
    (topk) and stored in f16, decode attention over it on the GPU, and the result compared
    with the double-precision reference over the full, uncompressed data.
 
-   ekv_cuda.cuh has no device-side append or compress yet, so the cache is built on the
-   host (ekv_cache_build selects the kept tokens and quantizes them) and uploaded once;
-   decode attention then runs on the device with ekv_cuda_attention.
+   Here the cache is built on the host in one step (ekv_cache_build selects the kept tokens
+   and quantizes them) and uploaded once; decode attention then runs on the device with
+   ekv_cuda_attention. A cache that grows token by token and compresses in place on the
+   device is ekv_cuda_elastic_create/prefill/append/compress (see ekv_cuda.cuh >>elastic).
+   EKV_NO_BENCH leaves out the benchmark half of both headers, so no cuBLAS is needed.
 
-   Build:  nvcc -O2 -o quickstart examples/quickstart.cu -lcublas
+   Build:  nvcc -O2 -o quickstart examples/quickstart.cu
    Without a GPU, on the CPU execution emulator of the tests (slow, but the same kernels):
            g++ -std=c++17 -pthread -DEKV_EMULATOR -Itests/emu/include -I. -x c++ -o quickstart examples/quickstart.cu */
+#define EKV_NO_BENCH
 #define EKV_IMPLEMENTATION
 #include "../ekv_cuda.cuh"
 

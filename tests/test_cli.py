@@ -59,8 +59,9 @@ BAD = [
     (["--seq"], "--seq"),
     (["--heads=12", "--kv-heads=5"], "--kv-heads"),
     (["--heads=4", "--kv-heads=8"], "--kv-heads"),
-    (["--dim=96"], "--dim"),
-    (["--dim=32"], "--dim"),
+    (["--dim=33"], "--dim"),
+    (["--dim=0"], "--dim"),
+    (["--dim=2048"], "--dim"),
     (["--compress=3", "--policy=none"], "--compress"),
     (["--compress=0"], "--compress"),
     (["--compress=65"], "--compress"),
@@ -97,6 +98,13 @@ BAD = [
 ]
 if "--backend=emulator" not in EXTRA:
     BAD.append((["--backend=cuda"], "--backend"))
+else:
+    # one device selection for attention and the cycle: a missing ordinal is bad input
+    # for both, never a silent fall-back (the emulator has one device)
+    BAD.append((["--device=3"], "--device"))
+    BAD.append((["--device=3", "--inference", "--decode_tokens=2"], "--device"))
+    # the CUDA kernels' head dims are the CUDA backend's check; the CPU takes any
+    BAD.append((["--dim=96"], "--dim"))
 
 for args, needle in BAD:
     out_file = os.path.join(tmp, "should_not_exist.json")
@@ -113,6 +121,11 @@ for args, needle in BAD:
           and not os.path.exists(out_file) and not os.path.exists(jsonl_file))
     report(name, ok, f"exit {code}, stderr {err!r}, stdout {out[:80]!r}, "
                      f"files {os.path.exists(out_file)}/{os.path.exists(jsonl_file)}")
+
+if "--backend=emulator" not in EXTRA:
+    code, out, err = run(["--dim=96", "--seq=64", "--json"] + FAST)
+    report("CPU backend: any head dim (96) runs and validates",
+           code == 0 and json.loads(out)["configuration"]["head_dim"] == 96, err)
 
 code, out, err = run(["--help"])
 report("--help exits 0 and lists flags", code == 0 and "--kv-dtype" in out and "--paired-baseline" in out, err)
