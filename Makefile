@@ -18,6 +18,8 @@ HEADERS := ekv.h
 CUDA_HEADERS := $(HEADERS) $(wildcard ekv_cuda.cuh)
 EMU_INC := -Itests/emu/include
 EMU_HEADERS := $(wildcard tests/emu/include/*.h)
+# the one compiler line of every emulator build (tests and ekv_bench_emu)
+EMU_CXX := $(CXX) -std=c++17 -g -pthread -DEKV_EMULATOR $(EMU_INC) -I. -Wall -Wextra -Werror
 export BUILD
 
 .PHONY: all bench test emu clean venv tools test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
@@ -46,7 +48,7 @@ $(BUILD)/ekv_bench_cpu_san: bench/main.cu $(HEADERS) | $(BUILD)
 emu: $(BUILD)/ekv_bench_emu
 
 $(BUILD)/ekv_bench_emu: bench/main.cu $(CUDA_HEADERS) $(EMU_HEADERS) | $(BUILD)
-	$(CXX) -O2 -g -std=c++17 -pthread -DEKV_EMULATOR $(EMU_INC) -Wall -Wextra -Werror -x c++ -o $@ bench/main.cu
+	$(EMU_CXX) -O2 -x c++ -o $@ bench/main.cu
 
 bench: $(BUILD)/ekv_bench
 	$(BUILD)/ekv_bench
@@ -67,13 +69,28 @@ $(VENV)/.stamp: requirements.txt
 C99FLAGS := -std=c99 -pedantic -Wall -Wextra -Werror
 CXXFLAGS_T := -Wall -Wextra -Werror
 
-$(BUILD)/t_%: tests/%.c $(HEADERS) tests/ekv_test.h | $(BUILD)
+# One implementation of ekv.h per flavour; every C test includes ekv.h for declarations
+# only and links it (tests/ekv_impl.c), so the header is compiled twice, not twice per test.
+$(BUILD)/ekv_impl.o: tests/ekv_impl.c $(HEADERS) | $(BUILD)
+	$(CC) $(C99FLAGS) -O2 -I. -c -o $@ $<
+
+$(BUILD)/ekv_impl_asan.o: tests/ekv_impl.c $(HEADERS) | $(BUILD)
+	$(CC) $(C99FLAGS) -O1 -g $(SAN) -I. -c -o $@ $<
+
+# test_json brings its own implementation (a failing allocator must reach the writer)
+$(BUILD)/t_test_json: tests/test_json.c $(HEADERS) tests/ekv_test.h | $(BUILD)
 	$(CC) $(C99FLAGS) -O2 -I. -o $@ $< -lm
 
-$(BUILD)/asan_%: tests/%.c $(HEADERS) tests/ekv_test.h | $(BUILD)
+$(BUILD)/asan_test_json: tests/test_json.c $(HEADERS) tests/ekv_test.h | $(BUILD)
 	$(CC) $(C99FLAGS) -O1 -g $(SAN) -I. -o $@ $< -lm
 
-C_TESTS := $(patsubst tests/%.c,%,$(filter-out tests/two_tu_%.c,$(wildcard tests/test_*.c tests/fuzz_*.c)))
+$(BUILD)/t_%: tests/%.c $(BUILD)/ekv_impl.o $(HEADERS) tests/ekv_test.h | $(BUILD)
+	$(CC) $(C99FLAGS) -O2 -I. -o $@ $< $(BUILD)/ekv_impl.o -lm
+
+$(BUILD)/asan_%: tests/%.c $(BUILD)/ekv_impl_asan.o $(HEADERS) tests/ekv_test.h | $(BUILD)
+	$(CC) $(C99FLAGS) -O1 -g $(SAN) -I. -o $@ $< $(BUILD)/ekv_impl_asan.o -lm
+
+C_TESTS := $(patsubst tests/%.c,%,$(wildcard tests/test_*.c tests/fuzz_*.c))
 
 test-build: | $(BUILD)
 	@tests/run_suite.sh build tests/check_build.sh
@@ -105,23 +122,33 @@ test-python: venv
 
 -include tests/emu/emu.mk
 
-# ekv_cuda.cuh's kernels on the emulator: plain, ASan+UBSan, TSan (race = failure)
-EMU_CXX := $(CXX) -std=c++17 -g -pthread -DEKV_EMULATOR $(EMU_INC) -Wall -Wextra -Werror
+# ekv_cuda.cuh's kernels on the emulator: plain, ASan+UBSan, TSan (race = failure). The
+# implementation of both headers (every kernel) is compiled once per flavour
+# (tests/ekv_impl_emu.cpp) and linked by each test.
 KEMU_DEPS := $(CUDA_HEADERS) $(EMU_HEADERS) tests/ekv_test.h
-
-$(BUILD)/emu/%: tests/%.cpp $(KEMU_DEPS) | $(BUILD)
-	@mkdir -p $(BUILD)/emu
-	$(EMU_CXX) -O1 -o $@ $<
-
-$(BUILD)/emu/%_asan: tests/%.cpp $(KEMU_DEPS) | $(BUILD)
-	@mkdir -p $(BUILD)/emu
-	$(EMU_CXX) -O1 $(SAN) -o $@ $<
-
-$(BUILD)/emu/%_tsan: tests/%.cpp $(KEMU_DEPS) | $(BUILD)
-	@mkdir -p $(BUILD)/emu
-	$(EMU_CXX) -O1 -fsanitize=thread -o $@ $<
-
 EMU_TESTS := $(patsubst tests/%.cpp,%,$(wildcard tests/test_*_emu.cpp))
+EMU_IMPL := $(BUILD)/emu/ekv_impl
+
+$(EMU_IMPL).o: tests/ekv_impl_emu.cpp $(KEMU_DEPS) | $(BUILD)
+	@mkdir -p $(BUILD)/emu
+	$(EMU_CXX) -O1 -c -o $@ $<
+
+$(EMU_IMPL)_asan.o: tests/ekv_impl_emu.cpp $(KEMU_DEPS) | $(BUILD)
+	@mkdir -p $(BUILD)/emu
+	$(EMU_CXX) -O1 $(SAN) -c -o $@ $<
+
+$(EMU_IMPL)_tsan.o: tests/ekv_impl_emu.cpp $(KEMU_DEPS) | $(BUILD)
+	@mkdir -p $(BUILD)/emu
+	$(EMU_CXX) -O1 -fsanitize=thread -c -o $@ $<
+
+$(addprefix $(BUILD)/emu/,$(EMU_TESTS)): $(BUILD)/emu/%: tests/%.cpp $(EMU_IMPL).o $(KEMU_DEPS)
+	$(EMU_CXX) -O1 -o $@ $< $(EMU_IMPL).o
+
+$(addsuffix _asan,$(addprefix $(BUILD)/emu/,$(EMU_TESTS))): $(BUILD)/emu/%_asan: tests/%.cpp $(EMU_IMPL)_asan.o $(KEMU_DEPS)
+	$(EMU_CXX) -O1 $(SAN) -o $@ $< $(EMU_IMPL)_asan.o
+
+$(addsuffix _tsan,$(addprefix $(BUILD)/emu/,$(EMU_TESTS))): $(BUILD)/emu/%_tsan: tests/%.cpp $(EMU_IMPL)_tsan.o $(KEMU_DEPS)
+	$(EMU_CXX) -O1 -fsanitize=thread -o $@ $< $(EMU_IMPL)_tsan.o
 
 test-kernels-emu: $(foreach t,$(EMU_TESTS),$(BUILD)/emu/$(t) $(BUILD)/emu/$(t)_asan $(BUILD)/emu/$(t)_tsan) $(BUILD)/ekv_bench_emu venv
 	@for t in $(EMU_TESTS); do \

@@ -1,16 +1,12 @@
 #!/usr/bin/env bash
 # tests/check_build.sh - ekv.h builds as C99 (-pedantic) and as C++ with all warnings as
-# errors, with gcc and clang, and a two-translation-unit program links and runs.
+# errors, with gcc and clang, alone (EKV_NO_BENCH) and whole, and a two-translation-unit
+# program links and runs.
 # Run: tests/check_build.sh   (uses $BUILD, default build/)
 set -u
 B=${BUILD:-build}/buildcheck
 mkdir -p "$B"
-pass=0; fail=0
-check() { # name cmd...
-  local name=$1; shift
-  if out=$("$@" 2>&1); then echo "PASS $name"; pass=$((pass+1))
-  else echo "FAIL $name"; echo "$out" | head -20 | sed 's/^/    /'; fail=$((fail+1)); fi
-}
+. tests/harness.sh
 printf '#define EKV_IMPLEMENTATION\n#include "ekv.h"\nint main(void){ekv_config c = ekv_config_default(); return ekv_config_validate(&c) == EKV_SUCCESS ? 0 : 1;}\n' > "$B/impl.c"
 check "gcc -std=c99 -pedantic" gcc -std=c99 -pedantic -Wall -Wextra -Werror -I. "$B/impl.c" -o "$B/c99_gcc" -lm
 check "c99 program runs" "$B/c99_gcc"
@@ -22,6 +18,14 @@ check "g++ -std=c++17 -pedantic" g++ -std=c++17 -pedantic -Wall -Wextra -Werror 
 if command -v clang++ >/dev/null; then
   check "clang++ -std=c++17" clang++ -std=c++17 -Wall -Wextra -Werror -x c++ -I. "$B/impl.c" -o "$B/cxx_clang"
 fi
+# EKV_NO_BENCH: Part A alone, as an engine embeds it (no config, CLI, statistics, JSON)
+printf '#define EKV_NO_BENCH\n#define EKV_IMPLEMENTATION\n#include "ekv.h"\nint main(void){ekv_host_cache c; int ok = ekv_cache_create(&c, EKV_DTYPE_INT4, 1, 2, 64, 8, 0) == EKV_SUCCESS; ekv_cache_free(&c); return ok ? 0 : 1;}\n' > "$B/no_bench.c"
+check "EKV_NO_BENCH: gcc -std=c99 -pedantic (library only)" gcc -std=c99 -pedantic -Wall -Wextra -Werror -I. "$B/no_bench.c" -o "$B/no_bench" -lm
+check "EKV_NO_BENCH: the library runs" "$B/no_bench"
+check "EKV_NO_BENCH: no benchmark symbol is compiled in" sh -c "! nm '$B/no_bench' | grep -E ' T (ekv_cli_parse|ekv_stats_compute|ekv_json_init|ekv_cycle_run|ekv_cpu_run)\$'"
+printf '#define EKV_NO_BENCH\n#define EKV_IMPLEMENTATION\n#include "ekv_cuda.cuh"\nint main(void){ekv_cuda_elastic_cache c; int ok = ekv_cuda_elastic_create(&c, EKV_DTYPE_F16, 1, 2, 64, 8, 0) == EKV_SUCCESS; ekv_cuda_elastic_free(&c); return ok ? 0 : 1;}\n' > "$B/no_bench_cuda.cpp"
+check "EKV_NO_BENCH: ekv_cuda.cuh builds without cuBLAS (emulator headers)" g++ -std=c++17 -pthread -DEKV_EMULATOR -Itests/emu/include -I. -Wall -Wextra -Werror "$B/no_bench_cuda.cpp" -o "$B/no_bench_cuda"
+check "EKV_NO_BENCH: the CUDA library part runs (emulator)" "$B/no_bench_cuda"
 check "two translation units link (C)" gcc -std=c99 -pedantic -Wall -Wextra -Werror -I. tests/two_tu_a.c tests/two_tu_b.c -o "$B/two_tu" -lm
 check "two translation units run" "$B/two_tu"
 check "two translation units link (C++)" g++ -Wall -Wextra -Werror -I. -x c++ tests/two_tu_a.c tests/two_tu_b.c -o "$B/two_tu_cxx"
@@ -34,7 +38,6 @@ NVCC=${NVCC:-$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)}
 if [ -x "$NVCC" ]; then
   check "README: nvcc -O3 -o ekv_bench bench/main.cu -lcublas" "$NVCC" -O3 -o "$B/ekv_bench_nvcc" bench/main.cu -lcublas
 else
-  echo "SKIP README nvcc build: no nvcc"; skip=1
+  skip "README nvcc build" "no nvcc"
 fi
-if [ "${skip:-0}" -gt 0 ]; then echo "$pass passed, $fail failed, $skip skipped"; else echo "$pass passed, $fail failed"; fi
-[ "$fail" -eq 0 ]
+finish

@@ -7,13 +7,13 @@
    success must describe the data it returns.
 
    Build: cc -std=c99 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all \
-              -I. -o build/fuzz_npy tests/fuzz_npy.c -lm
+              -I. -o build/fuzz_npy tests/fuzz_npy.c tests/ekv_impl.c -lm
    Run:   build/fuzz_npy [--iterations=20000] [--seed=N]
 */
-#define EKV_IMPLEMENTATION
 #include "ekv.h"
 #include "tests/ekv_test.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -295,7 +295,7 @@ int main(int argc, char **argv)
         ekv_npy_array a;
         ekv_data d;
         if (seeds[i].is_zip) {
-            CHECK(ekv__data_load_npz(seeds[i].bytes, seeds[i].size, "seed.npz", 2, &d) == EKV_SUCCESS,
+            CHECK(ekv_data_load_npz_memory(seeds[i].bytes, seeds[i].size, "seed.npz", 2, &d) == EKV_SUCCESS,
                   "seed %d: %s", i, ekv_last_error());
             ekv_data_free(&d);
         } else {
@@ -336,7 +336,7 @@ int main(int argc, char **argv)
         } else if (a.values || ekv_last_error()[0] == '\0') {
             violations++;
         }
-        r = ekv__data_load_npz(exact ? input : NULL, exact, "fuzz.npz", (int)ekv_rng_below(&rng, 4), &d);
+        r = ekv_data_load_npz_memory(exact ? input : NULL, exact, "fuzz.npz", (int)ekv_rng_below(&rng, 4), &d);
         if (r == EKV_SUCCESS) {
             successes++;
             if (d.batch < 1 || d.heads < 1 || d.kv_heads < 1 || d.heads % d.kv_heads != 0 || !d.q ||

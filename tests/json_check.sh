@@ -20,15 +20,7 @@ PYTHON=${PYTHON:-python3}
 work=$(mktemp -d "${TMPDIR:-/tmp}/ekv_json_check.XXXXXX") || exit 1
 trap 'rm -rf "$work"' EXIT INT TERM
 
-passed=0
-failed=0
-pass() { echo "PASS $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL $1"; failed=$((failed + 1)); }
-finish() {
-    echo "$passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit $?
-}
+. tests/harness.sh
 
 if [ $# -ge 1 ]; then
     binary=$1

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# tests/run_suite.sh NAME CMD... - runs one test suite, keeps its log under build/logs/,
+# tests/run_suite.sh NAME CMD... - runs one test suite, keeps its log under ${BUILD:-build}/logs/,
 # and records its closing "N passed, N failed[, N skipped]" line for tests/summary.sh.
 # A suite that exits non-zero without reporting a failure counts as one failure.
 set -u
 name=$1; shift
-mkdir -p build/logs
-log=build/logs/$name.log
+mkdir -p "${BUILD:-build}/logs"
+log=${BUILD:-build}/logs/$name.log
 "$@" >"$log" 2>&1
 status=$?
 line=$(grep -E '^([A-Za-z_]+: )?[0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?$' "$log" | tail -n 1)
@@ -22,5 +22,5 @@ if [ "$failed" -gt 0 ]; then
   echo "  [$name] exit status $status; last lines of $log:"; tail -n 15 "$log" | sed 's/^/    /'
 fi
 printf '%-28s %4d passed, %d failed, %d skipped\n' "$name" "$passed" "$failed" "$skipped"
-echo "$name $passed $failed $skipped" >>build/logs/summary.txt
+echo "$name $passed $failed $skipped" >>"${BUILD:-build}/logs/summary.txt"
 exit 0

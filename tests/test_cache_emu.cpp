@@ -10,9 +10,8 @@
    Inputs are fresh random data each run; the seed is printed (rerun with --seed=N).
 
    Build: g++ -std=c++17 -O1 -pthread -DEKV_EMULATOR -Itests/emu/include -I. \
-              tests/test_cache_emu.cpp -o build/test_cache_emu
+              tests/test_cache_emu.cpp tests/ekv_impl_emu.cpp -o build/test_cache_emu
    tests/test_cache_gpu.cu includes this file to run the same checks on a real GPU. */
-#define EKV_IMPLEMENTATION
 #include "../ekv_cuda.cuh"
 #include "ekv_test.h"
 

@@ -6,6 +6,7 @@
    and "0 passed, 0 failed, 1 skipped", and exits 0.
 
    Build: nvcc -O2 -arch=sm_90 -o build/test_cache_gpu tests/test_cache_gpu.cu -lcublas */
+#define EKV_IMPLEMENTATION
 #define CT_NO_MAIN
 #include "test_cache_emu.cpp"
 

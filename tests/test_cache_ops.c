@@ -8,8 +8,7 @@
    tokens each slot holds; memory bytes equal to the formula; error paths.
    Inputs are fresh random data each run; the seed is printed (rerun with --seed=N).
 
-   Build: cc -std=c99 -O2 -Wall -Wextra -I. -o build/test_cache_ops tests/test_cache_ops.c -lm */
-#define EKV_IMPLEMENTATION
+   Build: cc -std=c99 -O2 -Wall -Wextra -I. -o build/test_cache_ops tests/test_cache_ops.c tests/ekv_impl.c -lm */
 #include "ekv.h"
 #include "tests/ekv_test.h"
 

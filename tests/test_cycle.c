@@ -6,13 +6,13 @@
    cycles run (fewer observed queries than --observe at first); paired baseline; the JSON
    of the cycle; bad combinations give the documented errors.
 
-   Build: cc -std=c99 -pedantic -Wall -Wextra -Werror -O1 -I. tests/test_cycle.c -lm \
+   Build: cc -std=c99 -pedantic -Wall -Wextra -Werror -O1 -I. tests/test_cycle.c tests/ekv_impl.c -lm \
               -o build/test_cycle */
-#define EKV_IMPLEMENTATION
 #include "../ekv.h"
 #include "ekv_test.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 static ekv_config small_config(ekv_variant variant)
@@ -85,7 +85,7 @@ static void test_all_variants(void)
             CHECK(phases <= y->stats.mean * (1 + 1e-12), "%s: phases %g > mean loop %g",
                   ekv_variant_name(y->variant), phases, y->stats.mean);
             if (y->variant != EKV_VARIANT_ELASTIC)
-                CHECK(y->phases_ms[EKV__PHASE_COMPRESS] < 0.05 * y->stats.mean + 0.01,
+                CHECK(y->phases_ms[EKV_CYCLE_PHASE_COMPRESS] < 0.05 * y->stats.mean + 0.01,
                       "no compression outside elastic");
         }
         if (nocache && cache && int8 && shared && int8_shared && elastic) {
@@ -160,7 +160,7 @@ static void test_elastic_policies(void)
             CHECK(y->error_vs_cache[0].rel_l2 > 0 && y->error_vs_cache[0].cosine > 0.3,
                   "%s: error %g cosine %g", ekv_policy_name(c.policy), y->error_vs_cache[0].rel_l2,
                   y->error_vs_cache[0].cosine);
-            CHECK(y->phases_ms[EKV__PHASE_COMPRESS] > 0.0, "compression timed");
+            CHECK(y->phases_ms[EKV_CYCLE_PHASE_COMPRESS] > 0.0, "compression timed");
             /* slots: prefill keeps 6 of 10 (8 old -> 4, recent 2); each anchor
                (steps 3, 6) keeps ceil(3/2) + 2 of its 5 fresh slots */
             {

@@ -4,11 +4,12 @@
    topk with f16, pool with int8) agree within 1e-5 relative (the emulator's cuBLAS
    stand-in sums in the CPU projection's order, so k and v are the same floats); nocache
    agrees with cache on the device; ekv_cuda_cycle_run fills the series, the agreement and
-   the memory figures; a cycle larger than the device's free memory is refused.
+   the memory figures; a cycle larger than the device's free memory is refused; the CPU
+   and the device, run through the one cycle driver of ekv.h, give reports equal in every
+   field but the timings.
 
    Build: g++ -std=c++17 -O1 -pthread -DEKV_EMULATOR -Itests/emu/include -I. \
-              tests/test_cycle_emu.cpp -o build/test_cycle_emu */
-#define EKV_IMPLEMENTATION
+              tests/test_cycle_emu.cpp tests/ekv_impl_emu.cpp -o build/test_cycle_emu */
 #include "../ekv_cuda.cuh"
 #include "ekv_test.h"
 
@@ -51,6 +52,67 @@ static double worst_rel(const float *cpu, const float *dev, size_t steps_layers,
         if (!(rel <= worst)) worst = rel;
     }
     return worst;
+}
+
+static int same(double a, double b, double rel)
+{
+    if (a != a || b != b) return a != a && b != b; /* NaN on both sides */
+    return fabs(a - b) <= rel * fmax(fabs(a), fabs(b));
+}
+
+/* ekv_cycle_run (CPU) and ekv_cuda_cycle_run (emulator) on one config: every report
+   field except timings must agree. Exact for counts, bytes and configuration; the
+   errors against cache within 1e-4 relative (the attention kernels sum in different
+   orders); peak_device_bytes differs by design (the device also holds the weights and
+   inputs the CPU reads from the model) and is only checked to be positive. */
+static void compare_reports(const char *name, ekv_config c)
+{
+    ekv_report cpu, dev;
+    memset(&cpu, 0, sizeof cpu);
+    memset(&dev, 0, sizeof dev);
+    TEST_BEGIN(name);
+    CHECK(ekv_cycle_run(&c, &cpu) == EKV_SUCCESS, "cpu: %s", ekv_last_error());
+    CHECK(ekv_cuda_cycle_run(&c, &dev) == EKV_SUCCESS, "device: %s", ekv_last_error());
+    CHECK(cpu.cycle_count == dev.cycle_count && cpu.cycle_count > 0, "cycles %d vs %d", cpu.cycle_count,
+          dev.cycle_count);
+    CHECK(memcmp(&cpu.config, &dev.config, sizeof cpu.config) == 0, "resolved configs differ");
+    CHECK(cpu.kept_tokens_total == dev.kept_tokens_total && cpu.kept_tokens_total > 0, "kept tokens %g vs %g",
+          cpu.kept_tokens_total, dev.kept_tokens_total);
+    CHECK(cpu.cache_bytes.k == dev.cache_bytes.k && cpu.cache_bytes.v == dev.cache_bytes.v &&
+              cpu.cache_bytes.scales == dev.cache_bytes.scales && cpu.cache_bytes.bias == dev.cache_bytes.bias &&
+              cpu.cache_bytes.k > 0,
+          "bytes read k %g/%g v %g/%g", cpu.cache_bytes.k, dev.cache_bytes.k, cpu.cache_bytes.v, dev.cache_bytes.v);
+    CHECK(cpu.metrics.bytes.total == dev.metrics.bytes.total && cpu.metrics.flops == dev.metrics.flops,
+          "metrics bytes %g vs %g, flops %g vs %g", cpu.metrics.bytes.total, dev.metrics.bytes.total,
+          cpu.metrics.flops, dev.metrics.flops);
+    CHECK(same(cpu.kv_cache_bytes, dev.kv_cache_bytes, 0) && same(cpu.kv_cache_bytes_uncompressed,
+                                                                  dev.kv_cache_bytes_uncompressed, 0),
+          "kv cache bytes");
+    CHECK(cpu.sample_count == dev.sample_count && cpu.has_baseline == dev.has_baseline, "samples");
+    for (int i = 0; i < cpu.cycle_count && i < dev.cycle_count; i++) {
+        const ekv_cycle_result *a = &cpu.cycles[i], *b = &dev.cycles[i];
+        const char *v = ekv_variant_name(a->variant);
+        CHECK(a->variant == b->variant && a->decode_tokens == b->decode_tokens && a->layers == b->layers &&
+                  a->kv_dtype == b->kv_dtype, "%s: identity", v);
+        CHECK(a->kv_cache_bytes == b->kv_cache_bytes, "%s: kv bytes %g vs %g", v, a->kv_cache_bytes,
+              b->kv_cache_bytes);
+        CHECK(a->peak_device_bytes > 0 && b->peak_device_bytes > 0, "%s: peak bytes", v);
+        CHECK(a->sample_count == b->sample_count && a->series_count == b->series_count, "%s: counts", v);
+        for (int s = 0; s < a->series_count && s < b->series_count; s++)
+            CHECK(a->series[s].step == b->series[s].step && a->series[s].context_len == b->series[s].context_len &&
+                      a->series[s].kv_cache_bytes == b->series[s].kv_cache_bytes,
+                  "%s: series point %d", v, s);
+        CHECK(a->has_agreement == b->has_agreement && a->has_baseline == b->has_baseline, "%s: flags", v);
+        if (a->has_agreement)
+            for (int l = 0; l < a->layers; l++)
+                CHECK(same(a->error_vs_cache[l].rel_l2, b->error_vs_cache[l].rel_l2, 1e-4) ||
+                          fabs(a->error_vs_cache[l].rel_l2 - b->error_vs_cache[l].rel_l2) <= 1e-6,
+                      "%s layer %d: error vs cache %g vs %g", v, l, a->error_vs_cache[l].rel_l2,
+                      b->error_vs_cache[l].rel_l2);
+    }
+    ekv_report_free(&cpu);
+    ekv_report_free(&dev);
+    TEST_END();
 }
 
 static void compare(const char *name, ekv_config c)
@@ -121,6 +183,18 @@ int main(void)
         }
         ekv_report_free(&r);
         TEST_END();
+    }
+    {
+        ekv_config a = tiny(EKV_VARIANT_ALL);
+        a.paired_baseline = 1;
+        a.policy = EKV_POLICY_POOL;
+        a.kv_dtype = EKV_DTYPE_INT4;
+        compare_reports("cycle driver: CPU and emulator reports agree but for timings (all, pool int4)", a);
+        a = tiny(EKV_VARIANT_ELASTIC);
+        a.policy = EKV_POLICY_TOPK;
+        a.observe = 4;
+        a.sinks = 1;
+        compare_reports("cycle driver: CPU and emulator reports agree but for timings (elastic topk)", a);
     }
     {
         ekv_config big = tiny(EKV_VARIANT_CACHE);

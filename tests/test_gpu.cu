@@ -6,6 +6,7 @@
    "0 passed, 0 failed, 1 skipped", and exits 0.
 
    Build: nvcc -O2 -arch=sm_90 -o build/test_gpu tests/test_gpu.cu */
+#define EKV_IMPLEMENTATION
 #define KT_NO_MAIN
 #include "test_kernels_emu.cpp"
 

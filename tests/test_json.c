@@ -33,12 +33,14 @@ static void *test_realloc(void *p, size_t n)
 #define EKV_REALLOC(p, n) test_realloc(p, n)
 #define EKV_FREE(p) free(p)
 
+/* its own implementation: the allocator above must reach the writer */
 #define EKV_IMPLEMENTATION
 #include "ekv.h"
 
 #include "ekv_test.h"
 
 #include <float.h>
+#include <math.h>
 #include <limits.h>
 #include <locale.h>
 #include <string.h>

@@ -7,9 +7,8 @@
    ekv_cuda_run end to end (cold and hot, graphs on and off, paired baseline).
 
    Build: g++ -std=c++17 -O1 -pthread -Itests/emu/include -DEKV_EMULATOR \
-              tests/test_kernels_emu.cpp -o build/test_kernels_emu
+              tests/test_kernels_emu.cpp tests/ekv_impl_emu.cpp -o build/test_kernels_emu
    tests/test_gpu.cu includes this file to run the same checks on a real GPU. */
-#define EKV_IMPLEMENTATION
 #include "../ekv_cuda.cuh"
 #include "ekv_test.h"
 

@@ -4,7 +4,7 @@
    names the file and the problem: truncation at every prefix, headers whose length,
    shape, dtype or order lie, and inconsistent q/k/v shapes.
 
-   Build: cc -std=c99 -O2 -Wall -Wextra -I. -o build/test_npy tests/test_npy.c -lm
+   Build: cc -std=c99 -O2 -Wall -Wextra -I. -o build/test_npy tests/test_npy.c tests/ekv_impl.c -lm
    Run:   build/test_npy [FIXTURE_DIR] [--seed=N]
           FIXTURE_DIR holds files written by numpy (python3 tests/npy_make_fixtures.py DIR);
           without it those cases are skipped. With it, the test also leaves from_c_*.npy
@@ -13,7 +13,6 @@
 #if !defined(_WIN32)
 #define _POSIX_C_SOURCE 200809L
 #endif
-#define EKV_IMPLEMENTATION
 #include "ekv.h"
 #include "tests/ekv_test.h"
 
@@ -551,12 +550,12 @@ static void test_npz(void)
         offset += 2 * 46 + 10;                       /* skip the entries of q.npy and k.npy */
         put_le(zip + offset + 20, p.v_size + 4096, 4); /* compressed and uncompressed size */
         put_le(zip + offset + 24, p.v_size + 4096, 4);
-        r = ekv__data_load_npz(zip, size, "long.npz", 0, &d);
+        r = ekv_data_load_npz_memory(zip, size, "long.npz", 0, &d);
         CHECK(r == EKV_ERR_FORMAT && message_has("v.npy runs past the end"), "%s", ekv_last_error());
         put_le(zip + offset + 42, size, 4); /* local header offset beyond the file */
         put_le(zip + offset + 20, p.v_size, 4);
         put_le(zip + offset + 24, p.v_size, 4);
-        r = ekv__data_load_npz(zip, size, "offset.npz", 0, &d);
+        r = ekv_data_load_npz_memory(zip, size, "offset.npz", 0, &d);
         CHECK(r == EKV_ERR_FORMAT && message_has("local header"), "%s", ekv_last_error());
         free(zip);
     }
@@ -624,13 +623,13 @@ static void test_npz(void)
         for (length = 0; length < size; length++) {
             unsigned char *prefix = (unsigned char *)malloc(length ? length : 1);
             memcpy(prefix, zip, length);
-            r = ekv__data_load_npz(prefix, length, "cut.npz", 0, &d);
+            r = ekv_data_load_npz_memory(prefix, length, "cut.npz", 0, &d);
             if ((r == EKV_SUCCESS || !message_has("cut.npz")) && bad++ < 5)
                 CHECK(0, "prefix %zu: %d %s", length, (int)r, ekv_last_error());
             if (r == EKV_SUCCESS) ekv_data_free(&d);
             free(prefix);
         }
-        CHECK(ekv__data_load_npz(zip, size, "whole.npz", 2, &d) == EKV_SUCCESS, "%s", ekv_last_error());
+        CHECK(ekv_data_load_npz_memory(zip, size, "whole.npz", 2, &d) == EKV_SUCCESS, "%s", ekv_last_error());
         ekv_data_free(&d);
         CHECK(bad == 0, "%d failures", bad);
         free(zip);

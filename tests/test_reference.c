@@ -5,10 +5,9 @@
    reference, the structured data's attention profile, byte accounting and error paths.
    Inputs are fresh random data each run; the seed is printed (rerun with --seed=N).
 
-   Build: cc -std=c99 -O2 -Wall -Wextra -I. -o build/test_reference tests/test_reference.c -lm
+   Build: cc -std=c99 -O2 -Wall -Wextra -I. -o build/test_reference tests/test_reference.c tests/ekv_impl.c -lm
    (add -mf16c to also compare f16 rounding with the CPU's F16C instruction)
 */
-#define EKV_IMPLEMENTATION
 #include "ekv.h"
 #include "tests/ekv_test.h"
 

@@ -5,15 +5,24 @@
    input is rejected with EKV_ERR_INVALID_ARG.
 
    Build and run from the repository root:
-       cc -std=c99 -O2 -Wall -Wextra -I. -o test_stats tests/test_stats.c -lm && ./test_stats
+       cc -std=c99 -O2 -Wall -Wextra -I. -o test_stats tests/test_stats.c tests/ekv_impl.c -lm && ./test_stats
 */
-#define EKV_IMPLEMENTATION
 #include "ekv.h"
 
 #include "ekv_test.h"
 #include "stats_reference.h"
 
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
+
+#define PI 3.14159265358979323846
+
+static int compare_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
 
 /* Plain statistics: 1e-12 relative, plus an absolute floor for values near zero (a
    quantile of data around 0) scaled by the data's magnitude. */
@@ -81,7 +90,7 @@ static void test_reference_sets(void)
                     "ekv_median");
         sorted = (double *)malloc(ref->n * sizeof *sorted);
         memcpy(sorted, ref->samples, ref->n * sizeof *sorted);
-        qsort(sorted, ref->n, sizeof *sorted, ekv__compare_double);
+        qsort(sorted, ref->n, sizeof *sorted, compare_double);
         CHECK_CLOSE(ekv_quantile_sorted(sorted, ref->n, 0.95), ref->p95, PLAIN_REL, floor_abs,
                     "ekv_quantile_sorted");
         CHECK(ekv_quantile_sorted(sorted, ref->n, 0.0) == ref->min &&
@@ -159,7 +168,7 @@ static void test_t_closed_forms(void)
         /* df 1 (Cauchy): t = -+cot(pi q), q = min(p, 1 - p) (exact, unlike pi p near
            pi); df 2: t = (2p - 1) / sqrt(2 p (1 - p)) */
         double q = p < 0.5 ? p : 1.0 - p;
-        double cauchy = (p < 0.5 ? -1.0 : 1.0) / tan(EKV__PI * q);
+        double cauchy = (p < 0.5 ? -1.0 : 1.0) / tan(PI * q);
         double two = (2.0 * p - 1.0) / sqrt(2.0 * p * (1.0 - p));
         double got1 = ekv_t_inverse_cdf(p, 1.0), got2 = ekv_t_inverse_cdf(p, 2.0);
         CHECK_CLOSE(got1, cauchy, 1e-12, 0.0, "df 1");
@@ -227,7 +236,7 @@ static void test_bootstrap_median(void)
           "another seed, another interval");
     CHECK(a.ci95_median_lo < a.median && a.median < a.ci95_median_hi, "contains the median");
     /* sample median of N(0, 1): standard error sqrt(pi / 2) / sqrt(n) */
-    se = sqrt(EKV__PI / 2.0) / sqrt((double)N);
+    se = sqrt(PI / 2.0) / sqrt((double)N);
     asymptotic_width = 2.0 * 1.959963984540054 * se;
     width = a.ci95_median_hi - a.ci95_median_lo;
     CHECK(fabs(width / asymptotic_width - 1.0) < 0.2, "width %g vs asymptotic %g", width,
