@@ -413,6 +413,36 @@ EKV_DEF double ekv_softmax_scale(double softmax_scale, int head_dim);
    f16/bf16 2D, int8 D + 4, int4 D/2 + 4 per group of 32, fp8 D); the per-sequence
    counters are not counted. */
 
+/* The region one anchor step compresses in one sequence, from its length and compressed
+   count: the fresh slots [first, first + fresh); the newest `recent` of them stay exact;
+   the `old` = fresh - recent before them go into `budget` = ceil(old / C) slots, of which
+   `sinks` (at most budget) are the sequence's real first tokens, kept only while nothing
+   was compressed before. After the step compressed = first + budget and length =
+   compressed + recent. ekv_cache_compress, the cycle's capacity and the device kernels
+   all use this one definition (inline, so device code can call it). */
+typedef struct ekv_compress_region {
+    int first, fresh, recent, old, budget, sinks;
+} ekv_compress_region;
+
+#if defined(__CUDACC__)
+#define EKV_HOST_DEVICE __host__ __device__
+#else
+#define EKV_HOST_DEVICE
+#endif
+static EKV_HOST_DEVICE inline ekv_compress_region ekv_compress_region_of(int length, int compressed,
+                                                                         int recent, int sinks,
+                                                                         int compression)
+{
+    ekv_compress_region r;
+    r.first = compressed;
+    r.fresh = length - compressed;
+    r.recent = recent < r.fresh ? recent : r.fresh;
+    r.old = r.fresh - r.recent;
+    r.budget = r.old > 0 ? (r.old + compression - 1) / compression : 0;
+    r.sinks = compressed == 0 ? (sinks < r.budget ? sinks : r.budget) : 0;
+    return r;
+}
+
 /* The softmax denominator of topk scoring is summed as EKV_SCORE_LANES interleaved partial
    sums (lane i adds slots i, i + LANES, ... in order), then the partials in lane order: a
    fixed order that a GPU block can follow, so that CPU and GPU scores agree bit for bit. */
@@ -1048,6 +1078,21 @@ EKV_DEF void ekv_free(void *pointer)
     ekv__free(pointer);
 }
 
+/* "a, b, c" from the names at the start of `count` entries of `stride` bytes; returns the
+   length written. */
+static EKV__UNUSED size_t ekv__join_names(char *out, size_t size, const void *table, size_t stride,
+                                          int count)
+{
+    size_t n = 0;
+    int i;
+    out[0] = '\0';
+    for (i = 0; i < count && n < size; i++) {
+        const char *name = *(const char *const *)(const void *)((const char *)table + (size_t)i * stride);
+        n += (size_t)snprintf(out + n, size - n, "%s%s", i ? ", " : "", name);
+    }
+    return n < size ? n : size - 1;
+}
+
 static EKV__UNUSED int ekv__compare_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -1074,17 +1119,21 @@ EKV_DEF const ekv_dtype_traits *ekv_dtype_info(ekv_dtype dtype)
 EKV_DEF const char *ekv_dtype_allowed(void)
 {
     static char text[128];
-    if (!text[0]) {
-        size_t i, n = 0;
-        for (i = 0; i < EKV_DTYPE_COUNT; i++)
-            n += (size_t)snprintf(text + n, sizeof text - n, "%s%s", i ? ", " : "",
-                                  ekv__dtype_table[i].name);
-    }
+    if (!text[0])
+        ekv__join_names(text, sizeof text, ekv__dtype_table, sizeof ekv__dtype_table[0], EKV_DTYPE_COUNT);
     return text;
 }
 
 static const char *const ekv__policy_names[EKV_POLICY_COUNT] = {"none", "stride", "pool",
                                                                 "window", "topk"};
+
+static const char *ekv__policy_allowed(void)
+{
+    static char text[64];
+    if (!text[0])
+        ekv__join_names(text, sizeof text, ekv__policy_names, sizeof ekv__policy_names[0], EKV_POLICY_COUNT);
+    return text;
+}
 EKV_DEF const char *ekv_dtype_name(ekv_dtype dtype)
 {
     return (unsigned)dtype < EKV_DTYPE_COUNT ? ekv__dtype_table[dtype].name : "?";
@@ -3563,12 +3612,13 @@ EKV_DEF ekv_result ekv_cache_compress(ekv_host_cache *cache, const ekv_compress_
         if (result != EKV_SUCCESS) goto done;
     }
     for (b = 0; b < cache->batch; b++) {
-        const int first = cache->compressed[b], fresh = cache->lengths[b] - first;
-        const int recent = desc->recent < fresh ? desc->recent : fresh;
+        const ekv_compress_region r = ekv_compress_region_of(
+            cache->lengths[b], cache->compressed[b], desc->recent, desc->sinks, desc->compression);
+        const int first = r.first, fresh = r.fresh, recent = r.recent;
         ekv_compress_desc region = *desc;
         int kept = 0;
-        if (fresh - recent <= 0) continue; /* nothing older than the window yet */
-        if (first > 0) region.sinks = 0;
+        if (r.old <= 0) continue; /* nothing older than the window yet */
+        region.sinks = r.sinks;
         for (h = 0; h < cache->kv_heads; h++) {
             const double *head_scores =
                 scores ? scores + ((size_t)b * (size_t)cache->kv_heads + (size_t)h) *
@@ -3823,94 +3873,170 @@ static ekv_result ekv__range_error(const char *flag, long long value, long long 
     } while (0)
 
 typedef enum ekv__flag_kind {
-    EKV__FLAG_INT,    /* sweepable integer */
-    EKV__FLAG_ENUM,   /* sweepable enum */
+    EKV__FLAG_INT,    /* integer in [lo, hi] */
+    EKV__FLAG_ENUM,   /* a name, parsed by `parse` */
     EKV__FLAG_BOOL,   /* no value */
     EKV__FLAG_NUMBER, /* one double */
     EKV__FLAG_UINT64, /* one unsigned 64-bit integer */
-    EKV__FLAG_TEXT,   /* one string */
+    EKV__FLAG_TEXT,   /* one string of at most hi - 1 bytes */
     EKV__FLAG_SPECIAL /* --help, --version */
 } ekv__flag_kind;
+
+/* What a flag does beyond its kind: each flag's entry says it, the parser reads it. */
+enum {
+    EKV__ONE_VALUE = 1,      /* INT/ENUM that takes no comma list (not a workload flag) */
+    EKV__CLEARS = 2,         /* BOOL that sets its field to 0 (--no-graphs) */
+    EKV__ZERO_OK = 4,        /* NUMBER that may be 0 (others must be positive) */
+    EKV__EMPTY_OK = 8,       /* TEXT that may be empty */
+    EKV__DATA_SOURCE = 16,   /* TEXT: structured, random, or a path (sets config.data) */
+    EKV__MARKS_BASELINE = 32 /* sets config.baseline_dtype_set */
+};
 
 typedef struct ekv__flag {
     const char *name;
     const char *alias;
     ekv__flag_kind kind;
-    size_t offset;   /* into ekv_config */
-    long long lo, hi; /* integer range checked at parse time (also by validation) */
+    size_t offset;    /* into ekv_config */
+    long long lo, hi; /* INT: the range, checked at parse time and by validation; TEXT: hi =
+                         the field's size */
+    unsigned options; /* EKV__* bits above */
+    int (*parse)(const char *text, int *value); /* ENUM */
+    const char *(*allowed)(void);               /* ENUM: the allowed names, for messages */
     const char *help;
 } ekv__flag;
 
 #define EKV__OFF(field) offsetof(ekv_config, field)
 
+/* enum fields are stored through an int: they must be int-sized */
+typedef char ekv__enums_are_ints[(sizeof(ekv_dtype) == sizeof(int) && sizeof(ekv_policy) == sizeof(int) &&
+                                  sizeof(ekv_backend) == sizeof(int) && sizeof(ekv_variant) == sizeof(int))
+                                     ? 1
+                                     : -1];
+
+static int ekv__parse_dtype(const char *text, int *value)
+{
+    ekv_dtype d;
+    if (ekv_dtype_parse(text, &d) != 0) return -1;
+    *value = (int)d;
+    return 0;
+}
+static int ekv__parse_policy(const char *text, int *value)
+{
+    ekv_policy p;
+    if (ekv_policy_parse(text, &p) != 0) return -1;
+    *value = (int)p;
+    return 0;
+}
+static int ekv__parse_backend(const char *text, int *value)
+{
+    ekv_backend b;
+    if (ekv_backend_parse(text, &b) != 0) return -1;
+    *value = (int)b;
+    return 0;
+}
+static int ekv__parse_variant(const char *text, int *value)
+{
+    ekv_variant v;
+    if (ekv_variant_parse(text, &v) != 0) return -1;
+    *value = (int)v;
+    return 0;
+}
+static const char *ekv__backend_allowed(void)
+{
+    static char text[64];
+    if (!text[0]) ekv__join_names(text, sizeof text, ekv__backend_names, sizeof ekv__backend_names[0], 4);
+    return text;
+}
+static const char *ekv__variant_allowed(void)
+{
+    static char text[128];
+    if (!text[0]) {
+        size_t n = ekv__join_names(text, sizeof text, ekv__variant_table, sizeof ekv__variant_table[0],
+                                   EKV_VARIANT_COUNT);
+        snprintf(text + n, sizeof text - n, ", v0..v4");
+    }
+    return text;
+}
+
 static const ekv__flag ekv__flags[] = {
-    {"--seq", NULL, EKV__FLAG_INT, EKV__OFF(seq_len), 1, EKV__SEQ_MAX,
+    {"--seq", NULL, EKV__FLAG_INT, EKV__OFF(seq_len), 1, EKV__SEQ_MAX, 0, NULL, NULL,
      "tokens in the cache per sequence (default 1024)"},
-    {"--batch", NULL, EKV__FLAG_INT, EKV__OFF(batch), 1, 4096, "sequences (default 1)"},
-    {"--heads", NULL, EKV__FLAG_INT, EKV__OFF(heads), 1, 1024, "query heads (default 16)"},
-    {"--kv-heads", NULL, EKV__FLAG_INT, EKV__OFF(kv_heads), 0, 1024,
+    {"--batch", NULL, EKV__FLAG_INT, EKV__OFF(batch), 1, 4096, 0, NULL, NULL,
+     "sequences (default 1)"},
+    {"--heads", NULL, EKV__FLAG_INT, EKV__OFF(heads), 1, 1024, 0, NULL, NULL,
+     "query heads (default 16)"},
+    {"--kv-heads", NULL, EKV__FLAG_INT, EKV__OFF(kv_heads), 0, 1024, 0, NULL, NULL,
      "KV heads, divides --heads (default = heads)"},
-    {"--dim", NULL, EKV__FLAG_INT, EKV__OFF(head_dim), 1, 1024,
+    {"--dim", NULL, EKV__FLAG_INT, EKV__OFF(head_dim), 1, 1024, 0, NULL, NULL,
      "head dimension, 1..1024 (CUDA kernels: 64, 128, 256; default 64)"},
-    {"--compress", NULL, EKV__FLAG_INT, EKV__OFF(compression), 1, 64,
+    {"--compress", NULL, EKV__FLAG_INT, EKV__OFF(compression), 1, 64, 0, NULL, NULL,
      "compression ratio C, 1..64 (default 2)"},
-    {"--kv-dtype", NULL, EKV__FLAG_ENUM, EKV__OFF(kv_dtype), 0, 0,
-     "cache storage: f32, f16, bf16, int8, int4, fp8 (default f16)"},
-    {"--policy", NULL, EKV__FLAG_ENUM, EKV__OFF(policy), 0, 0,
-     "none, stride, pool, window, topk (default stride)"},
-    {"--recent", NULL, EKV__FLAG_INT, EKV__OFF(recent), 0, EKV__SEQ_MAX,
+    {"--kv-dtype", NULL, EKV__FLAG_ENUM, EKV__OFF(kv_dtype), 0, 0, 0, ekv__parse_dtype, ekv_dtype_allowed,
+     "cache storage dtype (default f16)"},
+    {"--policy", NULL, EKV__FLAG_ENUM, EKV__OFF(policy), 0, 0, 0, ekv__parse_policy, ekv__policy_allowed,
+     "compression policy (default stride)"},
+    {"--recent", NULL, EKV__FLAG_INT, EKV__OFF(recent), 0, EKV__SEQ_MAX, 0, NULL, NULL,
      "exact recent window W (default 0)"},
-    {"--sinks", NULL, EKV__FLAG_INT, EKV__OFF(sinks), 0, EKV__SEQ_MAX,
+    {"--sinks", NULL, EKV__FLAG_INT, EKV__OFF(sinks), 0, EKV__SEQ_MAX, 0, NULL, NULL,
      "sink tokens kept by window and topk (default 4)"},
-    {"--observe", NULL, EKV__FLAG_INT, EKV__OFF(observe), 1, 1024,
+    {"--observe", NULL, EKV__FLAG_INT, EKV__OFF(observe), 1, 1024, 0, NULL, NULL,
      "queries whose attention scores topk (default 16)"},
-    {"--layers", NULL, EKV__FLAG_INT, EKV__OFF(layers), 1, 256,
+    {"--layers", NULL, EKV__FLAG_INT, EKV__OFF(layers), 1, 256, 0, NULL, NULL,
      "layers of the inference cycle (default 1)"},
-    {"--decode_tokens", "--decode-tokens", EKV__FLAG_INT, EKV__OFF(decode_tokens), 1, 65536,
+    {"--decode_tokens", "--decode-tokens", EKV__FLAG_INT, EKV__OFF(decode_tokens), 1, 65536, 0, NULL, NULL,
      "decode steps of the inference cycle (default 64)"},
-    {"--compress-every", NULL, EKV__FLAG_INT, EKV__OFF(compress_every), 0, 65536,
+    {"--compress-every", NULL, EKV__FLAG_INT, EKV__OFF(compress_every), 0, 65536, 0, NULL, NULL,
      "anchor period of the cycle, 0 = C (default 0)"},
-    {"--variant", NULL, EKV__FLAG_ENUM, EKV__OFF(variant), 0, 0,
-     "inference-cycle variant: nocache, cache, int8, shared, int8-shared, elastic, all, v0..v4"},
-    {"--reps", NULL, EKV__FLAG_INT, EKV__OFF(reps), 2, 1000000, "kept samples (default 200)"},
-    {"--warmup", NULL, EKV__FLAG_INT, EKV__OFF(warmup), 0, 1000000,
+    {"--variant", NULL, EKV__FLAG_ENUM, EKV__OFF(variant), 0, 0, 0, ekv__parse_variant, ekv__variant_allowed,
+     "inference-cycle variant (default elastic)"},
+    {"--reps", NULL, EKV__FLAG_INT, EKV__OFF(reps), 2, 1000000, EKV__ONE_VALUE, NULL, NULL,
+     "kept samples (default 200)"},
+    {"--warmup", NULL, EKV__FLAG_INT, EKV__OFF(warmup), 0, 1000000, EKV__ONE_VALUE, NULL, NULL,
      "discarded samples (default 20)"},
-    {"--inner_loops", "--inner-loops", EKV__FLAG_INT, EKV__OFF(inner_loops), 1, 100000,
+    {"--inner_loops", "--inner-loops", EKV__FLAG_INT, EKV__OFF(inner_loops), 1, 100000, EKV__ONE_VALUE, NULL, NULL,
      "launches per sample (default 64)"},
-    {"--device", NULL, EKV__FLAG_INT, EKV__OFF(device), 0, 63, "CUDA device (default 0)"},
-    {"--truncate", NULL, EKV__FLAG_NUMBER, EKV__OFF(truncate_percent), 0, 49,
+    {"--device", NULL, EKV__FLAG_INT, EKV__OFF(device), 0, 63, EKV__ONE_VALUE, NULL, NULL,
+     "CUDA device (default 0)"},
+    {"--truncate", NULL, EKV__FLAG_NUMBER, EKV__OFF(truncate_percent), 0, 49, EKV__ZERO_OK, NULL, NULL,
      "trimmed mean: percent cut from each end, 0..49 (default 0)"},
-    {"--peak-bw", NULL, EKV__FLAG_NUMBER, EKV__OFF(peak_bw_gbs), 0, 0,
+    {"--peak-bw", NULL, EKV__FLAG_NUMBER, EKV__OFF(peak_bw_gbs), 0, 0, 0, NULL, NULL,
      "theoretical peak bandwidth in GB/s (default: from the device)"},
-    {"--softmax-scale", NULL, EKV__FLAG_NUMBER, EKV__OFF(softmax_scale), 0, 0,
+    {"--softmax-scale", NULL, EKV__FLAG_NUMBER, EKV__OFF(softmax_scale), 0, 0, 0, NULL, NULL,
      "softmax scale (default 1/sqrt(dim))"},
-    {"--seed", NULL, EKV__FLAG_UINT64, EKV__OFF(seed), 0, 0, "data seed (default 42)"},
-    {"--baseline-dtype", NULL, EKV__FLAG_ENUM, EKV__OFF(baseline_dtype), 0, 0,
+    {"--seed", NULL, EKV__FLAG_UINT64, EKV__OFF(seed), 0, 0, 0, NULL, NULL,
+     "data seed (default 42)"},
+    {"--baseline-dtype", NULL, EKV__FLAG_ENUM, EKV__OFF(baseline_dtype), 0, 0, EKV__ONE_VALUE | EKV__MARKS_BASELINE, ekv__parse_dtype, ekv_dtype_allowed,
      "dtype of the paired baseline (default f16 for int8/int4/fp8, else --kv-dtype)"},
-    {"--backend", NULL, EKV__FLAG_ENUM, EKV__OFF(backend), 0, 0,
-     "auto, cuda, cpu, emulator (default auto)"},
-    {"--data", NULL, EKV__FLAG_TEXT, EKV__OFF(data_path), 0, 0,
+    {"--backend", NULL, EKV__FLAG_ENUM, EKV__OFF(backend), 0, 0, EKV__ONE_VALUE, ekv__parse_backend, ekv__backend_allowed,
+     "where to run (default auto: the GPU if there is one, else the CPU)"},
+    {"--data", NULL, EKV__FLAG_TEXT, EKV__OFF(data_path), 0, EKV_PATH_MAX, EKV__DATA_SOURCE, NULL, NULL,
      "structured, random, or a .npz / directory of q.npy k.npy v.npy (default structured)"},
-    {"--out", NULL, EKV__FLAG_TEXT, EKV__OFF(out_path), 0, 0,
+    {"--out", NULL, EKV__FLAG_TEXT, EKV__OFF(out_path), 0, EKV_PATH_MAX, 0, NULL, NULL,
      "write the output to FILE instead of stdout"},
-    {"--jsonl", NULL, EKV__FLAG_TEXT, EKV__OFF(jsonl_path), 0, 0,
+    {"--jsonl", NULL, EKV__FLAG_TEXT, EKV__OFF(jsonl_path), 0, EKV_PATH_MAX, 0, NULL, NULL,
      "append one JSON line per result to FILE"},
-    {"--label", NULL, EKV__FLAG_TEXT, EKV__OFF(label), 0, 0, "free text stored in the result"},
-    {"--dump-dir", NULL, EKV__FLAG_TEXT, EKV__OFF(dump_dir), 0, 0,
+    {"--label", NULL, EKV__FLAG_TEXT, EKV__OFF(label), 0, EKV_LABEL_MAX, EKV__EMPTY_OK, NULL, NULL,
+     "free text stored in the result"},
+    {"--dump-dir", NULL, EKV__FLAG_TEXT, EKV__OFF(dump_dir), 0, EKV_PATH_MAX, 0, NULL, NULL,
      "write q, k, v, out, ref .npy files into this existing directory"},
-    {"--json", NULL, EKV__FLAG_BOOL, EKV__OFF(json), 0, 0, "one JSON object per result"},
-    {"--paired-baseline", NULL, EKV__FLAG_BOOL, EKV__OFF(paired_baseline), 0, 0,
+    {"--json", NULL, EKV__FLAG_BOOL, EKV__OFF(json), 0, 0, 0, NULL, NULL,
+     "one JSON object per result"},
+    {"--paired-baseline", NULL, EKV__FLAG_BOOL, EKV__OFF(paired_baseline), 0, 0, 0, NULL, NULL,
      "interleave a C=1 baseline ABAB; report the speedup with a 95% CI"},
-    {"--hot", NULL, EKV__FLAG_BOOL, EKV__OFF(hot), 0, 0,
+    {"--hot", NULL, EKV__FLAG_BOOL, EKV__OFF(hot), 0, 0, 0, NULL, NULL,
      "L2-resident reuse instead of cold timing"},
-    {"--no-graphs", NULL, EKV__FLAG_BOOL, EKV__OFF(use_graphs), 0, 0,
+    {"--no-graphs", NULL, EKV__FLAG_BOOL, EKV__OFF(use_graphs), 0, 0, EKV__CLEARS, NULL, NULL,
      "launch one by one instead of a CUDA graph"},
-    {"--inference", NULL, EKV__FLAG_BOOL, EKV__OFF(inference), 0, 0,
+    {"--inference", NULL, EKV__FLAG_BOOL, EKV__OFF(inference), 0, 0, 0, NULL, NULL,
      "run the inference cycle (decode steps over layers, --variant)"},
-    {"--quiet", NULL, EKV__FLAG_BOOL, EKV__OFF(quiet), 0, 0, "no progress or notices"},
-    {"--help", "-h", EKV__FLAG_SPECIAL, 0, 0, 0, "this help"},
-    {"--version", NULL, EKV__FLAG_SPECIAL, 0, 0, 0, "print the version"},
+    {"--quiet", NULL, EKV__FLAG_BOOL, EKV__OFF(quiet), 0, 0, 0, NULL, NULL,
+     "no progress or notices"},
+    {"--help", "-h", EKV__FLAG_SPECIAL, 0, 0, 0, 0, NULL, NULL,
+     "this help"},
+    {"--version", NULL, EKV__FLAG_SPECIAL, 0, 0, 0, 0, NULL, NULL,
+     "print the version"},
 };
+
 
 #define EKV__FLAG_COUNT (sizeof ekv__flags / sizeof ekv__flags[0])
 
@@ -4001,10 +4127,7 @@ EKV_DEF ekv_result ekv_config_validate(const ekv_config *config)
 /* Sweepable: the workload flags. Measurement, device and output flags take one value. */
 static int ekv__flag_sweepable(const ekv__flag *f)
 {
-    if (f->kind != EKV__FLAG_INT && f->kind != EKV__FLAG_ENUM) return 0;
-    return f->offset != EKV__OFF(reps) && f->offset != EKV__OFF(warmup) &&
-           f->offset != EKV__OFF(inner_loops) && f->offset != EKV__OFF(device) &&
-           f->offset != EKV__OFF(backend) && f->offset != EKV__OFF(baseline_dtype);
+    return (f->kind == EKV__FLAG_INT || f->kind == EKV__FLAG_ENUM) && !(f->options & EKV__ONE_VALUE);
 }
 
 EKV_DEF void ekv_cli_print_help(FILE *out)
@@ -4024,7 +4147,8 @@ EKV_DEF void ekv_cli_print_help(FILE *out)
         else
             snprintf(name, sizeof name, "%s=%s", f->name,
                      f->kind == EKV__FLAG_TEXT ? "TEXT" : (f->kind == EKV__FLAG_ENUM ? "NAME" : "N"));
-        fprintf(out, "  %-22s %s%s\n", name, f->help, ekv__flag_sweepable(f) ? " [list]" : "");
+        fprintf(out, "  %-22s %s%s%s%s\n", name, f->help, f->allowed ? "; one of " : "",
+                f->allowed ? f->allowed() : "", ekv__flag_sweepable(f) ? " [list]" : "");
     }
     fprintf(out, "\nExit status: 0 success, 1 runtime failure (e.g. validation), 2 bad input.\n");
 }
@@ -4048,53 +4172,15 @@ static ekv_result ekv__parse_int(const char *flag, const char *text, long long l
 
 static ekv_result ekv__parse_enum(const ekv__flag *f, const char *text, int *out)
 {
-    int ok = -1;
-    size_t off = f->offset;
-    if (off == EKV__OFF(kv_dtype) || off == EKV__OFF(baseline_dtype)) {
-        ekv_dtype d = EKV_DTYPE_F32;
-        ok = ekv_dtype_parse(text, &d);
-        *out = (int)d;
-        if (ok < 0)
-            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s='%s' is unknown: allowed %s", f->name,
-                                 text, ekv_dtype_allowed());
-    } else if (off == EKV__OFF(policy)) {
-        ekv_policy p = EKV_POLICY_NONE;
-        ok = ekv_policy_parse(text, &p);
-        *out = (int)p;
-        if (ok < 0)
-            return ekv_set_error(EKV_ERR_INVALID_ARG,
-                                 "%s='%s' is unknown: allowed none, stride, pool, window, topk",
-                                 f->name, text);
-    } else if (off == EKV__OFF(backend)) {
-        ekv_backend b = EKV_BACKEND_AUTO;
-        ok = ekv_backend_parse(text, &b);
-        *out = (int)b;
-        if (ok < 0)
-            return ekv_set_error(EKV_ERR_INVALID_ARG,
-                                 "%s='%s' is unknown: allowed auto, cuda, cpu, emulator", f->name,
-                                 text);
-    } else if (off == EKV__OFF(variant)) {
-        ekv_variant v = EKV_VARIANT_CACHE;
-        ok = ekv_variant_parse(text, &v);
-        *out = (int)v;
-        if (ok < 0)
-            return ekv_set_error(EKV_ERR_INVALID_ARG,
-                                 "%s='%s' is unknown: allowed nocache, cache, int8, shared, "
-                                 "int8-shared, elastic, all, v0..v4",
-                                 f->name, text);
-    }
+    if (f->parse(text, out) != 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s='%s' is unknown: allowed %s", f->name, text,
+                             f->allowed());
     return EKV_SUCCESS;
 }
 
 static void ekv__config_set_int(ekv_config *c, size_t offset, int value)
 {
-    /* enum fields are int-sized in every ABI ekv targets; store through the right type */
-    if (offset == EKV__OFF(kv_dtype)) c->kv_dtype = (ekv_dtype)value;
-    else if (offset == EKV__OFF(baseline_dtype)) c->baseline_dtype = (ekv_dtype)value;
-    else if (offset == EKV__OFF(policy)) c->policy = (ekv_policy)value;
-    else if (offset == EKV__OFF(backend)) c->backend = (ekv_backend)value;
-    else if (offset == EKV__OFF(variant)) c->variant = (ekv_variant)value;
-    else memcpy((char *)c + offset, &value, sizeof value);
+    memcpy((char *)c + offset, &value, sizeof value); /* int and int-sized enum fields */
 }
 
 static ekv_result ekv__parse_value(ekv_cli *cli, const ekv__flag *f, const char *value)
@@ -4144,7 +4230,7 @@ static ekv_result ekv__parse_value(ekv_cli *cli, const ekv__flag *f, const char 
             axis->values[0] = values[0];
         }
         ekv__config_set_int(c, f->offset, values[0]);
-        if (f->offset == EKV__OFF(baseline_dtype)) c->baseline_dtype_set = 1;
+        if (f->options & EKV__MARKS_BASELINE) c->baseline_dtype_set = 1;
         return EKV_SUCCESS;
     }
     if (f->kind == EKV__FLAG_NUMBER) {
@@ -4152,7 +4238,7 @@ static ekv_result ekv__parse_value(ekv_cli *cli, const ekv__flag *f, const char 
         double v = strtod(value, &end);
         if (value[0] == '\0' || *end != '\0' || v != v)
             return ekv_set_error(EKV_ERR_INVALID_ARG, "%s='%s' is not a number", f->name, value);
-        if (f->offset != EKV__OFF(truncate_percent) && !(v > 0.0))
+        if (!(f->options & EKV__ZERO_OK) && !(v > 0.0))
             return ekv_set_error(EKV_ERR_INVALID_ARG, "%s=%s must be a positive number",
                                  f->name, value);
         memcpy((char *)c + f->offset, &v, sizeof v);
@@ -4175,11 +4261,11 @@ static ekv_result ekv__parse_value(ekv_cli *cli, const ekv__flag *f, const char 
     }
     /* text */
     {
-        size_t cap = f->offset == EKV__OFF(label) ? EKV_LABEL_MAX : EKV_PATH_MAX;
+        size_t cap = (size_t)f->hi;
         if (strlen(value) >= cap)
             return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: value longer than %zu bytes", f->name,
                                  cap - 1);
-        if (f->offset == EKV__OFF(data_path)) {
+        if (f->options & EKV__DATA_SOURCE) {
             if (strcmp(value, "structured") == 0) {
                 c->data = EKV_DATA_STRUCTURED;
                 c->data_path[0] = '\0';
@@ -4194,7 +4280,7 @@ static ekv_result ekv__parse_value(ekv_cli *cli, const ekv__flag *f, const char 
                 return ekv_set_error(EKV_ERR_INVALID_ARG,
                                      "--data is empty: allowed structured, random, or a path");
             c->data = EKV_DATA_FILE;
-        } else if (value[0] == '\0' && f->offset != EKV__OFF(label)) {
+        } else if (value[0] == '\0' && !(f->options & EKV__EMPTY_OK)) {
             return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: a path is required", f->name);
         }
         memcpy((char *)c + f->offset, value, strlen(value) + 1);
@@ -4257,7 +4343,7 @@ EKV_DEF ekv_result ekv_cli_parse(int argc, char **argv, ekv_cli *cli, FILE *out)
             return EKV_HELP_SHOWN;
         }
         if (f->kind == EKV__FLAG_BOOL) {
-            int on = f->offset == EKV__OFF(use_graphs) ? 0 : 1;
+            int on = (f->options & EKV__CLEARS) ? 0 : 1;
             if (value)
                 return ekv_set_error(EKV_ERR_INVALID_ARG, "%s takes no value (got '%s')", f->name,
                                      value);
@@ -6019,27 +6105,20 @@ EKV_DEF int ekv_cycle_anchor(const ekv_cycle_model *m, ekv_variant v, int step)
    prompt, which prefill writes before compressing). */
 EKV_DEF int ekv_cycle_capacity(const ekv_config *c, ekv_variant v)
 {
-    ekv_compress_desc desc;
     int length = c->seq_len, compressed = 0, most = c->seq_len, t;
-    int every = c->compress_every;
+    const int every = c->compress_every;
     if (v != EKV_VARIANT_ELASTIC || c->policy == EKV_POLICY_NONE) return c->seq_len + c->decode_tokens;
-    memset(&desc, 0, sizeof desc);
-    desc.policy = c->policy;
-    desc.compression = c->compression;
-    desc.recent = c->recent;
-    desc.sinks = c->sinks;
-    desc.observe = c->observe;
     for (t = 0; t <= c->decode_tokens; t++) {
         if (t > 0) {
             length++;
             if (length > most) most = length;
         }
         if (t == 0 || t % every == 0) {
-            const int fresh = length - compressed;
-            const int recent = c->recent < fresh ? c->recent : fresh;
-            if (fresh - recent > 0) {
-                length = compressed + ekv_policy_kept(&desc, fresh);
-                compressed = length - recent;
+            const ekv_compress_region r =
+                ekv_compress_region_of(length, compressed, c->recent, c->sinks, c->compression);
+            if (r.old > 0) {
+                compressed = r.first + r.budget;
+                length = compressed + r.recent;
             }
         }
     }

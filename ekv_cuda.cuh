@@ -911,10 +911,7 @@ static ekv_cuda__layout ekv_cuda__layout_of(ekv_dtype dtype, int batch, int kv_h
     const size_t rows = (size_t)batch * (size_t)kv_heads * (size_t)capacity;
     memset(&l, 0, sizeof l);
     l.values = rows * ekv_dtype_row_bytes(dtype, head_dim);
-    if (dtype == EKV_DTYPE_INT8 || dtype == EKV_DTYPE_INT4)
-        l.scales = rows * ekv_dtype_row_scale_bytes(dtype, head_dim);
-    else if (dtype == EKV_DTYPE_FP8)
-        l.scales = (size_t)batch * (size_t)kv_heads * sizeof(float);
+    l.scales = ekv_cache_scales_bytes(dtype, batch, kv_heads, head_dim, capacity);
     l.bias = has_bias ? rows * sizeof(float) : 0;
     l.lengths = (size_t)batch * sizeof(int);
     l.k_offset = 0;
@@ -960,14 +957,13 @@ static ekv_result ekv_cuda__check_host_cache(const ekv_host_cache *h)
     int b;
     if (!h || !h->k || !h->v || !h->lengths)
         return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cuda_cache_upload: NULL cache or buffers");
-    if ((int)h->dtype < 0 || h->dtype >= EKV_DTYPE_COUNT || h->batch < 1 || h->kv_heads < 1 ||
+    if (!ekv_dtype_info(h->dtype) || h->batch < 1 || h->kv_heads < 1 ||
         h->head_dim < 1 || h->capacity < 1)
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "ekv_cuda_cache_upload: bad cache (dtype %d, batch %d, kv_heads %d, "
                              "head_dim %d, capacity %d)",
                              (int)h->dtype, h->batch, h->kv_heads, h->head_dim, h->capacity);
-    if ((h->dtype == EKV_DTYPE_INT8 || h->dtype == EKV_DTYPE_INT4 || h->dtype == EKV_DTYPE_FP8) &&
-        (!h->k_scales || !h->v_scales))
+    if (ekv_cache_scales_bytes(h->dtype, 1, 1, h->head_dim, 1) && (!h->k_scales || !h->v_scales))
         return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cuda_cache_upload: %s cache without scales",
                              ekv_dtype_name(h->dtype));
     for (b = 0; b < h->batch; b++)
@@ -1051,9 +1047,9 @@ EKV_CUDA_DEF int ekv_cuda_supports_head_dim(int head_dim)
 static ekv_result ekv_cuda__check_shape(const ekv_cuda_cache *c, int heads, const char *fn)
 {
     if (!c) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL cache", fn);
-    if ((int)c->dtype < 0 || c->dtype >= EKV_DTYPE_COUNT)
-        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: cache dtype %d is not an ekv_dtype", fn,
-                             (int)c->dtype);
+    if (!ekv_dtype_info(c->dtype))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: cache dtype %d is not an ekv_dtype: allowed %s",
+                             fn, (int)c->dtype, ekv_dtype_allowed());
     /* grid z is the batch; slot indices stay far from int overflow below 2^30 */
     if (c->batch < 1 || c->batch > 65535 || c->kv_heads < 1 || c->capacity < 1 ||
         c->capacity > (1 << 30))
@@ -1078,14 +1074,15 @@ static ekv_result ekv_cuda__check_shape(const ekv_cuda_cache *c, int heads, cons
     return EKV_SUCCESS;
 }
 
-/* fp8 needs sm_89+ at run time: earlier GPUs have no e4m3 in their software stack, and
-   the benchmark must not present a bit-trick decode there as representative fp8 speed. */
+/* A dtype's oldest architecture (ekv_dtype_traits.min_sm): fp8 needs sm_89+ at run time,
+   as earlier GPUs have no e4m3 in their software stack, and the benchmark must not present
+   a bit-trick decode there as representative fp8 speed. */
 static ekv_result ekv_cuda__check_dtype_device(ekv_dtype dtype, int sm)
 {
-    if (dtype == EKV_DTYPE_FP8 && sm < 89)
-        return ekv_set_error(EKV_ERR_UNSUPPORTED,
-                             "fp8 e4m3 KV cache needs sm_89 or newer (device is sm_%d%d)", sm / 10,
-                             sm % 10);
+    const ekv_dtype_traits *t = ekv_dtype_info(dtype);
+    if (t && sm < t->min_sm)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED, "%s KV cache needs sm_%d or newer (device is sm_%d%d)",
+                             t->name, t->min_sm, sm / 10, sm % 10);
     return EKV_SUCCESS;
 }
 
@@ -1160,11 +1157,11 @@ EKV_CUDA_DEF ekv_result ekv_cuda_attention(const ekv_cuda_cache *cache, const fl
     if ((result = ekv_cuda__check_shape(cache, heads, fn)) != EKV_SUCCESS) return result;
     if (!cache->k || !cache->v || !cache->lengths)
         return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: the cache has no device buffers", fn);
-    if ((cache->dtype == EKV_DTYPE_INT8 || cache->dtype == EKV_DTYPE_INT4 ||
-         cache->dtype == EKV_DTYPE_FP8) && (!cache->k_scales || !cache->v_scales))
+    if (ekv_cache_scales_bytes(cache->dtype, 1, 1, cache->head_dim, 1) &&
+        (!cache->k_scales || !cache->v_scales))
         return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: %s cache without scales", fn,
                              ekv_dtype_name(cache->dtype));
-    if (cache->dtype == EKV_DTYPE_FP8) {
+    if (ekv_dtype_info(cache->dtype)->min_sm) {
         /* a cache struct filled by hand may not carry the device's sm: ask the current one */
         int device = 0, sm = cache->sm;
         if (sm == 0 && (result = ekv_cuda__current_device(&device, &sm)) != EKV_SUCCESS) return result;
@@ -1276,25 +1273,6 @@ typedef struct ekv_cuda__prefill_args {
     const float *k, *v;
     int source_capacity, tokens_per_block;
 } ekv_cuda__prefill_args;
-
-/* The fresh region of one sequence and what a compress keeps of it (ekv.h >>cacheops):
-   the same integer arithmetic on the host mirror and on the device. */
-typedef struct ekv_cuda__region {
-    int first, recent, old, budget, sinks;
-} ekv_cuda__region;
-
-static __host__ __device__ __forceinline__ ekv_cuda__region
-ekv_cuda__region_of(int length, int compressed, int recent, int sinks, int compression)
-{
-    ekv_cuda__region r;
-    const int fresh = length - compressed;
-    r.first = compressed;
-    r.recent = recent < fresh ? recent : fresh;
-    r.old = fresh - r.recent;
-    r.budget = r.old > 0 ? (r.old + compression - 1) / compression : 0;
-    r.sinks = compressed == 0 ? (sinks < r.budget ? sinks : r.budget) : 0;
-    return r;
-}
 
 static __device__ __forceinline__ size_t ekv_cuda__row(const ekv_cuda__elastic &c, int b, int h,
                                                        int slot)
@@ -1642,8 +1620,8 @@ __global__ void __launch_bounds__(EKV_CUDA__ELASTIC_THREADS)
 {
     const int g = (int)blockIdx.y, b = (int)blockIdx.z;
     const int length = c.lengths[b];
-    const ekv_cuda__region r =
-        ekv_cuda__region_of(length, c.compressed[b], p.recent, p.sinks, p.compression);
+    const ekv_compress_region r =
+        ekv_compress_region_of(length, c.compressed[b], p.recent, p.sinks, p.compression);
     const int begin = s.region_only ? r.first : 0;
     const int end = s.region_only ? r.first + r.old : length;
     const int slot = begin + (int)blockIdx.x * EKV_CUDA__ELASTIC_THREADS + (int)threadIdx.x;
@@ -1700,8 +1678,8 @@ __global__ void __launch_bounds__(EKV_CUDA__ELASTIC_THREADS)
     __shared__ int histogram[3][256];
     __shared__ int warp_totals[2][EKV_CUDA__ELASTIC_WARPS];
     const int g = (int)blockIdx.x, b = (int)blockIdx.y;
-    const ekv_cuda__region r =
-        ekv_cuda__region_of(c.lengths[b], c.compressed[b], p.recent, p.sinks, p.compression);
+    const ekv_compress_region r =
+        ekv_compress_region_of(c.lengths[b], c.compressed[b], p.recent, p.sinks, p.compression);
     const size_t head_row = ekv_cuda__row(c, b, g, 0);
     const double *scores = s.scores + head_row + (size_t)r.first;
     int *map = s.map + head_row;
@@ -1756,7 +1734,7 @@ __global__ void __launch_bounds__(EKV_CUDA__ELASTIC_THREADS)
 
 /* Region-relative source tokens [*first, *first + *count) of new slot i (< budget + recent). */
 static __device__ __forceinline__ void ekv_cuda__slot_source(const ekv_cuda__policy &p,
-                                                             const ekv_cuda__region &r,
+                                                             const ekv_compress_region &r,
                                                              const int *map, int i, int *first,
                                                              int *count)
 {
@@ -1816,8 +1794,8 @@ __global__ void __launch_bounds__(EKV_CUDA__ELASTIC_THREADS)
     __shared__ float stage_bias[EKV_CUDA__STAGE_ROWS];
     const int which = (int)blockIdx.x, g = (int)blockIdx.y, b = (int)blockIdx.z;
     const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
-    const ekv_cuda__region r =
-        ekv_cuda__region_of(c.lengths[b], c.compressed[b], p.recent, p.sinks, p.compression);
+    const ekv_compress_region r =
+        ekv_compress_region_of(c.lengths[b], c.compressed[b], p.recent, p.sinks, p.compression);
     const size_t head_row = ekv_cuda__row(c, b, g, 0);
     const int row_words = c.row_bytes / 16, scale_words = c.scale_bytes / 4;
     const float *scale_cell = ekv_cuda__head_scale(c, which, b, g);
@@ -1875,8 +1853,8 @@ __global__ void __launch_bounds__(EKV_CUDA__ELASTIC_THREADS)
 {
     int b;
     for (b = (int)threadIdx.x; b < c.batch; b += EKV_CUDA__ELASTIC_THREADS) {
-        const ekv_cuda__region r =
-            ekv_cuda__region_of(c.lengths[b], c.compressed[b], p.recent, p.sinks, p.compression);
+        const ekv_compress_region r =
+            ekv_compress_region_of(c.lengths[b], c.compressed[b], p.recent, p.sinks, p.compression);
         if (r.old <= 0) continue;
         c.compressed[b] = r.first + r.budget;
         c.lengths[b] = r.first + r.budget + r.recent;
@@ -1934,8 +1912,9 @@ EKV_CUDA_DEF ekv_result ekv_cuda_elastic_create(ekv_cuda_elastic_cache *cache, e
     ekv_result result = EKV_SUCCESS;
     if (!cache) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL cache", fn);
     memset(cache, 0, sizeof *cache);
-    if ((int)dtype < 0 || dtype >= EKV_DTYPE_COUNT)
-        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: unknown dtype %d", fn, (int)dtype);
+    if (!ekv_dtype_info(dtype))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: unknown dtype %d: allowed %s", fn, (int)dtype,
+                             ekv_dtype_allowed());
     if (batch < 1 || batch > EKV_CUDA_ELASTIC_MAX_BATCH || kv_heads < 1 || capacity < 1 ||
         kv_heads > 65535)
         return ekv_set_error(EKV_ERR_INVALID_ARG,
@@ -1969,13 +1948,9 @@ done:
 EKV_CUDA_DEF size_t ekv_cuda_elastic_memory_bytes(const ekv_cuda_elastic_cache *cache)
 {
     const ekv_cuda_cache *c = cache ? &cache->cache : NULL;
-    size_t rows;
-    if (!c || c->batch < 1 || c->kv_heads < 1 || c->capacity < 1) return 0;
-    rows = (size_t)c->batch * (size_t)c->kv_heads * (size_t)c->capacity;
-    return rows * (2 * (ekv_dtype_row_bytes(c->dtype, c->head_dim) +
-                        ekv_dtype_row_scale_bytes(c->dtype, c->head_dim)) +
-                   (c->bias ? sizeof(float) : 0)) +
-           (c->dtype == EKV_DTYPE_FP8 ? 2 * sizeof(float) * (size_t)c->batch * (size_t)c->kv_heads : 0);
+    if (!c) return 0;
+    return (size_t)ekv_cache_memory_of(c->dtype, c->batch, c->kv_heads, c->head_dim, c->capacity,
+                                       c->bias != NULL);
 }
 
 EKV_CUDA_DEF ekv_result ekv_cuda_elastic_prefill(ekv_cuda_elastic_cache *cache, const float *k,
@@ -2008,7 +1983,7 @@ EKV_CUDA_DEF ekv_result ekv_cuda_elastic_prefill(ekv_cuda_elastic_cache *cache, 
                                   (size_t)cache->cache.batch * sizeof(int), cudaMemcpyHostToDevice,
                                   stream));
     EKV_CUDA__TRY(cudaMemsetAsync(cache->compressed, 0, (size_t)cache->cache.batch * sizeof(int), stream));
-    if (cache->cache.dtype == EKV_DTYPE_FP8)
+    if (ekv_dtype_info(cache->cache.dtype)->head_scale_bytes)
         EKV_CUDA__TRY_EKV(EKV_CUDA__LAUNCH("ekv_cuda__prefill_scale_kernel", ekv_cuda__prefill_scale_kernel,
                                            dim3(2, (unsigned)c.kv_heads, (unsigned)c.batch),
                                            dim3(EKV_CUDA__ELASTIC_THREADS), stream, c, a));
@@ -2183,7 +2158,7 @@ EKV_CUDA_DEF ekv_result ekv_cuda_elastic_compress(ekv_cuda_elastic_cache *cache,
             EKV_SUCCESS)
         return result;
     for (b = 0; b < cache->cache.batch; b++) {
-        const ekv_cuda__region r = ekv_cuda__region_of(cache->host_lengths[b], cache->host_compressed[b],
+        const ekv_compress_region r = ekv_compress_region_of(cache->host_lengths[b], cache->host_compressed[b],
                                                        p.recent, p.sinks, p.compression);
         if (r.old > longest_old) longest_old = r.old;
     }
@@ -2205,7 +2180,7 @@ EKV_CUDA_DEF ekv_result ekv_cuda_elastic_compress(ekv_cuda_elastic_cache *cache,
                                        ekv_cuda__compress_counts_kernel, dim3(1),
                                        dim3(EKV_CUDA__ELASTIC_THREADS), stream, c, p));
     for (b = 0; b < cache->cache.batch; b++) {
-        const ekv_cuda__region r = ekv_cuda__region_of(cache->host_lengths[b], cache->host_compressed[b],
+        const ekv_compress_region r = ekv_compress_region_of(cache->host_lengths[b], cache->host_compressed[b],
                                                        p.recent, p.sinks, p.compression);
         if (r.old <= 0) continue;
         cache->host_compressed[b] = r.first + r.budget;

@@ -361,7 +361,7 @@ static void kt_errors(void)
         char expected[96];
         const int sm = kt_device_sm();
         snprintf(expected, sizeof expected,
-                 "fp8 e4m3 KV cache needs sm_89 or newer (device is sm_%d%d)", sm / 10, sm % 10);
+                 "fp8 KV cache needs sm_89 or newer (device is sm_%d%d)", sm / 10, sm % 10);
         CHECK(r == EKV_ERR_UNSUPPORTED, "got %d", (int)r);
         CHECK(strcmp(ekv_last_error(), expected) == 0, "message: %s", ekv_last_error());
     } else {
