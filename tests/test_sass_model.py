@@ -401,6 +401,34 @@ else:
             liar = next(k for k in liars if k["label"] == "copy")
             report("a source that claims 8-byte loads where the SASS has 16 disagrees",
                    not liar["bytes_agree"] and liar["problems"], liar["problems"])
+    # the command line in-process, with the fixture family added to the model's table
+    import contextlib
+    import io
+    sm.KERNEL_FAMILIES.append(fixture_family(claims))
+    cubin90 = os.path.join(outdir, "fixtures_sm_90.cubin")
+    json_path = os.path.join(tmp, "model.json")
+    outs = []
+    for argv in (["--arch", "sm_90", "--cuobjdump", cuobjdump, "--branches", "--json", json_path, cubin90],
+                 ["--arch", "sm_90", "--cuobjdump", cuobjdump, "--listing", "fma", cubin90]):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            status = sm.main(argv)
+        outs.append((status, buf.getvalue()))
+    sm.KERNEL_FAMILIES.pop()
+    with open(json_path) as f:
+        objects = json.load(f)
+    keys = {"label", "instructions", "counts", "binding_pipe", "ceiling_pct", "kv_bytes_per_iteration",
+            "ldg_lane_bytes_sass", "ldg_lane_bytes_source", "registers", "branches"}
+    report("command line: --json writes one object per kernel with counts, binding pipe and "
+           "ceiling per GPU", outs[0][0] == 0 and len(objects) == 3
+           and all(keys <= set(o) and set(o["ceiling_pct"]) == {g[0] for g in sm.GPUS} for o in objects),
+           [sorted(keys - set(o)) for o in objects])
+    report("command line: --branches lists each branch of the loop with its treatment",
+           "`@!P0 BRA 0x180`: back edge: taken" in outs[0][1], outs[0][1][-800:])
+    lines = [line for line in outs[1][1].splitlines() if re.match(r"^[0-9a-f]{6}  ", line)]
+    report("command line: --listing prints the 69 walked instructions of the fma loop",
+           outs[1][0] == 0 and len(lines) == 69 and sum("FFMA" in line for line in lines) == 64,
+           len(lines))
     cli = subprocess.run([sys.executable, os.path.join(HERE, "sass_model.py"), "--arch", "sm_90",
                           "--cuobjdump", cuobjdump, "--check", os.path.join(HERE, "sass_thresholds.json"),
                           os.path.join(outdir, "fixtures_sm_90.cubin")], capture_output=True, text=True)
