@@ -447,15 +447,12 @@ class Cfg:
         self.ins = ins
         index = {x.addr: i for i, x in enumerate(ins)}
         leaders = {0}
-        self.unknown = []
         for i, x in enumerate(ins):
             if x.base in TERMINATORS:
                 if i + 1 < len(ins):
                     leaders.add(i + 1)
-                if x.base in ("BRA", "JMP") and x.target() in index:
+                if x.base in ("BRA", "JMP", "CALL") and x.target() in index:
                     leaders.add(index[x.target()])
-                if x.base in ("BRX", "JMX"):
-                    self.unknown.append(x)
         starts = sorted(leaders)
         self.blocks = [(s, starts[k + 1] if k + 1 < len(starts) else len(ins))
                        for k, s in enumerate(starts)]
@@ -472,6 +469,10 @@ class Cfg:
                 t = block_at[index[last.target()]]
                 c = last.condition()
                 self.succ.append([t] if c == "always" else fall if c == "never" else [t] + fall)
+            elif last.base == "CALL" and last.target() in index:
+                # a subroutine returns to the next instruction; a predicated CALL.REL.NOINC
+                # is also how sm_80 code leaves a convergence region (a loop's break)
+                self.succ.append(fall + [block_at[index[last.target()]]])
             elif last.base in ("EXIT", "RET", "BPT", "KILL", "BRX", "JMX") and last.pred is None:
                 self.succ.append([])
             else:
@@ -609,6 +610,20 @@ def walk_iteration(cfg, header, body):
             if target not in body:
                 raise RuntimeError(f"unconditional branch at 0x{last.addr:x} leaves the loop")
             k = target
+        elif last.base == "CALL":
+            target = cfg.block_of_addr.get(last.target())
+            if last.pred is not None and target not in body:
+                branches.append(dict(address=f"0x{last.addr:04x}", sass=last.text, conditional=True,
+                                     treatment="predicated CALL out of the loop (a break): not taken",
+                                     sides=None))
+            else:
+                branches.append(dict(address=f"0x{last.addr:04x}", sass=last.text, conditional=False,
+                                     treatment="call: the callee is not counted", sides=None,
+                                     problem=f"CALL at 0x{last.addr:04x} inside the loop: the callee "
+                                             f"is not counted"))
+            k = fall
+            if k == header:
+                return path, branches
         elif not succ:
             raise RuntimeError(f"the loop ends at 0x{last.addr:x} without a back edge")
         else:
@@ -738,10 +753,9 @@ def analyse(name, ins, res, family, facts, arch):
         k["problems"].append(str(e))
         return k
     # what the model cannot count is a problem (a failed check), not a silent zero
+    k["problems"].extend(b["problem"] for b in branches if "problem" in b)
     for x in path:
-        if x.base == "CALL":
-            k["problems"].append(f"CALL at 0x{x.addr:04x} inside the loop: the callee is not counted")
-        elif x.base in ("BRX", "JMX"):
+        if x.base in ("BRX", "JMX"):
             k["problems"].append(f"indirect branch at 0x{x.addr:04x} inside the loop")
         elif instr_class(x) == "tensor" and mma_fmas(x) is None:
             k["problems"].append(f"{x.opcode} at 0x{x.addr:04x}: no mma.sync shape, tensor cost unknown")
@@ -905,7 +919,7 @@ def markdown(kernels, unknown, gpus, arch, latency_cycles, show_branches):
             continue
         p = k["per_gpu"][first]
         agree = "=" if k["bytes_agree"] else "!="
-        cells = [k["label"], str(k["registers"]), str(p["warps_per_sm"]), str(k["instructions"]),
+        cells = [k["label"] + (" (!)" if k["problems"] else ""), str(k["registers"]), str(p["warps_per_sm"]), str(k["instructions"]),
                  str(k["conditional_branches"]),
                  f"{k['ldg_lane_bytes_sass']} {agree} {k['ldg_lane_bytes_source']}",
                  str(k["kv_bytes_per_iteration"]), str(k["tokens_per_iteration"]),
@@ -913,6 +927,11 @@ def markdown(kernels, unknown, gpus, arch, latency_cycles, show_branches):
                  f"{p['bytes_per_clock_per_sm']:.1f}", str(p["bytes_in_flight_per_sm"])]
         cells += [f"{k['ceiling_pct'][g['name']]:.0f}%" for g in gpus]
         lines.append("| " + " | ".join(cells) + " |")
+    troubled = [k for k in kernels if k["problems"]]
+    if troubled:
+        lines.append("")
+        lines.append("(!) What the model could not count or check:")
+        lines.extend(f"- {k['label']}: {'; '.join(k['problems'])}" for k in troubled)
     lines.append("")
     lines.append(f"Instructions per iteration per warp by class, and pipe cycles on {first} "
                  f"(slots / rate; the largest binds):")

@@ -190,6 +190,24 @@ toy = sm.analyse("toy_call", sm.instructions(sm.parse_sass(CALLING)["sm_90"]["to
                  {"REG": 32}, toy_family, None, "sm_90")
 report("a CALL inside the loop is a problem (its callee is not counted)",
        any("CALL" in p for p in toy["problems"]), toy["problems"])
+# sm_80 leaves a loop whose back edge is unconditional with a predicated CALL.REL.NOINC
+# to the convergence point after it: a break, not a call
+BREAKING = """
+	code for sm_80
+		Function : toy_call
+        /*0000*/                   LDG.E R4, desc[UR4][R2.64] ;
+        /*0010*/                   ISETP.LT.AND P0, PT, R4, R5, PT ;
+        /*0020*/               @P0 CALL.REL.NOINC 0x40 ;
+        /*0030*/                   BRA 0x0 ;
+        /*0040*/                   BSYNC B0 ;
+        /*0050*/                   EXIT ;
+"""
+brk = sm.analyse("toy_call", sm.instructions(sm.parse_sass(BREAKING)["sm_80"]["toy_call"]),
+                 {"REG": 32}, toy_family, None, "sm_80")
+report("a predicated CALL out of a loop is its exit, not taken, and no problem",
+       brk["instructions"] == 4 and not brk["problems"]
+       and [b["treatment"].split(":")[0] for b in brk["branches"]] == ["predicated CALL out of the loop (a break)"],
+       (brk.get("instructions"), brk["problems"], brk.get("branches")))
 
 # ---- occupancy and the ceiling arithmetic ------------------------------------------------
 
