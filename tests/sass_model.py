@@ -948,7 +948,11 @@ def markdown(kernels, unknown, gpus, arch, latency_cycles, show_branches):
         cells += [f"{cyc[p]:.1f}" if p in cyc else "-" for p in PIPES]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Conditional branches inside each main loop (the walk's treatment):")
+    lines.append("Conditional branches inside each main loop and the walk's treatment of each "
+                 "(BRA.DIV convergence checks not taken: the trip count is uniform per warp; "
+                 "branches out of the loop not taken; the back edge taken; any other branch "
+                 "falls through; an inner loop walked once; 'all arms' above counts both sides "
+                 "of every data-dependent branch; --branches lists each):")
     lines.append("")
     for k in kernels:
         if "branches" not in k:
