@@ -6,10 +6,15 @@
 #       64 and 128 and in the merge kernel, for sm_90, sm_80 and sm_75;
 #   (c) SASS: the f16 attention kernels read K and V with 128-bit global loads
 #       (LDG.E.128...), counted with cuobjdump; when the toolkit has no cuobjdump/nvdisasm,
-#       they are installed from PyPI into $BUILD/tools (skipped if that fails).
+#       tests/sass_tools.sh installs them from PyPI into $BUILD/tools (skipped if that fails);
+#   (d) the static throughput model, tests/sass_model.py, on the sm_90 build: its tables go
+#       to $BUILD/logs/sass_model.md and its JSON beside them; it fails when an attention
+#       kernel's predicted H200 ceiling is below tests/sass_thresholds.json, when the bytes
+#       its SASS loads disagree with the source, or when it meets an attention kernel that
+#       it does not recognise.
 # It also prints the registers of every kernel (information, not a check).
 # Run: tests/check_static.sh   ($BUILD, default build/; $NVCC, default nvcc on PATH or
-#      /usr/local/cuda/bin/nvcc). About 1-2 minutes on 2 cores (three builds in parallel).
+#      /usr/local/cuda/bin/nvcc). About 2-3 minutes on 2 cores (three builds in parallel).
 set -u
 B=${BUILD:-build}/static
 mkdir -p "$B"
@@ -67,18 +72,9 @@ for a in sm_90 sm_80 sm_75; do
 done
 
 # (c)
-TOOLS=${BUILD:-build}/tools
-CUOBJDUMP=$(command -v cuobjdump 2>/dev/null || true)
-[ -z "$CUOBJDUMP" ] && [ -x "$(dirname "$NVCC")/cuobjdump" ] && CUOBJDUMP=$(dirname "$NVCC")/cuobjdump
-if [ -z "$CUOBJDUMP" ] || ! PATH="$(dirname "$CUOBJDUMP"):$PATH" command -v nvdisasm >/dev/null 2>&1; then
-  if ! [ -x "$TOOLS/nvidia/cu13/bin/nvdisasm" ]; then
-    python3 -m pip install --quiet --disable-pip-version-check --target "$TOOLS" \
-      nvidia-cuda-cuobjdump==13.4.92 nvidia-cuda-nvdisasm==13.5.37 >"$B/pip.log" 2>&1
-  fi
-  [ -x "$TOOLS/nvidia/cu13/bin/cuobjdump" ] && CUOBJDUMP=$TOOLS/nvidia/cu13/bin/cuobjdump
-fi
-if [ -z "$CUOBJDUMP" ] || ! [ -x "$CUOBJDUMP" ]; then
-  skipped "128-bit K/V loads in SASS" "no cuobjdump (and pip could not install it: $B/pip.log)"
+CUOBJDUMP=$(NVCC=$NVCC tests/sass_tools.sh 2>"$B/sass_tools.log")
+if [ -z "$CUOBJDUMP" ]; then
+  skipped "128-bit K/V loads in SASS" "$(cat "$B/sass_tools.log")"
 else
   export PATH="$(dirname "$CUOBJDUMP"):$PATH"
   # tile 1 loads q with 2 and K, V with 2 x 4 tokens in flight; tile 8 loads q with 16
@@ -94,5 +90,33 @@ else
       else bad "f16 D=$1 tile $2 ($a): 128-bit global loads" "found $wide ($mnemonic), expected at least $3"; fi
     done
   done
+fi
+
+# (d) the README's command, as written there (with BUILD=build); each PASS/FAIL line of
+# its --check is one check here
+LOGS=${BUILD:-build}/logs
+mkdir -p "$LOGS"
+if [ -z "$CUOBJDUMP" ]; then
+  skipped "static throughput model" "$(cat "$B/sass_tools.log")"
+elif ! [ -f "$B/bench_sm_90" ]; then
+  skipped "static throughput model" "no sm_90 build"
+else
+  started=$(date +%s)
+  CUOBJDUMP=$CUOBJDUMP python3 tests/sass_model.py --arch sm_90 --json "$LOGS/sass_model.json" \
+    --check tests/sass_thresholds.json "$B/bench_sm_90" >"$LOGS/sass_model.md" 2>&1
+  status=$?
+  seconds=$(( $(date +%s) - started ))
+  checks=$(grep -cE '^(PASS|FAIL) ' "$LOGS/sass_model.md")
+  while IFS= read -r line; do
+    case $line in
+      "PASS "*) ok "static model: ${line#PASS } (${seconds} s)";;
+      "FAIL "*) what=${line#FAIL }
+                bad "static model: $what" "$(awk -v w="FAIL $what" '$0 == w {on = 1; next} on && /^    / {print; next} {on = 0}' "$LOGS/sass_model.md")";;
+    esac
+  done < <(grep -E '^(PASS|FAIL) ' "$LOGS/sass_model.md")
+  if [ "$status" -ne 0 ] && [ "$checks" -eq 0 ]; then
+    bad "static model ran" "$(tail -n 20 "$LOGS/sass_model.md")"
+  fi
+  echo "    the model's tables: $LOGS/sass_model.md, JSON: $LOGS/sass_model.json"
 fi
 finish
