@@ -161,6 +161,7 @@ test-kernels-emu: $(foreach t,$(EMU_TESTS),$(BUILD)/emu/$(t) $(BUILD)/emu/$(t)_a
 # what needs nvcc but no GPU: builds for sm_75/80/90, ptxas spills, SASS load widths
 test-static: tools
 	@tests/run_suite.sh static tests/check_static.sh
+	@tests/run_suite.sh sass-model python3 tests/test_sass_model.py
 
 # the GPU test program builds everywhere nvcc exists and skips without a device
 test-gpu: | $(BUILD)

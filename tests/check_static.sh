@@ -18,15 +18,10 @@
 set -u
 B=${BUILD:-build}/static
 mkdir -p "$B"
-pass=0; fail=0; skip=0
-ok()   { echo "PASS $1"; pass=$((pass+1)); }
-bad()  { echo "FAIL $1"; [ -n "${2:-}" ] && echo "$2" | head -20 | sed 's/^/    /'; fail=$((fail+1)); }
-skipped() { echo "SKIP $1: $2"; skip=$((skip+1)); }
-finish() {
-  if [ "$skip" -gt 0 ]; then echo "$pass passed, $fail failed, $skip skipped"
-  else echo "$pass passed, $fail failed"; fi
-  [ "$fail" -eq 0 ]; exit $?
-}
+. "$(dirname "$0")/harness.sh"
+ok() { pass "$1"; }
+bad() { fail "$1"; [ -n "${2:-}" ] && echo "$2" | head -20 | sed 's/^/    /'; }
+skipped() { skip "$1" "$2"; }
 
 NVCC=${NVCC:-$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)}
 if ! [ -x "$NVCC" ]; then skipped "static checks" "no nvcc"; finish; fi
