@@ -205,13 +205,12 @@ def log2_axis(ax, values):
     ax.set_xticklabels([value_text(int(t) if float(t).is_integer() else t) for t in ticks])
 
 
-def value_scale(ax, values, axis="y"):
-    """Logarithmic when the positive VALUES span LOG_SPAN or more, else linear."""
+def value_scale(ax, values):
+    """A logarithmic y axis when the positive VALUES span LOG_SPAN or more; True if so."""
     positive = [v for v in values if v is not None and v > 0]
     if positive and max(positive) / min(positive) >= LOG_SPAN:
-        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
-        (ax.yaxis if axis == "y" else ax.xaxis).set_major_formatter(
-            FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         return True
     return False
 
