@@ -60,7 +60,8 @@ the threshold alone decides.
 Notes per pair (never a failure): builds that differ (ekv_version, build.compiler,
 build.optimized, build.flags, build.git_commit; files without them are said to lack
 them), devices that differ (gpu.name), measurement settings that differ (reps, warmup,
-inner_loops, cuda_graphs, paired_baseline, truncate_percent).
+inner_loops, cuda_graphs, paired_baseline, truncate_percent), and, on a change judged
+from one run on a side, that repeated runs should confirm it.
 
 Exit status: 1 when any configuration is slower, 0 otherwise, 2 on bad input (missing
 file, unparseable JSON, a result without samples, no configuration in common).
@@ -461,8 +462,11 @@ def run(arguments):
                      f"[{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]",
                      f"{c['spreads'][0] * 100:.1f}% / {c['spreads'][1] * 100:.1f}%",
                      f"[{1 / (1 + c['band']):.3f}, {1 + c['band']:.3f}]", c["verdict"]])
-        notes.extend((f"{name}: " if len(matched) > 1 else "") + note
-                     for note in pair_notes(base["record"], new["record"]))
+        remarks = pair_notes(base["record"], new["record"])
+        if c["verdict"] in ("slower", "faster") and min(base["runs"], new["runs"]) == 1:
+            remarks.append("one run on a side: a disturbance lasting a whole run looks like "
+                        "this too; confirm with runs repeated alternately (--jsonl appends)")
+        notes.extend((f"{name}: " if len(matched) > 1 else "") + note for note in remarks)
 
     header = ["workload", "n base", "n new", "base ms", "new ms", "new/base", "95% CI",
               "IQR/median", "band", "verdict"]

@@ -142,6 +142,7 @@ def test_slowdown_by_1_5_is_flagged():
     code, out, err = run(*pair("slow", base, [1.5 * x for x in base]))
     assert code == 1, (code, out, err)
     assert verdicts(out) == ["slower"], out
+    assert "one run on a side" in out, out  # the caveat a single run calls for
 
 
 def test_faster_exits_0():
