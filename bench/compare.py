@@ -1,39 +1,70 @@
 #!/usr/bin/env python3
 """compare.py - compare two ekv_bench result files, configuration by configuration.
 
-Run:  python bench/compare.py BASE NEW [--threshold 2] [--markdown] [--seed N]
-                                       [--resamples 2000]
+Run:  python bench/compare.py BASE NEW [--threshold 2] [--noise-factor 2] [--markdown]
+                                       [--seed N] [--resamples 2000]
 
 BASE and NEW each hold ekv_bench results: one JSON object, a JSON list of objects, or
-JSONL (one object per line). Standard library only.
+JSONL (one object per line). Standard library only, Python >= 3.8.
 
-Matching. Two results describe the same workload when these agree:
-  - top-level `backend` and `variant`;
-  - every key of `configuration` except these measurement keys (MEASUREMENT_KEYS),
-    which say how a workload was timed or reported, not what was timed:
-        reps warmup inner_loops seed label truncate truncate_percent no_graphs
-        cuda_graphs graphs json jsonl out quiet dump_dir device peak_bw
-        paired_baseline baseline_dtype version help
-    So seq_len, batch, heads, kv_heads, head_dim, compression, kv_dtype, policy, recent,
-    sinks, observe, data, hot, layers, decode_tokens, variant, ... must all agree.
-    Integral floats equal ints (2.0 == 2). A top-level null `variant` falls back to
-    configuration.variant.
-Several results with the same workload in one file have their samples pooled (noted
-on stderr).
+Matching. Two results describe the same workload when the top-level `backend` (the one
+that ran, not the one requested) and the configuration keys of WORKLOAD_KEYS agree;
+every other configuration key is ignored (label, peak_bw_override_gbs,
+backend_requested, device, output paths, quiet, reps, warmup, inner_loops, ...). Keys
+that the workload does not use are left out before comparing:
+  - sinks applies only to the window and topk policies, observe only to topk;
+  - layers, decode_tokens, compress_every and variant apply only to the inference cycle
+    (configuration.inference true); there the compression keys (compression, policy,
+    recent, sinks, observe, compress_every) apply only to the elastic variant.
+Integral floats equal ints (2.0 == 2). A cycle result with --variant=all is split into
+its variants (inference_cycle.variants[]). Several results with the same workload in
+one file have their samples pooled (noted on stderr): this is how to compare on a
+shared machine (see below).
 
-Per matched pair, on the raw timing samples `samples_ms` (lower is better):
-  change %  = (median(new) / median(base) - 1) * 100
-  CI95      = percentile bootstrap of that change: each side resampled independently
-              with replacement, --resamples times, seeded by --seed and the workload
-              (so a row does not depend on which other rows the files hold)
-  p         = two-sided Mann-Whitney U, normal approximation with tie correction and
-              continuity correction (as scipy.stats.mannwhitneyu(method="asymptotic"));
-              accurate enough for n >= 8 per side, rows with fewer samples are flagged
-  verdict   = "slower"/"faster" when p < 0.05, |change| > threshold and the CI
-              excludes 0; else "same" when the CI lies inside +-threshold; else "noisy"
+Timing samples: `samples_ms` (per launch), or for the inference cycle the whole-cycle
+samples `inference_cycle.samples_ms` (so that a cycle timed on its own and the same
+variant out of --variant=all match in units). Lower is better.
+
+The rule. Per matched pair, with m = median and s = IQR / median of each side:
+  ratio     = m(NEW) / m(BASE), with a 95% percentile-bootstrap CI (each side resampled
+              independently, --resamples times, seeded by --seed and the workload, so a
+              row does not depend on which other rows the files hold)
+  band      = max(threshold, noise-factor x max(s(BASE), s(NEW)))
+  verdict   = "slower"  when the whole CI lies above 1 + band,
+              "faster"  when it lies below 1 / (1 + band),
+              "same"    when it lies inside [1 / (1 + band), 1 + band],
+              "unclear" otherwise (the CI straddles an edge of the band).
+Why. The bootstrap CI treats each run's samples as independent draws of one
+distribution, so it measures how well each run pins its own median; it says nothing
+about how far the median of a second run of the same binary may land. On a shared
+machine that run-to-run drift (neighbours' load, frequency, which core) is most of the
+noise, and it moves whole runs by amounts comparable to the spread of the samples
+within a disturbed run: the interference that spreads one run's samples is the same
+that shifts the next run's median. So a change counts only when it is clearly larger
+than the threshold (what matters to you) and than the spread either run shows
+(IQR / median: robust to the few preempted samples that inflate a standard deviation;
+the larger of the two, since a disturbance seen in one run may have moved the other
+one whole). The factor 2 was calibrated on this project's 2-core shared machine: 60
+repeated CPU runs of each of 3 configurations, at load averages of 1 to 5, where the
+medians of back-to-back runs of one binary differed by up to 2-4x. Of the 177 A/A pairs
+of back-to-back single runs, the former rule (bootstrap CI and Mann-Whitney p of one
+run's samples) flagged 121; this one flags 41 at factor 1 and 23 at factor 2. Pooling 3
+interleaved runs per side: 17 of 30 before, 1 of 30 at factor 2. A 1.5x slowdown of a
+run of ordinary spread (a few percent) stays far outside the band. What no rule over
+two runs can see is a disturbance that lasts exactly one whole run and leaves it tight:
+for that, run each side several times, interleaved (BASE, NEW, BASE, NEW, ...
+appending with --jsonl), and compare pools the runs, their spread then showing the
+drift. On a quiet machine, where each run's IQR/median is under half the threshold,
+the threshold alone decides.
+
+Notes per pair (never a failure): builds that differ (ekv_version, build.compiler,
+build.optimized, build.flags, build.git_commit; files without them are said to lack
+them), devices that differ (gpu.name), measurement settings that differ (reps, warmup,
+inner_loops, cuda_graphs, paired_baseline, truncate_percent), and, on a change judged
+from one run on a side, that repeated runs should confirm it.
 
 Exit status: 1 when any configuration is slower, 0 otherwise, 2 on bad input (missing
-file, unparseable JSON, a result without samples_ms, no configuration in common).
+file, unparseable JSON, a result without samples, no configuration in common).
 """
 
 import argparse
@@ -43,15 +74,25 @@ import random
 import sys
 import zlib
 
-# configuration keys that describe how a run was measured, not the workload
-MEASUREMENT_KEYS = frozenset((
-    "reps", "warmup", "inner_loops", "seed", "label", "truncate", "truncate_percent",
-    "no_graphs", "cuda_graphs", "graphs", "json", "jsonl", "out", "quiet", "dump_dir",
-    "device", "peak_bw", "paired_baseline", "baseline_dtype", "version", "help",
-))
+# configuration keys that change what is timed; everything else in `configuration` is
+# how it was measured or reported, and is ignored for matching
+WORKLOAD_KEYS = (
+    "seq_len", "batch", "heads", "kv_heads", "head_dim", "compression", "kv_dtype",
+    "policy", "recent", "sinks", "observe", "data", "seed", "softmax_scale", "hot",
+    "inference", "layers", "decode_tokens", "compress_every", "variant",
+)
+# keys that apply only to some workloads (see the module docstring)
+POLICY_ONLY = {"sinks": ("window", "topk"), "observe": ("topk",)}
+CYCLE_ONLY = ("layers", "decode_tokens", "compress_every", "variant")
+COMPRESSION_KEYS = ("compression", "policy", "recent", "sinks", "observe", "compress_every")
+# how a run was measured: a difference is noted, not a mismatch
+MEASUREMENT_KEYS = ("reps", "warmup", "inner_loops", "cuda_graphs", "paired_baseline",
+                    "truncate_percent")
+# build identity: top-level ekv_version and these keys of `build`
+BUILD_KEYS = ("compiler", "optimized", "flags", "git_commit")
 
-MIN_SAMPLES_FOR_NORMAL_APPROXIMATION = 8
-SIGNIFICANCE = 0.05
+CONFIDENCE = 0.95
+FEW_SAMPLES = 10
 
 
 class InputError(Exception):
@@ -112,17 +153,36 @@ def canonical(value):
     return value
 
 
+def cycle_variant(record):
+    """The inference-cycle variant a result holds, or None for an attention run."""
+    if not (get_path(record, "configuration.inference") or
+            isinstance(record.get("inference_cycle"), dict)):
+        return None
+    return (get_path(record, "inference_cycle.variant") or record.get("variant")
+            or get_path(record, "configuration.variant"))
+
+
 def workload(record):
-    """The dict of keys that identify a result's workload (see the module docstring)."""
+    """The keys that identify a result's workload (see the module docstring): the
+    applicable WORKLOAD_KEYS of `configuration` plus the backend that ran."""
     configuration = record.get("configuration")
     if not isinstance(configuration, dict):
         configuration = {}
-    keys = {name: canonical(value) for name, value in configuration.items()
-            if name not in MEASUREMENT_KEYS}
+    keys = {name: canonical(configuration.get(name)) for name in WORKLOAD_KEYS}
+    variant = cycle_variant(record)
+    if variant is None:
+        for name in CYCLE_ONLY:
+            keys.pop(name)
+    else:
+        keys["inference"] = True
+        keys["variant"] = variant
+        if variant != "elastic":
+            for name in COMPRESSION_KEYS:
+                keys.pop(name, None)
+    for name, policies in POLICY_ONLY.items():
+        if name in keys and keys.get("policy") not in policies:
+            keys.pop(name)
     keys["backend"] = record.get("backend")
-    if record.get("variant") is not None:
-        keys["variant"] = canonical(record["variant"])
-    keys.setdefault("variant", None)
     return keys
 
 
@@ -130,8 +190,23 @@ def workload_id(keys):
     return json.dumps(keys, sort_keys=True)
 
 
+def expand_cycles(record):
+    """A --variant=all result as one result per variant; any other result as itself."""
+    variants = get_path(record, "inference_cycle.variants")
+    if not isinstance(variants, list):
+        return [record]
+    expanded = []
+    for part in variants:
+        if isinstance(part, dict):
+            copy = dict(record)
+            copy["inference_cycle"] = part
+            copy["variant"] = part.get("variant")
+            expanded.append(copy)
+    return expanded
+
+
 def samples_of(record, path, index):
-    samples = record.get("samples_ms")
+    samples = get_path(record, "inference_cycle.samples_ms") or record.get("samples_ms")
     if not isinstance(samples, list) or not samples:
         raise InputError(f"{path}: result {index} has no samples_ms (run ekv_bench with "
                          f"--json or --jsonl to record raw samples)")
@@ -144,21 +219,25 @@ def samples_of(record, path, index):
 
 
 def group_by_workload(records, path):
-    """{workload id: (workload keys, pooled samples)}, in first-seen order."""
+    """{workload id: {"keys", "samples", "record", "runs"}}, in first-seen order."""
     groups = {}
     for index, record in enumerate(records, 1):
         if not isinstance(record.get("configuration"), dict):
             print(f"compare.py: {path}: result {index} has no configuration object; "
-                  f"matching it on backend and variant only", file=sys.stderr)
-        keys = workload(record)
-        key = workload_id(keys)
-        samples = samples_of(record, path, index)
-        if key in groups:
-            print(f"compare.py: {path}: result {index} repeats a workload; pooling its "
-                  f"samples", file=sys.stderr)
-            groups[key][1].extend(samples)
-        else:
-            groups[key] = (keys, samples)
+                  f"matching it on the backend only", file=sys.stderr)
+        for part in expand_cycles(record):
+            keys = workload(part)
+            key = workload_id(keys)
+            samples = samples_of(part, path, index)
+            if key in groups:
+                groups[key]["samples"].extend(samples)
+                groups[key]["runs"] += 1
+            else:
+                groups[key] = {"keys": keys, "samples": samples, "record": part, "runs": 1}
+    pooled = sum(1 for group in groups.values() if group["runs"] > 1)
+    if pooled:
+        print(f"compare.py: {path}: {pooled} workloads ran more than once; pooling their "
+              f"samples", file=sys.stderr)
     return groups
 
 
@@ -180,69 +259,104 @@ def percentile(ordered, fraction):
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def mann_whitney_p(first, second):
-    """Two-sided Mann-Whitney U p-value: normal approximation, tie and continuity
-    corrections. Equals scipy.stats.mannwhitneyu(first, second, method="asymptotic")."""
-    n1, n2 = len(first), len(second)
-    n = n1 + n2
-    pooled = sorted([(value, 0) for value in first] + [(value, 1) for value in second])
-    rank_sum_first = 0.0
-    tie_term = 0.0
-    start = 0
-    while start < n:
-        end = start
-        while end + 1 < n and pooled[end + 1][0] == pooled[start][0]:
-            end += 1
-        midrank = (start + end) / 2 + 1
-        ties = end - start + 1
-        tie_term += ties ** 3 - ties
-        rank_sum_first += midrank * sum(1 for i in range(start, end + 1) if pooled[i][1] == 0)
-        start = end + 1
-    u_first = rank_sum_first - n1 * (n1 + 1) / 2
-    u = max(u_first, n1 * n2 - u_first)
-    variance = n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1))) if n > 1 else 0.0
-    if variance <= 0:
-        return 1.0
-    z = (u - n1 * n2 / 2 - 0.5) / math.sqrt(variance)
-    return min(1.0, math.erfc(z / math.sqrt(2)))
+def relative_spread(values):
+    """IQR / median (0 for a zero median)."""
+    ordered = sorted(values)
+    middle = median(ordered)
+    if middle <= 0:
+        return 0.0
+    return (percentile(ordered, 0.75) - percentile(ordered, 0.25)) / middle
 
 
-def bootstrap_change_ci(base, new, resamples, rng, confidence=0.95):
-    """Percentile bootstrap CI of (median(new)/median(base) - 1) * 100."""
-    changes = []
+def bootstrap_ratio_ci(base, new, resamples, rng, confidence=CONFIDENCE):
+    """Percentile bootstrap CI of median(new) / median(base)."""
+    ratios = []
     for _ in range(resamples):
         base_median = median(rng.choices(base, k=len(base)))
         new_median = median(rng.choices(new, k=len(new)))
-        changes.append((new_median / base_median - 1) * 100 if base_median > 0 else math.inf)
-    changes.sort()
+        ratios.append(new_median / base_median if base_median > 0 else math.inf)
+    ratios.sort()
     tail = (1 - confidence) / 2
-    return percentile(changes, tail), percentile(changes, 1 - tail)
+    return percentile(ratios, tail), percentile(ratios, 1 - tail)
 
 
-def verdict(change, ci, p, threshold):
+def noise_band(spread_base, spread_new, threshold, noise_factor):
+    """The relative change that counts (fraction, 0.02 = 2%)."""
+    return max(threshold, noise_factor * max(spread_base, spread_new))
+
+
+def verdict(ci, band):
     low, high = ci
-    if p < SIGNIFICANCE and abs(change) > threshold and (low > 0 or high < 0):
-        return "slower" if change > 0 else "faster"
-    if -threshold <= low and high <= threshold:
+    if low > 1 + band:
+        return "slower"
+    if high < 1 / (1 + band):
+        return "faster"
+    if low >= 1 / (1 + band) and high <= 1 + band:
         return "same"
-    return "noisy"
+    return "unclear"
 
 
-def compare_pair(base, new, threshold, resamples, seed, key):
+def compare_pair(base, new, threshold, noise_factor, resamples, seed, key):
+    """One row: medians, ratio, its CI, spreads, band (fractions) and verdict."""
     base_median, new_median = median(base), median(new)
     if base_median <= 0:
         raise InputError(f"BASE median is {base_median} ms for {key}; cannot form a ratio")
     rng = random.Random((seed << 32) ^ zlib.crc32(key.encode()))
-    change = (new_median / base_median - 1) * 100
-    ci = bootstrap_change_ci(base, new, resamples, rng)
-    p = mann_whitney_p(base, new)
+    ci = bootstrap_ratio_ci(base, new, resamples, rng)
+    spreads = (relative_spread(base), relative_spread(new))
+    band = noise_band(*spreads, threshold, noise_factor)
     return {
         "n_base": len(base), "n_new": len(new),
         "median_base": base_median, "median_new": new_median,
-        "change": change, "ci": ci, "p": p,
-        "verdict": verdict(change, ci, p, threshold),
-        "few_samples": min(len(base), len(new)) < MIN_SAMPLES_FOR_NORMAL_APPROXIMATION,
+        "ratio": new_median / base_median, "ci": ci, "spreads": spreads, "band": band,
+        "verdict": verdict(ci, band),
+        "few_samples": min(len(base), len(new)) < FEW_SAMPLES,
     }
+
+
+# ---------------------------------------------------------------- notes
+
+def build_identity(record):
+    """{name: value} of the build identity keys the result records (absent: left out)."""
+    identity = {}
+    if "ekv_version" in record:
+        identity["ekv_version"] = record["ekv_version"]
+    build = record.get("build")
+    if isinstance(build, dict):
+        for name in BUILD_KEYS:
+            if name in build:
+                identity[name] = build[name]
+    return identity
+
+
+def differences(first, second, names):
+    return [f"{name} {value_text(first.get(name))} -> {value_text(second.get(name))}"
+            for name in names if canonical(first.get(name)) != canonical(second.get(name))]
+
+
+def pair_notes(base_record, new_record):
+    """Short notes on what differs between two matched results besides the workload."""
+    notes = []
+    base_build, new_build = build_identity(base_record), build_identity(new_record)
+    recorded = [side for side, build in (("BASE", base_build), ("NEW", new_build))
+                if any(name in build for name in BUILD_KEYS)]
+    if len(recorded) == 1:
+        missing = "NEW" if recorded == ["BASE"] else "BASE"
+        notes.append(f"build identity ({', '.join(BUILD_KEYS)}) not recorded in {missing}")
+    names = [name for name in ("ekv_version",) + BUILD_KEYS
+             if name in base_build and name in new_build]
+    changed = differences(base_build, new_build, names)
+    if changed:
+        notes.append("build differs: " + "; ".join(changed))
+    base_device, new_device = get_path(base_record, "gpu.name"), get_path(new_record, "gpu.name")
+    if base_device != new_device:
+        notes.append(f"device differs: {value_text(base_device)} -> {value_text(new_device)}")
+    configuration = [record.get("configuration") if isinstance(record.get("configuration"), dict)
+                     else {} for record in (base_record, new_record)]
+    changed = differences(configuration[0], configuration[1], MEASUREMENT_KEYS)
+    if changed:
+        notes.append("measured differently: " + "; ".join(changed))
+    return notes
 
 
 # ---------------------------------------------------------------- output
@@ -252,7 +366,7 @@ def value_text(value):
 
 
 def describe(keys, shown):
-    parts = [f"{name}={value_text(keys.get(name))}" for name in shown]
+    parts = [f"{name}={value_text(keys[name])}" for name in shown if name in keys]
     return " ".join(parts) if parts else "-"
 
 
@@ -274,6 +388,7 @@ def format_table(header, rows, markdown):
         lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
         return "\n".join(lines)
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+
     def line(row):
         return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
                          for i, (c, w) in enumerate(zip(row, widths))).rstrip()
@@ -284,16 +399,20 @@ def parse_arguments(argv):
     parser = argparse.ArgumentParser(
         prog="compare.py",
         description="Compare two ekv_bench result files (JSON or JSONL): per matched "
-                    "configuration, the median change with a bootstrap 95%% CI, a "
-                    "Mann-Whitney U p-value and a verdict.",
-        epilog="Matching ignores these configuration keys: "
-               + ", ".join(sorted(MEASUREMENT_KEYS))
-               + ". Exit status: 1 if any configuration is slower, 0 otherwise, "
+                    "workload, the ratio of medians NEW/BASE with a bootstrap 95%% CI, "
+                    "judged against the larger of the threshold and the runs' own "
+                    "spread (noise factor x IQR/median). See the module docstring for "
+                    "the rule and why.",
+        epilog="Workload keys: backend, " + ", ".join(WORKLOAD_KEYS)
+               + ". Exit status: 1 if any workload is slower, 0 otherwise, "
                  "2 on bad input.")
     parser.add_argument("base", metavar="BASE", help="reference results (JSON or JSONL)")
     parser.add_argument("new", metavar="NEW", help="results to judge (JSON or JSONL)")
     parser.add_argument("--threshold", type=float, default=2.0,
-                        help="percent change that counts (default 2)")
+                        help="smallest change in percent that counts (default 2)")
+    parser.add_argument("--noise-factor", type=float, default=2.0,
+                        help="multiple of the larger IQR/median of the two runs that a "
+                             "change must also exceed (default 2)")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     parser.add_argument("--seed", type=int, default=1, help="bootstrap seed (default 1)")
     parser.add_argument("--resamples", type=int, default=2000,
@@ -301,6 +420,8 @@ def parse_arguments(argv):
     arguments = parser.parse_args(argv)
     if not (arguments.threshold >= 0 and math.isfinite(arguments.threshold)):
         parser.error("--threshold must be a finite number >= 0")
+    if not (arguments.noise_factor >= 0 and math.isfinite(arguments.noise_factor)):
+        parser.error("--noise-factor must be a finite number >= 0")
     if arguments.resamples < 100:
         parser.error("--resamples must be at least 100")
     if arguments.seed < 0:
@@ -315,56 +436,68 @@ def run(arguments):
     only_base = [key for key in base_groups if key not in new_groups]
     only_new = [key for key in new_groups if key not in base_groups]
     if not matched:
-        raise InputError(f"no configuration in {arguments.new} matches one in "
-                         f"{arguments.base} (compared keys: configuration minus "
-                         f"measurement keys, plus backend and variant)")
+        raise InputError(f"no workload in {arguments.new} matches one in {arguments.base} "
+                         f"(compared: backend and the configuration keys "
+                         f"{', '.join(WORKLOAD_KEYS)})")
 
-    all_keys = [keys for keys, _ in base_groups.values()] + \
-               [keys for keys, _ in new_groups.values()]
+    all_keys = [group["keys"] for group in base_groups.values()] + \
+               [group["keys"] for group in new_groups.values()]
     shown = varying_keys(all_keys)
     common = {name: value for name, value in all_keys[0].items() if name not in shown}
 
-    comparisons = []
+    threshold = arguments.threshold / 100
+    rows, notes, counts = [], [], {"slower": 0, "faster": 0, "same": 0, "unclear": 0}
     for index, key in enumerate(matched, 1):
         if len(matched) > 20 and (index % max(1, len(matched) // 10) == 0
                                   or index == len(matched)):
-            print(f"compare.py: bootstrap {index}/{len(matched)} configurations",
-                  file=sys.stderr)
-        comparisons.append((key, compare_pair(base_groups[key][1], new_groups[key][1],
-                                              arguments.threshold, arguments.resamples,
-                                              arguments.seed, key)))
-
-    header = ["configuration", "n base", "n new", "base ms", "new ms", "change",
-              "95% CI", "p", "verdict"]
-    rows = []
-    for key, c in comparisons:
-        rows.append([describe(base_groups[key][0], shown), c["n_base"], c["n_new"],
+            print(f"compare.py: bootstrap {index}/{len(matched)} workloads", file=sys.stderr)
+        base, new = base_groups[key], new_groups[key]
+        c = compare_pair(base["samples"], new["samples"], threshold, arguments.noise_factor,
+                         arguments.resamples, arguments.seed, key)
+        counts[c["verdict"]] += 1
+        name = describe(base["keys"], shown)
+        rows.append([name, c["n_base"], c["n_new"],
                      f"{c['median_base']:#.4g}", f"{c['median_new']:#.4g}",
-                     f"{c['change']:+.2f}%",
-                     f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]%",
-                     f"{c['p']:.2g}" + ("*" if c["few_samples"] else ""),
-                     c["verdict"]])
+                     f"{c['ratio']:.3f}" + ("*" if c["few_samples"] else ""),
+                     f"[{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]",
+                     f"{c['spreads'][0] * 100:.1f}% / {c['spreads'][1] * 100:.1f}%",
+                     f"[{1 / (1 + c['band']):.3f}, {1 + c['band']:.3f}]", c["verdict"]])
+        remarks = pair_notes(base["record"], new["record"])
+        if c["verdict"] in ("slower", "faster") and min(base["runs"], new["runs"]) == 1:
+            remarks.append("one run on a side: a disturbance lasting a whole run looks like "
+                        "this too; confirm with runs repeated alternately (--jsonl appends)")
+        notes.extend((f"{name}: " if len(matched) > 1 else "") + note for note in remarks)
 
-    counts = {name: sum(1 for _, c in comparisons if c["verdict"] == name)
-              for name in ("faster", "slower", "same", "noisy")}
+    header = ["workload", "n base", "n new", "base ms", "new ms", "new/base", "95% CI",
+              "IQR/median", "band", "verdict"]
     bullet = "- " if arguments.markdown else ""
     out = [f"{bullet}base: {arguments.base}", f"{bullet}new:  {arguments.new}",
            f"{bullet}common: " + describe(common, list(common)),
-           f"{bullet}threshold {arguments.threshold:g}%, {arguments.resamples} bootstrap "
-           f"resamples (seed {arguments.seed}), Mann-Whitney U at p < {SIGNIFICANCE}",
+           f"{bullet}a change counts when the 95% CI of new/base lies outside the band "
+           f"[1/(1+b), 1+b], b = max({arguments.threshold:g}%, {arguments.noise_factor:g} x "
+           f"the larger IQR/median); {arguments.resamples} bootstrap resamples "
+           f"(seed {arguments.seed})",
            "", format_table(header, rows, arguments.markdown), ""]
-    if any(c["few_samples"] for _, c in comparisons):
+    if any(row[5].endswith("*") for row in rows):
         marker = "\\*" if arguments.markdown else "*"
-        out.append(f"{marker} fewer than {MIN_SAMPLES_FOR_NORMAL_APPROXIMATION} samples "
-                   f"on a side: the p-value's normal approximation is rough")
-    out.append(f"{len(comparisons)} compared: " +
+        out.append(f"{marker} fewer than {FEW_SAMPLES} samples on a side: the CI and the "
+                   f"spread are rough")
+    out.append(f"{len(rows)} compared: " +
                ", ".join(f"{counts[name]} {name}" for name in counts))
-    for label, keys_list, path in (("only in BASE", only_base, arguments.base),
-                                   ("only in NEW", only_new, arguments.new)):
+    if notes:
+        out.append("notes:")
+        out.extend((bullet or "  ") + note for note in notes)
+    if not any(name in build_identity(group["record"]) for name in BUILD_KEYS
+               for group in list(base_groups.values()) + list(new_groups.values())):
+        out.append(f"build identity ({', '.join('build.' + name for name in BUILD_KEYS)}) "
+                   f"not recorded in either file: builds cannot be told apart")
+    for label, keys_list, groups, path in (
+            ("only in BASE", only_base, base_groups, arguments.base),
+            ("only in NEW", only_new, new_groups, arguments.new)):
         if keys_list:
-            groups = base_groups if path == arguments.base else new_groups
             out.append(f"{len(keys_list)} {label} ({path}):")
-            out.extend((bullet or "  ") + describe(groups[key][0], list(groups[key][0]))
+            out.extend((bullet or "  ") + describe(groups[key]["keys"],
+                                                   list(groups[key]["keys"]))
                        for key in keys_list)
     print("\n".join(out))
     return 1 if counts["slower"] else 0

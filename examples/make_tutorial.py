@@ -163,7 +163,8 @@ md(r"""
 ## Build `ekv_bench`
 
 With `nvcc` on the path and a GPU that `nvidia-smi -L` lists, the CUDA build
-(`nvcc -O3 -o ekv_bench bench/main.cu`); otherwise the CPU backend, built as C++
+(`nvcc -O3 -o ekv_bench bench/main.cu -lcublas`: cuBLAS, part of the CUDA toolkit, runs
+the inference cycle's projections); otherwise the CPU backend, built as C++
 (`c++ -O2 -x c++ -o ekv_bench bench/main.cu`). Both are the one-command builds of the
 README. The binary is rebuilt only when a source is newer.
 """)
@@ -181,10 +182,9 @@ def gpu_visible():
 USE_NVCC = shutil.which("nvcc") is not None and gpu_visible()
 MAIN = ROOT / "bench" / "main.cu"
 BENCH = BUILD / ("ekv_bench_cuda" if USE_NVCC else "ekv_bench_cpu")
-if USE_NVCC:
-    command = ["nvcc", "-O3", "-o", str(BENCH), str(MAIN)]
-else:
-    command = ["c++", "-O2", "-x", "c++", "-o", str(BENCH), str(MAIN)]
+CUDA_BUILD = ["nvcc", "-O3", "-o", "{binary}", "{source}", "-lcublas"]
+CPU_BUILD = ["c++", "-O2", "-x", "c++", "-o", "{binary}", "{source}"]
+command = [word.format(binary=BENCH, source=MAIN) for word in (CUDA_BUILD if USE_NVCC else CPU_BUILD)]
 
 sources = [MAIN, ROOT / "ekv.h", *ROOT.glob("ekv_cuda.cuh")]
 newest = max(path.stat().st_mtime for path in sources)
@@ -222,7 +222,7 @@ if FAST:
 elif USE_NVCC:
     sweep = dict(seq="1024,4096,16384,65536", compress="1,2,4,8", reps=50, warmup=5, inner_loops=16)
 else:
-    sweep = dict(seq="256,1024", compress="1,2,4", reps=5, warmup=1, inner_loops=2)
+    sweep = dict(seq="256,512,1024", compress="1,2,4", reps=5, warmup=1, inner_loops=2)
 
 RESULTS = BUILD / "sweep.jsonl"
 RESULTS.unlink(missing_ok=True)  # --jsonl appends
@@ -331,7 +331,7 @@ for ax, dtype in zip(axes[0], dtypes):
     ax.set_xlabel("compression ratio C")
 axes[0][0].yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
 axes[0][0].set_ylabel("speedup (95% CI)")
-axes[0][0].legend(title="policy")
+axes[0][-1].legend(title="policy", loc="upper left", bbox_to_anchor=(1.02, 1))
 fig.tight_layout()
 plt.show()
 """)
@@ -359,7 +359,7 @@ for ax, dtype in zip(axes[0], dtypes):
     ax.set_title(f"{dtype}, seq {longest}")
     ax.set_xlabel("compression ratio C")
 axes[0][0].set_ylabel("error_total.rel_l2")
-axes[0][0].legend(title="policy")
+axes[0][-1].legend(title="policy", loc="upper left", bbox_to_anchor=(1.02, 1))
 fig.tight_layout()
 plt.show()
 """)
@@ -411,7 +411,7 @@ ax.set_ylim(bottom=0)
 ax.set_xlabel("sequence length (tokens)")
 ax.set_ylabel("achieved bandwidth (GB/s)")
 ax.set_title(f"stride policy, {df.backend.iloc[0]} backend")
-ax.legend(fontsize=8, ncol=2)
+ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the lines, not over them
 fig.tight_layout()
 plt.show()
 """)
@@ -420,11 +420,13 @@ md(r"""
 ## The same from the command line
 
 `bench/plot.py` draws these figures from a results file, and `bench/compare.py` judges
-two result files against each other (per configuration: the median change with a
-bootstrap CI, a Mann-Whitney U p-value and a verdict):
+two result files against each other (per workload: the ratio of medians with a bootstrap
+CI, judged against the larger of a threshold and the spread of the runs themselves, so
+that the same binary run twice on a busy machine is not reported as a change):
 
     .venv/bin/python bench/plot.py speedup build/tutorial/sweep.jsonl -o speedup.png
     .venv/bin/python bench/plot.py accuracy build/tutorial/sweep.jsonl -o accuracy.png
+    .venv/bin/python bench/plot.py tradeoff build/tutorial/sweep.jsonl -o tradeoff.png
     .venv/bin/python bench/plot.py bandwidth build/tutorial/sweep.jsonl -o bandwidth.png
     .venv/bin/python bench/compare.py before.jsonl after.jsonl
 
@@ -465,13 +467,17 @@ for result in cycles:
     series = pd.DataFrame(c["series"])
     ax_t.plot(series["context_len"], series["latency_ms"], marker=".", label=c["variant"])
     ax_m.plot(series["context_len"], series["kv_cache_bytes"] / 2**20, marker=".", label=c["variant"])
-ax_t.set_xlabel("context length (tokens)"); ax_t.set_ylabel("step latency (ms, median)")
+# nocache recomputes every token's k and v each step: orders of magnitude slower than
+# the cached variants, which a linear axis would squash to zero
+ax_t.set_yscale("log")
+ax_t.set_xlabel("context length (tokens)"); ax_t.set_ylabel("step latency (ms, median, log)")
 ax_m.set_xlabel("context length (tokens)"); ax_m.set_ylabel("KV cache (MiB)")
-ax_t.set_title("latency vs T"); ax_m.set_title("memory vs T"); ax_t.legend()
+ax_t.set_title("latency vs T"); ax_m.set_title("memory vs T")
+ax_m.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
 plt.tight_layout()
 plt.show()
 summary = pd.DataFrame([{"variant": r["inference_cycle"]["variant"],
-                         "tokens/s": r["inference_cycle"]["elastic_tokens_per_sec"],
+                         "tokens/s": r["inference_cycle"]["tokens_per_sec"],
                          "KV bytes": r["inference_cycle"]["memory"]["kv_cache_bytes"]}
                         for r in cycles])
 summary

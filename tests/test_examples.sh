@@ -3,9 +3,10 @@
 # as C++), and do what they say: accuracy_cpu's table is complete and sane; own_data reads
 # .npz and .npy directories made by numpy, agrees with numpy on the attention profile and
 # rejects malformed input with one clear line and a non-zero exit; quickstart.cu builds
-# with nvcc (without -lcublas) and runs on the CPU execution emulator (and on a GPU when one is visible);
-# the tutorial notebook runs headless without an error, and the committed one has no
-# outputs and matches its generator.
+# with nvcc (without -lcublas) and runs on the CPU execution emulator (and on a GPU when
+# one is visible); the tutorial notebook runs headless without an error, the committed one
+# has no outputs and matches its generator, and its CUDA build line builds wherever nvcc
+# exists.
 #
 #     tests/test_examples.sh          from the repository root; outputs in $BUILD/examples
 #
@@ -319,6 +320,44 @@ assert "48 results" in text, "the fast sweep should give 48 results"
 assert "6 cycle results" in text, "the inference-cycle cell should run the six variants"
 EOF
     then pass "tutorial-runs"; else fail "tutorial-runs" "see $OUT/tutorial-run.log" "$OUT/tutorial-run.log"; fi
+fi
+
+# the notebook's CUDA build line (CUDA_BUILD in its build cell), compiled and linked but
+# not run, wherever nvcc exists: the headless run above takes the CPU branch without a GPU.
+# -arch=sm_90 builds one target; the binary is rebuilt only when an input is newer.
+if [ "$have_python" -eq 0 ] || ! "$PY" -c 'import nbformat' 2>/dev/null; then
+    skip "tutorial-nvcc-build" "no $PY with nbformat (make venv)"
+elif [ -z "$NVCC" ]; then
+    skip "tutorial-nvcc-build" "no nvcc"
+else
+    binary=$OUT/tutorial_ekv_bench_cuda
+    fresh=1
+    for input in bench/main.cu ekv.h ekv_cuda.cuh examples/ekv_tutorial.ipynb; do
+        [ -f "$binary" ] && [ "$binary" -nt "$input" ] || fresh=0
+    done
+    if [ "$fresh" -eq 1 ]; then
+        pass "tutorial-nvcc-build"
+    elif rm -f "$binary" && "$PY" - examples/ekv_tutorial.ipynb "$NVCC" "$binary" >"$OUT/tutorial-nvcc.log" 2>&1 <<'EOF'
+import ast
+import subprocess
+import sys
+
+import nbformat
+
+notebook, nvcc, binary = sys.argv[1:]
+lines = [line for cell in nbformat.read(notebook, as_version=4).cells if cell.cell_type == "code"
+         for line in cell.source.splitlines() if line.startswith("CUDA_BUILD = ")]
+if len(lines) != 1:
+    sys.exit(f"expected one 'CUDA_BUILD = [...]' line in {notebook}, found {len(lines)}")
+words = ast.literal_eval(lines[0].split("=", 1)[1].strip())
+if words[0] != "nvcc":
+    sys.exit(f"CUDA_BUILD does not start with nvcc: {words}")
+command = ["nice", "-n", "10", nvcc, "-arch=sm_90"] + \
+    [word.format(binary=binary, source="bench/main.cu") for word in words[1:]]
+print("$", " ".join(command), flush=True)
+sys.exit(subprocess.run(command).returncode)
+EOF
+    then pass "tutorial-nvcc-build"; else fail "tutorial-nvcc-build" "the notebook's CUDA build line does not build" "$OUT/tutorial-nvcc.log"; fi
 fi
 
 # ---- summary -----------------------------------------------------------------------------

@@ -1,18 +1,22 @@
 #!/usr/bin/env python3
-"""test_plot.py - tests for bench/plot.py on generated ekv_bench-shaped results.
+"""test_plot.py - tests for bench/plot.py on real ekv_bench output.
 
 Run:  .venv/bin/python tests/py/test_plot.py
-make_results() writes JSONL that follows the result schema (several policies, dtypes,
-compression ratios, sequence lengths, and inference cycles with a series); each figure
-kind is drawn from it and checked as a decodable PNG (and SVG that parses as XML).
+The fixtures are made at test time by the CPU build of ekv_bench at small sizes (see
+bench_fixture.py): a sweep over compression x policy x dtype with --paired-baseline, a
+sweep over sequence lengths, and inference cycles. Each figure is drawn in process and
+its matplotlib Axes inspected: the number of series and of points per series (lines,
+errorbar containers, legend entries), the scales, the title, and that the legend lies
+outside every Axes. The command line is run for PNG/SVG output and bad input.
 Prints one PASS/FAIL line per test and a final "N passed, N failed"; exits 1 on any
 failure. No pytest.
 """
 
+import contextlib
+import copy
+import io
 import json
-import math
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -20,93 +24,286 @@ import tempfile
 import traceback
 import xml.etree.ElementTree as ElementTree
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_fixture import ROOT, bench_binary, run_bench, write_jsonl  # noqa: E402
+
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.container import ErrorbarContainer  # noqa: E402
+
+import plot  # noqa: E402
+
 PLOT = os.path.join(ROOT, "bench", "plot.py")
 WORK = tempfile.mkdtemp(prefix="ekv_test_plot_")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-BYTES_PER_VALUE = {"f32": 4, "f16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
-# (time factor, error factor) per policy, so that the lines of a figure differ
-POLICY_FACTORS = {"none": (1.0, 1.0), "stride": (1.0, 1.0), "pool": (1.05, 0.6),
-                  "window": (0.95, 1.5), "topk": (1.2, 0.3)}
+
+BENCH = bench_binary(WORK)
+COMPRESSIONS = (1, 2, 4)
+POLICIES = ("stride", "pool", "window", "topk")
+DTYPES = ("f16", "int8")
+SWEEP = run_bench(BENCH, "--compress=" + ",".join(map(str, COMPRESSIONS)),
+                  "--policy=" + ",".join(POLICIES), "--kv-dtype=" + ",".join(DTYPES),
+                  "--paired-baseline")
+SEQS = (128, 256, 512)
+SEQ_SWEEP = run_bench(BENCH, "--seq=" + ",".join(map(str, SEQS)), "--compress=1,2",
+                      "--kv-dtype=f16,int8")
+STEPS = 5
+CYCLE_SMALL = ["--inference", "--seq=128", f"--decode_tokens={STEPS}", "--heads=8",
+               "--kv-heads=2", "--reps=2"]
+CYCLES = run_bench(BENCH, *CYCLE_SMALL, "--variant=nocache,cache,int8,elastic")
+CYCLE_ALL = run_bench(BENCH, *CYCLE_SMALL, "--variant=all", "--layers=2")
+SWEEP_FILE = write_jsonl(os.path.join(WORK, "sweep.jsonl"), SWEEP)
 
 
-def make_result(rng, seq_len, compression, policy, kv_dtype, variant=None,
-                decode_tokens=0, gpu=True):
-    """One result object shaped like ekv_bench's JSON, with plausible numbers."""
-    batch, heads, kv_heads, head_dim = 1, 16, 16, 64
-    kept = seq_len // compression
-    kv_bytes = int(2 * batch * kv_heads * kept * head_dim * BYTES_PER_VALUE[kv_dtype])
-    kv_bytes_full = 2 * batch * kv_heads * seq_len * head_dim * 4
-    time_factor, error_factor = POLICY_FACTORS[policy]
-    median = (0.004 + kv_bytes / 2.4e9) * time_factor  # ms: ~2.4 TB/s plus launch
-    samples = [median * rng.lognormvariate(0, 0.02) for _ in range(20)]
-    speedup = (0.004 + kv_bytes_full / 2 / 2.4e9) / median
-    error = 0.0 if policy == "none" and kv_dtype == "f32" else \
-        1e-3 * error_factor * BYTES_PER_VALUE["f32"] / BYTES_PER_VALUE[kv_dtype] \
-        * compression ** 1.5
-    cycle = None
-    if variant:
-        series = [{"step": step, "context_len": seq_len + step,
-                   "latency_ms": median * (1 + step / 200) * (1.5 if variant == "baseline" else 1),
-                   "kv_cache_bytes": kv_bytes * (seq_len + step) // seq_len,
-                   "peak_device_bytes": 3 * kv_bytes} for step in range(decode_tokens)]
-        cycle = {"variant": variant, "decode_tokens": decode_tokens,
-                 "baseline_total_ms": 1.0, "elastic_total_ms": 0.7,
-                 "baseline_tokens_per_sec": 64000.0, "elastic_tokens_per_sec": 91000.0,
-                 "speedup_vs_baseline": 1.43,
-                 "phases_ms": {"projection": 0.1, "append": 0.01, "compress": 0.02,
-                               "attention": 0.5},
-                 "series": series}
-    return {
-        "schema_version": 1, "ekv_version": "0.1.0", "timestamp": "2025-01-01T00:00:00Z",
-        "backend": "cuda" if gpu else "cpu", "label": None, "variant": variant,
-        "benchmark_type": "decode_attention",
-        "gpu": {"name": "NVIDIA H100 80GB HBM3", "sm": 90, "theoretical_bw_gbs": 3352.3}
-        if gpu else None,
-        "build": {"cuda_graphs": True, "inner_loops": 64, "truncate_percent": 0},
-        "configuration": {"seq_len": seq_len, "batch": batch, "heads": heads,
-                          "kv_heads": kv_heads, "head_dim": head_dim,
-                          "compression": compression, "kv_dtype": kv_dtype,
-                          "policy": policy, "recent": 0, "sinks": 4, "observe": 16,
-                          "data": "structured", "seed": 1, "reps": 20, "warmup": 5,
-                          "inner_loops": 64, "hot": False, "layers": 1,
-                          "decode_tokens": decode_tokens, "variant": variant},
-        "results": {"attention_time_ms": median, "attention_time_std": median * 0.02,
-                    "coefficient_of_variation": 0.02, "tokens_per_sec": 1000 / median,
-                    "baseline_tokens_per_sec": 1000 / median / speedup,
-                    "speedup_vs_baseline": speedup,
-                    "memory_bandwidth_gbs": kv_bytes / median / 1e6,
-                    "memory_efficiency_percent": 60.0, "roofline_score": 0.6},
-        "statistics": {"n": 20, "median": median},
-        "metrics": {"bytes_total": kv_bytes, "peak_bw_theoretical_gbs": 3352.3,
-                    "peak_bw_measured_gbs": 2900.0 if gpu else None},
-        "accuracy": {"error_total": {"rel_l2": error, "max_abs": error, "cosine": 1 - error},
-                     "data": {"attention_entropy": 5.0, "top5pct_mass": 0.6}},
-        "memory": {"kv_cache_bytes": kv_bytes, "kv_cache_bytes_uncompressed": kv_bytes_full,
-                   "peak_device_bytes": 3 * kv_bytes},
-        "baseline": {"samples_ms": samples, "speedup": speedup,
-                     "speedup_ci95": {"lo": speedup * 0.97, "hi": speedup * 1.03}},
-        "inference_cycle": cycle,
-        "samples_ms": samples,
-    }
+# ---------------------------------------------------------------- inspecting figures
+
+def draw(kind, records):
+    fig = plot.FIGURES[kind][0](records)
+    fig.canvas.draw()
+    return fig
 
 
-def make_results(path):
-    rng = random.Random(1)
-    records = [make_result(rng, 4096, 1, "none", dtype) for dtype in ("f16", "int8")]
-    records += [make_result(rng, 4096, c, policy, dtype)
-                for policy in ("stride", "pool", "window", "topk")
-                for dtype in ("f16", "int8") for c in (2, 4, 8)]
-    records += [make_result(rng, s, 1, "none", dtype)
-                for dtype in ("f32", "f16", "int4", "fp8") for s in (1024, 4096, 16384)]
-    records += [make_result(rng, 2048, c, "stride" if c > 1 else "none", "f16", variant, 48)
-                for variant, c in (("baseline", 1), ("elastic", 4))]
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(json.dumps(r) for r in records) + "\n")
-    return path
+def data_axes(fig):
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
 
+
+def legends(fig):
+    return list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+
+
+def legend_labels(fig):
+    return [text.get_text() for legend in legends(fig) for text in legend.get_texts()]
+
+
+def errorbar_series(ax):
+    """[(label, number of points)] of the errorbar containers of AX."""
+    return [(c.get_label(), len(c.lines[0].get_xdata())) for c in ax.containers
+            if isinstance(c, ErrorbarContainer)]
+
+
+def line_series(ax, exclude=("peak",)):
+    """[(label, number of points)] of the labelled data lines of AX (reference lines,
+    errorbar parts and labels containing a word of EXCLUDE left out)."""
+    in_containers = {id(c.lines[0]) for c in ax.containers if isinstance(c, ErrorbarContainer)}
+    return [(line.get_label(), len(line.get_xdata())) for line in ax.lines
+            if not line.get_label().startswith("_") and id(line) not in in_containers
+            and not any(word in line.get_label() for word in exclude)]
+
+
+def title_text(fig):
+    return fig._suptitle.get_text() if fig._suptitle else ""
+
+
+def check_legend_outside(fig):
+    renderer = fig.canvas.get_renderer()
+    found = legends(fig)
+    assert found, "no legend"
+    for legend in found:
+        box = legend.get_window_extent(renderer)
+        for ax in data_axes(fig):
+            assert not box.overlaps(ax.get_window_extent(renderer)), \
+                f"legend {box} overlaps the axes {ax.get_window_extent(renderer)}"
+
+
+def check_title(fig, absent=(), present=()):
+    text = title_text(fig)
+    for word in absent:
+        assert word not in text, f"{word!r} in the title: {text!r}"
+    for word in present:
+        assert word in text, f"{word!r} not in the title: {text!r}"
+
+
+# keys at their defaults or derived: constant in every fixture, never in a title
+DEFAULT_KEYS = ("sinks=", "observe=", "recent=", "data=", "seed=", "softmax_scale=",
+                "compress_every=", "kv_heads=16", "batch=", "head_dim=", "hot=")
+
+
+# ---------------------------------------------------------------- figures on real output
+
+def test_fixture_is_a_real_sweep():
+    assert len(SWEEP) == len(COMPRESSIONS) * len(POLICIES) * len(DTYPES)
+    assert {r["backend"] for r in SWEEP} == {"cpu"}
+    # the derived key that made every point its own series in plot.py before 0.1.1
+    assert all(r["configuration"]["compress_every"] == r["configuration"]["compression"]
+               for r in SWEEP)
+    assert all(r["results"]["speedup_vs_baseline"] is not None for r in SWEEP)
+
+
+def test_speedup_one_series_per_policy_and_dtype():
+    fig = draw("speedup", SWEEP)
+    (ax,) = data_axes(fig)
+    series = errorbar_series(ax)
+    assert len(series) == len(POLICIES) * len(DTYPES), series
+    assert all(points == len(COMPRESSIONS) for _, points in series), series
+    assert len(legend_labels(fig)) == len(series), legend_labels(fig)
+    for policy in POLICIES:  # each combination labelled by exactly one series
+        for dtype in DTYPES:
+            named = [label for label, _ in series
+                     if policy in label.replace(",", " ").replace("=", " ").split()
+                     and dtype in label.replace(",", " ").replace("=", " ").split()]
+            assert len(named) == 1, (policy, dtype, series)
+    check_legend_outside(fig)
+    check_title(fig, absent=DEFAULT_KEYS + ("policy=", "kv_dtype=", "compression="),
+                present=("seq_len=256", "heads=4", "cpu"))
+    plt.close(fig)
+
+
+def test_accuracy_one_line_per_policy_and_dtype():
+    fig = draw("accuracy", SWEEP)
+    (ax,) = data_axes(fig)
+    series = line_series(ax)
+    assert len(series) == len(POLICIES) * len(DTYPES), series
+    assert all(points == len(COMPRESSIONS) for _, points in series), series
+    assert sorted(legend_labels(fig)) == sorted(label for label, _ in series)
+    assert ax.get_yscale() == "log"
+    check_legend_outside(fig)
+    check_title(fig, absent=DEFAULT_KEYS, present=("seq_len=256",))
+    plt.close(fig)
+
+
+def pareto_size(points):
+    """How many of [(error, speedup)] no other point beats on both (written apart
+    from plot.py's own front: sort by error, keep each new best speedup)."""
+    best, count = None, 0
+    by_error = {}
+    for error, speedup in points:
+        by_error[error] = max(speedup, by_error.get(error, speedup))
+    for error in sorted(by_error):
+        if best is None or by_error[error] > best:
+            best = by_error[error]
+            count += 1
+    return count
+
+
+def test_tradeoff_pareto_front_per_dtype_and_policy():
+    fig = draw("tradeoff", SWEEP)
+    (ax,) = data_axes(fig)
+    series = errorbar_series(ax)
+    assert len(series) == len(POLICIES) * len(DTYPES), series
+    assert all(points == len(COMPRESSIONS) for _, points in series), series
+    assert len(legend_labels(fig)) == len(series)
+    assert ax.get_xscale() == "log"
+    # CI bars on the speedup: one vertical segment per point
+    for container in ax.containers:
+        if isinstance(container, ErrorbarContainer):
+            (segments,) = container.lines[2]
+            assert len(segments.get_segments()) == len(COMPRESSIONS)
+    # the fronts, against a front computed here from the JSON
+    fronts = [line for line in ax.lines if line.get_gid() == "pareto"]
+    assert len(fronts) == len(series), len(fronts)
+    expected = {}
+    for record in SWEEP:
+        key = (record["configuration"]["kv_dtype"], record["configuration"]["policy"])
+        expected.setdefault(key, []).append((record["accuracy"]["error_total"]["rel_l2"],
+                                             record["results"]["speedup_vs_baseline"]))
+    want = sorted(pareto_size(points) for points in expected.values())
+    got = sorted(len(line.get_xdata()) for line in fronts)
+    assert got == want, (got, want)
+    for line in fronts:  # a front goes right and up: more error buys more speed
+        xs, ys = list(line.get_xdata()), list(line.get_ydata())
+        assert xs == sorted(xs) and ys == sorted(ys), (xs, ys)
+    check_legend_outside(fig)
+    check_title(fig, absent=DEFAULT_KEYS, present=("seq_len=256",))
+    plt.close(fig)
+
+
+def test_bandwidth_lines_per_dtype_and_compression():
+    fig = draw("bandwidth", SEQ_SWEEP)
+    (ax,) = data_axes(fig)
+    series = line_series(ax)
+    assert len(series) == 2 * 2, series  # kv_dtype x compression
+    assert all(points == len(SEQS) for _, points in series), series
+    labels = legend_labels(fig)
+    assert any("measured peak" in label for label in labels), labels
+    assert len(labels) == len(series) + 1, labels
+    assert sorted({x for line in ax.lines for x in line.get_xdata()
+                   if "peak" not in line.get_label() and not line.get_label().startswith("_")}) \
+        == list(SEQS)
+    check_legend_outside(fig)
+    check_title(fig, absent=DEFAULT_KEYS + ("seq_len=",))
+    plt.close(fig)
+
+
+def test_cycle_log_latency_when_nocache_is_far_slower():
+    fig = draw("cycle", CYCLES)
+    left, right = data_axes(fig)
+    for ax in (left, right):
+        series = line_series(ax)
+        assert len(series) == 4 and all(points == STEPS for _, points in series), series
+        for variant in ("nocache", "cache", "int8", "elastic"):
+            assert sum(1 for label, _ in series
+                       if variant in label.replace("=", " ").split()) == 1, (variant, series)
+    assert left.get_yscale() == "log", "nocache recomputes every step: latency axis must be log"
+    assert len(legend_labels(fig)) == 4, legend_labels(fig)
+    check_legend_outside(fig)
+    check_title(fig, absent=DEFAULT_KEYS + ("inference=", "variant="),
+                present=("seq_len=128", f"decode_tokens={STEPS}"))
+    plt.close(fig)
+
+
+def test_cycle_variant_all_is_split():
+    fig = draw("cycle", CYCLE_ALL)
+    left, _ = data_axes(fig)
+    series = line_series(left)
+    assert len(series) == 6 and all(points == STEPS for _, points in series), series
+    assert left.get_yscale() == "log"
+    plt.close(fig)
+
+
+def test_cycle_linear_latency_when_close():
+    cached = [r for r in CYCLES if r["inference_cycle"]["variant"] in ("cache", "int8")]
+    fig = draw("cycle", cached)
+    left, _ = data_axes(fig)
+    assert len(line_series(left)) == 2
+    assert left.get_yscale() == "linear"
+    plt.close(fig)
+
+
+def test_split_by_a_swept_key_that_is_not_primary():
+    # two sequence lengths in one speedup figure: their points must not share a line
+    other = run_bench(BENCH, "--seq=128", "--compress=1,2", "--policy=stride",
+                      "--paired-baseline")
+    mine = [r for r in SWEEP if r["configuration"]["policy"] == "stride"
+            and r["configuration"]["kv_dtype"] == "f16"
+            and r["configuration"]["compression"] in (1, 2)]
+    fig = draw("speedup", other + mine)
+    (ax,) = data_axes(fig)
+    series = errorbar_series(ax)
+    assert len(series) == 2 and all(points == 2 for _, points in series), series
+    assert any("seq_len=128" in label for label, _ in series), series
+    plt.close(fig)
+
+
+def test_unused_keys_do_not_split():
+    # --sinks does not change a stride run: two values give one line, not two
+    records = run_bench(BENCH, "--compress=1,2", "--policy=stride", "--sinks=0,4",
+                        "--paired-baseline")
+    fig = draw("speedup", records)
+    (ax,) = data_axes(fig)
+    series = errorbar_series(ax)
+    assert len(series) == 1 and series[0][1] == 2, series
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- command line
 
 def run(*arguments):
+    """plot.py's main() in this process (importing matplotlib once): (status, stdout,
+    stderr); test_help runs the script itself."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = plot.main(list(arguments))
+        except SystemExit as done:  # argparse: --help, usage errors
+            code = done.code
+    plt.close("all")
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_script(*arguments):
     process = subprocess.run([sys.executable, PLOT, *arguments], capture_output=True,
                              text=True, timeout=300)
     return process.returncode, process.stdout, process.stderr
@@ -119,75 +316,43 @@ def check_png(path):
     image = matplotlib.image.imread(path)
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200, image.shape
     assert float(image[..., :3].std()) > 0.01, "image is blank"
-    try:
-        from PIL import Image
-    except ImportError:
-        return
-    with Image.open(path) as picture:
-        picture.verify()
 
 
-def check_figure(kind, files=None, svg=True, name=None):
-    files = files or [RESULTS]
-    name = name or kind
-    output = os.path.join(WORK, f"{name}.png")
-    arguments = [kind, *files, "-o", output] + (["--svg"] if svg else [])
-    code, out, err = run(*arguments)
-    assert code == 0, (code, err)
-    check_png(output)
-    if svg:
-        svg_path = os.path.join(WORK, f"{name}.svg")
-        root = ElementTree.parse(svg_path).getroot()
-        assert root.tag.endswith("svg"), root.tag
-        assert svg_path in out
-    return out, err
-
-
-RESULTS = make_results(os.path.join(WORK, "results.jsonl"))
-
-
-def test_generator_follows_schema():
-    with open(RESULTS, encoding="utf-8") as handle:
-        records = [json.loads(line) for line in handle]
-    for record in records:
-        for key in ("schema_version", "backend", "configuration", "results", "metrics",
-                    "accuracy", "memory", "baseline", "samples_ms"):
-            assert key in record, key
-        assert all(math.isfinite(x) for x in record["samples_ms"])
-    assert {r["configuration"]["policy"] for r in records} >= {"none", "stride", "topk"}
-    assert sum(1 for r in records if r["inference_cycle"]) == 2
-
-
-def test_speedup():
-    check_figure("speedup")
-
-
-def test_accuracy():
-    _, err = check_figure("accuracy")
-    assert "zero" in err, "the f32/none point has zero error and must be reported dropped"
-
-
-def test_bandwidth():
-    check_figure("bandwidth")
-
-
-def test_cycle():
-    check_figure("cycle")
+def test_command_line_writes_png_and_svg():
+    for kind in plot.FIGURES:
+        source = SWEEP_FILE if kind in ("speedup", "accuracy", "tradeoff") else \
+            write_jsonl(os.path.join(WORK, f"{kind}.jsonl"),
+                        SEQ_SWEEP if kind == "bandwidth" else CYCLES)
+        output = os.path.join(WORK, f"{kind}.png")
+        svg = kind == "tradeoff"  # SVG is slow to write: one kind is enough
+        code, out, err = run(kind, source, "-o", output, *(["--svg"] if svg else []))
+        assert code == 0, (kind, code, err)
+        check_png(output)
+        written = [output]
+        if svg:
+            written.append(os.path.join(WORK, f"{kind}.svg"))
+            assert ElementTree.parse(written[1]).getroot().tag.endswith("svg")
+        assert out.split() == written, out
 
 
 def test_png_only_and_several_files():
+    cpu = copy.deepcopy(SEQ_SWEEP[0])
+    cpu["gpu"]["name"] = "another CPU"
     single = os.path.join(WORK, "single.json")
     with open(single, "w", encoding="utf-8") as handle:
-        json.dump(make_result(random.Random(2), 8192, 1, "none", "f16", gpu=False), handle)
-    check_figure("bandwidth", [RESULTS, single], svg=False, name="two_devices")
+        json.dump(cpu, handle)
+    output = os.path.join(WORK, "two_devices.png")
+    code, _, err = run("bandwidth", write_jsonl(os.path.join(WORK, "bw.jsonl"), SEQ_SWEEP),
+                       single, "-o", output)
+    assert code == 0, err
+    check_png(output)
     assert not os.path.exists(os.path.join(WORK, "two_devices.svg"))
 
 
 def test_help():
-    code, out, _ = run("--help")
-    assert code == 0 and all(kind in out for kind in ("speedup", "accuracy", "bandwidth",
-                                                       "cycle"))
-    code, out, _ = run("cycle", "--help")
+    code, out, _ = run_script("--help")
+    assert code == 0 and all(kind in out for kind in plot.FIGURES)
+    code, out, _ = run("tradeoff", "--help")
     assert code == 0 and "--svg" in out
 
 
@@ -200,15 +365,14 @@ def expect_error(arguments, words):
 
 
 def test_missing_data_exits_2():
-    bare = os.path.join(WORK, "bare.jsonl")
-    record = make_result(random.Random(3), 1024, 2, "stride", "f16")
+    record = copy.deepcopy(SEQ_SWEEP[0])
     record["results"] = None
     record["baseline"] = None
     record["inference_cycle"] = None
     record["accuracy"] = {"error_total": None}
-    with open(bare, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+    bare = write_jsonl(os.path.join(WORK, "bare.jsonl"), [record])
     for kind, word in (("speedup", "speedup_vs_baseline"), ("accuracy", "rel_l2"),
+                       ("tradeoff", "--paired-baseline"),
                        ("bandwidth", "memory_bandwidth_gbs"),
                        ("cycle", "inference_cycle.series")):
         expect_error([kind, bare, "-o", os.path.join(WORK, "never.png")], [word, kind])
@@ -221,7 +385,7 @@ def test_bad_input_exits_2():
     with open(garbage, "w", encoding="utf-8") as handle:
         handle.write("{nope")
     expect_error(["speedup", garbage], ["garbage.json", "not valid JSON"])
-    expect_error(["speedup", RESULTS, "-o", os.path.join(WORK, "x.jpg")], [".png"])
+    expect_error(["speedup", SWEEP_FILE, "-o", os.path.join(WORK, "x.jpg")], [".png"])
 
 
 def main():
@@ -238,6 +402,7 @@ def main():
         else:
             passed += 1
             print(f"PASS {name}")
+        plt.close("all")
     if failed:
         print(f"files kept in {WORK}")
     else:
