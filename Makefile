@@ -116,7 +116,7 @@ test-cli: $(BUILD)/ekv_bench_cpu $(BUILD)/ekv_bench_cpu_san venv
 test-examples: venv
 	@tests/run_suite.sh examples tests/test_examples.sh
 
-test-python: venv
+test-python: venv $(BUILD)/ekv_bench_cpu
 	@for t in $(wildcard tests/py/test_*.py); do \
 	  tests/run_suite.sh py-$$(basename $$t .py) $(VPY) $$t; done
 
