@@ -1127,13 +1127,6 @@ EKV_DEF const char *ekv_dtype_allowed(void)
 static const char *const ekv__policy_names[EKV_POLICY_COUNT] = {"none", "stride", "pool",
                                                                 "window", "topk"};
 
-static const char *ekv__policy_allowed(void)
-{
-    static char text[64];
-    if (!text[0])
-        ekv__join_names(text, sizeof text, ekv__policy_names, sizeof ekv__policy_names[0], EKV_POLICY_COUNT);
-    return text;
-}
 EKV_DEF const char *ekv_dtype_name(ekv_dtype dtype)
 {
     return (unsigned)dtype < EKV_DTYPE_COUNT ? ekv__dtype_table[dtype].name : "?";
@@ -3941,6 +3934,15 @@ static int ekv__parse_variant(const char *text, int *value)
     *value = (int)v;
     return 0;
 }
+
+static const char *ekv__policy_allowed(void)
+{
+    static char text[64];
+    if (!text[0])
+        ekv__join_names(text, sizeof text, ekv__policy_names, sizeof ekv__policy_names[0], EKV_POLICY_COUNT);
+    return text;
+}
+
 static const char *ekv__backend_allowed(void)
 {
     static char text[64];
