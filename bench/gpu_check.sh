@@ -8,7 +8,8 @@
 #
 #   (default)  the full check: at most 8 minutes on an H100/H200 (deadline 450 s for the
 #              measuring steps, then figures, summary and packing)
-#   --quick    about 3 minutes: no racecheck, one Nsight kernel, smaller sweeps
+#   --quick    about 3 minutes (deadline 180 s): no racecheck, one Nsight kernel, smaller
+#              sweep budgets
 #   --dry-run  the same steps on the CPU execution emulator (make emu) with tiny sizes, so
 #              that the script cannot rot between GPU days; steps that need a GPU (nvcc
 #              builds, test programs, sanitizers, Nsight, the static model) are recorded as
@@ -48,7 +49,7 @@ T0=$SECONDS
 # come after (FINAL_S at most)
 case $MODE in
     full)  DEADLINE=450 ;;
-    quick) DEADLINE=175 ;;
+    quick) DEADLINE=180 ;;
     dry)   DEADLINE=1200 ;;
 esac
 FINAL_S=25
@@ -215,14 +216,15 @@ echo "ekv GPU check ($MODE) on ${GPU_NAME:-no GPU found}; results in $R"
     echo "uname: $(uname -srm)"
     echo "cpu: $(grep -m 1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ //'), $(nproc) cores"
     echo "memory: $(grep -m 1 MemTotal /proc/meminfo 2>/dev/null)"
-    echo "nvcc: ${NVCC:-none} $([ -n "$NVCC" ] && "$NVCC" --version 2>/dev/null | tail -n 2 | head -n 1)"
-    echo "compute-sanitizer: ${SANITIZER:-none}"; echo "ncu: ${NCU:-none} $([ -n "$NCU" ] && "$NCU" --version 2>/dev/null | tail -n 1)"
+    echo "nvcc: ${NVCC:-none} $([ -n "$NVCC" ] && timeout 20 "$NVCC" --version 2>/dev/null | tail -n 2 | head -n 1)"
+    echo "compute-sanitizer: ${SANITIZER:-none}"
+    echo "ncu: ${NCU:-none} $([ -n "$NCU" ] && timeout 20 "$NCU" --version 2>/dev/null | tail -n 1)"
     echo "cuobjdump: ${CUOBJDUMP:-none}"
     echo "python (tools): $PY $("$PY" --version 2>&1)"; echo "python (plots): $PLOT_PY"; echo "python (peers): $TORCH_PY"
-    echo "torch: $("$TORCH_PY" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null || echo none)"
+    echo "torch: $(timeout 60 "$TORCH_PY" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null || echo none)"
     if [ "$MODE" != dry ] && command -v nvidia-smi >/dev/null 2>&1; then
-        echo; nvidia-smi 2>&1
-        echo; nvidia-smi -q -d CLOCK,POWER,PERFORMANCE,MEMORY 2>&1
+        echo; timeout 20 nvidia-smi 2>&1
+        echo; timeout 20 nvidia-smi -q -d CLOCK,POWER,PERFORMANCE,MEMORY 2>&1
     fi
 } >"$R/env.txt" 2>&1
 env -u PYTHONPATH EKV_MODE="$MODE" EKV_GPU="$GPU_NAME" EKV_DRIVER="$DRIVER" EKV_CC="$COMPUTE_CAP" \
@@ -364,7 +366,11 @@ else
                     "${profile[@]}" "$@" || exit 1
                 fi
                 "$ncu" --import "$report.ncu-rep" --csv --page raw >"$report.csv" || exit 1
-                echo "NOTE: $(($(grep -c "^\"" "$report.csv") - 2)) kernel row(s) in ${report##*/}.csv"
+                rows=$(($(grep -c "^\"" "$report.csv") - 2))
+                if [ "$rows" -lt 1 ]; then
+                    echo "no kernel profiled: none whose name matches regex:attention ran"; exit 1
+                fi
+                echo "NOTE: $rows kernel row(s) in ${report##*/}.csv"
             ' ncu "$NCU" "$R/ncu/ncu_$dtype" "$BENCH" $(args "ncu-$dtype") --backend=cuda --quiet
         fi
     done
@@ -372,11 +378,12 @@ fi
 pack
 
 # sweep STEP SWEEP FILE SECONDS: gpu_plan.py runs SWEEP within SECONDS (or what the
-# deadline leaves), one ekv_bench process per configuration
+# deadline leaves), one ekv_bench process per configuration; the runner gets 10 s less than
+# the step, so that it ends (and says what it skipped) before the step's timeout would
 sweep() {
-    local step=$1 sweep=$2 file=$3 budget
-    budget=$(limit "$4")
-    if [ "$budget" -lt 10 ]; then
+    local step=$1 sweep=$2 file=$3 seconds
+    seconds=$(limit "$4")
+    if [ "$seconds" -lt 20 ]; then
         skip_step "$step" yes "out of time: the check's ${DEADLINE} s deadline is near"
         return 0
     fi
@@ -384,25 +391,26 @@ sweep() {
         record "$step" yes FAIL 0 "no ekv_bench binary ($BENCH)"
         return 0
     fi
-    run_step "$step" yes $((budget + 30)) "$PY" bench/gpu_plan.py run "$sweep" --mode "$MODE" \
+    run_step "$step" yes "$seconds" "$PY" bench/gpu_plan.py run "$sweep" --mode "$MODE" \
         --bench "$BENCH" --backend "$BACKEND" --jsonl "$R/$file" --runs "$R/runs.jsonl" \
-        --budget "$budget" --calibration "$R/calibration.json"
+        --budget $((seconds - 10)) --calibration "$R/calibration.json"
 }
 
 case $MODE in
     full)  F16_S=90;  PEERS_S=50; CYCLE_S=45; DTYPE_S=150 ;;
-    quick) F16_S=20;  PEERS_S=20; CYCLE_S=20; DTYPE_S=30 ;;
+    quick) F16_S=25;  PEERS_S=25; CYCLE_S=20; DTYPE_S=30 ;;
     dry)   F16_S=300; PEERS_S=60; CYCLE_S=300; DTYPE_S=300 ;;
 esac
 sweep sweep-f16 f16 ekv_f16.jsonl "$F16_S"
 pack
-PEERS_BUDGET=$(limit "$PEERS_S")
-if [ "$PEERS_BUDGET" -lt 10 ]; then
+PEERS_SECONDS=$(limit "$PEERS_S")
+if [ "$PEERS_SECONDS" -lt 25 ]; then
     skip_step peers no "out of time: the check's ${DEADLINE} s deadline is near"
 else
-    run_step peers no $((PEERS_BUDGET + 30)) env PYTHONUNBUFFERED=1 "$TORCH_PY" bench/peers.py \
+    # peers.py gets 10 s less than the step: it stops starting problems in time
+    run_step peers no "$PEERS_SECONDS" env PYTHONUNBUFFERED=1 "$TORCH_PY" bench/peers.py \
         --problems "$R/ekv_f16.jsonl" --out "$R/peers.jsonl" --runs "$R/runs.jsonl" \
-        --budget "$PEERS_BUDGET"
+        --budget $((PEERS_SECONDS - 10))
 fi
 pack
 sweep sweep-cycle cycle ekv_cycle.jsonl "$CYCLE_S"
@@ -415,6 +423,8 @@ pack
 
 DEADLINE=$((DEADLINE + FINAL_S))
 run_step plots no 60 "$PLOT_PY" bench/gpu_summary.py plots "$R"
+# the summary always runs (it takes a second or two), whatever the deadline left
+DEADLINE=$((SECONDS - T0 + 60))
 "$PY" - "$R/env.json" "$(elapsed)" <<'PYEOF'
 import json, sys
 with open(sys.argv[1], encoding="utf-8") as handle:

@@ -69,9 +69,17 @@ def f16_sweep(mode):
     for config in configs:
         config.update(MEASURE[mode])
         config["label"] = "gpu-check:f16"
-    # cheapest first: the most configurations fit a budget, every length, batch and GQA
-    # shape appears early, and the calibration starts on short runs
-    return sorted(configs, key=lambda c: (host_seconds(c), c["seq"], c["batch"]))
+    # first every length at batch 1 on the fewest KV heads, then every batch and KV-head
+    # count at the shortest length (so that each value is measured early), then the rest
+    # cheapest first: the most configurations fit a budget, and the calibration starts on
+    # short runs
+    shortest = min(c["seq"] for c in configs)
+    fewest = min(c["kv-heads"] for c in configs)
+    def first(c):
+        along_seq = c["batch"] == 1 and c["kv-heads"] == fewest
+        along_rest = c["seq"] == shortest and (c["batch"] == 1 or c["kv-heads"] == fewest)
+        return 0 if along_seq or along_rest else 1
+    return sorted(configs, key=lambda c: (first(c), host_seconds(c), c["seq"], c["batch"]))
 
 
 def dtype_policy_sweep(mode):

@@ -657,7 +657,8 @@ def main(argv=None):
     for problem in problems:
         for kv_dtype in dtypes:
             left = arguments.budget - (time.monotonic() - began)
-            need = predicted_seconds(problem, kv_dtype)
+            timed = 3 if flashinfer is not None and problem["batch"] == 1 else 1
+            need = timed * predicted_seconds(problem, kv_dtype)
             if need > left:
                 report({"problem": describe(problem), "kv_dtype": kv_dtype, "status": "skipped",
                         "reason": f"predicted {need:.0f} s > {max(left, 0):.0f} s left of the "

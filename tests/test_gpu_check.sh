@@ -316,8 +316,10 @@ echo "ekv_bench: error: stub that always fails validation" >&2
 exit 1
 EOF
 chmod +x "$WORK/failing_bench"
+began=$SECONDS
 EKV_BENCH=$WORK/failing_bench OUT=$WORK/out_failing bench/gpu_check.sh --dry-run >"$WORK/failing.log" 2>&1
 code=$?
+echo "failing dry run: $((SECONDS - began)) s, exit $code"
 tar -xzf "$WORK"/out_failing/*.tar.gz -C "$WORK/out_failing" 2>/dev/null
 FR=$(find "$WORK/out_failing" -mindepth 1 -maxdepth 1 -type d | head -n 1)
 if [ "$code" -eq 1 ] && tail -n 1 "$WORK/failing.log" | grep -q 'required step(s) failed: sweep-f16 sweep-cycle sweep-dtype-policy'; then
@@ -332,6 +334,161 @@ if [ -n "$FR" ] && [ "$(grep -c '"status": "failed"' "$FR/runs.jsonl")" -eq "$(g
     pass "the failures are in runs.jsonl (with ekv_bench's message), summary.md and steps.tsv"
 else
     fail "the failures are in runs.jsonl, summary.md and steps.tsv" "" "${FR:-$WORK}/summary.md"
+fi
+
+# ---------------------------------------------------------------- the GPU path, with stub tools
+
+# nvidia-smi, nvcc, compute-sanitizer and ncu replaced by stubs that log their arguments and
+# answer as the real tools do (the ncu CSV and ptxas lines are constructed to their formats,
+# not captured): the full check's orchestration runs here as it will on a GPU machine
+STUBS=$WORK/stubs
+mkdir -p "$STUBS"
+cat >"$STUBS/nvidia-smi" <<'STUB'
+#!/bin/sh
+case "$*" in
+  *--query-gpu=name*) echo "NVIDIA H200" ;;
+  *--query-gpu=driver_version*) echo "580.00" ;;
+  *--query-gpu=compute_cap*) echo "9.0" ;;
+  *) echo "stub nvidia-smi $*" ;;
+esac
+STUB
+# the stub ekv_bench: one plausible result line per run, shaped like ekv_bench's (a shell
+# script: the full check starts it about a hundred times)
+cat >"$STUBS/bench.sh" <<'STUB'
+#!/bin/sh
+seq=1024 batch=1 heads=16 kv=16 dim=64 dtype=f16 policy=stride c=2 reps=200 jsonl="" paired=0 inf=0
+for a in "$@"; do
+  case $a in
+    --seq=*) seq=${a#*=} ;; --batch=*) batch=${a#*=} ;; --heads=*) heads=${a#*=} ;;
+    --kv-heads=*) kv=${a#*=}; kv=${kv%%,*} ;; --dim=*) dim=${a#*=} ;;
+    --kv-dtype=*) dtype=${a#*=}; dtype=${dtype%%,*} ;; --policy=*) policy=${a#*=} ;;
+    --compress=*) c=${a#*=} ;; --reps=*) reps=${a#*=} ;; --jsonl=*) jsonl=${a#*=} ;;
+    --paired-baseline) paired=1 ;; --inference) inf=1 ;;
+  esac
+done
+[ -n "$jsonl" ] || exit 0
+awk -v seq="$seq" -v batch="$batch" -v heads="$heads" -v kv="$kv" -v dim="$dim" -v dtype="$dtype" \
+    -v policy="$policy" -v c="$c" -v reps="$reps" -v paired="$paired" -v inf="$inf" 'BEGIN {
+  m = 1e-6 * seq * batch * kv; s = "["; for (i = 0; i < reps; i++) s = s (i ? "," : "") m; s = s "]"
+  base = paired ? sprintf("{\"kv_dtype\":\"f16\",\"attention_time_ms\":%g,\"speedup\":%g,\"speedup_ci95\":{\"lo\":%g,\"hi\":%g}}", m * c, 0.9 * c, 0.8 * c, c) : "null"
+  cycle = "null"
+  if (inf) {
+    cycle = "{\"variant\":\"all\",\"variants\":["
+    split("nocache cache int8 shared int8-shared elastic", v, " ")
+    for (i = 1; i <= 6; i++) cycle = cycle (i > 1 ? "," : "") sprintf("{\"variant\":\"%s\",\"total_ms\":1,\"tokens_per_sec\":100,\"phases_ms\":{\"projection\":0.1,\"append\":0.1,\"compress\":0.1,\"attention\":0.7},\"series\":[{\"step\":1,\"context_len\":%d,\"latency_ms\":0.03,\"kv_cache_bytes\":1e6}]}", v[i], seq + 1)
+    cycle = cycle "]}"
+  }
+  printf "{\"backend\":\"cuda\",\"gpu\":{\"name\":\"NVIDIA H200\"},\"configuration\":{\"seq_len\":%d,\"batch\":%d,\"heads\":%d,\"kv_heads\":%d,\"head_dim\":%d,\"kv_dtype\":\"%s\",\"policy\":\"%s\",\"compression\":%d,\"reps\":%d,\"warmup\":0,\"inner_loops\":1,\"inference\":%s},\"results\":{\"attention_time_ms\":%g,\"memory_bandwidth_gbs\":3000,\"speedup_vs_baseline\":%s},\"statistics\":{\"ci95_median\":{\"lo\":%g,\"hi\":%g}},\"metrics\":{\"bytes_total\":%g,\"peak_bw_measured_gbs\":4000,\"peak_bw_theoretical_gbs\":4800,\"efficiency_vs_theoretical\":0.625},\"accuracy\":{\"error_total\":{\"rel_l2\":%g},\"error_kernel\":{\"rel_l2\":1e-7}},\"memory\":{\"kv_cache_bytes\":1e6},\"baseline\":%s,\"inference_cycle\":%s,\"samples_ms\":%s}\n",
+    seq, batch, heads, kv, dim, dtype, policy, c, reps, inf ? "true" : "false", m,
+    paired ? 0.9 * c : "null", 0.99 * m, 1.01 * m, 3e6 * m, 1e-3 * c, base, cycle, s
+}' >>"$jsonl"
+STUB
+cat >"$STUBS/nvcc" <<STUB
+#!/bin/sh
+echo "\$*" >>"$STUBS/nvcc.args"
+out=""; prev=""; src=""
+for a in "\$@"; do [ "\$prev" = "-o" ] && out=\$a; prev=\$a; case \$a in *.cu) src=\$a ;; esac; done
+case \$src in
+  bench/main.cu)
+    cp "$STUBS/bench.sh" "\$out"
+    printf "ptxas info    : Compiling entry function '_Z26ekv_cuda__attention_kernelILi1ELi128ELi8EEv26ekv_cuda__attention_params' for 'sm_90'\nptxas info    : Function properties for x\n    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\nptxas info    : Used 246 registers, used 1 barriers, 16640 bytes smem\n" >&2 ;;
+  *) printf '#!/bin/sh\necho "PASS stub"\necho "1 passed, 0 failed"\n' >"\$out" ;;
+esac
+chmod +x "\$out"
+STUB
+cat >"$STUBS/compute-sanitizer" <<STUB
+#!/bin/sh
+echo "\$*" >>"$STUBS/sanitizer.args"
+tool=\$2
+while [ \$# -gt 0 ] && [ ! -x "\$1" ]; do shift; done
+"\$@" >/dev/null || exit \$?
+if [ "\$tool" = racecheck ]; then echo "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)"
+else echo "========= ERROR SUMMARY: 0 errors"; fi
+STUB
+cat >"$STUBS/ncu.csv" <<'STUB'
+"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","dram__throughput.avg.pct_of_peak_sustained_elapsed","gpu__time_duration.sum","smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio"
+"","","","","","","","","","","","%","usecond","inst"
+"0","1","ekv_bench","h","void ekv_cuda__attention_kernel<1, 128, 8>(ekv_cuda__attention_params)","1","7","(128, 1, 1)","(132, 1, 1)","0","9.0","83.25","40.1","9.5"
+STUB
+cat >"$STUBS/ncu" <<STUB
+#!/bin/sh
+echo "\$*" >>"$STUBS/ncu.args"
+case "\$*" in *--import*) cat "$STUBS/ncu.csv"; exit 0 ;; esac
+report=""; prev=""
+for a in "\$@"; do [ "\$prev" = "-o" ] && report=\$a; prev=\$a; done
+: >"\$report.ncu-rep"
+while [ \$# -gt 0 ] && [ ! -x "\$1" ]; do shift; done
+"\$@" >/dev/null
+STUB
+chmod +x "$STUBS"/*
+began=$SECONDS
+PATH=$STUBS:$PATH OUT=$WORK/out_gpu bench/gpu_check.sh >"$WORK/gpu_stub.log" 2>&1
+code=$?
+echo "stub GPU run: $((SECONDS - began)) s, exit $code"
+tar -xzf "$WORK"/out_gpu/*.tar.gz -C "$WORK/out_gpu" 2>/dev/null
+GR=$(find "$WORK/out_gpu" -mindepth 1 -maxdepth 1 -type d | head -n 1)
+GR=${GR:-$WORK/out_gpu/missing}
+if [ "$code" -eq 0 ] && [ "$(basename "$GR")" = "$(date -u +%Y-%m-%d)-nvidia-h200" ]; then
+    pass "stub GPU: the full check exits 0 into <date>-nvidia-h200"
+else
+    fail "stub GPU: the full check exits 0 into <date>-nvidia-h200" "exit $code, $GR" "$WORK/gpu_stub.log"
+fi
+cat >"$WORK/check_gpu_steps.py" <<'PYEOF'
+import sys
+steps = {}
+for line in list(open(sys.argv[1], encoding="utf-8"))[1:]:
+    row = line.rstrip("\n").split("\t")
+    steps[row[0]] = row[2]
+want = {name: "ok" for name in ("build-ekv_bench", "build-test_gpu", "build-test_cache_gpu",
+                                "test_gpu", "test_cache_gpu", "memcheck-attention",
+                                "memcheck-cycle", "racecheck-attention", "racecheck-cycle",
+                                "ncu-f16", "ncu-int4", "sweep-f16", "sweep-cycle",
+                                "sweep-dtype-policy", "plots", "summary")}
+want["peers"] = "skipped" if sys.argv[2] == "absent" else steps.get("peers")
+bad = {name: steps.get(name) for name, status in want.items() if steps.get(name) != status}
+print(bad or "ok")
+sys.exit(1 if bad else 0)
+PYEOF
+check "stub GPU: builds, test programs, memcheck, racecheck, ncu (f16, int4), sweeps, summary ok" \
+    "$PY" "$WORK/check_gpu_steps.py" "$GR/steps.tsv" "$torch_state"
+if grep -q -- '-O3 -arch=sm_90 -Xptxas -v -o .*ekv_bench bench/main.cu -lcublas' "$STUBS/nvcc.args" &&
+   grep -q -- '-arch=sm_90 -Werror all-warnings -o .*test_cache_gpu tests/test_cache_gpu.cu -lcublas' "$STUBS/nvcc.args" &&
+   [ "$(grep -c 'tool racecheck' "$STUBS/sanitizer.args")" -eq 2 ] &&
+   grep -q -- '--tool memcheck --leak-check full --error-exitcode 3 .*--kv-heads=2,8 .*--backend=cuda' "$STUBS/sanitizer.args" &&
+   grep -q -- '--clock-control none --kernel-name regex:attention --launch-count 1 .*--section WarpStateStats.*--metrics .*--kv-dtype=int4' "$STUBS/ncu.args"; then
+    pass "stub GPU: nvcc for sm_90 from nvidia-smi with -Xptxas -v; sanitizers and ncu with their flags"
+else
+    fail "stub GPU: nvcc, sanitizer and ncu command lines" "" "$STUBS/ncu.args"
+fi
+cat >"$WORK/check_gpu_runs.py" <<'PYEOF'
+import json, subprocess, sys
+results, python = sys.argv[1], sys.argv[2]
+runs = [json.loads(line) for line in open(f"{results}/runs.jsonl", encoding="utf-8")]
+problems = []
+for sweep, name in (("f16", "ekv_f16.jsonl"), ("dtype-policy", "ekv_dtype_policy.jsonl"),
+                    ("cycle", "ekv_cycle.jsonl")):
+    planned = subprocess.run([python, "bench/gpu_plan.py", "list", sweep, "--mode", "full"],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    mine = [r for r in runs if r["sweep"] == sweep]
+    ok = [r for r in mine if r["status"] == "ok"]
+    rows = open(f"{results}/{name}", encoding="utf-8").read().splitlines()
+    if len(mine) != len(planned) or len(ok) != len(rows) or not ok:
+        problems.append(f"{sweep}: {len(mine)} runs for {len(planned)} planned, {len(ok)} ok, {len(rows)} rows")
+    if any(r["status"] not in ("ok", "skipped") for r in mine):
+        problems.append(f"{sweep}: {[r for r in mine if r['status'] not in ('ok', 'skipped')]}")
+print(problems or "ok")
+sys.exit(1 if problems else 0)
+PYEOF
+check "stub GPU: one runs.jsonl line per planned full-check configuration, each ok or skipped for budget" \
+    "$PY" "$WORK/check_gpu_runs.py" "$GR" "$PY"
+if grep -q '| 83.2' "$GR/summary.md" && grep -q 'long_scoreboard 9.50' "$GR/summary.md" &&
+   grep -q '1 kernels; 0 with spills' "$GR/summary.md" &&
+   grep -q '| test_gpu | ok | [0-9]* | 1 passed, 0 failed |' "$GR/summary.md" &&
+   grep -q 'RACECHECK SUMMARY: 0 hazards' "$GR/summary.md" &&
+   grep -q 'ERROR SUMMARY: 0 errors' "$GR/summary.md"; then
+    pass "stub GPU: summary.md carries ncu's numbers, ptxas, the test programs' and sanitizers' lines"
+else
+    fail "stub GPU: summary.md carries ncu's numbers, ptxas, the test and sanitizer lines" "" "$GR/summary.md"
 fi
 
 if [ "$failed" -eq 0 ]; then rm -rf "$WORK"; else echo "files kept in $WORK"; fi

@@ -222,8 +222,11 @@ def test_plans():
     shapes = {(c["seq"], c["batch"], c["kv-heads"]) for c in full}
     assert len(full) == len(shapes) == 24
     assert {c["seq"] for c in full} == {1024, 8192, 32768, 131072}
-    costs = [gpu_plan.host_seconds(c) for c in full]
-    assert costs == sorted(costs), "f16 sweep: cheapest first"
+    head = [(c["seq"], c["batch"], c["kv-heads"]) for c in full[:7]]
+    assert {(s, 1, 8) for s in (1024, 8192, 32768, 131072)} <= set(head), head
+    assert {(1024, b, 8) for b in (1, 8, 32)} | {(1024, 1, 32)} <= set(head), head
+    costs = [gpu_plan.host_seconds(c) for c in full[7:]]
+    assert costs == sorted(costs), "f16 sweep: after every value once, cheapest first"
     dtype_policy = gpu_plan.dtype_policy_sweep("full")
     combos = [(c["kv-dtype"], c["policy"], c["compress"]) for c in dtype_policy]
     assert len(combos) == len(set(combos)) == 6 + 6 * 4 * 3
