@@ -385,6 +385,7 @@ awk -v seq="$seq" -v batch="$batch" -v heads="$heads" -v kv="$kv" -v dim="$dim" 
 STUB
 cat >"$STUBS/nvcc" <<STUB
 #!/bin/sh
+case "\$*" in --version) echo "stub nvcc"; exit 0 ;; esac
 echo "\$*" >>"$STUBS/nvcc.args"
 out=""; prev=""; src=""
 for a in "\$@"; do [ "\$prev" = "-o" ] && out=\$a; prev=\$a; case \$a in *.cu) src=\$a ;; esac; done
@@ -412,17 +413,18 @@ cat >"$STUBS/ncu.csv" <<'STUB'
 STUB
 cat >"$STUBS/ncu" <<STUB
 #!/bin/sh
+case "\$*" in --version) echo "stub ncu"; exit 0 ;; esac
 echo "\$*" >>"$STUBS/ncu.args"
 case "\$*" in *--import*) cat "$STUBS/ncu.csv"; exit 0 ;; esac
 report=""; prev=""
 for a in "\$@"; do [ "\$prev" = "-o" ] && report=\$a; prev=\$a; done
-: >"\$report.ncu-rep"
+[ -n "\$report" ] && : >"\$report.ncu-rep"
 while [ \$# -gt 0 ] && [ ! -x "\$1" ]; do shift; done
 "\$@" >/dev/null
 STUB
 chmod +x "$STUBS"/*
 began=$SECONDS
-PATH=$STUBS:$PATH OUT=$WORK/out_gpu bench/gpu_check.sh >"$WORK/gpu_stub.log" 2>&1
+BUILD=$WORK/build PATH=$STUBS:$PATH OUT=$WORK/out_gpu bench/gpu_check.sh >"$WORK/gpu_stub.log" 2>&1
 code=$?
 echo "stub GPU run: $((SECONDS - began)) s, exit $code"
 tar -xzf "$WORK"/out_gpu/*.tar.gz -C "$WORK/out_gpu" 2>/dev/null
