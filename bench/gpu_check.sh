@@ -274,6 +274,8 @@ elif [ -z "$NVCC" ]; then
 else
     BENCH=$BIN/ekv_bench
     BACKEND=cuda
+    # no binary of an earlier check may stand in for one that fails to build now
+    rm -f "$BIN/ekv_bench" "$BIN/test_gpu" "$BIN/test_cache_gpu"
     # three independent nvcc processes: the GPU machine has the cores
     if [ -n "${EKV_BENCH:-}" ]; then
         BENCH=$EKV_BENCH
@@ -356,14 +358,19 @@ else
             # shellcheck disable=SC2046
             run_step "ncu-$dtype" no 75 bash -c '
                 ncu=$1 report=$2; shift 2
-                profile=("$ncu" --clock-control none --kernel-name regex:attention --launch-count 1
-                         --section SpeedOfLight --section MemoryWorkloadAnalysis
-                         --section ComputeWorkloadAnalysis --section SchedulerStats
-                         --section WarpStateStats --section Occupancy --section LaunchStats -f -o "$report")
-                metrics=dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,gpu__time_duration.sum,sm__inst_issued.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active
-                if ! "${profile[@]}" --metrics "$metrics" "$@"; then
-                    echo "ncu with the extra metrics failed; again with the sections alone"
-                    "${profile[@]}" "$@" || exit 1
+                profile=("$ncu" --clock-control none --kernel-name regex:attention --launch-count 1 -f -o "$report")
+                sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis
+                          --section ComputeWorkloadAnalysis --section SchedulerStats
+                          --section WarpStateStats --section Occupancy --section LaunchStats)
+                metrics=(--metrics dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,gpu__time_duration.sum,sm__inst_issued.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active)
+                # a section or metric this ncu does not know fails the whole run: then
+                # the sections alone, then the metrics alone
+                if ! "${profile[@]}" "${sections[@]}" "${metrics[@]}" "$@"; then
+                    echo "ncu with sections and metrics failed; again with the sections alone"
+                    if ! "${profile[@]}" "${sections[@]}" "$@"; then
+                        echo "ncu with the sections failed; again with the metrics alone"
+                        "${profile[@]}" "${metrics[@]}" "$@" || exit 1
+                    fi
                 fi
                 "$ncu" --import "$report.ncu-rep" --csv --page raw >"$report.csv" || exit 1
                 rows=$(($(grep -c "^\"" "$report.csv") - 2))
