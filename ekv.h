@@ -532,7 +532,7 @@ EKV_DEF ekv_result ekv_abi_data_generate(const char *kind, int batch, int heads,
 /* A dimension by name: batch, heads, kv_heads, seq_len, head_dim, observe. */
 EKV_DEF ekv_result ekv_abi_data_dim(const ekv_abi_data *data, const char *name, int64_t *value);
 /* Copies an array out: "q" [B,H,D], "k" / "v" [B,H_kv,S,D], "q_observe" [B,H,observe,D]
-   (float32), or "lengths" [B] (int32, as float bits are not used: pass an int buffer). */
+   (float32), or "lengths" [B] (int). */
 EKV_DEF ekv_result ekv_abi_data_copy(const ekv_abi_data *data, const char *name, void *out);
 /* The double reference over the full original data, out [B,H,D] (softmax_scale 0 =
    1/sqrt(D)), and the data's attention profile (ekv_attention_profile). */

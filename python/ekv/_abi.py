@@ -98,7 +98,7 @@ def _load():
     """(library, has_cuda, notes): the first library that loads, with what was tried."""
     notes = []
     given = os.environ.get("EKV_LIBRARY")
-    candidates = [Path(given)] if given else [HERE / "libekv_cuda.so", HERE / "libekv.so"]
+    candidates = [Path(given).resolve()] if given else [HERE / "libekv_cuda.so", HERE / "libekv.so"]
     for path in candidates:
         if not path.is_file():
             notes.append(f"{path.name}: not built")

@@ -2,6 +2,9 @@
 """test_ekv_module.py - tests of the Python module `ekv` (python/ekv) over ekv's C ABI.
 
 Run:  .venv/bin/python tests/py/test_ekv_module.py     (after .venv/bin/pip install ./)
+      EKV_LIBRARY=build/libekv_emu.so .venv/bin/python tests/py/test_ekv_module.py
+      (the GPU paths on the CPU execution emulator; `make test` builds that library with
+      $(EMU_CXX) -O1 -shared -fPIC -x c++ -o build/libekv_emu.so python/ekv/ekv_library.cu)
 What it shows: ekv.bench gives the same results as the ekv_bench command line for the
 same flags (timings, and the build's own identity, aside), as JSON objects and as rows
 that follow the column table; ekv.attention against a numpy reference written here;
@@ -39,6 +42,9 @@ except ImportError as error:  # the suite cannot run at all: one failure that sa
     sys.exit(1)
 
 WORK = tempfile.mkdtemp(prefix="ekv_test_module_")
+# EKV_LIBRARY=<an emulator build of python/ekv/ekv_library.cu>: the GPU paths on the CPU
+EMULATOR = ekv.gpu_available() and ekv.bench(raw=True, seq=8, reps=2, warmup=0, inner_loops=1,
+                                             heads=2, backend="auto")[0]["backend"] == "emulator"
 BENCH = bench_binary(WORK)
 
 
@@ -555,16 +561,24 @@ def test_a_gpu_request_without_a_gpu_is_a_clear_error():
 def test_gpu_attention():
     if not ekv.gpu_available():
         raise Skip("no GPU")
-    q, k, v = random_qkv(2, 8, 2, 512, 128)
+    # the emulator runs each CUDA thread as a thread of the CPU: a small problem there
+    q, k, v = random_qkv(1, 8, 2, 96, 64) if EMULATOR else random_qkv(2, 8, 2, 512, 128)
     for dtype in ("f16", "int8", "int4"):
         gpu = ekv.attention(q, k, v, kv_dtype=dtype, policy="topk", compress=4, backend="cuda")
         cpu = ekv.attention(q, k, v, kv_dtype=dtype, policy="topk", compress=4, backend="cpu")
         assert gpu.backend == "cuda" and gpu.error_kernel.rel_l2 < 1e-3, (dtype, gpu.error_kernel)
         assert gpu.error_compression == cpu.error_compression
+    # the benchmark on the device: the library's device side runs it
+    row, = ekv.bench(frame=False, seq=96, heads=8, kv_heads=2, reps=2, warmup=0, inner_loops=1,
+                     backend="emulator" if EMULATOR else "cuda")
+    assert row["backend"] == ("emulator" if EMULATOR else "cuda") and row["error_kernel"] < 1e-3, row
 
 
 def test_the_build_is_recorded():
     info = ekv.build_info()
+    if os.environ.get("EKV_LIBRARY"):
+        assert info["library"] == os.path.realpath(os.environ["EKV_LIBRARY"]) and info["built"] == {}
+        raise Skip("EKV_LIBRARY names a library that pip install did not build")
     version = re.search(r'#define EKV_VERSION_STRING "([^"]+)"', open(os.path.join(ROOT, "ekv.h")).read())
     abi = re.search(r"#define EKV_ABI_VERSION (\d+)", open(os.path.join(ROOT, "ekv.h")).read())
     assert info["ekv_version"] == ekv.__version__ == version.group(1)
@@ -576,6 +590,19 @@ def test_the_build_is_recorded():
         # wherever nvcc exists, pip install . builds the CUDA library and the module loads it
         assert info["built"]["cuda"]["built"], info["built"]["cuda"]
         assert info["cuda"] and info["library"].endswith("libekv_cuda.so"), info
+
+
+def test_the_readme_python_line_runs():
+    """The README's line, as written there, prints a one-row table."""
+    if EMULATOR:
+        raise Skip("the README's run is GPU-sized for the emulator")
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    line, = [line.strip() for line in readme.splitlines() if line.strip().startswith('python -c "import ekv')]
+    code = line[len('python -c "'):-1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=WORK)
+    assert done.returncode == 0, done.stderr
+    assert "1 rows x" in done.stdout or "'backend': 'cpu'" in done.stdout, done.stdout
 
 
 def main():
