@@ -22,7 +22,7 @@ EMU_HEADERS := $(wildcard tests/emu/include/*.h)
 EMU_CXX := $(CXX) -std=c++17 -g -pthread -DEKV_EMULATOR $(EMU_INC) -I. -Wall -Wextra -Werror
 export BUILD
 
-.PHONY: all bench test emu clean venv tools test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
+.PHONY: all bench test emu clean venv tools gpu-check test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/ekv_bench
@@ -187,8 +187,13 @@ test: venv
 	@rm -f $(BUILD)/logs/summary.txt
 	@$(MAKE) --no-print-directory test-build test-core test-cli test-python test-examples
 	@$(MAKE) --no-print-directory test-emu-suite test-kernels-emu test-static test-gpu
+	@tests/run_suite.sh gpu-check-dry tests/test_gpu_check.sh
 	@tests/run_suite.sh make-bench tests/check_cmd.sh "make bench runs the default benchmark" $(MAKE) --no-print-directory bench
 	@tests/summary.sh
+
+# one prepared GPU check (bench/gpu_check.sh; --quick, --dry-run: see README)
+gpu-check:
+	bench/gpu_check.sh
 
 clean:
 	rm -rf $(BUILD) ekv_bench

@@ -1268,6 +1268,7 @@ EKV_DEF const char *ekv_dtype_allowed(void)
 static const char *const ekv__policy_names[EKV_POLICY_COUNT] = {"none", "stride", "pool",
                                                                 "window", "topk"};
 
+/* "none, stride, ...": the allowed names, for the messages of the parser and the ABI */
 static const char *ekv__policy_allowed(void)
 {
     static char text[64];
@@ -1275,6 +1276,7 @@ static const char *ekv__policy_allowed(void)
         ekv__join_names(text, sizeof text, ekv__policy_names, sizeof ekv__policy_names[0], EKV_POLICY_COUNT);
     return text;
 }
+
 EKV_DEF const char *ekv_dtype_name(ekv_dtype dtype)
 {
     return (unsigned)dtype < EKV_DTYPE_COUNT ? ekv__dtype_table[dtype].name : "?";
@@ -4635,6 +4637,7 @@ static int ekv__parse_variant(const char *text, int *value)
     *value = (int)v;
     return 0;
 }
+
 static const char *ekv__backend_allowed(void)
 {
     static char text[64];
