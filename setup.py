@@ -102,6 +102,10 @@ class BuildLibraries(build_ext):
         return {"library": target.name, "command": command, "compiler": tool_version(compiler)}
 
     def build_cuda(self, directory):
+        target = directory / "libekv_cuda.so"
+        # the build tree is reused between builds: a CUDA library left from an earlier one
+        # must not ship with (and be loaded instead of) this build's libekv.so
+        target.unlink(missing_ok=True)
         mode = os.environ.get("EKV_CUDA", "auto").lower()
         if mode not in ("auto", "0", "1"):
             raise RuntimeError(f"EKV_CUDA={mode}: allowed auto, 0, 1")
@@ -116,7 +120,6 @@ class BuildLibraries(build_ext):
         libraries = [str(d) for d in (toolkit / "lib64", toolkit / "lib",
                                       toolkit / "targets" / "x86_64-linux" / "lib") if d.is_dir()]
         arch = os.environ.get("EKV_CUDA_ARCH") or ("native" if gpu_visible() else None)
-        target = directory / "libekv_cuda.so"
         command = [nvcc, "-O3", "-Xcompiler", "-fPIC", "-shared"] + \
             ([f"-arch={arch}"] if arch else []) + \
             [f"-I{ROOT}", "-o", str(target), str(PACKAGE / "ekv_library.cu"), "-lcublas"] + \
