@@ -53,7 +53,7 @@ $(BUILD)/ekv_bench_emu: bench/main.cu $(CUDA_HEADERS) $(EMU_HEADERS) | $(BUILD)
 bench: $(BUILD)/ekv_bench
 	$(BUILD)/ekv_bench
 
-venv: $(VENV)/.stamp tools
+venv: $(VENV)/.stamp $(VENV)/.ekv-stamp tools
 
 # Debian tools the tests use (jq parses the JSON independently of Python)
 tools:
@@ -62,6 +62,12 @@ tools:
 $(VENV)/.stamp: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# the Python module from this checkout: pip builds its library from the headers (and the
+# CUDA one wherever nvcc exists), so it is reinstalled when they change
+$(VENV)/.ekv-stamp: $(VENV)/.stamp pyproject.toml setup.py $(wildcard python/ekv/*.py python/ekv/ekv_library.*) $(CUDA_HEADERS)
+	$(VPY) -m pip install --quiet --disable-pip-version-check ./
 	touch $@
 
 # ---- tests -------------------------------------------------------------------------
@@ -150,13 +156,18 @@ $(addsuffix _asan,$(addprefix $(BUILD)/emu/,$(EMU_TESTS))): $(BUILD)/emu/%_asan:
 $(addsuffix _tsan,$(addprefix $(BUILD)/emu/,$(EMU_TESTS))): $(BUILD)/emu/%_tsan: tests/%.cpp $(EMU_IMPL)_tsan.o $(KEMU_DEPS)
 	$(EMU_CXX) -O1 -fsanitize=thread -o $@ $< $(EMU_IMPL)_tsan.o
 
-test-kernels-emu: $(foreach t,$(EMU_TESTS),$(BUILD)/emu/$(t) $(BUILD)/emu/$(t)_asan $(BUILD)/emu/$(t)_tsan) $(BUILD)/ekv_bench_emu venv
+# the Python module's GPU paths on the emulator: its library from the same source
+$(BUILD)/libekv_emu.so: python/ekv/ekv_library.cu $(KEMU_DEPS) | $(BUILD)
+	$(EMU_CXX) -O1 -shared -fPIC -x c++ -o $@ $<
+
+test-kernels-emu: $(foreach t,$(EMU_TESTS),$(BUILD)/emu/$(t) $(BUILD)/emu/$(t)_asan $(BUILD)/emu/$(t)_tsan) $(BUILD)/ekv_bench_emu $(BUILD)/libekv_emu.so venv
 	@for t in $(EMU_TESTS); do \
 	  tests/run_suite.sh $$t $(BUILD)/emu/$$t; \
 	  tests/run_suite.sh $$t-asan $(BUILD)/emu/$${t}_asan; \
 	  tests/run_suite.sh $$t-tsan tests/tsan_run.sh $(BUILD)/emu/$${t}_tsan --quick; \
 	done
 	@tests/run_suite.sh cli-emulator $(VPY) tests/test_cli.py $(BUILD)/ekv_bench_emu --backend=emulator
+	@EKV_LIBRARY=$(BUILD)/libekv_emu.so tests/run_suite.sh py-ekv-module-emulator $(VPY) tests/py/test_ekv_module.py
 
 # what needs nvcc but no GPU: builds for sm_75/80/90, ptxas spills, SASS load widths
 test-static: tools

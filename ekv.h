@@ -33,6 +33,7 @@
        >>reference    CPU attention: double reference and the float CPU kernel
        >>cacheops     the elastic cache grown token by token and compressed in place
        >>accuracy     error metrics and attention statistics of the data
+       >>abi          the C ABI for bindings: data and cache handles, plain arguments
      Part B, the benchmark (#define EKV_NO_BENCH leaves it out)
        >>config       ekv_config, defaults (resolved once), validation, command line
        >>stats        sample statistics, Student t, bootstrap
@@ -43,6 +44,8 @@
        >>timing       the clock and the one ABAB timing loop of every backend
        >>cpu          the CPU backend
        >>cycle        the inference cycle: its driver, the CPU backend, results
+       >>dispatch     one configuration as ekv_bench runs it: device or CPU, fall-back
+       >>abibench     the C ABI's benchmark: ekv_bench's flags in, JSON objects out
 
    COMPILE-TIME OPTIONS
        #define EKV_NO_BENCH          the library alone (Part A): no config, CLI, statistics,
@@ -492,6 +495,93 @@ EKV_DEF ekv_error_stats ekv_compare_f64(const double *ref, const double *x, size
    and of the share of attention mass held by the top 5% of tokens (at least one). */
 EKV_DEF ekv_result ekv_attention_profile(const ekv_data *data, double softmax_scale,
                                          double *entropy, double *top5pct_mass);
+
+/* >>abi ==================================================================== */
+
+/* A small, stable C ABI for bindings (the Python module `ekv` calls it through ctypes):
+   opaque handles and plain arguments only (pointers, sizes, ints, doubles, strings), so
+   that no struct layout crosses the boundary and a field added to ekv_data or
+   ekv_host_cache breaks no binding. Every function that can fail returns an ekv_result
+   (EKV_SUCCESS = 0); the message, which names the wrong argument as the binding's keyword
+   (`kv_dtype`, `compress`, `q`, ...), is ekv_last_error(). ekv_version(),
+   ekv_result_string() and ekv_last_error() belong to the ABI too; Part B adds the
+   benchmark (>>abibench) and ekv_cuda.cuh the GPU (ekv_cuda_abi_*). Arrays are C-ordered;
+   shapes are int64. EKV_ABI_VERSION changes whenever a function of the ABI is added,
+   removed or changes its meaning; a binding checks ekv_abi_version() when it loads. */
+#define EKV_ABI_VERSION 1
+
+typedef struct ekv_abi_data ekv_abi_data;   /* q, k, v of one decode step   */
+typedef struct ekv_abi_cache ekv_abi_cache; /* a stored (compressed) cache  */
+
+EKV_DEF int ekv_abi_version(void);
+
+/* Copies one decode step's data from memory, with the rules of --data=FILE (ekv_data_load):
+   q [B,H,D], k and v [B,H_kv,S,D] float32; q_observe [B,H,O,D] or NULL (then every observed
+   query is a copy of q; with O > observe the last `observe` are kept); lengths [B] tokens
+   present per sequence (ragged), or NULL for all S. observe: queries that score topk. */
+EKV_DEF ekv_result ekv_abi_data_create(const float *q, const int64_t *q_shape, int q_ndim,
+                                       const float *k, const int64_t *k_shape, int k_ndim,
+                                       const float *v, const int64_t *v_shape, int v_ndim,
+                                       const float *q_observe, const int64_t *q_observe_shape,
+                                       int q_observe_ndim, const int *lengths, int observe,
+                                       ekv_abi_data **data);
+/* ekv_data_generate: kind "structured" or "random". */
+EKV_DEF ekv_result ekv_abi_data_generate(const char *kind, int batch, int heads, int kv_heads,
+                                         int seq_len, int head_dim, int observe, uint64_t seed,
+                                         ekv_abi_data **data);
+/* A dimension by name: batch, heads, kv_heads, seq_len, head_dim, observe. */
+EKV_DEF ekv_result ekv_abi_data_dim(const ekv_abi_data *data, const char *name, int64_t *value);
+/* Copies an array out: "q" [B,H,D], "k" / "v" [B,H_kv,S,D], "q_observe" [B,H,observe,D]
+   (float32), or "lengths" [B] (int). */
+EKV_DEF ekv_result ekv_abi_data_copy(const ekv_abi_data *data, const char *name, void *out);
+/* The double reference over the full original data, out [B,H,D] (softmax_scale 0 =
+   1/sqrt(D)), and the data's attention profile (ekv_attention_profile). */
+EKV_DEF ekv_result ekv_abi_data_reference(const ekv_abi_data *data, double softmax_scale,
+                                          double *out);
+EKV_DEF ekv_result ekv_abi_data_profile(const ekv_abi_data *data, double softmax_scale,
+                                        double *attention_entropy, double *top5pct_mass);
+EKV_DEF void ekv_abi_data_free(ekv_abi_data *data);
+
+/* The stored cache of `data` (ekv_cache_build): kv_dtype and policy by name, compression
+   C, recent window, sinks; softmax_scale 0 = 1/sqrt(D). The cache refers to `data`, which
+   must outlive it. */
+EKV_DEF ekv_result ekv_abi_cache_build(const ekv_abi_data *data, const char *kv_dtype,
+                                       const char *policy, int compression, int recent,
+                                       int sinks, double softmax_scale, ekv_abi_cache **cache);
+/* A number by name: batch, heads, kv_heads, head_dim, capacity (slots per (sequence, kv
+   head)), compression, recent, sinks, observe, softmax_scale (resolved), has_bias, and the
+   stored bytes the kernel reads (ekv_cache_bytes_of): bytes_k, bytes_v, bytes_scales,
+   bytes_bias, bytes_total, bytes_uncompressed (the same dtype at C = 1), memory_bytes
+   (allocated, capacity padding included). */
+EKV_DEF ekv_result ekv_abi_cache_number(const ekv_abi_cache *cache, const char *name,
+                                        double *value);
+/* Slots in use per sequence, lengths [B]. */
+EKV_DEF ekv_result ekv_abi_cache_lengths(const ekv_abi_cache *cache, int *lengths);
+/* Which original tokens each slot holds: tokens [first, first + count) (count > 1: a pool
+   group), first and count [B,H_kv,capacity]; -1 and 0 beyond a sequence's length. */
+EKV_DEF ekv_result ekv_abi_cache_slots(const ekv_abi_cache *cache, int *first, int *count);
+/* The stored K ("k") or V ("v") dequantized, out [B,H_kv,capacity,D] float32, 0 beyond a
+   sequence's length; "bias" [B,H_kv,capacity] (0 without one). */
+EKV_DEF ekv_result ekv_abi_cache_values(const ekv_abi_cache *cache, const char *name, float *out);
+/* The stored bytes themselves, as the kernels read them: "k", "v", "k_scales", "v_scales"
+   or "bias" (layouts in >>cache). *size receives the byte count; out may be NULL to ask
+   for it, else it must hold that many bytes. */
+EKV_DEF ekv_result ekv_abi_cache_stored(const ekv_abi_cache *cache, const char *name, void *out,
+                                        size_t *size);
+/* The CPU kernel (ekv_cpu_attention) over the stored cache with the data's q, out [B,H,D];
+   the double reference over the same stored cache (ekv_reference_attention_cache). */
+EKV_DEF ekv_result ekv_abi_cpu_attention(const ekv_abi_cache *cache, float *out);
+EKV_DEF ekv_result ekv_abi_cache_reference(const ekv_abi_cache *cache, double *out);
+EKV_DEF void ekv_abi_cache_free(ekv_abi_cache *cache);
+/* ekv_compare_f32 and ekv_compare_f64 of n values. */
+EKV_DEF ekv_result ekv_abi_compare(const double *reference, const float *x, size_t n,
+                                   double *rel_l2, double *max_abs, double *cosine);
+EKV_DEF ekv_result ekv_abi_compare_f64(const double *reference, const double *x, size_t n,
+                                       double *rel_l2, double *max_abs, double *cosine);
+/* For companion headers written in C (ekv_cuda.cuh), not for bindings: the structs behind
+   the handles. */
+EKV_DEF const ekv_host_cache *ekv_abi_cache_host(const ekv_abi_cache *cache);
+EKV_DEF const ekv_data *ekv_abi_cache_data(const ekv_abi_cache *cache);
 
 #ifndef EKV_NO_BENCH
 /* ======================== Part B: the benchmark ========================= */
@@ -949,6 +1039,57 @@ EKV_DEF int ekv_cycle_anchor(const ekv_cycle_model *model, ekv_variant variant, 
 EKV_DEF int ekv_cycle_capacity(const ekv_config *config, ekv_variant variant);
 EKV_DEF ekv_dtype ekv_cycle_dtype(const ekv_config *config, ekv_variant variant);
 
+/* >>dispatch =============================================================== */
+
+/* The device side a build has, for ekv_run: ekv_cuda.cuh's ekv_cuda_device_backend() (the
+   CUDA backend, or the emulator in its test build); NULL in a build without CUDA. */
+typedef struct ekv_device_backend {
+    ekv_backend kind; /* EKV_BACKEND_CUDA or EKV_BACKEND_EMULATOR */
+    ekv_result (*run)(const ekv_config *config, const ekv_workload *work, ekv_report *report);
+    ekv_result (*cycle_run)(const ekv_config *config, ekv_report *report);
+} ekv_device_backend;
+
+/* EKV_ERR_UNSUPPORTED naming --backend when config->backend asks for a device this build
+   does not have (cuda or emulator without `device`, or the other one of the two). */
+EKV_DEF ekv_result ekv_run_check(const ekv_config *config, const ekv_device_backend *device);
+/* One configuration as ekv_bench runs it: the inference cycle (--inference) or one
+   attention workload (ekv_workload_prepare), on the device when the build has one and
+   --backend is not cpu, else on the CPU. With --backend=auto a missing device
+   (EKV_ERR_NO_DEVICE) falls back to the CPU, the reason kept in report->notice after
+   "CPU backend: ". Free the report with ekv_report_free, also after a failure. */
+EKV_DEF ekv_result ekv_run(const ekv_config *config, const ekv_device_backend *device,
+                           ekv_report *report);
+
+/* >>abibench =============================================================== */
+
+/* The benchmark through the C ABI (see >>abi): ekv_bench's flags in, its JSON objects out,
+   in process. */
+typedef struct ekv_abi_bench ekv_abi_bench;
+
+/* Parses `args` (ekv_bench's flags, without a program name) with ekv_cli_parse and checks
+   the backend (ekv_run_check): a bad flag fails here, before anything runs. --help and
+   --version are refused (ekv_abi_bench_help has the flags). This build's device side:
+   none (ekv_cuda.cuh has ekv_cuda_abi_bench_open for a build with CUDA). */
+EKV_DEF ekv_result ekv_abi_bench_open(int count, const char *const *args, ekv_abi_bench **bench);
+/* Configurations in the sweep (the cartesian product of the comma lists). */
+EKV_DEF int64_t ekv_abi_bench_runs(const ekv_abi_bench *bench);
+/* Runs configuration `index` (0-based, last swept flag fastest) with ekv_run and gives its
+   result as ekv_bench --json prints it (one JSON object, no newline) in *json, valid until
+   the next call on `bench`. */
+EKV_DEF ekv_result ekv_abi_bench_run(ekv_abi_bench *bench, int64_t index, const char **json);
+/* Configuration `index` without running it: the JSON object ekv_report_write_json writes
+   for an empty report, whose "configuration" holds the resolved flags, defaults included
+   (nothing is measured: the rest is zero or null). Same lifetime of *json. */
+EKV_DEF ekv_result ekv_abi_bench_config(ekv_abi_bench *bench, int64_t index, const char **json);
+EKV_DEF void ekv_abi_bench_close(ekv_abi_bench *bench);
+/* ekv_bench --help into out[size] (NUL-terminated, truncated to fit); *needed receives the
+   full length + 1. */
+EKV_DEF ekv_result ekv_abi_bench_help(char *out, size_t size, size_t *needed);
+/* For companion headers (ekv_cuda.cuh): ekv_abi_bench_open with a device side. */
+EKV_DEF ekv_result ekv_abi_bench_open_on(int count, const char *const *args,
+                                         const ekv_device_backend *device,
+                                         ekv_abi_bench **bench);
+
 #endif /* EKV_NO_BENCH */
 
 #ifdef __cplusplus
@@ -1126,6 +1267,15 @@ EKV_DEF const char *ekv_dtype_allowed(void)
 
 static const char *const ekv__policy_names[EKV_POLICY_COUNT] = {"none", "stride", "pool",
                                                                 "window", "topk"};
+
+/* "none, stride, ...": the allowed names, for the messages of the parser and the ABI */
+static const char *ekv__policy_allowed(void)
+{
+    static char text[64];
+    if (!text[0])
+        ekv__join_names(text, sizeof text, ekv__policy_names, sizeof ekv__policy_names[0], EKV_POLICY_COUNT);
+    return text;
+}
 
 EKV_DEF const char *ekv_dtype_name(ekv_dtype dtype)
 {
@@ -2867,12 +3017,32 @@ static ekv_result ekv__cache_alloc(ekv_host_cache *cache, ekv_dtype dtype, int b
     return EKV_SUCCESS;
 }
 
+/* What a policy ranks tokens by: for topk the attention mass from the observed queries
+   (ekv_observed_scores, [batch][kv_heads][capacity]); NULL for the policies that do not
+   look at content. ekv_cache_build and the ABI's slot maps (>>abi) both take it from here. */
+static ekv_result ekv__policy_scores(const ekv_data *data, const ekv_compress_desc *desc,
+                                     double scale, double **scores)
+{
+    ekv_result result;
+    *scores = NULL;
+    if (desc->policy != EKV_POLICY_TOPK) return EKV_SUCCESS;
+    *scores = (double *)ekv__alloc((size_t)data->batch * (size_t)data->kv_heads *
+                                       (size_t)data->capacity, sizeof(double));
+    if (!*scores) return EKV_ERR_OUT_OF_MEMORY;
+    result = ekv_observed_scores(data, scale, *scores);
+    if (result != EKV_SUCCESS) {
+        ekv__free(*scores);
+        *scores = NULL;
+    }
+    return result;
+}
+
 EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc *desc,
                                    ekv_dtype dtype, double softmax_scale,
                                    ekv_host_cache *cache)
 {
     const char *fn = "ekv_cache_build";
-    size_t row_bytes, scale_bytes, bh;
+    size_t row_bytes, scale_bytes;
     double scale = 0.0, *scores = NULL, *sum = NULL;
     ekv_slot_source *slots = NULL;
     float *row = NULL;
@@ -2901,22 +3071,16 @@ EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc
     result = ekv__cache_alloc(cache, dtype, data->batch, data->kv_heads, D, capacity,
                               desc->policy == EKV_POLICY_POOL, 0, fn);
     if (result != EKV_SUCCESS) return result;
-    bh = (size_t)data->batch * (size_t)data->kv_heads;
     row_bytes = ekv_dtype_row_bytes(dtype, D);
     scale_bytes = ekv_dtype_row_scale_bytes(dtype, D);
     slots = (ekv_slot_source *)ekv__alloc((size_t)capacity, sizeof *slots);
     row = (float *)ekv__alloc((size_t)D, sizeof(float));
     sum = (double *)ekv__alloc((size_t)D, sizeof(double));
-    if (desc->policy == EKV_POLICY_TOPK)
-        scores = (double *)ekv__alloc(bh * (size_t)data->capacity, sizeof(double));
-    if (!slots || !row || !sum || (desc->policy == EKV_POLICY_TOPK && !scores)) {
+    if (!slots || !row || !sum) {
         result = EKV_ERR_OUT_OF_MEMORY;
         goto done;
     }
-    if (scores) {
-        result = ekv_observed_scores(data, scale, scores);
-        if (result != EKV_SUCCESS) goto done;
-    }
+    if ((result = ekv__policy_scores(data, desc, scale, &scores)) != EKV_SUCCESS) goto done;
     for (b = 0; b < data->batch; b++) {
         for (h = 0; h < data->kv_heads; h++) {
             const size_t head = (size_t)b * (size_t)data->kv_heads + (size_t)h;
@@ -3729,6 +3893,545 @@ EKV_DEF ekv_result ekv_attention_profile(const ekv_data *data, double softmax_sc
     return EKV_SUCCESS;
 }
 
+/* >>abi: the C ABI for bindings (implementation) ============================== */
+
+struct ekv_abi_data {
+    ekv_data data;
+};
+
+struct ekv_abi_cache {
+    const ekv_abi_data *data;
+    ekv_host_cache cache;
+    ekv_compress_desc desc;
+    double softmax_scale;   /* resolved */
+    ekv_slot_source *slots; /* [batch][kv_heads][capacity]; count 0 beyond the length */
+};
+
+EKV_DEF int ekv_abi_version(void)
+{
+    return EKV_ABI_VERSION;
+}
+
+static ekv_result ekv__abi_null(const void *pointer, const char *name)
+{
+    return pointer ? EKV_SUCCESS
+                   : ekv_set_error(EKV_ERR_INVALID_ARG, "%s is NULL", name);
+}
+
+static ekv_result ekv__abi_scale(double softmax_scale)
+{
+    if (softmax_scale != softmax_scale || softmax_scale > DBL_MAX || softmax_scale < -DBL_MAX)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "softmax_scale=%g: allowed a finite number (0 = 1/sqrt(head_dim))",
+                             softmax_scale);
+    return EKV_SUCCESS;
+}
+
+/* A copy of a caller's array as the ekv_npy_array the .npz reader would have made, so that
+   arrays in memory go through the same checks and rules as --data=FILE. */
+static ekv_result ekv__abi_array(const char *name, const float *values, const int64_t *shape,
+                                 int ndim, ekv_npy_array *out)
+{
+    size_t count = 1;
+    int i;
+    memset(out, 0, sizeof *out);
+    if (!values || !shape) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s is NULL", name);
+    if (ndim < 1 || ndim > EKV__NPY_MAX_DIMS)
+        return ekv_set_error(EKV_ERR_FORMAT, "%s has %d dimensions: allowed 1..%d", name, ndim,
+                             EKV__NPY_MAX_DIMS);
+    for (i = 0; i < ndim; i++) {
+        if (shape[i] < 0 || (uint64_t)shape[i] > (uint64_t)((size_t)-1 / 8) ||
+            !ekv__mul_size(count, (size_t)shape[i], &count))
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: dimension %d (%lld) is out of range", name,
+                                 i, (long long)shape[i]);
+        out->shape[i] = shape[i];
+    }
+    out->ndim = ndim;
+    out->values = (float *)ekv__alloc(count, sizeof(float));
+    if (!out->values) return EKV_ERR_OUT_OF_MEMORY;
+    memcpy(out->values, values, count * sizeof(float));
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_data_create(const float *q, const int64_t *q_shape, int q_ndim,
+                                       const float *k, const int64_t *k_shape, int k_ndim,
+                                       const float *v, const int64_t *v_shape, int v_ndim,
+                                       const float *q_observe, const int64_t *q_observe_shape,
+                                       int q_observe_ndim, const int *lengths, int observe,
+                                       ekv_abi_data **data)
+{
+    ekv_npy_array arrays[4];
+    ekv_abi_data *d = NULL;
+    ekv_result r;
+    int i;
+    memset(arrays, 0, sizeof arrays);
+    if ((r = ekv__abi_null(data, "data")) != EKV_SUCCESS) return r;
+    *data = NULL;
+    if (observe < 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "observe=%d: allowed 0 or more (queries that score topk)", observe);
+    r = ekv__abi_array("q", q, q_shape, q_ndim, &arrays[0]);
+    if (r == EKV_SUCCESS) r = ekv__abi_array("k", k, k_shape, k_ndim, &arrays[1]);
+    if (r == EKV_SUCCESS) r = ekv__abi_array("v", v, v_shape, v_ndim, &arrays[2]);
+    if (r == EKV_SUCCESS && q_observe)
+        r = ekv__abi_array("q_observe", q_observe, q_observe_shape, q_observe_ndim, &arrays[3]);
+    if (r == EKV_SUCCESS) {
+        d = (ekv_abi_data *)ekv__alloc(1, sizeof *d);
+        if (!d) r = EKV_ERR_OUT_OF_MEMORY;
+    }
+    if (r == EKV_SUCCESS) r = ekv__data_from_arrays(arrays, observe, "arrays in memory", &d->data);
+    for (i = 0; i < 4; i++) ekv_npy_free(&arrays[i]);
+    if (r == EKV_SUCCESS && lengths) {
+        for (i = 0; i < d->data.batch && r == EKV_SUCCESS; i++)
+            if (lengths[i] < 0 || lengths[i] > d->data.capacity)
+                r = ekv_set_error(EKV_ERR_INVALID_ARG,
+                                  "lengths[%d]=%d is out of range: allowed 0..%d (the tokens of k)",
+                                  i, lengths[i], d->data.capacity);
+        if (r == EKV_SUCCESS) memcpy(d->data.lengths, lengths, (size_t)d->data.batch * sizeof(int));
+    }
+    if (r != EKV_SUCCESS) {
+        ekv_abi_data_free(d);
+        return r;
+    }
+    *data = d;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_data_generate(const char *kind, int batch, int heads, int kv_heads,
+                                         int seq_len, int head_dim, int observe, uint64_t seed,
+                                         ekv_abi_data **data)
+{
+    ekv_data_desc desc;
+    ekv_abi_data *d;
+    ekv_result r;
+    if ((r = ekv__abi_null(data, "data")) != EKV_SUCCESS) return r;
+    *data = NULL;
+    memset(&desc, 0, sizeof desc);
+    if (kind && strcmp(kind, "structured") == 0) desc.kind = EKV_DATA_STRUCTURED;
+    else if (kind && strcmp(kind, "random") == 0) desc.kind = EKV_DATA_RANDOM;
+    else
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "data='%.100s' is unknown: allowed structured, random",
+                             kind ? kind : "(null)");
+    desc.batch = batch;
+    desc.heads = heads;
+    desc.kv_heads = kv_heads;
+    desc.seq_len = seq_len;
+    desc.head_dim = head_dim;
+    desc.observe = observe;
+    desc.seed = seed;
+    d = (ekv_abi_data *)ekv__alloc(1, sizeof *d);
+    if (!d) return EKV_ERR_OUT_OF_MEMORY;
+    r = ekv_data_generate(&desc, &d->data);
+    if (r != EKV_SUCCESS) {
+        ekv__free(d);
+        return r;
+    }
+    *data = d;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_data_dim(const ekv_abi_data *data, const char *name, int64_t *value)
+{
+    static const char *const names[6] = {"batch", "heads", "kv_heads", "seq_len", "head_dim",
+                                         "observe"};
+    int i;
+    ekv_result r;
+    if ((r = ekv__abi_null(data, "data")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(value, "value")) != EKV_SUCCESS)
+        return r;
+    i = name ? ekv__find_name(name, names, 6) : -1;
+    switch (i) {
+    case 0: *value = data->data.batch; break;
+    case 1: *value = data->data.heads; break;
+    case 2: *value = data->data.kv_heads; break;
+    case 3: *value = data->data.capacity; break;
+    case 4: *value = data->data.head_dim; break;
+    case 5: *value = data->data.observe; break;
+    default:
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "name='%.100s' is unknown: allowed batch, heads, kv_heads, seq_len, "
+                             "head_dim, observe", name ? name : "(null)");
+    }
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_data_copy(const ekv_abi_data *data, const char *name, void *out)
+{
+    const ekv_data *d;
+    const void *source = NULL;
+    size_t bytes = 0;
+    ekv_result r;
+    if ((r = ekv__abi_null(data, "data")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(out, "out")) != EKV_SUCCESS)
+        return r;
+    d = &data->data;
+    if (name && strcmp(name, "q") == 0) {
+        source = d->q;
+        bytes = (size_t)d->batch * d->heads * d->head_dim * sizeof(float);
+    } else if (name && (strcmp(name, "k") == 0 || strcmp(name, "v") == 0)) {
+        source = name[0] == 'k' ? d->k : d->v;
+        bytes = ekv_data_kv_index(d, d->batch, 0, 0) * sizeof(float);
+    } else if (name && strcmp(name, "q_observe") == 0) {
+        source = d->q_observe;
+        bytes = (size_t)d->batch * d->heads * d->observe * d->head_dim * sizeof(float);
+    } else if (name && strcmp(name, "lengths") == 0) {
+        source = d->lengths;
+        bytes = (size_t)d->batch * sizeof(int);
+    } else {
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "name='%.100s' is unknown: allowed q, k, v, q_observe, lengths",
+                             name ? name : "(null)");
+    }
+    if (bytes) memcpy(out, source, bytes);
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_data_reference(const ekv_abi_data *data, double softmax_scale,
+                                          double *out)
+{
+    ekv_result r;
+    if ((r = ekv__abi_null(data, "data")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(out, "out")) != EKV_SUCCESS || (r = ekv__abi_scale(softmax_scale)) != EKV_SUCCESS)
+        return r;
+    return ekv_reference_attention(&data->data, softmax_scale, out);
+}
+
+EKV_DEF ekv_result ekv_abi_data_profile(const ekv_abi_data *data, double softmax_scale,
+                                        double *attention_entropy, double *top5pct_mass)
+{
+    ekv_result r;
+    if ((r = ekv__abi_null(data, "data")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(attention_entropy, "attention_entropy")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(top5pct_mass, "top5pct_mass")) != EKV_SUCCESS ||
+        (r = ekv__abi_scale(softmax_scale)) != EKV_SUCCESS)
+        return r;
+    return ekv_attention_profile(&data->data, softmax_scale, attention_entropy, top5pct_mass);
+}
+
+EKV_DEF void ekv_abi_data_free(ekv_abi_data *data)
+{
+    if (!data) return;
+    ekv_data_free(&data->data);
+    ekv__free(data);
+}
+
+/* ekv_compress_desc_valid decides whether the settings are usable; this only words its
+   refusal so that the message names the argument at fault. */
+static ekv_result ekv__abi_compress_error(const ekv_compress_desc *desc)
+{
+    if (desc->compression < 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "compress=%d is out of range: allowed 1 or more",
+                             desc->compression);
+    if (desc->policy == EKV_POLICY_NONE && desc->compression != 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "compress=%d needs a compression policy: with policy='none' only "
+                             "compress=1 is allowed (or choose stride, pool, window, topk)",
+                             desc->compression);
+    if (desc->recent < 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "recent=%d is out of range: allowed 0 or more",
+                             desc->recent);
+    if (desc->sinks < 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "sinks=%d is out of range: allowed 0 or more",
+                             desc->sinks);
+    return ekv_set_error(EKV_ERR_INVALID_ARG,
+                         "compress=%d, recent=%d, sinks=%d with policy='%s' are not usable",
+                         desc->compression, desc->recent, desc->sinks, ekv_policy_name(desc->policy));
+}
+
+EKV_DEF ekv_result ekv_abi_cache_build(const ekv_abi_data *data, const char *kv_dtype,
+                                       const char *policy, int compression, int recent,
+                                       int sinks, double softmax_scale, ekv_abi_cache **cache)
+{
+    ekv_abi_cache *c;
+    ekv_dtype dtype;
+    double *scores = NULL;
+    ekv_result r;
+    int b, h;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS) return r;
+    *cache = NULL;
+    if ((r = ekv__abi_null(data, "data")) != EKV_SUCCESS) return r;
+    if (!kv_dtype || ekv_dtype_parse(kv_dtype, &dtype) != 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "kv_dtype='%.100s' is unknown: allowed %s",
+                             kv_dtype ? kv_dtype : "(null)", ekv_dtype_allowed());
+    c = (ekv_abi_cache *)ekv__alloc(1, sizeof *c);
+    if (!c) return EKV_ERR_OUT_OF_MEMORY;
+    c->data = data;
+    if (!policy || ekv_policy_parse(policy, &c->desc.policy) != 0) {
+        r = ekv_set_error(EKV_ERR_INVALID_ARG, "policy='%.100s' is unknown: allowed %s",
+                          policy ? policy : "(null)", ekv__policy_allowed());
+        goto done;
+    }
+    c->desc.compression = compression;
+    c->desc.recent = recent;
+    c->desc.sinks = sinks;
+    c->desc.observe = data->data.observe;
+    if (!ekv_compress_desc_valid(&c->desc)) {
+        r = ekv__abi_compress_error(&c->desc);
+        goto done;
+    }
+    if ((r = ekv__abi_scale(softmax_scale)) != EKV_SUCCESS) goto done;
+    if (ekv_dtype_info(dtype)->paired_values && data->data.head_dim % 2 != 0) {
+        r = ekv_set_error(EKV_ERR_UNSUPPORTED,
+                          "kv_dtype='%s' stores values in pairs: head_dim %d must be even (or "
+                          "choose f32, int8, fp8)", kv_dtype, data->data.head_dim);
+        goto done;
+    }
+    if (c->desc.policy == EKV_POLICY_TOPK && data->data.observe < 1) {
+        r = ekv_set_error(EKV_ERR_INVALID_ARG,
+                          "policy='topk' scores tokens by the attention of observed queries: "
+                          "observe must be 1 or more (is %d)", data->data.observe);
+        goto done;
+    }
+    c->softmax_scale = ekv_softmax_scale(softmax_scale, data->data.head_dim);
+    if ((r = ekv_cache_build(&data->data, &c->desc, dtype, c->softmax_scale, &c->cache)) != EKV_SUCCESS)
+        goto done;
+    /* the slot maps ekv_cache_build stored, from the same scores and the same rule */
+    if ((r = ekv__policy_scores(&data->data, &c->desc, c->softmax_scale, &scores)) != EKV_SUCCESS)
+        goto done;
+    c->slots = (ekv_slot_source *)ekv__alloc((size_t)c->cache.batch * (size_t)c->cache.kv_heads *
+                                                 (size_t)c->cache.capacity, sizeof *c->slots);
+    if (!c->slots) {
+        r = EKV_ERR_OUT_OF_MEMORY;
+        goto done;
+    }
+    for (b = 0; b < c->cache.batch; b++)
+        for (h = 0; h < c->cache.kv_heads; h++) {
+            const size_t head = (size_t)b * (size_t)c->cache.kv_heads + (size_t)h;
+            ekv_policy_map(&c->desc, data->data.lengths[b],
+                           scores ? scores + head * (size_t)data->data.capacity : NULL,
+                           c->slots + head * (size_t)c->cache.capacity);
+        }
+    r = EKV_SUCCESS;
+done:
+    ekv__free(scores);
+    if (r != EKV_SUCCESS) {
+        ekv_abi_cache_free(c);
+        return r;
+    }
+    *cache = c;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_cache_number(const ekv_abi_cache *cache, const char *name,
+                                        double *value)
+{
+    static const char *const names[] = {
+        "batch", "heads", "kv_heads", "head_dim", "capacity", "compression", "recent", "sinks",
+        "observe", "softmax_scale", "has_bias", "bytes_k", "bytes_v", "bytes_scales",
+        "bytes_bias", "bytes_total", "bytes_uncompressed", "memory_bytes"};
+    const int count = (int)(sizeof names / sizeof names[0]);
+    const ekv_host_cache *h;
+    ekv_cache_bytes stored, full;
+    char allowed[512];
+    ekv_result r;
+    int i;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(value, "value")) != EKV_SUCCESS)
+        return r;
+    h = &cache->cache;
+    stored = ekv_cache_bytes_of(h->dtype, h->batch, h->kv_heads, h->head_dim, h->lengths,
+                                h->bias != NULL);
+    full = ekv_cache_bytes_of(h->dtype, h->batch, h->kv_heads, h->head_dim,
+                              cache->data->data.lengths, 0);
+    i = name ? ekv__find_name(name, names, count) : -1;
+    switch (i) {
+    case 0: *value = h->batch; break;
+    case 1: *value = cache->data->data.heads; break;
+    case 2: *value = h->kv_heads; break;
+    case 3: *value = h->head_dim; break;
+    case 4: *value = h->capacity; break;
+    case 5: *value = cache->desc.compression; break;
+    case 6: *value = cache->desc.recent; break;
+    case 7: *value = cache->desc.sinks; break;
+    case 8: *value = cache->desc.observe; break;
+    case 9: *value = cache->softmax_scale; break;
+    case 10: *value = h->bias != NULL; break;
+    case 11: *value = stored.k; break;
+    case 12: *value = stored.v; break;
+    case 13: *value = stored.scales; break;
+    case 14: *value = stored.bias; break;
+    case 15: *value = stored.total; break;
+    case 16: *value = full.total; break;
+    case 17:
+        *value = ekv_cache_memory_of(h->dtype, h->batch, h->kv_heads, h->head_dim, h->capacity,
+                                     h->bias != NULL);
+        break;
+    default:
+        ekv__join_names(allowed, sizeof allowed, names, sizeof names[0], count);
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "name='%.100s' is unknown: allowed %s",
+                             name ? name : "(null)", allowed);
+    }
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_cache_lengths(const ekv_abi_cache *cache, int *lengths)
+{
+    ekv_result r;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(lengths, "lengths")) != EKV_SUCCESS)
+        return r;
+    memcpy(lengths, cache->cache.lengths, (size_t)cache->cache.batch * sizeof(int));
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_cache_slots(const ekv_abi_cache *cache, int *first, int *count)
+{
+    const ekv_host_cache *h;
+    size_t i, rows;
+    ekv_result r;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(first, "first")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(count, "count")) != EKV_SUCCESS)
+        return r;
+    h = &cache->cache;
+    rows = (size_t)h->batch * (size_t)h->kv_heads * (size_t)h->capacity;
+    for (i = 0; i < rows; i++) {
+        const int b = (int)(i / ((size_t)h->kv_heads * (size_t)h->capacity));
+        const int used = (int)(i % (size_t)h->capacity) < h->lengths[b];
+        first[i] = used ? cache->slots[i].first : -1;
+        count[i] = used ? cache->slots[i].count : 0;
+    }
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_cache_values(const ekv_abi_cache *cache, const char *name, float *out)
+{
+    const ekv_host_cache *h;
+    int which, b, g, s;
+    ekv_result r;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(out, "out")) != EKV_SUCCESS)
+        return r;
+    h = &cache->cache;
+    if (name && strcmp(name, "bias") == 0) {
+        size_t rows = (size_t)h->batch * (size_t)h->kv_heads * (size_t)h->capacity;
+        if (h->bias) memcpy(out, h->bias, rows * sizeof(float));
+        else memset(out, 0, rows * sizeof(float));
+        return EKV_SUCCESS;
+    }
+    if (!name || (strcmp(name, "k") != 0 && strcmp(name, "v") != 0))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "name='%.100s' is unknown: allowed k, v, bias",
+                             name ? name : "(null)");
+    which = name[0] == 'v';
+    for (b = 0; b < h->batch; b++)
+        for (g = 0; g < h->kv_heads; g++)
+            for (s = 0; s < h->capacity; s++) {
+                float *row = out + (((size_t)b * (size_t)h->kv_heads + (size_t)g) *
+                                        (size_t)h->capacity + (size_t)s) * (size_t)h->head_dim;
+                if (s < h->lengths[b]) ekv_cache_row(h, which, b, g, s, row);
+                else memset(row, 0, (size_t)h->head_dim * sizeof(float));
+            }
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_cache_stored(const ekv_abi_cache *cache, const char *name, void *out,
+                                        size_t *size)
+{
+    const ekv_host_cache *h;
+    const void *source;
+    size_t rows;
+    ekv_result r;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(size, "size")) != EKV_SUCCESS)
+        return r;
+    h = &cache->cache;
+    rows = (size_t)h->batch * (size_t)h->kv_heads * (size_t)h->capacity;
+    if (name && (strcmp(name, "k") == 0 || strcmp(name, "v") == 0)) {
+        source = name[0] == 'k' ? h->k : h->v;
+        *size = rows * ekv_dtype_row_bytes(h->dtype, h->head_dim);
+    } else if (name && (strcmp(name, "k_scales") == 0 || strcmp(name, "v_scales") == 0)) {
+        source = name[0] == 'k' ? h->k_scales : h->v_scales;
+        *size = ekv_cache_scales_bytes(h->dtype, h->batch, h->kv_heads, h->head_dim, h->capacity);
+    } else if (name && strcmp(name, "bias") == 0) {
+        source = h->bias;
+        *size = h->bias ? rows * sizeof(float) : 0;
+    } else {
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "name='%.100s' is unknown: allowed k, v, k_scales, v_scales, bias",
+                             name ? name : "(null)");
+    }
+    if (out && *size) memcpy(out, source, *size);
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_cpu_attention(const ekv_abi_cache *cache, float *out)
+{
+    ekv_result r;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(out, "out")) != EKV_SUCCESS)
+        return r;
+    /* the scale as the CPU backend passes it (ekv_cpu_run): the resolved double, as float */
+    return ekv_cpu_attention(&cache->cache, cache->data->data.q, cache->data->data.heads,
+                             (float)cache->softmax_scale, out);
+}
+
+EKV_DEF ekv_result ekv_abi_cache_reference(const ekv_abi_cache *cache, double *out)
+{
+    ekv_result r;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(out, "out")) != EKV_SUCCESS)
+        return r;
+    return ekv_reference_attention_cache(&cache->cache, cache->data->data.q,
+                                         cache->data->data.heads, cache->softmax_scale, out);
+}
+
+EKV_DEF void ekv_abi_cache_free(ekv_abi_cache *cache)
+{
+    if (!cache) return;
+    ekv_cache_free(&cache->cache);
+    ekv__free(cache->slots);
+    ekv__free(cache);
+}
+
+static ekv_result ekv__abi_errors(const void *reference, const void *x, double *rel_l2,
+                                  double *max_abs, double *cosine)
+{
+    ekv_result r;
+    if ((r = ekv__abi_null(reference, "reference")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(x, "x")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(rel_l2, "rel_l2")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(max_abs, "max_abs")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(cosine, "cosine")) != EKV_SUCCESS)
+        return r;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_compare(const double *reference, const float *x, size_t n,
+                                   double *rel_l2, double *max_abs, double *cosine)
+{
+    ekv_error_stats e;
+    ekv_result r = ekv__abi_errors(reference, x, rel_l2, max_abs, cosine);
+    if (r != EKV_SUCCESS) return r;
+    e = ekv_compare_f32(reference, x, n);
+    *rel_l2 = e.rel_l2;
+    *max_abs = e.max_abs;
+    *cosine = e.cosine;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_compare_f64(const double *reference, const double *x, size_t n,
+                                       double *rel_l2, double *max_abs, double *cosine)
+{
+    ekv_error_stats e;
+    ekv_result r = ekv__abi_errors(reference, x, rel_l2, max_abs, cosine);
+    if (r != EKV_SUCCESS) return r;
+    e = ekv_compare_f64(reference, x, n);
+    *rel_l2 = e.rel_l2;
+    *max_abs = e.max_abs;
+    *cosine = e.cosine;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF const ekv_host_cache *ekv_abi_cache_host(const ekv_abi_cache *cache)
+{
+    return cache ? &cache->cache : NULL;
+}
+
+EKV_DEF const ekv_data *ekv_abi_cache_data(const ekv_abi_cache *cache)
+{
+    return cache ? &cache->data->data : NULL;
+}
+
 #ifndef EKV_NO_BENCH
 /* ======================== Part B: the benchmark ========================= */
 
@@ -3933,14 +4636,6 @@ static int ekv__parse_variant(const char *text, int *value)
     if (ekv_variant_parse(text, &v) != 0) return -1;
     *value = (int)v;
     return 0;
-}
-
-static const char *ekv__policy_allowed(void)
-{
-    static char text[64];
-    if (!text[0])
-        ekv__join_names(text, sizeof text, ekv__policy_names, sizeof ekv__policy_names[0], EKV_POLICY_COUNT);
-    return text;
 }
 
 static const char *ekv__backend_allowed(void)
@@ -7031,6 +7726,211 @@ EKV_DEF void ekv_cycle_print_table(const ekv_report *report, FILE *out)
             fprintf(out, "  speedup %.3fx [%.3f, %.3f]", y->speedup, y->speedup_ci_lo, y->speedup_ci_hi);
         fprintf(out, "\n");
     }
+}
+
+/* >>dispatch (implementation) =============================================== */
+
+EKV_DEF ekv_result ekv_run_check(const ekv_config *config, const ekv_device_backend *device)
+{
+    const ekv_backend want = config->backend;
+    if (want != EKV_BACKEND_CUDA && want != EKV_BACKEND_EMULATOR) return EKV_SUCCESS;
+    if (!device)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "--backend=%s: this build of ekv has no CUDA; allowed: auto, cpu "
+                             "(build with nvcc for cuda)", ekv_backend_name(want));
+    if (device->kind == want) return EKV_SUCCESS;
+    if (device->kind == EKV_BACKEND_EMULATOR)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED, "--backend=%s: this is the emulator build; "
+                             "allowed: auto, emulator, cpu", ekv_backend_name(want));
+    return ekv_set_error(EKV_ERR_UNSUPPORTED, "--backend=%s: the emulator is a test build "
+                         "(make emu); allowed: auto, cuda, cpu", ekv_backend_name(want));
+}
+
+/* --backend=auto without a usable device: the same run on the CPU, the reason kept in the
+   notice (the CPU run resets the report and the last error). work == NULL: the cycle. */
+static ekv_result ekv__run_fall_back(const ekv_config *config, ekv_report *report,
+                                     const ekv_workload *work)
+{
+    static const char prefix[] = "CPU backend: ";
+    char notice[sizeof report->notice];
+    size_t n = strlen(ekv_last_error());
+    ekv_result r;
+    if (n > sizeof notice - sizeof prefix) n = sizeof notice - sizeof prefix;
+    memcpy(notice, prefix, sizeof prefix - 1);
+    memcpy(notice + sizeof prefix - 1, ekv_last_error(), n);
+    notice[sizeof prefix - 1 + n] = '\0';
+    ekv_report_free(report);
+    r = work ? ekv_cpu_run(config, work, report) : ekv_cycle_run(config, report);
+    memcpy(report->notice, notice, sizeof notice);
+    return r;
+}
+
+EKV_DEF ekv_result ekv_run(const ekv_config *config, const ekv_device_backend *device,
+                           ekv_report *report)
+{
+    const int on_device = device != NULL && config->backend != EKV_BACKEND_CPU;
+    ekv_workload work;
+    ekv_result r;
+    memset(report, 0, sizeof *report);
+    if ((r = ekv_run_check(config, device)) != EKV_SUCCESS) return r;
+    /* --inference: the decode cycle (it builds its own model) instead of one attention */
+    if (config->inference) {
+        if (!on_device) return ekv_cycle_run(config, report);
+        r = device->cycle_run(config, report);
+        if (r == EKV_ERR_NO_DEVICE && config->backend == EKV_BACKEND_AUTO)
+            r = ekv__run_fall_back(config, report, NULL);
+        return r;
+    }
+    if ((r = ekv_workload_prepare(config, &work)) != EKV_SUCCESS) return r;
+    if (on_device) {
+        r = device->run(config, &work, report);
+        if (r == EKV_ERR_NO_DEVICE && config->backend == EKV_BACKEND_AUTO)
+            r = ekv__run_fall_back(config, report, &work);
+    } else {
+        r = ekv_cpu_run(config, &work, report);
+    }
+    ekv_workload_free(&work);
+    return r;
+}
+
+/* >>abibench: the benchmark through the C ABI (implementation) =============== */
+
+struct ekv_abi_bench {
+    ekv_cli cli;
+    const ekv_device_backend *device;
+    ekv_json json; /* the last result */
+};
+
+EKV_DEF ekv_result ekv_abi_bench_open_on(int count, const char *const *args,
+                                         const ekv_device_backend *device,
+                                         ekv_abi_bench **bench)
+{
+    ekv_abi_bench *b;
+    char **argv, program[] = "ekv";
+    FILE *sink;
+    ekv_result r;
+    int i;
+    if (!bench) return ekv_set_error(EKV_ERR_INVALID_ARG, "bench is NULL");
+    *bench = NULL;
+    if (count < 0 || (count > 0 && !args))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "args: %d arguments and no array", count);
+    for (i = 0; i < count; i++)
+        if (!args[i]) return ekv_set_error(EKV_ERR_INVALID_ARG, "args[%d] is NULL", i);
+    b = (ekv_abi_bench *)ekv__alloc(1, sizeof *b);
+    argv = (char **)ekv__alloc((size_t)count + 1, sizeof *argv);
+    if (!b || !argv) {
+        ekv__free(b);
+        ekv__free(argv);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    /* ekv_cli_parse neither keeps nor changes its arguments */
+    argv[0] = program;
+    for (i = 0; i < count; i++) argv[i + 1] = (char *)args[i];
+    /* --help and --version print; here they have nowhere to go */
+    sink = tmpfile();
+    r = sink ? ekv_cli_parse(count + 1, argv, &b->cli, sink)
+             : ekv_set_error(EKV_ERR_IO, "no temporary file for the command-line parser");
+    if (sink) fclose(sink);
+    ekv__free(argv);
+    if (r == EKV_HELP_SHOWN)
+        r = ekv_set_error(EKV_ERR_INVALID_ARG, "--help and --version print on a command line: "
+                          "ekv_abi_bench_help gives the flags, ekv_version the version");
+    if (r == EKV_SUCCESS) r = ekv_run_check(&b->cli.base, device);
+    if (r != EKV_SUCCESS) {
+        ekv__free(b);
+        return r;
+    }
+    b->device = device;
+    ekv_json_init(&b->json, 0);
+    *bench = b;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_bench_open(int count, const char *const *args, ekv_abi_bench **bench)
+{
+    return ekv_abi_bench_open_on(count, args, NULL, bench);
+}
+
+EKV_DEF int64_t ekv_abi_bench_runs(const ekv_abi_bench *bench)
+{
+    return bench ? (int64_t)bench->cli.run_count : 0;
+}
+
+/* The JSON of `report` into bench->json, *json pointing at it. */
+static ekv_result ekv__abi_bench_json(ekv_abi_bench *bench, const ekv_report *report,
+                                      const char **json)
+{
+    ekv_json_free(&bench->json);
+    ekv_json_init(&bench->json, 0);
+    ekv_report_write_json(report, &bench->json);
+    if (bench->json.failed) return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "out of memory writing JSON");
+    *json = bench->json.buffer;
+    return EKV_SUCCESS;
+}
+
+static ekv_result ekv__abi_bench_config(const ekv_abi_bench *bench, int64_t index,
+                                        const char **json, ekv_config *config)
+{
+    if (!bench || !json) return ekv_set_error(EKV_ERR_INVALID_ARG, "bench or json is NULL");
+    *json = NULL;
+    if (index < 0 || (uint64_t)index >= (uint64_t)bench->cli.run_count)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "index=%lld is out of range: allowed 0..%lld",
+                             (long long)index, (long long)bench->cli.run_count - 1);
+    return ekv_cli_config(&bench->cli, (size_t)index, config);
+}
+
+EKV_DEF ekv_result ekv_abi_bench_run(ekv_abi_bench *bench, int64_t index, const char **json)
+{
+    ekv_config config;
+    ekv_report report;
+    ekv_result r = ekv__abi_bench_config(bench, index, json, &config);
+    if (r != EKV_SUCCESS) return r;
+    r = ekv_run(&config, bench->device, &report);
+    if (r == EKV_SUCCESS) r = ekv__abi_bench_json(bench, &report, json);
+    ekv_report_free(&report);
+    return r;
+}
+
+EKV_DEF ekv_result ekv_abi_bench_config(ekv_abi_bench *bench, int64_t index, const char **json)
+{
+    ekv_config config;
+    ekv_report report;
+    ekv_result r = ekv__abi_bench_config(bench, index, json, &config);
+    if (r != EKV_SUCCESS) return r;
+    ekv_report_init(&report, &config);
+    r = ekv__abi_bench_json(bench, &report, json);
+    ekv_report_free(&report);
+    return r;
+}
+
+EKV_DEF void ekv_abi_bench_close(ekv_abi_bench *bench)
+{
+    if (!bench) return;
+    ekv_json_free(&bench->json);
+    ekv__free(bench);
+}
+
+EKV_DEF ekv_result ekv_abi_bench_help(char *out, size_t size, size_t *needed)
+{
+    FILE *text = tmpfile();
+    long length;
+    size_t n;
+    if (!needed) return ekv_set_error(EKV_ERR_INVALID_ARG, "needed is NULL");
+    if (!text) return ekv_set_error(EKV_ERR_IO, "no temporary file for the help text");
+    ekv_cli_print_help(text);
+    length = ftell(text);
+    if (length < 0) {
+        fclose(text);
+        return ekv_set_error(EKV_ERR_IO, "the help text could not be measured");
+    }
+    *needed = (size_t)length + 1;
+    if (out && size > 0) {
+        rewind(text);
+        n = fread(out, 1, size - 1 < (size_t)length ? size - 1 : (size_t)length, text);
+        out[n] = '\0';
+    }
+    fclose(text);
+    return EKV_SUCCESS;
 }
 
 #endif /* EKV_NO_BENCH */

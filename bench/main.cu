@@ -92,63 +92,12 @@ static ekv_result bench_check_dir(const char *dir)
     return EKV_SUCCESS;
 }
 
+/* The device side of this build for ekv_run: CUDA (or the emulator), or none. */
 #if EKV_BENCH_HAS_CUDA
-/* --backend=auto without a usable device: the same run on the CPU backend, with the
-   reason kept in the report's notice (the CPU run resets the report and the last error).
-   work == NULL: the inference cycle. */
-static ekv_result bench_fall_back(const ekv_config *config, ekv_report *report,
-                                  const ekv_workload *work)
-{
-    static const char prefix[] = "CPU backend: ";
-    char notice[sizeof report->notice];
-    size_t n = strlen(ekv_last_error());
-    ekv_result r;
-    if (n > sizeof notice - sizeof prefix) n = sizeof notice - sizeof prefix;
-    memcpy(notice, prefix, sizeof prefix - 1);
-    memcpy(notice + sizeof prefix - 1, ekv_last_error(), n);
-    notice[sizeof prefix - 1 + n] = '\0';
-    ekv_report_free(report);
-    r = work ? ekv_cpu_run(config, work, report) : ekv_cycle_run(config, report);
-    memcpy(report->notice, notice, sizeof notice);
-    if (!config->quiet) fprintf(stderr, "ekv_bench: notice: %s\n", report->notice);
-    return r;
-}
-#endif
-
-static ekv_result bench_run_one(const ekv_config *config, ekv_report *report)
-{
-    ekv_workload work;
-    ekv_result r;
-    ekv_backend backend = config->backend;
-    /* --inference: the decode cycle (it builds its own model) instead of one attention */
-    if (config->inference) {
-#if EKV_BENCH_HAS_CUDA
-        if (backend != EKV_BACKEND_CPU) {
-            r = ekv_cuda_cycle_run(config, report);
-            if (r == EKV_ERR_NO_DEVICE && backend == EKV_BACKEND_AUTO)
-                r = bench_fall_back(config, report, NULL);
-            return r;
-        }
-#endif
-        return ekv_cycle_run(config, report);
-    }
-    r = ekv_workload_prepare(config, &work);
-    if (r != EKV_SUCCESS) return r;
-#if EKV_BENCH_HAS_CUDA
-    if (backend != EKV_BACKEND_CPU) {
-        r = ekv_cuda_run(config, &work, report);
-        if (r == EKV_ERR_NO_DEVICE && backend == EKV_BACKEND_AUTO)
-            r = bench_fall_back(config, report, &work);
-    } else {
-        r = ekv_cpu_run(config, &work, report);
-    }
+#define BENCH_DEVICE ekv_cuda_device_backend()
 #else
-    (void)backend;
-    r = ekv_cpu_run(config, &work, report);
+#define BENCH_DEVICE NULL
 #endif
-    ekv_workload_free(&work);
-    return r;
-}
 
 static void bench_describe(const ekv_config *c, char *out, size_t size)
 {
@@ -175,23 +124,7 @@ int main(int argc, char **argv)
     ekv_result r = ekv_cli_parse(argc, argv, &cli, stdout);
     if (r == EKV_HELP_SHOWN) return 0;
     if (r != EKV_SUCCESS) return bench_fail(r);
-#if !EKV_BENCH_HAS_CUDA
-    if (cli.base.backend == EKV_BACKEND_CUDA || cli.base.backend == EKV_BACKEND_EMULATOR)
-        return bench_fail(ekv_set_error(EKV_ERR_UNSUPPORTED,
-                                        "--backend=%s: this binary was built without CUDA; "
-                                        "allowed: auto, cpu (build with nvcc for cuda)",
-                                        ekv_backend_name(cli.base.backend)));
-#elif defined(EKV_EMULATOR_ACTIVE)
-    if (cli.base.backend == EKV_BACKEND_CUDA)
-        return bench_fail(ekv_set_error(EKV_ERR_UNSUPPORTED,
-                                        "--backend=cuda: this is the emulator build; allowed: "
-                                        "auto, emulator, cpu"));
-#else
-    if (cli.base.backend == EKV_BACKEND_EMULATOR)
-        return bench_fail(ekv_set_error(EKV_ERR_UNSUPPORTED,
-                                        "--backend=emulator: the emulator is a test build "
-                                        "(make emu); allowed: auto, cuda, cpu"));
-#endif
+    if ((r = ekv_run_check(&cli.base, BENCH_DEVICE)) != EKV_SUCCESS) return bench_fail(r);
     if (cli.base.out_path[0] && (r = bench_check_writable("--out", cli.base.out_path)) != EKV_SUCCESS)
         return bench_fail(r);
     if (cli.base.jsonl_path[0] &&
@@ -217,8 +150,10 @@ int main(int argc, char **argv)
             else
                 fprintf(stderr, "[%zu/%zu] %s\n", i + 1, cli.run_count, what);
         }
-        memset(&report, 0, sizeof report);
-        r = bench_run_one(&config, &report);
+        r = ekv_run(&config, BENCH_DEVICE, &report);
+        if (r == EKV_SUCCESS && report.notice[0] && !config.quiet && BENCH_DEVICE &&
+            config.backend == EKV_BACKEND_AUTO && report.backend == EKV_BACKEND_CPU)
+            fprintf(stderr, "ekv_bench: notice: %s\n", report.notice); /* fell back */
         if (r != EKV_SUCCESS) {
             int status;
             if (cli.run_count > 1) fprintf(stderr, "ekv_bench: failed at %s\n", what);
