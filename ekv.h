@@ -113,6 +113,19 @@ EKV_DEF ekv_result ekv_set_error(ekv_result code, const char *format, ...)
 #endif
     ;
 EKV_DEF const char *ekv_version(void);
+/* What built the unit that defined EKV_IMPLEMENTATION, so that two results can say
+   whether they came from the same build. compiler: name and version ("gcc 12.2.0",
+   "clang 17.0.6", "nvcc 13.0 (host gcc 12.2.0)"); optimized: 1 or 0 from __OPTIMIZE__,
+   -1 where the compiler does not say; flags and git_commit: the string literals the
+   build passed as -DEKV_BUILD_FLAGS='"..."' and -DEKV_GIT_COMMIT='"..."', NULL when not
+   given (the Makefile passes both; the one-line builds need neither). */
+typedef struct ekv_build_info {
+    const char *compiler;
+    int optimized;
+    const char *flags;
+    const char *git_commit;
+} ekv_build_info;
+EKV_DEF ekv_build_info ekv_build_info_get(void);
 /* Zeroed memory from the allocator ekv uses (EKV_MALLOC), NULL with the last error set
    on failure or overflow; ekv_free releases it. ekv_cuda.cuh allocates through these. */
 EKV_DEF void *ekv_calloc(size_t count, size_t size);
@@ -696,6 +709,7 @@ EKV_DEF void ekv_json_null(ekv_json *json);
 
 typedef struct ekv_device_info {
     char name[256];
+    /* 0 in any count, size, clock or version below = unknown (JSON: null) */
     int sm_major, sm_minor; /* 0 on the CPU */
     int sm_count;           /* multiprocessors, or CPU cores */
     long long l2_bytes;
@@ -1034,6 +1048,52 @@ EKV_DEF ekv_result ekv_set_error(ekv_result code, const char *format, ...)
 EKV_DEF const char *ekv_version(void)
 {
     return EKV_VERSION_STRING;
+}
+
+#define EKV__STRINGIFY(x) #x
+#define EKV__TO_STRING(x) EKV__STRINGIFY(x)
+/* The host compiler: under nvcc the one nvcc drives for host code. */
+#if defined(__clang__)
+#define EKV__HOST_COMPILER                                                             \
+    "clang " EKV__TO_STRING(__clang_major__) "." EKV__TO_STRING(__clang_minor__) "." \
+        EKV__TO_STRING(__clang_patchlevel__)
+#elif defined(__GNUC__)
+#define EKV__HOST_COMPILER                                                             \
+    "gcc " EKV__TO_STRING(__GNUC__) "." EKV__TO_STRING(__GNUC_MINOR__) "." EKV__TO_STRING( \
+        __GNUC_PATCHLEVEL__)
+#elif defined(_MSC_VER)
+#define EKV__HOST_COMPILER "msvc " EKV__TO_STRING(_MSC_FULL_VER)
+#else
+#define EKV__HOST_COMPILER "unknown compiler"
+#endif
+
+EKV_DEF ekv_build_info ekv_build_info_get(void)
+{
+    ekv_build_info info;
+#if defined(__CUDACC__)
+    info.compiler = "nvcc " EKV__TO_STRING(__CUDACC_VER_MAJOR__) "." EKV__TO_STRING(
+        __CUDACC_VER_MINOR__) " (host " EKV__HOST_COMPILER ")";
+#else
+    info.compiler = EKV__HOST_COMPILER;
+#endif
+#if defined(__OPTIMIZE__)
+    info.optimized = 1;
+#elif defined(__GNUC__) || defined(__clang__)
+    info.optimized = 0; /* these define __OPTIMIZE__ at -O1 and above */
+#else
+    info.optimized = -1;
+#endif
+#ifdef EKV_BUILD_FLAGS
+    info.flags = EKV_BUILD_FLAGS;
+#else
+    info.flags = NULL;
+#endif
+#ifdef EKV_GIT_COMMIT
+    info.git_commit = EKV_GIT_COMMIT;
+#else
+    info.git_commit = NULL;
+#endif
+    return info;
 }
 
 /* calloc through the configured allocator; NULL (with the error set) on overflow or
@@ -5403,6 +5463,35 @@ static void ekv__json_error(ekv_json *j, const char *key, const ekv_error_stats 
     ekv_json_object_end(j);
 }
 
+/* What the paired baseline stored: the attention's is C = 1 in baseline_dtype, the
+   cycle's the cache variant. */
+static ekv_dtype ekv__report_baseline_dtype(const ekv_report *r)
+{
+    return r->cycle_count > 0 ? ekv_cycle_dtype(&r->config, EKV_VARIANT_CACHE)
+                              : r->config.baseline_dtype;
+}
+
+/* build.compiler, optimized, flags, git_commit: see ekv_build_info */
+static void ekv__json_build_identity(ekv_json *j)
+{
+    const ekv_build_info b = ekv_build_info_get();
+    ekv_json_key(j, "compiler"); ekv_json_string(j, b.compiler);
+    ekv_json_key(j, "optimized");
+    if (b.optimized < 0) ekv_json_null(j);
+    else ekv_json_bool(j, b.optimized);
+    ekv_json_key(j, "flags"); ekv_json_string(j, b.flags);
+    ekv_json_key(j, "git_commit"); ekv_json_string(j, b.git_commit);
+}
+
+/* A device fact that is positive when known: 0 means the backend could not say (the
+   CPU has no memory clock, bus width or driver), which JSON says with null. */
+static void ekv__json_known(ekv_json *j, const char *key, long long value)
+{
+    ekv_json_key(j, key);
+    if (value > 0) ekv_json_int(j, value);
+    else ekv_json_null(j);
+}
+
 static void ekv__json_samples(ekv_json *j, const double *samples, size_t n)
 {
     size_t i;
@@ -5439,6 +5528,7 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     ekv_json_key(j, "cache_state"); ekv_json_string(j, c->hot ? "hot" : "cold");
     ekv_json_key(j, "cache_copies"); ekv_json_int(j, r->cache_copies);
     ekv_json_key(j, "splits"); ekv_json_int(j, r->splits);
+    ekv__json_build_identity(j);
     ekv_json_object_end(j);
 
     ekv_json_key(j, "gpu");
@@ -5451,13 +5541,13 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     } else {
         ekv_json_null(j);
     }
-    ekv_json_key(j, "sm_count"); ekv_json_int(j, r->device.sm_count);
-    ekv_json_key(j, "l2_bytes"); ekv_json_int(j, r->device.l2_bytes);
-    ekv_json_key(j, "memory_bytes"); ekv_json_int(j, r->device.memory_bytes);
-    ekv_json_key(j, "memory_clock_khz"); ekv_json_int(j, r->device.memory_clock_khz);
-    ekv_json_key(j, "bus_width_bits"); ekv_json_int(j, r->device.bus_width_bits);
-    ekv_json_key(j, "driver_version"); ekv_json_int(j, r->device.driver_version);
-    ekv_json_key(j, "runtime_version"); ekv_json_int(j, r->device.runtime_version);
+    ekv__json_known(j, "sm_count", r->device.sm_count);
+    ekv__json_known(j, "l2_bytes", r->device.l2_bytes);
+    ekv__json_known(j, "memory_bytes", r->device.memory_bytes);
+    ekv__json_known(j, "memory_clock_khz", r->device.memory_clock_khz);
+    ekv__json_known(j, "bus_width_bits", r->device.bus_width_bits);
+    ekv__json_known(j, "driver_version", r->device.driver_version);
+    ekv__json_known(j, "runtime_version", r->device.runtime_version);
     ekv_json_key(j, "theoretical_bw_gbs"); ekv_json_number(j, m->peak_bw_theoretical_gbs);
     ekv_json_key(j, "peak_gflops"); ekv_json_number(j, r->device.peak_gflops);
     ekv_json_object_end(j);
@@ -5489,7 +5579,7 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     ekv_json_key(j, "hot"); ekv_json_bool(j, c->hot);
     ekv_json_key(j, "paired_baseline"); ekv_json_bool(j, c->paired_baseline);
     ekv_json_key(j, "baseline_dtype");
-    ekv_json_string(j, c->paired_baseline ? ekv_dtype_name(c->baseline_dtype) : NULL);
+    ekv_json_string(j, c->paired_baseline ? ekv_dtype_name(ekv__report_baseline_dtype(r)) : NULL);
     ekv_json_key(j, "inference"); ekv_json_bool(j, c->inference);
     ekv_json_key(j, "layers"); ekv_json_int(j, c->layers);
     ekv_json_key(j, "decode_tokens"); ekv_json_int(j, c->decode_tokens);
@@ -5572,7 +5662,7 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     ekv_json_key(j, "baseline");
     if (r->has_baseline) {
         ekv_json_object_begin(j);
-        ekv_json_key(j, "kv_dtype"); ekv_json_string(j, ekv_dtype_name(c->baseline_dtype));
+        ekv_json_key(j, "kv_dtype"); ekv_json_string(j, ekv_dtype_name(ekv__report_baseline_dtype(r)));
         ekv_json_key(j, "compression"); ekv_json_int(j, 1);
         ekv_json_key(j, "attention_time_ms"); ekv_json_number(j, r->baseline_stats.median);
         ekv_json_key(j, "speedup"); ekv_json_number(j, r->speedup);
