@@ -912,6 +912,39 @@ typedef ekv_result (*ekv_sample_fn)(void *context, int baseline, int rep);
 EKV_DEF ekv_result ekv_time_abab(int warmup, int reps, int paired, ekv_sample_fn sample,
                                  void *context);
 
+/* Progress of a long run. The timing loop above (every backend's) reports each round, the
+   cycle driver which variant it is on; the handler, when one is installed, hears the
+   fraction of the current run done, in [0, 1]. Per thread; the library prints nothing
+   itself. */
+typedef void (*ekv_progress_fn)(void *context, double fraction);
+EKV_DEF void ekv_progress_set_handler(ekv_progress_fn handler, void *context);
+
+/* A handler that prints progress for a job of `runs` runs: nothing in the first 2 s;
+   then on a terminal (tty = 1) one line redrawn with a bar, the percentage, the run and
+   the time left; otherwise (a pipe, a log) a line when 2 s have passed and then every
+   10 s. ekv_progress_meter_end prints a closing line when anything was printed. */
+typedef struct ekv_progress_meter {
+    FILE *out;
+    const char *name;  /* what the lines start with, e.g. "ekv_bench" */
+    int tty;
+    size_t runs, run;  /* the job's runs, the one running (0-based) */
+    char what[160];    /* its description */
+    double start_ms, next_ms;
+    double fraction;   /* of the job, at the last update */
+    int printed;
+} ekv_progress_meter;
+
+EKV_DEF void ekv_progress_meter_init(ekv_progress_meter *meter, FILE *out, const char *name,
+                                     int tty, size_t runs, double now_ms);
+/* Run `run` (0-based) of the job starts; `what` describes it. */
+EKV_DEF void ekv_progress_meter_run(ekv_progress_meter *meter, size_t run, const char *what,
+                                    double now_ms);
+/* `fraction` of the current run is done. */
+EKV_DEF void ekv_progress_meter_update(ekv_progress_meter *meter, double fraction, double now_ms);
+EKV_DEF void ekv_progress_meter_end(ekv_progress_meter *meter, double now_ms);
+/* An ekv_progress_fn over a meter (context) and ekv_time_ms. */
+EKV_DEF void ekv_progress_meter_handler(void *meter, double fraction);
+
 /* >>cpu ==================================================================== */
 
 /* Times ekv_cpu_attention over the workload's cache with the warmup/reps/inner-loop
@@ -6498,6 +6531,31 @@ EKV_DEF double ekv_time_ms(void)
 #endif
 }
 
+static EKV__THREAD_LOCAL ekv_progress_fn ekv__progress_handler;
+static EKV__THREAD_LOCAL void *ekv__progress_context;
+/* The share of the run the timing loops now running cover: [lo, lo + width); width 0
+   means the whole run (the cycle driver narrows it to one variant's share). */
+static EKV__THREAD_LOCAL double ekv__progress_lo, ekv__progress_width;
+
+EKV_DEF void ekv_progress_set_handler(ekv_progress_fn handler, void *context)
+{
+    ekv__progress_handler = handler;
+    ekv__progress_context = context;
+}
+
+static void ekv__progress_span(double lo, double width)
+{
+    ekv__progress_lo = lo;
+    ekv__progress_width = width;
+}
+
+static void ekv__progress(double fraction)
+{
+    if (!ekv__progress_handler) return;
+    if (ekv__progress_width > 0) fraction = ekv__progress_lo + ekv__progress_width * fraction;
+    ekv__progress_handler(ekv__progress_context, fraction);
+}
+
 EKV_DEF ekv_result ekv_time_abab(int warmup, int reps, int paired, ekv_sample_fn sample,
                                  void *context)
 {
@@ -6506,8 +6564,101 @@ EKV_DEF ekv_result ekv_time_abab(int warmup, int reps, int paired, ekv_sample_fn
         ekv_result r;
         if (paired && (r = sample(context, 1, i - warmup)) != EKV_SUCCESS) return r;
         if ((r = sample(context, 0, i - warmup)) != EKV_SUCCESS) return r;
+        ekv__progress((double)(i + 1) / (double)(warmup + reps));
     }
     return EKV_SUCCESS;
+}
+
+#define EKV__PROGRESS_DELAY_MS 2000.0   /* runs shorter than this print nothing */
+#define EKV__PROGRESS_TTY_MS 200.0      /* redraw period of the bar */
+#define EKV__PROGRESS_LINE_MS 10000.0   /* period of the lines in a log */
+#define EKV__PROGRESS_BAR 24
+
+EKV_DEF void ekv_progress_meter_init(ekv_progress_meter *m, FILE *out, const char *name, int tty,
+                                     size_t runs, double now_ms)
+{
+    memset(m, 0, sizeof *m);
+    m->out = out;
+    m->name = name ? name : "ekv";
+    m->tty = tty;
+    m->runs = runs > 0 ? runs : 1;
+    m->start_ms = now_ms;
+    m->next_ms = now_ms + EKV__PROGRESS_DELAY_MS;
+}
+
+/* "12 s", "3 min 05 s", "2 h 07 min" */
+static void ekv__progress_duration(char *out, size_t size, double seconds)
+{
+    long s = seconds > 0 ? (long)(seconds + 0.5) : 0;
+    if (s < 60) snprintf(out, size, "%ld s", s);
+    else if (s < 3600) snprintf(out, size, "%ld min %02ld s", s / 60, s % 60);
+    else snprintf(out, size, "%ld h %02ld min", s / 3600, (s % 3600) / 60);
+}
+
+static void ekv__progress_print(ekv_progress_meter *m, double now_ms)
+{
+    const double elapsed = (now_ms - m->start_ms) * 1e-3;
+    char run[48] = "", left[64] = "", took[32];
+    ekv__progress_duration(took, sizeof took, elapsed);
+    if (m->runs > 1) snprintf(run, sizeof run, "run %zu/%zu ", m->run + 1, m->runs);
+    /* the time left extrapolates the rate so far; before any round there is none */
+    if (m->fraction > 0.0) {
+        char t[32];
+        ekv__progress_duration(t, sizeof t, elapsed * (1.0 - m->fraction) / m->fraction);
+        snprintf(left, sizeof left, ", about %s left", t);
+    }
+    if (m->tty) {
+        char bar[EKV__PROGRESS_BAR + 1];
+        int i, filled = (int)(m->fraction * EKV__PROGRESS_BAR);
+        for (i = 0; i < EKV__PROGRESS_BAR; i++) bar[i] = i < filled ? '#' : '.';
+        bar[EKV__PROGRESS_BAR] = '\0';
+        /* \r and erase-to-end-of-line redraw the same line */
+        fprintf(m->out, "\r[%s] %3.0f%%  %s%s elapsed%s  %.40s\033[K", bar, 100.0 * m->fraction, run,
+                took, left, m->what);
+    } else {
+        fprintf(m->out, "%s: %.0f%% done, %s%s elapsed%s (%s)\n", m->name, 100.0 * m->fraction, run,
+                took, left, m->what);
+    }
+    fflush(m->out);
+    m->printed = 1;
+}
+
+EKV_DEF void ekv_progress_meter_update(ekv_progress_meter *m, double fraction, double now_ms)
+{
+    if (!m || !m->out) return;
+    if (fraction < 0.0) fraction = 0.0;
+    if (fraction > 1.0) fraction = 1.0;
+    m->fraction = ((double)m->run + fraction) / (double)m->runs;
+    if (now_ms < m->next_ms) return;
+    ekv__progress_print(m, now_ms);
+    m->next_ms = now_ms + (m->tty ? EKV__PROGRESS_TTY_MS : EKV__PROGRESS_LINE_MS);
+}
+
+EKV_DEF void ekv_progress_meter_run(ekv_progress_meter *m, size_t run, const char *what,
+                                    double now_ms)
+{
+    if (!m || !m->out) return;
+    m->run = run < m->runs ? run : m->runs - 1;
+    snprintf(m->what, sizeof m->what, "%.*s", (int)sizeof m->what - 1, what ? what : "");
+    ekv_progress_meter_update(m, 0.0, now_ms);
+}
+
+EKV_DEF void ekv_progress_meter_end(ekv_progress_meter *m, double now_ms)
+{
+    char took[32];
+    if (!m || !m->out || !m->printed) return;
+    ekv__progress_duration(took, sizeof took, (now_ms - m->start_ms) * 1e-3);
+    if (m->tty) fprintf(m->out, "\r\033[K");
+    fprintf(m->out, "%s: %.0f%% done", m->name, 100.0 * m->fraction);
+    if (m->runs > 1) fprintf(m->out, ", %zu of %zu runs", m->fraction >= 1.0 ? m->runs : m->run, m->runs);
+    fprintf(m->out, " in %s\n", took);
+    fflush(m->out);
+    m->printed = 0;
+}
+
+EKV_DEF void ekv_progress_meter_handler(void *meter, double fraction)
+{
+    ekv_progress_meter_update((ekv_progress_meter *)meter, fraction, ekv_time_ms());
 }
 
 /* >>cpu (implementation) =================================================== */
@@ -7578,10 +7729,13 @@ EKV_DEF ekv_result ekv_cycle_run_on(const ekv_config *config, const ekv_cycle_ba
     if (state) backend->close(state);
     for (i = 0; i < count && r == EKV_SUCCESS; i++) {
         const ekv_variant v = count == 1 ? c->variant : ekv__cycle_variants[i];
+        /* each variant's timing loop is its share of the run's progress */
+        ekv__progress_span((double)i / count, 1.0 / count);
         r = ekv__cycle_variant(c, &m, backend, v, v == EKV_VARIANT_CACHE ? NULL : reference, report,
                                &report->cycles[i]);
         if (r == EKV_SUCCESS || report->cycles[i].samples_ms) report->cycle_count = i + 1;
     }
+    ekv__progress_span(0.0, 0.0);
     if (r == EKV_SUCCESS) r = ekv__cycle_report_finish(report);
 done:
     ekv_cycle_model_free(&m);
