@@ -36,7 +36,7 @@ CPU_BENCH_FLAGS := -O2 -Wall -Wextra -Werror -x c++
 SAN_BENCH_FLAGS := -O1 -g $(SAN) -Wall -Wextra -Werror -x c++
 EMU_BENCH_FLAGS := $(EMU_CXXFLAGS) -O2 -x c++
 
-.PHONY: all bench test emu clean venv tools FORCE test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
+.PHONY: all bench test emu clean venv tools FORCE test-tools test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/ekv_bench
@@ -74,9 +74,24 @@ bench: $(BUILD)/ekv_bench
 
 venv: $(VENV)/.stamp tools
 
-# Debian tools the tests use (jq parses the JSON independently of Python)
+# Debian tools the tests use (jq parses the JSON independently of Python), installed only
+# where that is possible: as root, or through sudo that asks no password. Elsewhere, or
+# when apt-get fails (another apt holds its lock, no network), nothing stops: the checks
+# that need jq are skipped and say how to install it.
 tools:
-	@command -v jq >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq jq >/dev/null; }
+	@if command -v jq >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make tools: jq is missing and there is no apt-get; install jq with your package manager (the jq checks are skipped until then)"; \
+	else \
+	  if [ "$$(id -u)" = 0 ]; then as_root=; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then as_root="sudo -n"; \
+	  else as_root=none; fi; \
+	  if [ "$$as_root" = none ]; then \
+	    echo "make tools: jq is missing and installing it needs root: sudo apt-get install jq (the jq checks are skipped until then)"; \
+	  elif ! { $$as_root apt-get update -qq && $$as_root apt-get install -y -qq jq >/dev/null; }; then \
+	    echo "make tools: apt-get could not install jq (see above); run: sudo apt-get install jq (the jq checks are skipped until then)"; \
+	  fi; \
+	fi
 
 $(VENV)/.stamp: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -134,6 +149,10 @@ test-cli: $(BUILD)/ekv_bench_cpu $(BUILD)/ekv_bench_cpu_san venv
 
 test-examples: venv
 	@tests/run_suite.sh examples tests/test_examples.sh
+
+# make tools and the jq checks where jq cannot be installed (stand-ins on the PATH)
+test-tools: $(BUILD)/t_test_json
+	@tests/run_suite.sh tools sh tests/test_tools.sh $(BUILD)/t_test_json
 
 test-python: venv $(BUILD)/ekv_bench_cpu
 	@for t in $(wildcard tests/py/test_*.py); do \
@@ -193,7 +212,7 @@ test-gpu: | $(BUILD)
 
 test: venv
 	@rm -f $(BUILD)/logs/summary.txt
-	@$(MAKE) --no-print-directory test-build test-core test-cli test-python test-examples
+	@$(MAKE) --no-print-directory test-build test-core test-cli test-python test-examples test-tools
 	@$(MAKE) --no-print-directory test-emu-suite test-kernels-emu test-static test-gpu
 	@tests/run_suite.sh make-bench tests/check_cmd.sh "make bench runs the default benchmark" $(MAKE) --no-print-directory bench
 	@tests/summary.sh
