@@ -36,7 +36,7 @@ CPU_BENCH_FLAGS := -O2 -Wall -Wextra -Werror -x c++
 SAN_BENCH_FLAGS := -O1 -g $(SAN) -Wall -Wextra -Werror -x c++
 EMU_BENCH_FLAGS := $(EMU_CXXFLAGS) -O2 -x c++
 
-.PHONY: all bench test emu clean venv tools FORCE test-tools test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
+.PHONY: all bench test emu clean venv tools gpu-check FORCE test-tools test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/ekv_bench
@@ -214,8 +214,13 @@ test: venv
 	@rm -f $(BUILD)/logs/summary.txt
 	@$(MAKE) --no-print-directory test-build test-core test-cli test-python test-examples test-tools
 	@$(MAKE) --no-print-directory test-emu-suite test-kernels-emu test-static test-gpu
+	@tests/run_suite.sh gpu-check-dry tests/test_gpu_check.sh
 	@tests/run_suite.sh make-bench tests/check_cmd.sh "make bench runs the default benchmark" $(MAKE) --no-print-directory bench
 	@tests/summary.sh
+
+# one prepared GPU check (bench/gpu_check.sh; --quick, --dry-run: see README)
+gpu-check:
+	bench/gpu_check.sh
 
 clean:
 	rm -rf $(BUILD) ekv_bench

@@ -1287,13 +1287,6 @@ EKV_DEF const char *ekv_dtype_allowed(void)
 static const char *const ekv__policy_names[EKV_POLICY_COUNT] = {"none", "stride", "pool",
                                                                 "window", "topk"};
 
-static const char *ekv__policy_allowed(void)
-{
-    static char text[64];
-    if (!text[0])
-        ekv__join_names(text, sizeof text, ekv__policy_names, sizeof ekv__policy_names[0], EKV_POLICY_COUNT);
-    return text;
-}
 EKV_DEF const char *ekv_dtype_name(ekv_dtype dtype)
 {
     return (unsigned)dtype < EKV_DTYPE_COUNT ? ekv__dtype_table[dtype].name : "?";
@@ -4145,6 +4138,15 @@ static const char *ekv__format_allowed(void)
     if (!text[0]) ekv__join_names(text, sizeof text, ekv__format_names, sizeof ekv__format_names[0], EKV_FORMAT_COUNT);
     return text;
 }
+
+static const char *ekv__policy_allowed(void)
+{
+    static char text[64];
+    if (!text[0])
+        ekv__join_names(text, sizeof text, ekv__policy_names, sizeof ekv__policy_names[0], EKV_POLICY_COUNT);
+    return text;
+}
+
 static const char *ekv__backend_allowed(void)
 {
     static char text[64];
