@@ -38,9 +38,9 @@
        >>stats        sample statistics, Student t, bootstrap
        >>metrics      bytes, FLOPs, bandwidth, roofline
        >>json         JSON writer
-       >>report       one benchmark result, its table and JSON
+       >>report       one benchmark result: its text (detail, one-row summaries) and JSON
        >>workload     everything a backend needs, prepared on the host
-       >>timing       the clock and the one ABAB timing loop of every backend
+       >>timing       the clock, the one ABAB timing loop of every backend, progress
        >>cpu          the CPU backend
        >>cycle        the inference cycle: its driver, the CPU backend, results
 
@@ -50,6 +50,9 @@
        #define EKV_MALLOC(n) / EKV_FREE(p) / EKV_REALLOC(p,n)
                                      all three or none: the allocator ekv uses
        #define EKV_DEF static        make every function static (one TU only)
+       #define EKV_BUILD_FLAGS "..." / EKV_GIT_COMMIT "..."
+                                     string literals every result records as build.flags
+                                     and build.git_commit (see ekv_build_info)
 
    LICENSE: MIT, see the end of this file.
 */
