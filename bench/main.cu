@@ -21,6 +21,12 @@
 
 #include <stdlib.h>
 #include <string.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#define bench_is_terminal(file) isatty(fileno(file))
+#else
+#define bench_is_terminal(file) 0
+#endif
 
 typedef struct bench_output {
     char *text;
@@ -101,9 +107,29 @@ static ekv_result bench_check_dir(const char *dir)
 
 static void bench_describe(const ekv_config *c, char *out, size_t size)
 {
-    snprintf(out, size, "batch=%d seq=%d heads=%d kv-heads=%d dim=%d %s %s C=%d", c->batch,
-             c->seq_len, c->heads, c->kv_heads, c->head_dim,
-             ekv_dtype_name(c->kv_dtype), ekv_policy_name(c->policy), c->compression);
+    int n = snprintf(out, size, "batch=%d seq=%d heads=%d kv-heads=%d dim=%d %s %s C=%d", c->batch,
+                     c->seq_len, c->heads, c->kv_heads, c->head_dim,
+                     ekv_dtype_name(c->kv_dtype), ekv_policy_name(c->policy), c->compression);
+    if (c->inference && n > 0 && (size_t)n < size)
+        snprintf(out + n, size - (size_t)n, " --inference %s layers=%d steps=%d",
+                 ekv_variant_name(c->variant), c->layers, c->decode_tokens);
+}
+
+/* What a print function writes, appended to `o` (through a temporary file, so that the
+   text output is buffered like JSON and written only when every run succeeded). */
+static void bench_capture(bench_output *o, const ekv_report *report, const ekv_summary *summary,
+                          ekv_output_format format)
+{
+    FILE *tmp = tmpfile();
+    FILE *to = tmp ? tmp : stdout;
+    char chunk[4096];
+    size_t n;
+    if (report) ekv_report_print_table(report, to);
+    else ekv_summary_print(summary, format, to);
+    if (!tmp) return;
+    rewind(tmp);
+    while ((n = fread(chunk, 1, sizeof chunk, tmp)) > 0) bench_append(o, chunk, n);
+    fclose(tmp);
 }
 
 static int bench_write_file(const char *path, const char *text, size_t n, const char *mode)
@@ -119,8 +145,9 @@ int main(int argc, char **argv)
 {
     ekv_cli cli;
     bench_output out_text, jsonl_text;
+    ekv_progress_meter meter;
+    ekv_summary summary;
     size_t i;
-    double start;
     ekv_result r = ekv_cli_parse(argc, argv, &cli, stdout);
     if (r == EKV_HELP_SHOWN) return 0;
     if (r != EKV_SUCCESS) return bench_fail(r);
@@ -135,34 +162,36 @@ int main(int argc, char **argv)
 
     memset(&out_text, 0, sizeof out_text);
     memset(&jsonl_text, 0, sizeof jsonl_text);
-    start = ekv_time_ms();
+    ekv_summary_init(&summary);
+    /* progress on stderr, through the timing loop of whichever backend runs */
+    ekv_progress_meter_init(&meter, cli.base.quiet ? NULL : stderr, "ekv_bench",
+                            bench_is_terminal(stderr), cli.run_count, ekv_time_ms());
+    if (!cli.base.quiet) ekv_progress_set_handler(ekv_progress_meter_handler, &meter);
     for (i = 0; i < cli.run_count; i++) {
         ekv_config config;
         ekv_report report;
         char what[256];
         ekv_cli_config(&cli, i, &config);
         bench_describe(&config, what, sizeof what);
-        if (cli.run_count > 1 && !config.quiet) {
-            double elapsed = (ekv_time_ms() - start) * 1e-3;
-            if (i > 0)
-                fprintf(stderr, "[%zu/%zu] %s  (%.0f s elapsed, about %.0f s left)\n", i + 1,
-                        cli.run_count, what, elapsed, elapsed / (double)i * (double)(cli.run_count - i));
-            else
-                fprintf(stderr, "[%zu/%zu] %s\n", i + 1, cli.run_count, what);
-        }
+        ekv_progress_meter_run(&meter, i, what, ekv_time_ms());
         r = ekv_run(&config, BENCH_DEVICE, &report);
         if (r == EKV_SUCCESS && report.notice[0] && !config.quiet && BENCH_DEVICE &&
             config.backend == EKV_BACKEND_AUTO && report.backend == EKV_BACKEND_CPU)
             fprintf(stderr, "ekv_bench: notice: %s\n", report.notice); /* fell back */
+        if (r == EKV_SUCCESS && !config.json && config.format != EKV_FORMAT_DETAIL)
+            r = ekv_summary_add(&summary, &report);
         if (r != EKV_SUCCESS) {
             int status;
+            ekv_progress_meter_end(&meter, ekv_time_ms());
             if (cli.run_count > 1) fprintf(stderr, "ekv_bench: failed at %s\n", what);
             status = bench_fail(r);
             ekv_report_free(&report);
+            ekv_summary_free(&summary);
             free(out_text.text);
             free(jsonl_text.text);
             return status;
         }
+        ekv_progress_meter_update(&meter, 1.0, ekv_time_ms());
         if (config.json || config.jsonl_path[0]) {
             ekv_json json;
             ekv_json_init(&json, 0);
@@ -182,23 +211,17 @@ int main(int argc, char **argv)
             }
             ekv_json_free(&json);
         }
-        if (!config.json) {
-            /* the table goes through a temporary file so it can be buffered like JSON */
-            FILE *tmp = tmpfile();
-            if (tmp) {
-                char chunk[4096];
-                size_t n;
-                if (i > 0) bench_append(&out_text, "\n", 1);
-                ekv_report_print_table(&report, tmp);
-                rewind(tmp);
-                while ((n = fread(chunk, 1, sizeof chunk, tmp)) > 0) bench_append(&out_text, chunk, n);
-                fclose(tmp);
-            } else {
-                ekv_report_print_table(&report, stdout);
-            }
+        if (!config.json && config.format == EKV_FORMAT_DETAIL) {
+            if (i > 0) bench_append(&out_text, "\n", 1);
+            bench_capture(&out_text, &report, NULL, config.format);
         }
         ekv_report_free(&report);
     }
+    ekv_progress_meter_end(&meter, ekv_time_ms());
+    ekv_progress_set_handler(NULL, NULL);
+    if (!cli.base.json && cli.base.format != EKV_FORMAT_DETAIL)
+        bench_capture(&out_text, NULL, &summary, cli.base.format);
+    ekv_summary_free(&summary);
     if (cli.base.jsonl_path[0] &&
         bench_write_file(cli.base.jsonl_path, jsonl_text.text ? jsonl_text.text : "",
                          jsonl_text.length, "ab") != 0)
