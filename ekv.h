@@ -117,6 +117,10 @@ EKV_DEF const char *ekv_version(void);
    on failure or overflow; ekv_free releases it. ekv_cuda.cuh allocates through these. */
 EKV_DEF void *ekv_calloc(size_t count, size_t size);
 EKV_DEF void ekv_free(void *pointer);
+/* `bytes` for people, in the unit that keeps 1 to 3 digits before the point ("512 B",
+   "12.288 kB", "1.049 MB", "36.507 GB"; 1 kB = 1000 B, as every byte figure of ekv).
+   Writes into `out` and returns it. The memory messages and the table use it. */
+EKV_DEF const char *ekv_format_bytes(double bytes, char *out, size_t size);
 
 /* >>dtypes ================================================================= */
 
@@ -1076,6 +1080,22 @@ EKV_DEF void *ekv_calloc(size_t count, size_t size)
 EKV_DEF void ekv_free(void *pointer)
 {
     ekv__free(pointer);
+}
+
+EKV_DEF const char *ekv_format_bytes(double bytes, char *out, size_t size)
+{
+    static const char *const units[5] = {"kB", "MB", "GB", "TB", "PB"};
+    double value = bytes;
+    int unit = -1;
+    if (!out || size == 0) return out;
+    /* promote where rounding would print 1000 (999.6 B is "1.000 kB", not "1000 B") */
+    while (unit < 4 && fabs(value) >= (unit < 0 ? 999.5 : 999.9995)) {
+        value /= 1000.0;
+        unit++;
+    }
+    if (unit < 0) snprintf(out, size, "%.0f B", bytes);
+    else snprintf(out, size, "%.3f %s", value, units[unit]);
+    return out;
 }
 
 /* "a, b, c" from the names at the start of `count` entries of `stride` bytes; returns the
@@ -5601,10 +5621,8 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
 
 static void ekv__print_bytes(FILE *out, double bytes)
 {
-    if (bytes >= 1e9) fprintf(out, "%.3f GB", bytes * 1e-9);
-    else if (bytes >= 1e6) fprintf(out, "%.3f MB", bytes * 1e-6);
-    else if (bytes >= 1e3) fprintf(out, "%.3f kB", bytes * 1e-3);
-    else fprintf(out, "%.0f B", bytes);
+    char text[32];
+    fputs(ekv_format_bytes(bytes, text, sizeof text), out);
 }
 
 EKV_DEF void ekv_report_print_table(const ekv_report *r, FILE *out)
