@@ -146,6 +146,9 @@ typedef struct ekv_dtype_traits {
     int paired_values;    /* values stored in pairs: head_dim must be even */
     int quantized;        /* int8, int4, fp8: the paired baseline defaults to f16 */
     int min_sm;           /* oldest GPU architecture of the CUDA path (major x 10 + minor) */
+    double max_abs;       /* the largest |x| stored without overflow: f16 65504, int4 65504
+                             (a group's minimum is its f16 zero point), bf16 3.39e38, the
+                             others any finite float (their scales are f32) */
 } ekv_dtype_traits;
 
 /* The traits of `dtype`, or NULL when it is not one. */
@@ -217,13 +220,25 @@ typedef struct ekv_data_desc {
    half of the attention mass; random: i.i.d. N(0, 1). */
 EKV_DEF ekv_result ekv_data_generate(const ekv_data_desc *desc, ekv_data *data);
 /* Loads q, k, v (and optionally q_observe) from a .npz, or from a directory holding
-   q.npy, k.npy, v.npy. Shapes: q [B,H,D], k and v [B,H_kv,S,D]; float32 or float16. */
+   q.npy, k.npy, v.npy. Shapes: q [B,H,D], k and v [B,H_kv,S,D]; float32 or float16.
+   A NaN or an infinity (also a float64 beyond the float range) is EKV_ERR_FORMAT naming
+   the file, the tensor and the index. */
 EKV_DEF ekv_result ekv_data_load(const char *path, int observe, ekv_data *data);
 /* The same for a .npz image already in memory (`name` appears in error messages). */
 EKV_DEF ekv_result ekv_data_load_npz_memory(const unsigned char *bytes, size_t size,
                                             const char *name, int observe, ekv_data *data);
 EKV_DEF void ekv_data_free(ekv_data *data);
 EKV_DEF size_t ekv_data_kv_index(const ekv_data *data, int b, int h, int t); /* offset of row */
+/* Checks that float attention over `data` is defined, so that bad data is named as such
+   and never reaches a kernel (whose output would then disagree with the reference):
+   every value of q, k, v and q_observe finite, and what the float kernels form from them
+   finite with a margin: max(1, scale) x |q| x |k| (row norms, which bound every partial
+   dot product) and length x max|v| (the softmax-weighted sum before its division) at most
+   EKV_DATA_FLOAT_LIMIT. softmax_scale 0 means 1/sqrt(head_dim). EKV_ERR_INVALID_ARG names
+   the tensor, the index and the limit. ekv_data_load checks finiteness as it loads, and
+   ekv_cache_build checks k and v against the storage dtype's range (max_abs). */
+#define EKV_DATA_FLOAT_LIMIT 2.1267647932558654e37 /* 2^124: float's 2^128 less a margin of 16 */
+EKV_DEF ekv_result ekv_data_check(const ekv_data *data, double softmax_scale);
 
 /* .npy: float32 arrays, C order, format version 1.0 (2.0 and 3.0 read too). */
 typedef struct ekv_npy_array {
@@ -1072,6 +1087,14 @@ static EKV__UNUSED void ekv__free(void *p)
     if (p) EKV_FREE(p);
 }
 
+/* Puts `prefix` before the last error's message: context that a caller adds. */
+static EKV__UNUSED ekv_result ekv__prefix_error(ekv_result code, const char *prefix)
+{
+    char message[sizeof ekv__error_message];
+    memcpy(message, ekv__error_message, sizeof message);
+    return ekv_set_error(code, "%s%s", prefix, message);
+}
+
 EKV_DEF void *ekv_calloc(size_t count, size_t size)
 {
     return ekv__alloc(count, size);
@@ -1122,13 +1145,13 @@ static EKV__UNUSED int ekv__compare_double(const void *a, const void *b)
 /* >>dtypes: the one table of storage dtypes ================================== */
 
 static const ekv_dtype_traits ekv__dtype_table[EKV_DTYPE_COUNT] = {
-    /* name  bits scale group           head paired quantized min_sm */
-    {"f32",  32,  0,    0,              0,   0,     0,        0},
-    {"f16",  16,  0,    0,              0,   1,     0,        0},
-    {"bf16", 16,  0,    0,              0,   1,     0,        0},
-    {"int8", 8,   4,    0,              0,   0,     1,        0},
-    {"int4", 4,   4,    EKV_INT4_GROUP, 0,   1,     1,        0},
-    {"fp8",  8,   0,    0,              4,   0,     1,        89},
+    /* name  bits scale group           head paired quantized min_sm max_abs */
+    {"f32",  32,  0,    0,              0,   0,     0,        0,     FLT_MAX},
+    {"f16",  16,  0,    0,              0,   1,     0,        0,     65504.0},
+    {"bf16", 16,  0,    0,              0,   1,     0,        0,     3.3895313892515355e38},
+    {"int8", 8,   4,    0,              0,   0,     1,        0,     FLT_MAX},
+    {"int4", 4,   4,    EKV_INT4_GROUP, 0,   1,     1,        0,     65504.0},
+    {"fp8",  8,   0,    0,              4,   0,     1,        89,    FLT_MAX},
 };
 
 EKV_DEF const ekv_dtype_traits *ekv_dtype_info(ekv_dtype dtype)
@@ -2457,6 +2480,41 @@ static ekv_result ekv__zip_member(const ekv__zip *zip, const char *member_name,
     return EKV_SUCCESS;
 }
 
+/* "[b][h][t][d]": the C-order index of element `flat` of an array of this shape. */
+static void ekv__index_text(char *out, size_t size, size_t flat, int ndim, const int64_t *shape)
+{
+    size_t index[8], used = 0;
+    int d;
+    for (d = ndim - 1; d >= 0; d--) {
+        index[d] = shape[d] > 0 ? flat % (size_t)shape[d] : 0;
+        flat = shape[d] > 0 ? flat / (size_t)shape[d] : 0;
+    }
+    out[0] = '\0';
+    for (d = 0; d < ndim && used < size; d++)
+        used += (size_t)snprintf(out + used, size - used, "[%zu]", index[d]);
+}
+
+/* NaN or an infinity in `values` [count]: the error names `source`, the tensor and the
+   index of the first one. */
+static ekv_result ekv__check_finite(ekv_result code, const char *source, const char *tensor,
+                                    const float *values, int ndim, const int64_t *shape)
+{
+    size_t count = 1, i;
+    int d;
+    for (d = 0; d < ndim; d++) count *= (size_t)shape[d];
+    for (i = 0; values && i < count; i++) {
+        /* false for NaN and for +-inf alike */
+        if (!(fabsf(values[i]) <= FLT_MAX)) {
+            char index[96];
+            ekv__index_text(index, sizeof index, i, ndim, shape);
+            return ekv_set_error(code, "%s%s%s%s is %s: q, k, v and q_observe must be finite",
+                                 source, source[0] ? ": " : "", tensor, index,
+                                 values[i] != values[i] ? "NaN" : values[i] > 0 ? "inf" : "-inf");
+        }
+    }
+    return EKV_SUCCESS;
+}
+
 /* Checks the shapes of the loaded arrays and moves them into `data`. q_observe may be
    absent (values NULL): with observe > 0 every observed query is then a copy of q. With
    more observed queries in the file than `observe`, the last `observe` are kept. */
@@ -2501,6 +2559,12 @@ static ekv_result ekv__data_from_arrays(ekv_npy_array *arrays, int observe, cons
         O = qo->shape[2];
         if (O > INT_MAX)
             return ekv_set_error(EKV_ERR_FORMAT, "%s: q_observe has too many queries", name);
+    }
+    for (i = 0; i < 4; i++) {
+        static const char *const tensors[4] = {"q", "k", "v", "q_observe"};
+        ekv_result r = ekv__check_finite(EKV_ERR_FORMAT, name, tensors[i], arrays[i].values,
+                                         arrays[i].ndim, arrays[i].shape);
+        if (r != EKV_SUCCESS) return r;
     }
     memset(data, 0, sizeof *data);
     data->batch = (int)B;
@@ -2615,6 +2679,89 @@ EKV_DEF ekv_result ekv_data_load(const char *path, int observe, ekv_data *data)
     if (result == EKV_SUCCESS) result = ekv__data_from_arrays(arrays, observe, path, data);
     for (i = 0; i < 4; i++) ekv_npy_free(&arrays[i]);
     return result;
+}
+
+EKV_DEF ekv_result ekv_data_check(const ekv_data *data, double softmax_scale)
+{
+    const char *fn = "ekv_data_check";
+    int64_t q_shape[3], kv_shape[4], observe_shape[4];
+    double scale, gain;
+    int b, g, h, t, d, group;
+    ekv_result r;
+    if (!data || !data->q || !data->k || !data->v || !data->lengths || data->batch < 1 ||
+        data->heads < 1 || data->kv_heads < 1 || data->head_dim < 1 || data->capacity < 1 ||
+        data->heads % data->kv_heads != 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: data is NULL or has bad dimensions", fn);
+    if (softmax_scale != softmax_scale || fabs(softmax_scale) > DBL_MAX)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: softmax_scale must be finite", fn);
+    q_shape[0] = kv_shape[0] = observe_shape[0] = data->batch;
+    q_shape[1] = observe_shape[1] = data->heads;
+    q_shape[2] = kv_shape[3] = observe_shape[3] = data->head_dim;
+    kv_shape[1] = data->kv_heads;
+    kv_shape[2] = data->capacity;
+    observe_shape[2] = data->observe;
+    if ((r = ekv__check_finite(EKV_ERR_INVALID_ARG, "", "q", data->q, 3, q_shape)) != EKV_SUCCESS ||
+        (r = ekv__check_finite(EKV_ERR_INVALID_ARG, "", "k", data->k, 4, kv_shape)) != EKV_SUCCESS ||
+        (r = ekv__check_finite(EKV_ERR_INVALID_ARG, "", "v", data->v, 4, kv_shape)) != EKV_SUCCESS)
+        return r;
+    if (data->observe > 0 &&
+        (r = ekv__check_finite(EKV_ERR_INVALID_ARG, "", "q_observe", data->q_observe, 4,
+                               observe_shape)) != EKV_SUCCESS)
+        return r;
+    scale = ekv_softmax_scale(softmax_scale, data->head_dim);
+    gain = fabs(scale) > 1.0 ? fabs(scale) : 1.0;
+    group = data->heads / data->kv_heads;
+    /* per (sequence, kv head): the pairs a kernel forms are a query head of the group
+       with a token of the sequence, and the tokens' values summed together */
+    for (b = 0; b < data->batch; b++) {
+        for (g = 0; g < data->kv_heads; g++) {
+            double q_norm = 0.0, k_norm = 0.0, v_max = 0.0, v_value = 0.0;
+            int q_head = g * group, k_token = 0, v_token = 0, v_dim = 0;
+            for (h = g * group; h < (g + 1) * group; h++) {
+                const float *q = data->q + ((size_t)b * (size_t)data->heads + (size_t)h) *
+                                               (size_t)data->head_dim;
+                double n2 = 0.0;
+                for (d = 0; d < data->head_dim; d++) n2 += (double)q[d] * (double)q[d];
+                if (sqrt(n2) > q_norm) {
+                    q_norm = sqrt(n2);
+                    q_head = h;
+                }
+            }
+            for (t = 0; t < data->lengths[b]; t++) {
+                const float *k = data->k + ekv_data_kv_index(data, b, g, t);
+                const float *v = data->v + ekv_data_kv_index(data, b, g, t);
+                double n2 = 0.0;
+                for (d = 0; d < data->head_dim; d++) {
+                    n2 += (double)k[d] * (double)k[d];
+                    if (fabs((double)v[d]) > v_max) {
+                        v_max = fabs((double)v[d]);
+                        v_value = v[d];
+                        v_token = t;
+                        v_dim = d;
+                    }
+                }
+                if (sqrt(n2) > k_norm) {
+                    k_norm = sqrt(n2);
+                    k_token = t;
+                }
+            }
+            if (gain * q_norm * k_norm > EKV_DATA_FLOAT_LIMIT)
+                return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                     "q[%d][%d] and k[%d][%d][%d]: max(1, softmax scale %.3g) x "
+                                     "|q| %.3g x |k| %.3g = %.3g exceeds %.3g, beyond float "
+                                     "arithmetic (the kernels' logits would overflow)",
+                                     b, q_head, b, g, k_token, scale, q_norm, k_norm,
+                                     gain * q_norm * k_norm, EKV_DATA_FLOAT_LIMIT);
+            if ((double)data->lengths[b] * v_max > EKV_DATA_FLOAT_LIMIT)
+                return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                     "v[%d][%d][%d][%d] = %.3g: %d tokens x |v| = %.3g exceeds "
+                                     "%.3g, beyond float arithmetic (the kernels' weighted sum "
+                                     "of values would overflow)",
+                                     b, g, v_token, v_dim, v_value, data->lengths[b],
+                                     (double)data->lengths[b] * v_max, EKV_DATA_FLOAT_LIMIT);
+        }
+    }
+    return EKV_SUCCESS;
 }
 
 /* >>cache: policies, building the stored cache ============================== */
@@ -2894,6 +3041,29 @@ static ekv_result ekv__cache_alloc(ekv_host_cache *cache, ekv_dtype dtype, int b
     return EKV_SUCCESS;
 }
 
+/* Every value of k and v in the sequences (tokens [0, lengths[b])) within the dtype's
+   range: a value beyond it would be stored as an infinity (f16, bf16; int4's f16 zero
+   point), and every logit or mean that reads it would be NaN. */
+static ekv_result ekv__check_storable(const ekv_data *data, ekv_dtype dtype, const char *fn)
+{
+    const ekv_dtype_traits *traits = ekv_dtype_info(dtype);
+    int which, b, h, t, d;
+    if (!traits) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: unknown dtype %d", fn, (int)dtype);
+    for (which = 0; which < 2; which++)
+        for (b = 0; b < data->batch; b++)
+            for (h = 0; h < data->kv_heads; h++)
+                for (t = 0; t < data->lengths[b]; t++) {
+                    const float *row = (which ? data->v : data->k) + ekv_data_kv_index(data, b, h, t);
+                    for (d = 0; d < data->head_dim; d++)
+                        if (!(fabs((double)row[d]) <= traits->max_abs))
+                            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                                 "%s[%d][%d][%d][%d] = %.9g is beyond what %s "
+                                                 "stores (|x| <= %.9g)", which ? "v" : "k", b, h,
+                                                 t, d, (double)row[d], traits->name, traits->max_abs);
+                }
+    return EKV_SUCCESS;
+}
+
 EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc *desc,
                                    ekv_dtype dtype, double softmax_scale,
                                    ekv_host_cache *cache)
@@ -2918,6 +3088,8 @@ EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc
                              "%s: policy topk needs observed queries (data has observe = %d)", fn,
                              data->observe);
     result = ekv__resolve_scale(softmax_scale, data->head_dim, fn, &scale);
+    if (result != EKV_SUCCESS) return result;
+    result = ekv__check_storable(data, dtype, fn);
     if (result != EKV_SUCCESS) return result;
     D = data->head_dim;
     for (b = 0; b < data->batch; b++) {
@@ -5423,6 +5595,27 @@ static void ekv__json_error(ekv_json *j, const char *key, const ekv_error_stats 
     ekv_json_object_end(j);
 }
 
+/* Why some accuracy figures are null, or NULL when none is: a null never stands alone. */
+static const char *ekv__accuracy_null_reason(const ekv_report *r)
+{
+    const ekv_accuracy *a = &r->accuracy;
+    const ekv_error_stats *e[3];
+    int i;
+    if (r->cycle_count > 0)
+        return "not measured: the inference cycle has no reference over the original data; "
+               "inference_cycle.error_vs_cache compares each variant with cache";
+    e[0] = &a->total;
+    e[1] = &a->compression;
+    e[2] = &a->kernel;
+    for (i = 0; i < 3; i++)
+        if (!(fabs(e[i]->rel_l2) <= DBL_MAX && fabs(e[i]->max_abs) <= DBL_MAX &&
+              fabs(e[i]->cosine) <= DBL_MAX))
+            return "not finite: a NaN or an infinity in the output or in a reference";
+    if (!(fabs(a->attention_entropy) <= DBL_MAX && fabs(a->top5pct_mass) <= DBL_MAX))
+        return "not finite: the attention profile of the data is undefined";
+    return NULL;
+}
+
 static void ekv__json_samples(ekv_json *j, const double *samples, size_t n)
 {
     size_t i;
@@ -5580,6 +5773,7 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     ekv_json_key(j, "attention_entropy"); ekv_json_number(j, r->accuracy.attention_entropy);
     ekv_json_key(j, "top5pct_mass"); ekv_json_number(j, r->accuracy.top5pct_mass);
     ekv_json_object_end(j);
+    ekv_json_key(j, "null_reason"); ekv_json_string(j, ekv__accuracy_null_reason(r));
     ekv_json_object_end(j);
 
     ekv_json_key(j, "memory");
@@ -5700,6 +5894,7 @@ EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *config, ekv_workload *
     ekv_result r;
     size_t out_count;
     ekv_cache_bytes full;
+    char prefix[EKV_PATH_MAX + 64];
     memset(w, 0, sizeof *w);
     if ((r = ekv_config_validate(c)) != EKV_SUCCESS) return r;
     if (c->data == EKV_DATA_FILE) {
@@ -5736,12 +5931,24 @@ EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *config, ekv_workload *
     w->compress.recent = c->recent;
     w->compress.sinks = c->sinks;
     w->compress.observe = c->observe;
-    r = ekv_cache_build(&w->data, &w->compress, c->kv_dtype, w->softmax_scale, &w->cache);
+    /* bad data is named here, as data, before a kernel could be blamed for it */
+    r = ekv_data_check(&w->data, w->softmax_scale);
+    if (r == EKV_SUCCESS)
+        r = ekv_cache_build(&w->data, &w->compress, c->kv_dtype, w->softmax_scale, &w->cache);
     if (r == EKV_SUCCESS && c->paired_baseline) {
         ekv_compress_desc none = w->compress;
         none.policy = EKV_POLICY_NONE;
         none.compression = 1;
         r = ekv_cache_build(&w->data, &none, c->baseline_dtype, w->softmax_scale, &w->baseline);
+        if (r == EKV_ERR_INVALID_ARG) { /* say which cache: the baseline's dtype may differ */
+            snprintf(prefix, sizeof prefix, "the paired baseline (--baseline-dtype=%s): ",
+                     ekv_dtype_name(c->baseline_dtype));
+            r = ekv__prefix_error(r, prefix);
+        }
+    }
+    if (r == EKV_ERR_INVALID_ARG && c->data == EKV_DATA_FILE) {
+        snprintf(prefix, sizeof prefix, "--data=%.1000s: ", c->data_path);
+        r = ekv__prefix_error(r, prefix);
     }
     out_count = (size_t)w->data.batch * w->data.heads * w->data.head_dim;
     if (r == EKV_SUCCESS) {
