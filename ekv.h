@@ -543,6 +543,9 @@ EKV_DEF int ekv_variant_parse(const char *text, ekv_variant *out);
 
 
 
+#define EKV_SINKS_AUTO (-1)
+#define EKV_SINKS_DEFAULT 4
+
 /* One benchmark run. ekv_config_default() gives the seed-compatible defaults. */
 typedef struct ekv_config {
     /* workload (comma lists on the command line sweep these) */
@@ -555,7 +558,9 @@ typedef struct ekv_config {
     ekv_dtype kv_dtype; /* storage dtype of the cache                                 */
     ekv_policy policy;  /* compression policy; none requires C = 1                    */
     int recent;         /* exact recent window W                      [0, seq_len]    */
-    int sinks;          /* sink tokens kept by window and topk        [0, seq_len]    */
+    int sinks;          /* sink tokens kept by window and topk        [0, seq_len]
+                           EKV_SINKS_AUTO (the default): EKV_SINKS_DEFAULT, at most
+                           seq_len, so that a short sequence needs no --sinks           */
     int observe;        /* queries whose attention scores topk        [1, 1024]       */
     int layers;         /* layers of the inference cycle              [1, 256]        */
     int decode_tokens;  /* decode steps of the inference cycle        [1, 65536]      */
@@ -593,10 +598,12 @@ EKV_DEF ekv_config ekv_config_default(void);
 /* Checks every field; the error names the field (as its command-line flag) and the
    allowed values. */
 EKV_DEF ekv_result ekv_config_validate(const ekv_config *config);
-/* The config with every "0 = default" field resolved: kv_heads (heads), softmax_scale
-   (1/sqrt(head_dim)), compress_every (the compression ratio) and, unless set, the paired
-   baseline's dtype (f16 for quantized dtypes, else kv_dtype). Every entry point that
-   takes a config resolves it once; everything after reads the resolved values. */
+/* The config with every default that depends on other fields resolved: kv_heads 0
+   (heads), softmax_scale 0 (1/sqrt(head_dim)), compress_every 0 (the compression ratio),
+   sinks EKV_SINKS_AUTO (EKV_SINKS_DEFAULT clipped to seq_len) and, unless set, the paired
+   baseline's dtype (f16 for quantized dtypes, else kv_dtype). A value the caller set is
+   kept as it is, and validation judges it. Every entry point that takes a config resolves
+   it once; everything after reads the resolved values. */
 EKV_DEF ekv_config ekv_config_resolve(const ekv_config *config);
 
 /* A parsed command line: the base config plus the value lists of swept flags. */
@@ -613,12 +620,16 @@ typedef struct ekv_cli {
     ekv_sweep_axis axes[EKV_SWEEP_AXES];
     int axis_count;
     size_t run_count; /* product of the axis lengths */
+    char notice[512]; /* for stderr: the flags given more than once ("" when none) */
 } ekv_cli;
 
 /* Parses argv (argv[0] is skipped). Returns EKV_HELP_SHOWN after printing --help or
    --version to `out`, an error with a one-line message on bad input (the driver exits
    with status 2), or EKV_SUCCESS. Every config of the sweep is validated here, so a bad
-   combination is reported before anything runs. */
+   combination is reported before anything runs. A flag given more than once takes its
+   last value (so that a wrapper can append overrides to its defaults) and is named in
+   `notice`. The inference cycle's own flags (--variant, --layers, --decode_tokens,
+   --compress-every) without --inference are an error. */
 EKV_DEF ekv_result ekv_cli_parse(int argc, char **argv, ekv_cli *cli, FILE *out);
 /* The i-th configuration of the sweep (cartesian product, last axis fastest). */
 EKV_DEF ekv_result ekv_cli_config(const ekv_cli *cli, size_t index, ekv_config *out);
@@ -3986,7 +3997,7 @@ EKV_DEF ekv_config ekv_config_default(void)
     c.kv_dtype = EKV_DTYPE_F16;
     c.policy = EKV_POLICY_STRIDE;
     c.recent = 0;
-    c.sinks = 4;
+    c.sinks = EKV_SINKS_AUTO;
     c.observe = 16;
     c.layers = 1;
     c.decode_tokens = 64;
@@ -4081,7 +4092,8 @@ enum {
     EKV__ZERO_OK = 4,        /* NUMBER that may be 0 (others must be positive) */
     EKV__EMPTY_OK = 8,       /* TEXT that may be empty */
     EKV__DATA_SOURCE = 16,   /* TEXT: structured, random, or a path (sets config.data) */
-    EKV__MARKS_BASELINE = 32 /* sets config.baseline_dtype_set */
+    EKV__MARKS_BASELINE = 32, /* sets config.baseline_dtype_set */
+    EKV__CYCLE_ONLY = 64     /* a setting of the inference cycle: an error without --inference */
 };
 
 typedef struct ekv__flag {
@@ -4170,16 +4182,16 @@ static const ekv__flag ekv__flags[] = {
     {"--recent", NULL, EKV__FLAG_INT, EKV__OFF(recent), 0, EKV__SEQ_MAX, 0, NULL, NULL,
      "exact recent window W (default 0)"},
     {"--sinks", NULL, EKV__FLAG_INT, EKV__OFF(sinks), 0, EKV__SEQ_MAX, 0, NULL, NULL,
-     "sink tokens kept by window and topk (default 4)"},
+     "sink tokens kept by window and topk, at most --seq (default 4, or --seq when shorter)"},
     {"--observe", NULL, EKV__FLAG_INT, EKV__OFF(observe), 1, 1024, 0, NULL, NULL,
      "queries whose attention scores topk (default 16)"},
-    {"--layers", NULL, EKV__FLAG_INT, EKV__OFF(layers), 1, 256, 0, NULL, NULL,
+    {"--layers", NULL, EKV__FLAG_INT, EKV__OFF(layers), 1, 256, EKV__CYCLE_ONLY, NULL, NULL,
      "layers of the inference cycle (default 1)"},
-    {"--decode_tokens", "--decode-tokens", EKV__FLAG_INT, EKV__OFF(decode_tokens), 1, 65536, 0, NULL, NULL,
+    {"--decode_tokens", "--decode-tokens", EKV__FLAG_INT, EKV__OFF(decode_tokens), 1, 65536, EKV__CYCLE_ONLY, NULL, NULL,
      "decode steps of the inference cycle (default 64)"},
-    {"--compress-every", NULL, EKV__FLAG_INT, EKV__OFF(compress_every), 0, 65536, 0, NULL, NULL,
+    {"--compress-every", NULL, EKV__FLAG_INT, EKV__OFF(compress_every), 0, 65536, EKV__CYCLE_ONLY, NULL, NULL,
      "anchor period of the cycle, 0 = C (default 0)"},
-    {"--variant", NULL, EKV__FLAG_ENUM, EKV__OFF(variant), 0, 0, 0, ekv__parse_variant, ekv__variant_allowed,
+    {"--variant", NULL, EKV__FLAG_ENUM, EKV__OFF(variant), 0, 0, EKV__CYCLE_ONLY, ekv__parse_variant, ekv__variant_allowed,
      "inference-cycle variant (default elastic)"},
     {"--reps", NULL, EKV__FLAG_INT, EKV__OFF(reps), 2, 1000000, EKV__ONE_VALUE, NULL, NULL,
      "kept samples (default 200)"},
@@ -4202,7 +4214,8 @@ static const ekv__flag ekv__flags[] = {
     {"--backend", NULL, EKV__FLAG_ENUM, EKV__OFF(backend), 0, 0, EKV__ONE_VALUE, ekv__parse_backend, ekv__backend_allowed,
      "where to run (default auto: the GPU if there is one, else the CPU)"},
     {"--data", NULL, EKV__FLAG_TEXT, EKV__OFF(data_path), 0, EKV_PATH_MAX, EKV__DATA_SOURCE, NULL, NULL,
-     "structured, random, or a .npz / directory of q.npy k.npy v.npy (default structured)"},
+     "structured, random, or a .npz / directory of q.npy k.npy v.npy [q_observe.npy] (default "
+     "structured); a file needs --batch --heads --kv-heads --dim --seq to match its shapes"},
     {"--out", NULL, EKV__FLAG_TEXT, EKV__OFF(out_path), 0, EKV_PATH_MAX, 0, NULL, NULL,
      "write the output to FILE instead of stdout"},
     {"--jsonl", NULL, EKV__FLAG_TEXT, EKV__OFF(jsonl_path), 0, EKV_PATH_MAX, 0, NULL, NULL,
@@ -4239,6 +4252,8 @@ EKV_DEF ekv_config ekv_config_resolve(const ekv_config *in)
     if (c.kv_heads == 0) c.kv_heads = c.heads;
     if (c.softmax_scale == 0.0) c.softmax_scale = ekv_softmax_scale(0.0, c.head_dim);
     if (c.compress_every == 0) c.compress_every = c.compression;
+    /* only the default adapts: a short sequence has fewer tokens than 4 sinks */
+    if (c.sinks == EKV_SINKS_AUTO) c.sinks = EKV_SINKS_DEFAULT < c.seq_len ? EKV_SINKS_DEFAULT : c.seq_len;
     if (!c.baseline_dtype_set) c.baseline_dtype = t && t->quantized ? EKV_DTYPE_F16 : c.kv_dtype;
     return c;
 }
@@ -4251,12 +4266,13 @@ EKV_DEF ekv_result ekv_config_validate(const ekv_config *config)
     const ekv_config *c = &resolved;
     if (!config) return ekv_set_error(EKV_ERR_INVALID_ARG, "config is NULL");
     resolved = ekv_config_resolve(config);
-    /* every integer flag's range, from the flag table */
+    /* every integer flag's range, from the flag table (on the resolved values: a default
+       such as EKV_SINKS_AUTO is judged by what it resolves to) */
     for (i = 0; i < EKV__FLAG_COUNT; i++) {
         const ekv__flag *f = &ekv__flags[i];
         int value;
         if (f->kind != EKV__FLAG_INT) continue;
-        memcpy(&value, (const char *)config + f->offset, sizeof value);
+        memcpy(&value, (const char *)c + f->offset, sizeof value);
         EKV__CHECK_RANGE(f->name, value, f->lo, f->hi);
     }
     if (ekv_dtype_info(c->kv_dtype) && ekv_dtype_info(c->kv_dtype)->paired_values &&
@@ -4329,7 +4345,8 @@ EKV_DEF void ekv_cli_print_help(FILE *out)
             "ekv_bench %s - decode attention over an elastic KV cache: speed, bandwidth, "
             "accuracy\n\n"
             "usage: ekv_bench [--flag=value ...]\n"
-            "A comma list on a workload flag (--seq=1024,4096) sweeps the cartesian product.\n\n",
+            "A comma list on a workload flag (--seq=1024,4096) sweeps the cartesian product.\n"
+            "A flag given twice takes its last value (a notice on stderr names it).\n\n",
             EKV_VERSION_STRING);
     for (i = 0; i < EKV__FLAG_COUNT; i++) {
         const ekv__flag *f = &ekv__flags[i];
@@ -4357,7 +4374,10 @@ static ekv_result ekv__parse_int(const char *flag, const char *text, long long l
     if (*end != '\0')
         return ekv_set_error(EKV_ERR_INVALID_ARG, "%s='%s' is not an integer: allowed %lld..%lld",
                              flag, text, lo, hi);
-    if (v < lo || v > hi) return ekv__range_error(flag, v, lo, hi);
+    /* echoed as typed: strtoll clamps an overlong number to LLONG_MAX */
+    if (v < lo || v > hi)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s=%s is out of range: allowed %lld..%lld",
+                             flag, text, lo, hi);
     *out = (int)v;
     return EKV_SUCCESS;
 }
@@ -4430,6 +4450,9 @@ static ekv_result ekv__parse_value(ekv_cli *cli, const ekv__flag *f, const char 
         double v = strtod(value, &end);
         if (value[0] == '\0' || *end != '\0' || v != v)
             return ekv_set_error(EKV_ERR_INVALID_ARG, "%s='%s' is not a number", f->name, value);
+        if (v > DBL_MAX || v < -DBL_MAX)
+            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s=%s is out of range: a finite number is "
+                                 "needed", f->name, value);
         if (!(f->options & EKV__ZERO_OK) && !(v > 0.0))
             return ekv_set_error(EKV_ERR_INVALID_ARG, "%s=%s must be a positive number",
                                  f->name, value);
@@ -4511,12 +4534,34 @@ EKV_DEF ekv_result ekv_cli_config(const ekv_cli *cli, size_t index, ekv_config *
     return EKV_SUCCESS;
 }
 
+/* cli->notice names each flag given more than once, with the value that applies. */
+static void ekv__cli_note_repeats(ekv_cli *cli, const unsigned char *seen, const char *const *last)
+{
+    size_t i, used = 0;
+    for (i = 0; i < EKV__FLAG_COUNT; i++) {
+        if (seen[i] < 2 || used >= sizeof cli->notice) continue;
+        if (!last[i]) /* no value: a switch, the same however often it is given */
+            used += (size_t)snprintf(cli->notice + used, sizeof cli->notice - used,
+                                     "%s%s given %d times", used ? "; " : "", ekv__flags[i].name,
+                                     seen[i]);
+        else
+            used += (size_t)snprintf(cli->notice + used, sizeof cli->notice - used,
+                                     "%s%s given %d times: the last, %s=%.64s%s, applies",
+                                     used ? "; " : "", ekv__flags[i].name, seen[i],
+                                     ekv__flags[i].name, last[i], strlen(last[i]) > 64 ? "..." : "");
+    }
+}
+
 EKV_DEF ekv_result ekv_cli_parse(int argc, char **argv, ekv_cli *cli, FILE *out)
 {
     int i;
     size_t k;
     ekv_result r;
+    unsigned char seen[EKV__FLAG_COUNT];
+    const char *last[EKV__FLAG_COUNT];
     memset(cli, 0, sizeof *cli);
+    memset(seen, 0, sizeof seen);
+    memset((void *)last, 0, sizeof last);
     cli->base = ekv_config_default();
     for (i = 1; i < argc; i++) {
         const char *arg = argv[i];
@@ -4528,6 +4573,8 @@ EKV_DEF ekv_result ekv_cli_parse(int argc, char **argv, ekv_cli *cli, FILE *out)
             return ekv_set_error(EKV_ERR_INVALID_ARG,
                                  "unknown flag '%.*s' (see --help for the allowed flags)",
                                  (int)(name_len > 200 ? 200 : name_len), arg);
+        if (seen[f - ekv__flags] < 255) seen[f - ekv__flags]++;
+        last[f - ekv__flags] = NULL;
         if (f->kind == EKV__FLAG_SPECIAL) {
             if (value) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s takes no value", f->name);
             if (strcmp(f->name, "--help") == 0) ekv_cli_print_help(out);
@@ -4548,9 +4595,17 @@ EKV_DEF ekv_result ekv_cli_parse(int argc, char **argv, ekv_cli *cli, FILE *out)
                                      f->help);
             value = argv[++i];
         }
+        last[f - ekv__flags] = value;
         r = ekv__parse_value(cli, f, value);
         if (r != EKV_SUCCESS) return r;
     }
+    for (k = 0; k < EKV__FLAG_COUNT; k++)
+        if (seen[k] && (ekv__flags[k].options & EKV__CYCLE_ONLY) && !cli->base.inference)
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "%s is a setting of the inference cycle, which runs only with "
+                                 "--inference: add --inference or omit %s", ekv__flags[k].name,
+                                 ekv__flags[k].name);
+    ekv__cli_note_repeats(cli, seen, last);
     cli->run_count = 1;
     for (i = 0; i < cli->axis_count; i++) {
         cli->run_count *= (size_t)cli->axes[i].count;

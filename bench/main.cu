@@ -175,6 +175,7 @@ int main(int argc, char **argv)
     ekv_result r = ekv_cli_parse(argc, argv, &cli, stdout);
     if (r == EKV_HELP_SHOWN) return 0;
     if (r != EKV_SUCCESS) return bench_fail(r);
+    if (cli.notice[0] && !cli.base.quiet) fprintf(stderr, "ekv_bench: notice: %s\n", cli.notice);
 #if !EKV_BENCH_HAS_CUDA
     if (cli.base.backend == EKV_BACKEND_CUDA || cli.base.backend == EKV_BACKEND_EMULATOR)
         return bench_fail(ekv_set_error(EKV_ERR_UNSUPPORTED,
