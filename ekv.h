@@ -338,8 +338,14 @@ EKV_DEF int ekv_policy_kept(const ekv_compress_desc *desc, int length);
    then the recent window, one token per slot. */
 EKV_DEF int ekv_policy_map(const ekv_compress_desc *desc, int length, const double *scores,
                            ekv_slot_source *slots);
+/* 1 when the slots of this compression carry a logit bias: pool with C > 1 (its slots
+   hold ln(group size); with C = 1 every group is one token and every bias 0). */
+EKV_DEF int ekv_policy_has_bias(const ekv_compress_desc *desc);
 /* Compresses `data` with `desc` into a new cache stored as `dtype` (capacity = the
-   largest kept count). Pooled slots carry bias ln(count). */
+   largest kept count). Pooled slots carry bias ln(count), allocated only when
+   ekv_policy_has_bias. A value of k or v (any token, kept or not) beyond what `dtype`
+   stores (ekv_dtype_traits.max_abs), or not finite, is EKV_ERR_INVALID_ARG naming the
+   tensor, the index and the limit, and nothing is built. */
 EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc *desc,
                                    ekv_dtype dtype, double softmax_scale,
                                    ekv_host_cache *cache);
@@ -844,7 +850,9 @@ EKV_DEF void ekv_workload_free(ekv_workload *work);
 /* Fills report->accuracy from a kernel output [batch][heads][head_dim]. */
 EKV_DEF void ekv_workload_accuracy(const ekv_workload *work, const float *out,
                                    ekv_accuracy *accuracy);
-/* --dump-dir: q, k, v (original f32), out (kernel), ref (double reference) as .npy. */
+/* --dump-dir: q, k, v and q_observe (original f32; q_observe [B,H,observe,D], the queries
+   topk scores with), out (kernel), ref (double reference) as .npy. The directory is a valid
+   --data=DIR: with the same flags it reproduces the run, topk included. */
 EKV_DEF ekv_result ekv_workload_dump(const ekv_workload *work, const float *out,
                                      const char *dir);
 
@@ -2793,6 +2801,11 @@ EKV_DEF int ekv_policy_kept(const ekv_compress_desc *desc, int length)
     return old / desc->compression + (old % desc->compression != 0) + recent;
 }
 
+EKV_DEF int ekv_policy_has_bias(const ekv_compress_desc *desc)
+{
+    return desc && desc->policy == EKV_POLICY_POOL && desc->compression > 1;
+}
+
 typedef struct ekv__ranked {
     double score;
     int token;
@@ -3109,7 +3122,7 @@ EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc
     }
     if (capacity < 1) capacity = 1;
     result = ekv__cache_alloc(cache, dtype, data->batch, data->kv_heads, D, capacity,
-                              desc->policy == EKV_POLICY_POOL, 0, fn);
+                              ekv_policy_has_bias(desc), 0, fn);
     if (result != EKV_SUCCESS) return result;
     bh = (size_t)data->batch * (size_t)data->kv_heads;
     row_bytes = ekv_dtype_row_bytes(dtype, D);
@@ -4223,7 +4236,7 @@ static const ekv__flag ekv__flags[] = {
     {"--label", NULL, EKV__FLAG_TEXT, EKV__OFF(label), 0, EKV_LABEL_MAX, EKV__EMPTY_OK, NULL, NULL,
      "free text stored in the result"},
     {"--dump-dir", NULL, EKV__FLAG_TEXT, EKV__OFF(dump_dir), 0, EKV_PATH_MAX, 0, NULL, NULL,
-     "write q, k, v, out, ref .npy files into this existing directory"},
+     "write q, k, v, q_observe, out, ref .npy files into this existing directory"},
     {"--json", NULL, EKV__FLAG_BOOL, EKV__OFF(json), 0, 0, 0, NULL, NULL,
      "one JSON object per result"},
     {"--paired-baseline", NULL, EKV__FLAG_BOOL, EKV__OFF(paired_baseline), 0, 0, 0, NULL, NULL,
@@ -6059,6 +6072,15 @@ EKV_DEF ekv_result ekv_workload_dump(const ekv_workload *w, const float *out, co
     if ((r = ekv_npy_write(path, w->data.k, 4, kvshape)) != EKV_SUCCESS) return r;
     snprintf(path, sizeof path, "%s/v.npy", dir);
     if ((r = ekv_npy_write(path, w->data.v, 4, kvshape)) != EKV_SUCCESS) return r;
+    if (w->data.observe > 0 && w->data.q_observe) {
+        int64_t observe_shape[4];
+        observe_shape[0] = w->data.batch;
+        observe_shape[1] = w->data.heads;
+        observe_shape[2] = w->data.observe;
+        observe_shape[3] = w->data.head_dim;
+        snprintf(path, sizeof path, "%s/q_observe.npy", dir);
+        if ((r = ekv_npy_write(path, w->data.q_observe, 4, observe_shape)) != EKV_SUCCESS) return r;
+    }
     snprintf(path, sizeof path, "%s/out.npy", dir);
     if ((r = ekv_npy_write(path, out, 3, qshape)) != EKV_SUCCESS) return r;
     snprintf(path, sizeof path, "%s/ref.npy", dir);
