@@ -845,8 +845,19 @@ typedef struct ekv_workload {
     double kv_cache_bytes_uncompressed; /* the same dtype with C = 1 */
 } ekv_workload;
 
+/* Validates the config (which includes the host-memory estimate below), loads or
+   generates the data, checks it (ekv_data_check; ekv_cache_build checks the storage
+   range), and builds the caches and references. */
 EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *config, ekv_workload *work);
 EKV_DEF void ekv_workload_free(ekv_workload *work);
+/* Host bytes ekv_workload_prepare allocates at its peak, from the config alone: the f32
+   data (twice over for --data files: the file's bytes and the arrays), the candidate cache
+   (ekv_cache_memory_of at the kept capacity) and the paired baseline, the references and
+   the largest work space. ekv_config_validate refuses a config whose estimate exceeds
+   90% of the memory the host has available, before anything is allocated; a backend adds
+   its own share (the CPU backend's cold-timing copies are capped at 2 GB). `parts`, when
+   not NULL, receives data, caches and the rest, in that order. */
+EKV_DEF double ekv_workload_memory_estimate(const ekv_config *config, double parts[3]);
 /* Fills report->accuracy from a kernel output [batch][heads][head_dim]. */
 EKV_DEF void ekv_workload_accuracy(const ekv_workload *work, const float *out,
                                    ekv_accuracy *accuracy);
@@ -4037,9 +4048,46 @@ EKV_DEF ekv_config ekv_config_default(void)
 
 #define EKV__SEQ_MAX (1 << 24)
 
+/* Memory the host can give this run: MemAvailable (Linux: free memory plus what the
+   kernel can reclaim), else the physical memory; 0 when unknown. */
+static double ekv__host_memory_available(void)
+{
+    double have = 0.0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[256];
+        double kb;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) {
+                have = kb * 1024.0;
+                break;
+            }
+        fclose(f);
+    }
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    if (have <= 0.0) have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+#endif
+    return have;
+}
+
+/* The one host-memory rule of every path: an estimate above 90% of what is available is
+   refused before anything is allocated (filling memory for half a minute and then failing,
+   or waking the OOM killer, is worse than a clear no). `what` names the run and its
+   breakdown; the message adds the figures. */
+static ekv_result ekv__host_memory_check(double need, const char *what)
+{
+    const double have = ekv__host_memory_available();
+    char need_text[32], have_text[32];
+    if (have <= 0.0 || need <= 0.9 * have) return EKV_SUCCESS;
+    return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                         "%s needs about %s of host memory, this machine has %s available: "
+                         "reduce one of them", what, ekv_format_bytes(need, need_text, sizeof need_text),
+                         ekv_format_bytes(have, have_text, sizeof have_text));
+}
+
 static ekv_result ekv__config_validate_cycle(const ekv_config *c)
 {
-    double need, have = 0.0;
+    char what[256];
     if (ekv__variant_table[c->variant].int8 && c->kv_dtype != EKV_DTYPE_INT8 &&
         c->kv_dtype != EKV_DTYPE_F16)
         return ekv_set_error(EKV_ERR_UNSUPPORTED,
@@ -4060,18 +4108,25 @@ static ekv_result ekv__config_validate_cycle(const ekv_config *c)
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "--seq=%d plus --decode_tokens=%d exceeds %d tokens", c->seq_len,
                              c->decode_tokens, 1 << 24);
-    need = ekv_cycle_memory_estimate(c, c->variant);
-#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
-    have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
-#endif
-    if (have > 0.0 && need > 0.9 * have)
-        return ekv_set_error(EKV_ERR_UNSUPPORTED,
-                             "--inference needs about %.3g GB of host memory for --layers=%d "
-                             "--batch=%d --seq=%d --decode_tokens=%d --heads=%d --dim=%d, this "
-                             "machine has %.3g GB: reduce one of them",
-                             need * 1e-9, c->layers, c->batch, c->seq_len, c->decode_tokens,
-                             c->heads, c->head_dim, have * 1e-9);
-    return EKV_SUCCESS;
+    snprintf(what, sizeof what,
+             "--inference with --layers=%d --batch=%d --seq=%d --decode_tokens=%d --heads=%d "
+             "--dim=%d", c->layers, c->batch, c->seq_len, c->decode_tokens, c->heads, c->head_dim);
+    return ekv__host_memory_check(ekv_cycle_memory_estimate(c, c->variant), what);
+}
+
+/* One attention run: the workload (ekv_workload_memory_estimate) must fit in host memory. */
+static ekv_result ekv__config_validate_memory(const ekv_config *c)
+{
+    char what[384], parts_text[3][32];
+    double parts[3];
+    const double need = ekv_workload_memory_estimate(c, parts);
+    snprintf(what, sizeof what,
+             "--batch=%d --seq=%d --heads=%d --kv-heads=%d --dim=%d (data %s, caches %s, "
+             "references and work space %s)", c->batch, c->seq_len, c->heads, c->kv_heads,
+             c->head_dim, ekv_format_bytes(parts[0], parts_text[0], sizeof parts_text[0]),
+             ekv_format_bytes(parts[1], parts_text[1], sizeof parts_text[1]),
+             ekv_format_bytes(parts[2], parts_text[2], sizeof parts_text[2]));
+    return ekv__host_memory_check(need, what);
 }
 
 static ekv_result ekv__range_error(const char *flag, long long value, long long lo,
@@ -4340,7 +4395,7 @@ EKV_DEF ekv_result ekv_config_validate(const ekv_config *config)
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "--baseline-dtype needs --paired-baseline");
     if (c->inference) return ekv__config_validate_cycle(c);
-    return EKV_SUCCESS;
+    return ekv__config_validate_memory(c);
 }
 
 /* ---- command line ---- */
@@ -5944,6 +5999,79 @@ EKV_DEF void ekv_report_print_table(const ekv_report *r, FILE *out)
 }
 
 /* >>workload (implementation) ============================================== */
+
+/* Bytes of a file, 0 when it cannot be read (a directory opens, but reads fail and its
+   "size" can be anything). */
+static double ekv__file_bytes(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    long size = -1;
+    if (!f) return 0.0;
+    if ((fgetc(f) != EOF || !ferror(f)) && fseek(f, 0, SEEK_END) == 0) size = ftell(f);
+    fclose(f);
+    return size > 0 ? (double)size : 0.0;
+}
+
+/* Bytes of what ekv_data_load reads from `path`: a .npz, or a directory's members. */
+static double ekv__data_file_bytes(const char *path)
+{
+    char member[EKV_PATH_MAX + 32];
+    double total = 0.0;
+    int i;
+    if (snprintf(member, sizeof member, "%s/q.npy", path) >= (int)sizeof member) return 0.0;
+    if (ekv__file_bytes(member) <= 0.0) return ekv__file_bytes(path);
+    for (i = 0; i < 4; i++) {
+        if (snprintf(member, sizeof member, "%s/%s", path, ekv__data_members[i]) >= (int)sizeof member)
+            return 0.0;
+        total += ekv__file_bytes(member);
+    }
+    return total;
+}
+
+EKV_DEF double ekv_workload_memory_estimate(const ekv_config *config, double parts[3])
+{
+    ekv_config resolved;
+    const ekv_config *c = &resolved;
+    ekv_compress_desc desc;
+    double q, kv, observe, data, caches, rest, references, work;
+    int kept;
+    if (!config) return 0.0;
+    resolved = ekv_config_resolve(config);
+    q = (double)c->batch * c->heads * c->head_dim;
+    kv = (double)c->batch * c->kv_heads * c->seq_len * c->head_dim;
+    observe = q * c->observe;
+    data = 4.0 * (q + 2.0 * kv + observe) + 4.0 * c->batch;
+    if (c->data == EKV_DATA_FILE) {
+        /* the file's bytes are read whole, then converted: both live at once */
+        double file = ekv__data_file_bytes(c->data_path);
+        data = file + (file > data ? file : data);
+    }
+    memset(&desc, 0, sizeof desc);
+    desc.policy = c->policy;
+    desc.compression = c->compression;
+    desc.recent = c->recent;
+    desc.sinks = c->sinks;
+    desc.observe = c->observe;
+    kept = ekv_policy_kept(&desc, c->seq_len);
+    if (kept < 1) kept = 1;
+    caches = ekv_cache_memory_of(c->kv_dtype, c->batch, c->kv_heads, c->head_dim, kept,
+                                 ekv_policy_has_bias(&desc));
+    if (c->paired_baseline)
+        caches += ekv_cache_memory_of(c->baseline_dtype, c->batch, c->kv_heads, c->head_dim,
+                                      c->seq_len, 0);
+    references = 2.0 * 8.0 * q;
+    /* the largest temporary: topk's scores of every token, or the per-head logits */
+    work = 8.0 * (double)c->seq_len * (double)(c->heads / (c->kv_heads > 0 ? c->kv_heads : 1) +
+                                               EKV__SCORE_BATCH);
+    if (c->policy == EKV_POLICY_TOPK) work += 8.0 * (double)c->batch * c->kv_heads * c->seq_len;
+    rest = references + work;
+    if (parts) {
+        parts[0] = data;
+        parts[1] = caches;
+        parts[2] = rest;
+    }
+    return data + caches + rest;
+}
 
 EKV_DEF void ekv_workload_free(ekv_workload *w)
 {

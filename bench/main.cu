@@ -93,9 +93,14 @@ static ekv_result bench_check_dir(const char *dir)
 }
 
 #if EKV_BENCH_HAS_CUDA
-/* --backend=auto without a usable device: the same run on the CPU backend, with the
-   reason kept in the report's notice (the CPU run resets the report and the last error).
-   work == NULL: the inference cycle. */
+/* --backend=auto without a usable device, or with one too small for the problem: the same
+   run on the CPU backend, with the reason kept in the report's notice (the CPU run resets
+   the report and the last error). work == NULL: the inference cycle. */
+static int bench_falls_back(ekv_backend backend, ekv_result r)
+{
+    return backend == EKV_BACKEND_AUTO && (r == EKV_ERR_NO_DEVICE || r == EKV_ERR_OUT_OF_MEMORY);
+}
+
 static ekv_result bench_fall_back(const ekv_config *config, ekv_report *report,
                                   const ekv_workload *work)
 {
@@ -125,8 +130,7 @@ static ekv_result bench_run_one(const ekv_config *config, ekv_report *report)
 #if EKV_BENCH_HAS_CUDA
         if (backend != EKV_BACKEND_CPU) {
             r = ekv_cuda_cycle_run(config, report);
-            if (r == EKV_ERR_NO_DEVICE && backend == EKV_BACKEND_AUTO)
-                r = bench_fall_back(config, report, NULL);
+            if (bench_falls_back(backend, r)) r = bench_fall_back(config, report, NULL);
             return r;
         }
 #endif
@@ -137,8 +141,7 @@ static ekv_result bench_run_one(const ekv_config *config, ekv_report *report)
 #if EKV_BENCH_HAS_CUDA
     if (backend != EKV_BACKEND_CPU) {
         r = ekv_cuda_run(config, &work, report);
-        if (r == EKV_ERR_NO_DEVICE && backend == EKV_BACKEND_AUTO)
-            r = bench_fall_back(config, report, &work);
+        if (bench_falls_back(backend, r)) r = bench_fall_back(config, report, &work);
     } else {
         r = ekv_cpu_run(config, &work, report);
     }
