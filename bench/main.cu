@@ -160,8 +160,10 @@ static ekv_result bench_target_absent(bench_target *t)
 }
 #endif
 
-/* What an output path is, decided without opening it (opening a FIFO would block). */
-static ekv_result bench_target_resolve(const char *flag, const char *path, bench_target *t)
+/* What an output path is, decided without opening it (opening a FIFO would block).
+   append: --jsonl, which appends to an existing file in place. */
+static ekv_result bench_target_resolve(const char *flag, const char *path, int append,
+                                       bench_target *t)
 {
     memset(t, 0, sizeof *t);
     t->flag = flag;
@@ -192,11 +194,12 @@ static ekv_result bench_target_resolve(const char *flag, const char *path, bench
         if (snprintf(t->file, sizeof t->file, "%s", real) >= (int)sizeof t->file)
             return bench_target_error(t, "path too long", 0);
         bench_dirname(real, directory, sizeof directory);
-        if (access(directory, W_OK | X_OK) != 0)
+        if (!append && access(directory, W_OK | X_OK) != 0)
             return bench_target_error(t, "its directory is not writable (the file is replaced "
                                       "through a temporary beside it)", errno);
     }
 #else
+    (void)append;
     if (snprintf(t->file, sizeof t->file, "%s", path) >= (int)sizeof t->file)
         return bench_target_error(t, "path too long", 0);
 #endif
@@ -530,10 +533,10 @@ int main(int argc, char **argv)
                                         "(make emu); allowed: auto, cuda, cpu"));
 #endif
     if (cli.base.out_path[0] &&
-        (r = bench_target_resolve("--out", cli.base.out_path, &out_target)) != EKV_SUCCESS)
+        (r = bench_target_resolve("--out", cli.base.out_path, 0, &out_target)) != EKV_SUCCESS)
         return bench_fail(r);
     if (cli.base.jsonl_path[0] &&
-        (r = bench_target_resolve("--jsonl", cli.base.jsonl_path, &jsonl_target)) != EKV_SUCCESS)
+        (r = bench_target_resolve("--jsonl", cli.base.jsonl_path, 1, &jsonl_target)) != EKV_SUCCESS)
         return bench_fail(r);
     if (cli.base.out_path[0] && cli.base.jsonl_path[0] && bench_same_file(&out_target, &jsonl_target))
         return bench_fail(ekv_set_error(EKV_ERR_INVALID_ARG,
