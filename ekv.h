@@ -136,6 +136,10 @@ EKV_DEF ekv_build_info ekv_build_info_get(void);
    on failure or overflow; ekv_free releases it. ekv_cuda.cuh allocates through these. */
 EKV_DEF void *ekv_calloc(size_t count, size_t size);
 EKV_DEF void ekv_free(void *pointer);
+/* `bytes` for people, in the unit that keeps 1 to 3 digits before the point ("512 B",
+   "12.288 kB", "1.049 MB", "36.507 GB"; 1 kB = 1000 B, as every byte figure of ekv).
+   Writes into `out` and returns it. The memory messages and the table use it. */
+EKV_DEF const char *ekv_format_bytes(double bytes, char *out, size_t size);
 
 /* >>dtypes ================================================================= */
 
@@ -161,6 +165,9 @@ typedef struct ekv_dtype_traits {
     int paired_values;    /* values stored in pairs: head_dim must be even */
     int quantized;        /* int8, int4, fp8: the paired baseline defaults to f16 */
     int min_sm;           /* oldest GPU architecture of the CUDA path (major x 10 + minor) */
+    double max_abs;       /* the largest |x| stored without overflow: f16 65504, int4 65504
+                             (a group's minimum is its f16 zero point), bf16 3.39e38, the
+                             others any finite float (their scales are f32) */
 } ekv_dtype_traits;
 
 /* The traits of `dtype`, or NULL when it is not one. */
@@ -232,13 +239,25 @@ typedef struct ekv_data_desc {
    half of the attention mass; random: i.i.d. N(0, 1). */
 EKV_DEF ekv_result ekv_data_generate(const ekv_data_desc *desc, ekv_data *data);
 /* Loads q, k, v (and optionally q_observe) from a .npz, or from a directory holding
-   q.npy, k.npy, v.npy. Shapes: q [B,H,D], k and v [B,H_kv,S,D]; float32 or float16. */
+   q.npy, k.npy, v.npy. Shapes: q [B,H,D], k and v [B,H_kv,S,D]; float32 or float16.
+   A NaN or an infinity (also a float64 beyond the float range) is EKV_ERR_FORMAT naming
+   the file, the tensor and the index. */
 EKV_DEF ekv_result ekv_data_load(const char *path, int observe, ekv_data *data);
 /* The same for a .npz image already in memory (`name` appears in error messages). */
 EKV_DEF ekv_result ekv_data_load_npz_memory(const unsigned char *bytes, size_t size,
                                             const char *name, int observe, ekv_data *data);
 EKV_DEF void ekv_data_free(ekv_data *data);
 EKV_DEF size_t ekv_data_kv_index(const ekv_data *data, int b, int h, int t); /* offset of row */
+/* Checks that float attention over `data` is defined, so that bad data is named as such
+   and never reaches a kernel (whose output would then disagree with the reference):
+   every value of q, k, v and q_observe finite, and what the float kernels form from them
+   finite with a margin: max(1, scale) x |q| x |k| (row norms, which bound every partial
+   dot product) and length x max|v| (the softmax-weighted sum before its division) at most
+   EKV_DATA_FLOAT_LIMIT. softmax_scale 0 means 1/sqrt(head_dim). EKV_ERR_INVALID_ARG names
+   the tensor, the index and the limit. ekv_data_load checks finiteness as it loads, and
+   ekv_cache_build checks k and v against the storage dtype's range (max_abs). */
+#define EKV_DATA_FLOAT_LIMIT 2.1267647932558654e37 /* 2^124: float's 2^128 less a margin of 16 */
+EKV_DEF ekv_result ekv_data_check(const ekv_data *data, double softmax_scale);
 
 /* .npy: float32 arrays, C order, format version 1.0 (2.0 and 3.0 read too). */
 typedef struct ekv_npy_array {
@@ -338,8 +357,14 @@ EKV_DEF int ekv_policy_kept(const ekv_compress_desc *desc, int length);
    then the recent window, one token per slot. */
 EKV_DEF int ekv_policy_map(const ekv_compress_desc *desc, int length, const double *scores,
                            ekv_slot_source *slots);
+/* 1 when the slots of this compression carry a logit bias: pool with C > 1 (its slots
+   hold ln(group size); with C = 1 every group is one token and every bias 0). */
+EKV_DEF int ekv_policy_has_bias(const ekv_compress_desc *desc);
 /* Compresses `data` with `desc` into a new cache stored as `dtype` (capacity = the
-   largest kept count). Pooled slots carry bias ln(count). */
+   largest kept count). Pooled slots carry bias ln(count), allocated only when
+   ekv_policy_has_bias. A value of k or v (any token, kept or not) beyond what `dtype`
+   stores (ekv_dtype_traits.max_abs), or not finite, is EKV_ERR_INVALID_ARG naming the
+   tensor, the index and the limit, and nothing is built. */
 EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc *desc,
                                    ekv_dtype dtype, double softmax_scale,
                                    ekv_host_cache *cache);
@@ -643,6 +668,9 @@ EKV_DEF int ekv_format_parse(const char *text, ekv_output_format *out);
 
 
 
+#define EKV_SINKS_AUTO (-1)
+#define EKV_SINKS_DEFAULT 4
+
 /* One benchmark run. ekv_config_default() gives the seed-compatible defaults. */
 typedef struct ekv_config {
     /* workload (comma lists on the command line sweep these) */
@@ -655,7 +683,9 @@ typedef struct ekv_config {
     ekv_dtype kv_dtype; /* storage dtype of the cache                                 */
     ekv_policy policy;  /* compression policy; none requires C = 1                    */
     int recent;         /* exact recent window W                      [0, seq_len]    */
-    int sinks;          /* sink tokens kept by window and topk        [0, seq_len]    */
+    int sinks;          /* sink tokens kept by window and topk        [0, seq_len]
+                           EKV_SINKS_AUTO (the default): EKV_SINKS_DEFAULT, at most
+                           seq_len, so that a short sequence needs no --sinks           */
     int observe;        /* queries whose attention scores topk        [1, 1024]       */
     int layers;         /* layers of the inference cycle              [1, 256]        */
     int decode_tokens;  /* decode steps of the inference cycle        [1, 65536]      */
@@ -694,10 +724,12 @@ EKV_DEF ekv_config ekv_config_default(void);
 /* Checks every field; the error names the field (as its command-line flag) and the
    allowed values. */
 EKV_DEF ekv_result ekv_config_validate(const ekv_config *config);
-/* The config with every "0 = default" field resolved: kv_heads (heads), softmax_scale
-   (1/sqrt(head_dim)), compress_every (the compression ratio) and, unless set, the paired
-   baseline's dtype (f16 for quantized dtypes, else kv_dtype). Every entry point that
-   takes a config resolves it once; everything after reads the resolved values. */
+/* The config with every default that depends on other fields resolved: kv_heads 0
+   (heads), softmax_scale 0 (1/sqrt(head_dim)), compress_every 0 (the compression ratio),
+   sinks EKV_SINKS_AUTO (EKV_SINKS_DEFAULT clipped to seq_len) and, unless set, the paired
+   baseline's dtype (f16 for quantized dtypes, else kv_dtype). A value the caller set is
+   kept as it is, and validation judges it. Every entry point that takes a config resolves
+   it once; everything after reads the resolved values. */
 EKV_DEF ekv_config ekv_config_resolve(const ekv_config *config);
 
 /* A parsed command line: the base config plus the value lists of swept flags. */
@@ -714,12 +746,16 @@ typedef struct ekv_cli {
     ekv_sweep_axis axes[EKV_SWEEP_AXES];
     int axis_count;
     size_t run_count; /* product of the axis lengths */
+    char notice[512]; /* for stderr: the flags given more than once ("" when none) */
 } ekv_cli;
 
 /* Parses argv (argv[0] is skipped). Returns EKV_HELP_SHOWN after printing --help or
    --version to `out`, an error with a one-line message on bad input (the driver exits
    with status 2), or EKV_SUCCESS. Every config of the sweep is validated here, so a bad
-   combination is reported before anything runs. */
+   combination is reported before anything runs. A flag given more than once takes its
+   last value (so that a wrapper can append overrides to its defaults) and is named in
+   `notice`. The inference cycle's own flags (--variant, --layers, --decode_tokens,
+   --compress-every) without --inference are an error. */
 EKV_DEF ekv_result ekv_cli_parse(int argc, char **argv, ekv_cli *cli, FILE *out);
 /* The i-th configuration of the sweep (cartesian product, last axis fastest). */
 EKV_DEF ekv_result ekv_cli_config(const ekv_cli *cli, size_t index, ekv_config *out);
@@ -983,12 +1019,25 @@ typedef struct ekv_workload {
     double kv_cache_bytes_uncompressed; /* the same dtype with C = 1 */
 } ekv_workload;
 
+/* Validates the config (which includes the host-memory estimate below), loads or
+   generates the data, checks it (ekv_data_check; ekv_cache_build checks the storage
+   range), and builds the caches and references. */
 EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *config, ekv_workload *work);
 EKV_DEF void ekv_workload_free(ekv_workload *work);
+/* Host bytes ekv_workload_prepare allocates at its peak, from the config alone: the f32
+   data (twice over for --data files: the file's bytes and the arrays), the candidate cache
+   (ekv_cache_memory_of at the kept capacity) and the paired baseline, the references and
+   the largest work space. ekv_config_validate refuses a config whose estimate exceeds
+   90% of the memory the host has available, before anything is allocated; a backend adds
+   its own share (the CPU backend's cold-timing copies are capped at 2 GB). `parts`, when
+   not NULL, receives data, caches and the rest, in that order. */
+EKV_DEF double ekv_workload_memory_estimate(const ekv_config *config, double parts[3]);
 /* Fills report->accuracy from a kernel output [batch][heads][head_dim]. */
 EKV_DEF void ekv_workload_accuracy(const ekv_workload *work, const float *out,
                                    ekv_accuracy *accuracy);
-/* --dump-dir: q, k, v (original f32), out (kernel), ref (double reference) as .npy. */
+/* --dump-dir: q, k, v and q_observe (original f32; q_observe [B,H,observe,D], the queries
+   topk scores with), out (kernel), ref (double reference) as .npy. The directory is a valid
+   --data=DIR: with the same flags it reproduces the run, topk included. */
 EKV_DEF ekv_result ekv_workload_dump(const ekv_workload *work, const float *out,
                                      const char *dir);
 
@@ -1372,6 +1421,14 @@ static EKV__UNUSED void ekv__free(void *p)
     if (p) EKV_FREE(p);
 }
 
+/* Puts `prefix` before the last error's message: context that a caller adds. */
+static EKV__UNUSED ekv_result ekv__prefix_error(ekv_result code, const char *prefix)
+{
+    char message[sizeof ekv__error_message];
+    memcpy(message, ekv__error_message, sizeof message);
+    return ekv_set_error(code, "%s%s", prefix, message);
+}
+
 EKV_DEF void *ekv_calloc(size_t count, size_t size)
 {
     return ekv__alloc(count, size);
@@ -1380,6 +1437,22 @@ EKV_DEF void *ekv_calloc(size_t count, size_t size)
 EKV_DEF void ekv_free(void *pointer)
 {
     ekv__free(pointer);
+}
+
+EKV_DEF const char *ekv_format_bytes(double bytes, char *out, size_t size)
+{
+    static const char *const units[5] = {"kB", "MB", "GB", "TB", "PB"};
+    double value = bytes;
+    int unit = -1;
+    if (!out || size == 0) return out;
+    /* promote where rounding would print 1000 (999.6 B is "1.000 kB", not "1000 B") */
+    while (unit < 4 && fabs(value) >= (unit < 0 ? 999.5 : 999.9995)) {
+        value /= 1000.0;
+        unit++;
+    }
+    if (unit < 0) snprintf(out, size, "%.0f B", bytes);
+    else snprintf(out, size, "%.3f %s", value, units[unit]);
+    return out;
 }
 
 /* "a, b, c" from the names at the start of `count` entries of `stride` bytes; returns the
@@ -1406,13 +1479,13 @@ static EKV__UNUSED int ekv__compare_double(const void *a, const void *b)
 /* >>dtypes: the one table of storage dtypes ================================== */
 
 static const ekv_dtype_traits ekv__dtype_table[EKV_DTYPE_COUNT] = {
-    /* name  bits scale group           head paired quantized min_sm */
-    {"f32",  32,  0,    0,              0,   0,     0,        0},
-    {"f16",  16,  0,    0,              0,   1,     0,        0},
-    {"bf16", 16,  0,    0,              0,   1,     0,        0},
-    {"int8", 8,   4,    0,              0,   0,     1,        0},
-    {"int4", 4,   4,    EKV_INT4_GROUP, 0,   1,     1,        0},
-    {"fp8",  8,   0,    0,              4,   0,     1,        89},
+    /* name  bits scale group           head paired quantized min_sm max_abs */
+    {"f32",  32,  0,    0,              0,   0,     0,        0,     FLT_MAX},
+    {"f16",  16,  0,    0,              0,   1,     0,        0,     65504.0},
+    {"bf16", 16,  0,    0,              0,   1,     0,        0,     3.3895313892515355e38},
+    {"int8", 8,   4,    0,              0,   0,     1,        0,     FLT_MAX},
+    {"int4", 4,   4,    EKV_INT4_GROUP, 0,   1,     1,        0,     65504.0},
+    {"fp8",  8,   0,    0,              4,   0,     1,        89,    FLT_MAX},
 };
 
 EKV_DEF const ekv_dtype_traits *ekv_dtype_info(ekv_dtype dtype)
@@ -2743,6 +2816,41 @@ static ekv_result ekv__zip_member(const ekv__zip *zip, const char *member_name,
     return EKV_SUCCESS;
 }
 
+/* "[b][h][t][d]": the C-order index of element `flat` of an array of this shape. */
+static void ekv__index_text(char *out, size_t size, size_t flat, int ndim, const int64_t *shape)
+{
+    size_t index[8], used = 0;
+    int d;
+    for (d = ndim - 1; d >= 0; d--) {
+        index[d] = shape[d] > 0 ? flat % (size_t)shape[d] : 0;
+        flat = shape[d] > 0 ? flat / (size_t)shape[d] : 0;
+    }
+    out[0] = '\0';
+    for (d = 0; d < ndim && used < size; d++)
+        used += (size_t)snprintf(out + used, size - used, "[%zu]", index[d]);
+}
+
+/* NaN or an infinity in `values` [count]: the error names `source`, the tensor and the
+   index of the first one. */
+static ekv_result ekv__check_finite(ekv_result code, const char *source, const char *tensor,
+                                    const float *values, int ndim, const int64_t *shape)
+{
+    size_t count = 1, i;
+    int d;
+    for (d = 0; d < ndim; d++) count *= (size_t)shape[d];
+    for (i = 0; values && i < count; i++) {
+        /* false for NaN and for +-inf alike */
+        if (!(fabsf(values[i]) <= FLT_MAX)) {
+            char index[96];
+            ekv__index_text(index, sizeof index, i, ndim, shape);
+            return ekv_set_error(code, "%s%s%s%s is %s: q, k, v and q_observe must be finite",
+                                 source, source[0] ? ": " : "", tensor, index,
+                                 values[i] != values[i] ? "NaN" : values[i] > 0 ? "inf" : "-inf");
+        }
+    }
+    return EKV_SUCCESS;
+}
+
 /* Checks the shapes of the loaded arrays and moves them into `data`. q_observe may be
    absent (values NULL): with observe > 0 every observed query is then a copy of q. With
    more observed queries in the file than `observe`, the last `observe` are kept. */
@@ -2787,6 +2895,12 @@ static ekv_result ekv__data_from_arrays(ekv_npy_array *arrays, int observe, cons
         O = qo->shape[2];
         if (O > INT_MAX)
             return ekv_set_error(EKV_ERR_FORMAT, "%s: q_observe has too many queries", name);
+    }
+    for (i = 0; i < 4; i++) {
+        static const char *const tensors[4] = {"q", "k", "v", "q_observe"};
+        ekv_result r = ekv__check_finite(EKV_ERR_FORMAT, name, tensors[i], arrays[i].values,
+                                         arrays[i].ndim, arrays[i].shape);
+        if (r != EKV_SUCCESS) return r;
     }
     memset(data, 0, sizeof *data);
     data->batch = (int)B;
@@ -2903,6 +3017,89 @@ EKV_DEF ekv_result ekv_data_load(const char *path, int observe, ekv_data *data)
     return result;
 }
 
+EKV_DEF ekv_result ekv_data_check(const ekv_data *data, double softmax_scale)
+{
+    const char *fn = "ekv_data_check";
+    int64_t q_shape[3], kv_shape[4], observe_shape[4];
+    double scale, gain;
+    int b, g, h, t, d, group;
+    ekv_result r;
+    if (!data || !data->q || !data->k || !data->v || !data->lengths || data->batch < 1 ||
+        data->heads < 1 || data->kv_heads < 1 || data->head_dim < 1 || data->capacity < 1 ||
+        data->heads % data->kv_heads != 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: data is NULL or has bad dimensions", fn);
+    if (softmax_scale != softmax_scale || fabs(softmax_scale) > DBL_MAX)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: softmax_scale must be finite", fn);
+    q_shape[0] = kv_shape[0] = observe_shape[0] = data->batch;
+    q_shape[1] = observe_shape[1] = data->heads;
+    q_shape[2] = kv_shape[3] = observe_shape[3] = data->head_dim;
+    kv_shape[1] = data->kv_heads;
+    kv_shape[2] = data->capacity;
+    observe_shape[2] = data->observe;
+    if ((r = ekv__check_finite(EKV_ERR_INVALID_ARG, "", "q", data->q, 3, q_shape)) != EKV_SUCCESS ||
+        (r = ekv__check_finite(EKV_ERR_INVALID_ARG, "", "k", data->k, 4, kv_shape)) != EKV_SUCCESS ||
+        (r = ekv__check_finite(EKV_ERR_INVALID_ARG, "", "v", data->v, 4, kv_shape)) != EKV_SUCCESS)
+        return r;
+    if (data->observe > 0 &&
+        (r = ekv__check_finite(EKV_ERR_INVALID_ARG, "", "q_observe", data->q_observe, 4,
+                               observe_shape)) != EKV_SUCCESS)
+        return r;
+    scale = ekv_softmax_scale(softmax_scale, data->head_dim);
+    gain = fabs(scale) > 1.0 ? fabs(scale) : 1.0;
+    group = data->heads / data->kv_heads;
+    /* per (sequence, kv head): the pairs a kernel forms are a query head of the group
+       with a token of the sequence, and the tokens' values summed together */
+    for (b = 0; b < data->batch; b++) {
+        for (g = 0; g < data->kv_heads; g++) {
+            double q_norm = 0.0, k_norm = 0.0, v_max = 0.0, v_value = 0.0;
+            int q_head = g * group, k_token = 0, v_token = 0, v_dim = 0;
+            for (h = g * group; h < (g + 1) * group; h++) {
+                const float *q = data->q + ((size_t)b * (size_t)data->heads + (size_t)h) *
+                                               (size_t)data->head_dim;
+                double n2 = 0.0;
+                for (d = 0; d < data->head_dim; d++) n2 += (double)q[d] * (double)q[d];
+                if (sqrt(n2) > q_norm) {
+                    q_norm = sqrt(n2);
+                    q_head = h;
+                }
+            }
+            for (t = 0; t < data->lengths[b]; t++) {
+                const float *k = data->k + ekv_data_kv_index(data, b, g, t);
+                const float *v = data->v + ekv_data_kv_index(data, b, g, t);
+                double n2 = 0.0;
+                for (d = 0; d < data->head_dim; d++) {
+                    n2 += (double)k[d] * (double)k[d];
+                    if (fabs((double)v[d]) > v_max) {
+                        v_max = fabs((double)v[d]);
+                        v_value = v[d];
+                        v_token = t;
+                        v_dim = d;
+                    }
+                }
+                if (sqrt(n2) > k_norm) {
+                    k_norm = sqrt(n2);
+                    k_token = t;
+                }
+            }
+            if (gain * q_norm * k_norm > EKV_DATA_FLOAT_LIMIT)
+                return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                     "q[%d][%d] and k[%d][%d][%d]: max(1, softmax scale %.3g) x "
+                                     "|q| %.3g x |k| %.3g = %.3g exceeds %.3g, beyond float "
+                                     "arithmetic (the kernels' logits would overflow)",
+                                     b, q_head, b, g, k_token, scale, q_norm, k_norm,
+                                     gain * q_norm * k_norm, EKV_DATA_FLOAT_LIMIT);
+            if ((double)data->lengths[b] * v_max > EKV_DATA_FLOAT_LIMIT)
+                return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                     "v[%d][%d][%d][%d] = %.3g: %d tokens x |v| = %.3g exceeds "
+                                     "%.3g, beyond float arithmetic (the kernels' weighted sum "
+                                     "of values would overflow)",
+                                     b, g, v_token, v_dim, v_value, data->lengths[b],
+                                     (double)data->lengths[b] * v_max, EKV_DATA_FLOAT_LIMIT);
+        }
+    }
+    return EKV_SUCCESS;
+}
+
 /* >>cache: policies, building the stored cache ============================== */
 
 EKV_DEF int ekv_compress_desc_valid(const ekv_compress_desc *desc)
@@ -2919,6 +3116,11 @@ EKV_DEF int ekv_policy_kept(const ekv_compress_desc *desc, int length)
     recent = desc->recent < length ? desc->recent : length;
     old = length - recent;
     return old / desc->compression + (old % desc->compression != 0) + recent;
+}
+
+EKV_DEF int ekv_policy_has_bias(const ekv_compress_desc *desc)
+{
+    return desc && desc->policy == EKV_POLICY_POOL && desc->compression > 1;
 }
 
 typedef struct ekv__ranked {
@@ -3200,6 +3402,29 @@ static ekv_result ekv__policy_scores(const ekv_data *data, const ekv_compress_de
     return result;
 }
 
+/* Every value of k and v in the sequences (tokens [0, lengths[b])) within the dtype's
+   range: a value beyond it would be stored as an infinity (f16, bf16; int4's f16 zero
+   point), and every logit or mean that reads it would be NaN. */
+static ekv_result ekv__check_storable(const ekv_data *data, ekv_dtype dtype, const char *fn)
+{
+    const ekv_dtype_traits *traits = ekv_dtype_info(dtype);
+    int which, b, h, t, d;
+    if (!traits) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: unknown dtype %d", fn, (int)dtype);
+    for (which = 0; which < 2; which++)
+        for (b = 0; b < data->batch; b++)
+            for (h = 0; h < data->kv_heads; h++)
+                for (t = 0; t < data->lengths[b]; t++) {
+                    const float *row = (which ? data->v : data->k) + ekv_data_kv_index(data, b, h, t);
+                    for (d = 0; d < data->head_dim; d++)
+                        if (!(fabs((double)row[d]) <= traits->max_abs))
+                            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                                 "%s[%d][%d][%d][%d] = %.9g is beyond what %s "
+                                                 "stores (|x| <= %.9g)", which ? "v" : "k", b, h,
+                                                 t, d, (double)row[d], traits->name, traits->max_abs);
+                }
+    return EKV_SUCCESS;
+}
+
 EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc *desc,
                                    ekv_dtype dtype, double softmax_scale,
                                    ekv_host_cache *cache)
@@ -3225,6 +3450,8 @@ EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc
                              data->observe);
     result = ekv__resolve_scale(softmax_scale, data->head_dim, fn, &scale);
     if (result != EKV_SUCCESS) return result;
+    result = ekv__check_storable(data, dtype, fn);
+    if (result != EKV_SUCCESS) return result;
     D = data->head_dim;
     for (b = 0; b < data->batch; b++) {
         int kept = ekv_policy_kept(desc, data->lengths[b]);
@@ -3232,7 +3459,7 @@ EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc
     }
     if (capacity < 1) capacity = 1;
     result = ekv__cache_alloc(cache, dtype, data->batch, data->kv_heads, D, capacity,
-                              desc->policy == EKV_POLICY_POOL, 0, fn);
+                              ekv_policy_has_bias(desc), 0, fn);
     if (result != EKV_SUCCESS) return result;
     row_bytes = ekv_dtype_row_bytes(dtype, D);
     scale_bytes = ekv_dtype_row_scale_bytes(dtype, D);
@@ -4667,7 +4894,7 @@ EKV_DEF ekv_config ekv_config_default(void)
     c.kv_dtype = EKV_DTYPE_F16;
     c.policy = EKV_POLICY_STRIDE;
     c.recent = 0;
-    c.sinks = 4;
+    c.sinks = EKV_SINKS_AUTO;
     c.observe = 16;
     c.layers = 1;
     c.decode_tokens = 64;
@@ -4694,9 +4921,46 @@ EKV_DEF ekv_config ekv_config_default(void)
 
 #define EKV__SEQ_MAX (1 << 24)
 
+/* Memory the host can give this run: MemAvailable (Linux: free memory plus what the
+   kernel can reclaim), else the physical memory; 0 when unknown. */
+static double ekv__host_memory_available(void)
+{
+    double have = 0.0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[256];
+        double kb;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) {
+                have = kb * 1024.0;
+                break;
+            }
+        fclose(f);
+    }
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    if (have <= 0.0) have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+#endif
+    return have;
+}
+
+/* The one host-memory rule of every path: an estimate above 90% of what is available is
+   refused before anything is allocated (filling memory for half a minute and then failing,
+   or waking the OOM killer, is worse than a clear no). `what` names the run and its
+   breakdown; the message adds the figures. */
+static ekv_result ekv__host_memory_check(double need, const char *what)
+{
+    const double have = ekv__host_memory_available();
+    char need_text[32], have_text[32];
+    if (have <= 0.0 || need <= 0.9 * have) return EKV_SUCCESS;
+    return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                         "%s needs about %s of host memory, this machine has %s available: "
+                         "reduce one of them", what, ekv_format_bytes(need, need_text, sizeof need_text),
+                         ekv_format_bytes(have, have_text, sizeof have_text));
+}
+
 static ekv_result ekv__config_validate_cycle(const ekv_config *c)
 {
-    double need, have = 0.0;
+    char what[256];
     if (ekv__variant_table[c->variant].int8 && c->kv_dtype != EKV_DTYPE_INT8 &&
         c->kv_dtype != EKV_DTYPE_F16)
         return ekv_set_error(EKV_ERR_UNSUPPORTED,
@@ -4733,18 +4997,25 @@ static ekv_result ekv__config_validate_cycle(const ekv_config *c)
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "--seq=%d plus --decode_tokens=%d exceeds %d tokens", c->seq_len,
                              c->decode_tokens, 1 << 24);
-    need = ekv_cycle_memory_estimate(c, c->variant);
-#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
-    have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
-#endif
-    if (have > 0.0 && need > 0.9 * have)
-        return ekv_set_error(EKV_ERR_UNSUPPORTED,
-                             "--inference needs about %.3g GB of host memory for --layers=%d "
-                             "--batch=%d --seq=%d --decode_tokens=%d --heads=%d --dim=%d, this "
-                             "machine has %.3g GB: reduce one of them",
-                             need * 1e-9, c->layers, c->batch, c->seq_len, c->decode_tokens,
-                             c->heads, c->head_dim, have * 1e-9);
-    return EKV_SUCCESS;
+    snprintf(what, sizeof what,
+             "--inference with --layers=%d --batch=%d --seq=%d --decode_tokens=%d --heads=%d "
+             "--dim=%d", c->layers, c->batch, c->seq_len, c->decode_tokens, c->heads, c->head_dim);
+    return ekv__host_memory_check(ekv_cycle_memory_estimate(c, c->variant), what);
+}
+
+/* One attention run: the workload (ekv_workload_memory_estimate) must fit in host memory. */
+static ekv_result ekv__config_validate_memory(const ekv_config *c)
+{
+    char what[384], parts_text[3][32];
+    double parts[3];
+    const double need = ekv_workload_memory_estimate(c, parts);
+    snprintf(what, sizeof what,
+             "--batch=%d --seq=%d --heads=%d --kv-heads=%d --dim=%d (data %s, caches %s, "
+             "references and work space %s)", c->batch, c->seq_len, c->heads, c->kv_heads,
+             c->head_dim, ekv_format_bytes(parts[0], parts_text[0], sizeof parts_text[0]),
+             ekv_format_bytes(parts[1], parts_text[1], sizeof parts_text[1]),
+             ekv_format_bytes(parts[2], parts_text[2], sizeof parts_text[2]));
+    return ekv__host_memory_check(need, what);
 }
 
 static ekv_result ekv__range_error(const char *flag, long long value, long long lo,
@@ -4778,7 +5049,8 @@ enum {
     EKV__ZERO_OK = 4,        /* NUMBER that may be 0 (others must be positive) */
     EKV__EMPTY_OK = 8,       /* TEXT that may be empty */
     EKV__DATA_SOURCE = 16,   /* TEXT: structured, random, or a path (sets config.data) */
-    EKV__MARKS_BASELINE = 32 /* sets config.baseline_dtype_set */
+    EKV__MARKS_BASELINE = 32, /* sets config.baseline_dtype_set */
+    EKV__CYCLE_ONLY = 64     /* a setting of the inference cycle: an error without --inference */
 };
 
 typedef struct ekv__flag {
@@ -4882,16 +5154,16 @@ static const ekv__flag ekv__flags[] = {
     {"--recent", NULL, EKV__FLAG_INT, EKV__OFF(recent), 0, EKV__SEQ_MAX, 0, NULL, NULL,
      "exact recent window W (default 0)"},
     {"--sinks", NULL, EKV__FLAG_INT, EKV__OFF(sinks), 0, EKV__SEQ_MAX, 0, NULL, NULL,
-     "sink tokens kept by window and topk (default 4)"},
+     "sink tokens kept by window and topk, at most --seq (default 4, or --seq when shorter)"},
     {"--observe", NULL, EKV__FLAG_INT, EKV__OFF(observe), 1, 1024, 0, NULL, NULL,
      "queries whose attention scores topk (default 16)"},
-    {"--layers", NULL, EKV__FLAG_INT, EKV__OFF(layers), 1, 256, 0, NULL, NULL,
+    {"--layers", NULL, EKV__FLAG_INT, EKV__OFF(layers), 1, 256, EKV__CYCLE_ONLY, NULL, NULL,
      "layers of the inference cycle (default 1)"},
-    {"--decode_tokens", "--decode-tokens", EKV__FLAG_INT, EKV__OFF(decode_tokens), 1, 65536, 0, NULL, NULL,
+    {"--decode_tokens", "--decode-tokens", EKV__FLAG_INT, EKV__OFF(decode_tokens), 1, 65536, EKV__CYCLE_ONLY, NULL, NULL,
      "decode steps of the inference cycle (default 64)"},
-    {"--compress-every", NULL, EKV__FLAG_INT, EKV__OFF(compress_every), 0, 65536, 0, NULL, NULL,
+    {"--compress-every", NULL, EKV__FLAG_INT, EKV__OFF(compress_every), 0, 65536, EKV__CYCLE_ONLY, NULL, NULL,
      "anchor period of the cycle, 0 = C (default 0)"},
-    {"--variant", NULL, EKV__FLAG_ENUM, EKV__OFF(variant), 0, 0, 0, ekv__parse_variant, ekv__variant_allowed,
+    {"--variant", NULL, EKV__FLAG_ENUM, EKV__OFF(variant), 0, 0, EKV__CYCLE_ONLY, ekv__parse_variant, ekv__variant_allowed,
      "inference-cycle variant (default elastic)"},
     {"--reps", NULL, EKV__FLAG_INT, EKV__OFF(reps), 2, 1000000, EKV__ONE_VALUE, NULL, NULL,
      "kept samples (default 200)"},
@@ -4914,7 +5186,8 @@ static const ekv__flag ekv__flags[] = {
     {"--backend", NULL, EKV__FLAG_ENUM, EKV__OFF(backend), 0, 0, EKV__ONE_VALUE, ekv__parse_backend, ekv__backend_allowed,
      "where to run (default auto: the GPU if there is one, else the CPU)"},
     {"--data", NULL, EKV__FLAG_TEXT, EKV__OFF(data_path), 0, EKV_PATH_MAX, EKV__DATA_SOURCE, NULL, NULL,
-     "structured, random, or a .npz / directory of q.npy k.npy v.npy (default structured)"},
+     "structured, random, or a .npz / directory of q.npy k.npy v.npy [q_observe.npy] (default "
+     "structured); a file needs --batch --heads --kv-heads --dim --seq to match its shapes"},
     {"--out", NULL, EKV__FLAG_TEXT, EKV__OFF(out_path), 0, EKV_PATH_MAX, 0, NULL, NULL,
      "write the output to FILE instead of stdout"},
     {"--jsonl", NULL, EKV__FLAG_TEXT, EKV__OFF(jsonl_path), 0, EKV_PATH_MAX, 0, NULL, NULL,
@@ -4922,7 +5195,7 @@ static const ekv__flag ekv__flags[] = {
     {"--label", NULL, EKV__FLAG_TEXT, EKV__OFF(label), 0, EKV_LABEL_MAX, EKV__EMPTY_OK, NULL, NULL,
      "free text stored in the result"},
     {"--dump-dir", NULL, EKV__FLAG_TEXT, EKV__OFF(dump_dir), 0, EKV_PATH_MAX, 0, NULL, NULL,
-     "write q, k, v, out, ref .npy files into this existing directory"},
+     "write q, k, v, q_observe, out, ref .npy files into this existing directory"},
     {"--json", NULL, EKV__FLAG_BOOL, EKV__OFF(json), 0, 0, 0, NULL, NULL,
      "one JSON object per result"},
     {"--format", NULL, EKV__FLAG_ENUM, EKV__OFF(format), 0, 0, EKV__ONE_VALUE, ekv__parse_format, ekv__format_allowed,
@@ -4954,6 +5227,8 @@ EKV_DEF ekv_config ekv_config_resolve(const ekv_config *in)
     if (c.kv_heads == 0) c.kv_heads = c.heads;
     if (c.softmax_scale == 0.0) c.softmax_scale = ekv_softmax_scale(0.0, c.head_dim);
     if (c.compress_every == 0) c.compress_every = c.compression;
+    /* only the default adapts: a short sequence has fewer tokens than 4 sinks */
+    if (c.sinks == EKV_SINKS_AUTO) c.sinks = EKV_SINKS_DEFAULT < c.seq_len ? EKV_SINKS_DEFAULT : c.seq_len;
     if (!c.baseline_dtype_set) c.baseline_dtype = t && t->quantized ? EKV_DTYPE_F16 : c.kv_dtype;
     return c;
 }
@@ -4966,12 +5241,13 @@ EKV_DEF ekv_result ekv_config_validate(const ekv_config *config)
     const ekv_config *c = &resolved;
     if (!config) return ekv_set_error(EKV_ERR_INVALID_ARG, "config is NULL");
     resolved = ekv_config_resolve(config);
-    /* every integer flag's range, from the flag table */
+    /* every integer flag's range, from the flag table (on the resolved values: a default
+       such as EKV_SINKS_AUTO is judged by what it resolves to) */
     for (i = 0; i < EKV__FLAG_COUNT; i++) {
         const ekv__flag *f = &ekv__flags[i];
         int value;
         if (f->kind != EKV__FLAG_INT) continue;
-        memcpy(&value, (const char *)config + f->offset, sizeof value);
+        memcpy(&value, (const char *)c + f->offset, sizeof value);
         EKV__CHECK_RANGE(f->name, value, f->lo, f->hi);
     }
     if (ekv_dtype_info(c->kv_dtype) && ekv_dtype_info(c->kv_dtype)->paired_values &&
@@ -5034,7 +5310,7 @@ EKV_DEF ekv_result ekv_config_validate(const ekv_config *config)
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "--baseline-dtype needs --paired-baseline");
     if (c->inference) return ekv__config_validate_cycle(c);
-    return EKV_SUCCESS;
+    return ekv__config_validate_memory(c);
 }
 
 /* ---- command line ---- */
@@ -5052,7 +5328,8 @@ EKV_DEF void ekv_cli_print_help(FILE *out)
             "ekv_bench %s - decode attention over an elastic KV cache: speed, bandwidth, "
             "accuracy\n\n"
             "usage: ekv_bench [--flag=value ...]\n"
-            "A comma list on a workload flag (--seq=1024,4096) sweeps the cartesian product.\n\n",
+            "A comma list on a workload flag (--seq=1024,4096) sweeps the cartesian product.\n"
+            "A flag given twice takes its last value (a notice on stderr names it).\n\n",
             EKV_VERSION_STRING);
     for (i = 0; i < EKV__FLAG_COUNT; i++) {
         const ekv__flag *f = &ekv__flags[i];
@@ -5080,7 +5357,10 @@ static ekv_result ekv__parse_int(const char *flag, const char *text, long long l
     if (*end != '\0')
         return ekv_set_error(EKV_ERR_INVALID_ARG, "%s='%s' is not an integer: allowed %lld..%lld",
                              flag, text, lo, hi);
-    if (v < lo || v > hi) return ekv__range_error(flag, v, lo, hi);
+    /* echoed as typed: strtoll clamps an overlong number to LLONG_MAX */
+    if (v < lo || v > hi)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s=%s is out of range: allowed %lld..%lld",
+                             flag, text, lo, hi);
     *out = (int)v;
     return EKV_SUCCESS;
 }
@@ -5153,6 +5433,9 @@ static ekv_result ekv__parse_value(ekv_cli *cli, const ekv__flag *f, const char 
         double v = strtod(value, &end);
         if (value[0] == '\0' || *end != '\0' || v != v)
             return ekv_set_error(EKV_ERR_INVALID_ARG, "%s='%s' is not a number", f->name, value);
+        if (v > DBL_MAX || v < -DBL_MAX)
+            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s=%s is out of range: a finite number is "
+                                 "needed", f->name, value);
         if (!(f->options & EKV__ZERO_OK) && !(v > 0.0))
             return ekv_set_error(EKV_ERR_INVALID_ARG, "%s=%s must be a positive number",
                                  f->name, value);
@@ -5234,12 +5517,34 @@ EKV_DEF ekv_result ekv_cli_config(const ekv_cli *cli, size_t index, ekv_config *
     return EKV_SUCCESS;
 }
 
+/* cli->notice names each flag given more than once, with the value that applies. */
+static void ekv__cli_note_repeats(ekv_cli *cli, const unsigned char *seen, const char *const *last)
+{
+    size_t i, used = 0;
+    for (i = 0; i < EKV__FLAG_COUNT; i++) {
+        if (seen[i] < 2 || used >= sizeof cli->notice) continue;
+        if (!last[i]) /* no value: a switch, the same however often it is given */
+            used += (size_t)snprintf(cli->notice + used, sizeof cli->notice - used,
+                                     "%s%s given %d times", used ? "; " : "", ekv__flags[i].name,
+                                     seen[i]);
+        else
+            used += (size_t)snprintf(cli->notice + used, sizeof cli->notice - used,
+                                     "%s%s given %d times: the last, %s=%.64s%s, applies",
+                                     used ? "; " : "", ekv__flags[i].name, seen[i],
+                                     ekv__flags[i].name, last[i], strlen(last[i]) > 64 ? "..." : "");
+    }
+}
+
 EKV_DEF ekv_result ekv_cli_parse(int argc, char **argv, ekv_cli *cli, FILE *out)
 {
     int i;
     size_t k;
     ekv_result r;
+    unsigned char seen[EKV__FLAG_COUNT];
+    const char *last[EKV__FLAG_COUNT];
     memset(cli, 0, sizeof *cli);
+    memset(seen, 0, sizeof seen);
+    memset((void *)last, 0, sizeof last);
     cli->base = ekv_config_default();
     for (i = 1; i < argc; i++) {
         const char *arg = argv[i];
@@ -5251,6 +5556,8 @@ EKV_DEF ekv_result ekv_cli_parse(int argc, char **argv, ekv_cli *cli, FILE *out)
             return ekv_set_error(EKV_ERR_INVALID_ARG,
                                  "unknown flag '%.*s' (see --help for the allowed flags)",
                                  (int)(name_len > 200 ? 200 : name_len), arg);
+        if (seen[f - ekv__flags] < 255) seen[f - ekv__flags]++;
+        last[f - ekv__flags] = NULL;
         if (f->kind == EKV__FLAG_SPECIAL) {
             if (value) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s takes no value", f->name);
             if (strcmp(f->name, "--help") == 0) ekv_cli_print_help(out);
@@ -5271,9 +5578,17 @@ EKV_DEF ekv_result ekv_cli_parse(int argc, char **argv, ekv_cli *cli, FILE *out)
                                      f->help);
             value = argv[++i];
         }
+        last[f - ekv__flags] = value;
         r = ekv__parse_value(cli, f, value);
         if (r != EKV_SUCCESS) return r;
     }
+    for (k = 0; k < EKV__FLAG_COUNT; k++)
+        if (seen[k] && (ekv__flags[k].options & EKV__CYCLE_ONLY) && !cli->base.inference)
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "%s is a setting of the inference cycle, which runs only with "
+                                 "--inference: add --inference or omit %s", ekv__flags[k].name,
+                                 ekv__flags[k].name);
+    ekv__cli_note_repeats(cli, seen, last);
     cli->run_count = 1;
     for (i = 0; i < cli->axis_count; i++) {
         cli->run_count *= (size_t)cli->axes[i].count;
@@ -6347,6 +6662,27 @@ static void ekv__json_known(ekv_json *j, const char *key, long long value)
     else ekv_json_null(j);
 }
 
+/* Why some accuracy figures are null, or NULL when none is: a null never stands alone. */
+static const char *ekv__accuracy_null_reason(const ekv_report *r)
+{
+    const ekv_accuracy *a = &r->accuracy;
+    const ekv_error_stats *e[3];
+    int i;
+    if (r->cycle_count > 0)
+        return "not measured: the inference cycle has no reference over the original data; "
+               "inference_cycle.error_vs_cache compares each variant with cache";
+    e[0] = &a->total;
+    e[1] = &a->compression;
+    e[2] = &a->kernel;
+    for (i = 0; i < 3; i++)
+        if (!(fabs(e[i]->rel_l2) <= DBL_MAX && fabs(e[i]->max_abs) <= DBL_MAX &&
+              fabs(e[i]->cosine) <= DBL_MAX))
+            return "not finite: a NaN or an infinity in the output or in a reference";
+    if (!(fabs(a->attention_entropy) <= DBL_MAX && fabs(a->top5pct_mass) <= DBL_MAX))
+        return "not finite: the attention profile of the data is undefined";
+    return NULL;
+}
+
 static void ekv__json_samples(ekv_json *j, const double *samples, size_t n)
 {
     size_t i;
@@ -6505,6 +6841,7 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     ekv_json_key(j, "attention_entropy"); ekv_json_number(j, r->accuracy.attention_entropy);
     ekv_json_key(j, "top5pct_mass"); ekv_json_number(j, r->accuracy.top5pct_mass);
     ekv_json_object_end(j);
+    ekv_json_key(j, "null_reason"); ekv_json_string(j, ekv__accuracy_null_reason(r));
     ekv_json_object_end(j);
 
     ekv_json_key(j, "memory");
@@ -6546,10 +6883,8 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
 
 static void ekv__print_bytes(FILE *out, double bytes)
 {
-    if (bytes >= 1e9) fprintf(out, "%.3f GB", bytes * 1e-9);
-    else if (bytes >= 1e6) fprintf(out, "%.3f MB", bytes * 1e-6);
-    else if (bytes >= 1e3) fprintf(out, "%.3f kB", bytes * 1e-3);
-    else fprintf(out, "%.0f B", bytes);
+    char text[32];
+    fputs(ekv_format_bytes(bytes, text, sizeof text), out);
 }
 
 /* A speedup for people: two decimals below 10, fewer above. */
@@ -7098,6 +7433,79 @@ EKV_DEF void ekv_summary_print(const ekv_summary *s, ekv_output_format format, F
 
 /* >>workload (implementation) ============================================== */
 
+/* Bytes of a file, 0 when it cannot be read (a directory opens, but reads fail and its
+   "size" can be anything). */
+static double ekv__file_bytes(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    long size = -1;
+    if (!f) return 0.0;
+    if ((fgetc(f) != EOF || !ferror(f)) && fseek(f, 0, SEEK_END) == 0) size = ftell(f);
+    fclose(f);
+    return size > 0 ? (double)size : 0.0;
+}
+
+/* Bytes of what ekv_data_load reads from `path`: a .npz, or a directory's members. */
+static double ekv__data_file_bytes(const char *path)
+{
+    char member[EKV_PATH_MAX + 32];
+    double total = 0.0;
+    int i;
+    if (snprintf(member, sizeof member, "%s/q.npy", path) >= (int)sizeof member) return 0.0;
+    if (ekv__file_bytes(member) <= 0.0) return ekv__file_bytes(path);
+    for (i = 0; i < 4; i++) {
+        if (snprintf(member, sizeof member, "%s/%s", path, ekv__data_members[i]) >= (int)sizeof member)
+            return 0.0;
+        total += ekv__file_bytes(member);
+    }
+    return total;
+}
+
+EKV_DEF double ekv_workload_memory_estimate(const ekv_config *config, double parts[3])
+{
+    ekv_config resolved;
+    const ekv_config *c = &resolved;
+    ekv_compress_desc desc;
+    double q, kv, observe, data, caches, rest, references, work;
+    int kept;
+    if (!config) return 0.0;
+    resolved = ekv_config_resolve(config);
+    q = (double)c->batch * c->heads * c->head_dim;
+    kv = (double)c->batch * c->kv_heads * c->seq_len * c->head_dim;
+    observe = q * c->observe;
+    data = 4.0 * (q + 2.0 * kv + observe) + 4.0 * c->batch;
+    if (c->data == EKV_DATA_FILE) {
+        /* the file's bytes are read whole, then converted: both live at once */
+        double file = ekv__data_file_bytes(c->data_path);
+        data = file + (file > data ? file : data);
+    }
+    memset(&desc, 0, sizeof desc);
+    desc.policy = c->policy;
+    desc.compression = c->compression;
+    desc.recent = c->recent;
+    desc.sinks = c->sinks;
+    desc.observe = c->observe;
+    kept = ekv_policy_kept(&desc, c->seq_len);
+    if (kept < 1) kept = 1;
+    caches = ekv_cache_memory_of(c->kv_dtype, c->batch, c->kv_heads, c->head_dim, kept,
+                                 ekv_policy_has_bias(&desc));
+    if (c->paired_baseline)
+        caches += ekv_cache_memory_of(c->baseline_dtype, c->batch, c->kv_heads, c->head_dim,
+                                      c->seq_len, 0);
+    references = 2.0 * 8.0 * q;
+    /* the largest temporary: topk's scores of every token, or the per-head logits */
+    work = 8.0 * (double)c->seq_len * (double)(c->heads / (c->kv_heads > 0 ? c->kv_heads : 1) +
+                                               EKV__SCORE_BATCH);
+    if (c->policy == EKV_POLICY_TOPK) work += 8.0 * (double)c->batch * c->kv_heads * c->seq_len;
+    rest = references + work;
+    if (parts) {
+        parts[0] = data;
+        parts[1] = caches;
+        parts[2] = rest;
+    }
+    return data + caches + rest;
+}
+
 EKV_DEF void ekv_workload_free(ekv_workload *w)
 {
     ekv_data_free(&w->data);
@@ -7115,6 +7523,7 @@ EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *config, ekv_workload *
     ekv_result r;
     size_t out_count;
     ekv_cache_bytes full;
+    char prefix[EKV_PATH_MAX + 64];
     memset(w, 0, sizeof *w);
     if ((r = ekv_config_validate(c)) != EKV_SUCCESS) return r;
     if (c->data == EKV_DATA_FILE) {
@@ -7151,12 +7560,24 @@ EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *config, ekv_workload *
     w->compress.recent = c->recent;
     w->compress.sinks = c->sinks;
     w->compress.observe = c->observe;
-    r = ekv_cache_build(&w->data, &w->compress, c->kv_dtype, w->softmax_scale, &w->cache);
+    /* bad data is named here, as data, before a kernel could be blamed for it */
+    r = ekv_data_check(&w->data, w->softmax_scale);
+    if (r == EKV_SUCCESS)
+        r = ekv_cache_build(&w->data, &w->compress, c->kv_dtype, w->softmax_scale, &w->cache);
     if (r == EKV_SUCCESS && c->paired_baseline) {
         ekv_compress_desc none = w->compress;
         none.policy = EKV_POLICY_NONE;
         none.compression = 1;
         r = ekv_cache_build(&w->data, &none, c->baseline_dtype, w->softmax_scale, &w->baseline);
+        if (r == EKV_ERR_INVALID_ARG) { /* say which cache: the baseline's dtype may differ */
+            snprintf(prefix, sizeof prefix, "the paired baseline (--baseline-dtype=%s): ",
+                     ekv_dtype_name(c->baseline_dtype));
+            r = ekv__prefix_error(r, prefix);
+        }
+    }
+    if (r == EKV_ERR_INVALID_ARG && c->data == EKV_DATA_FILE) {
+        snprintf(prefix, sizeof prefix, "--data=%.1000s: ", c->data_path);
+        r = ekv__prefix_error(r, prefix);
     }
     out_count = (size_t)w->data.batch * w->data.heads * w->data.head_dim;
     if (r == EKV_SUCCESS) {
@@ -7212,6 +7633,15 @@ EKV_DEF ekv_result ekv_workload_dump(const ekv_workload *w, const float *out, co
     if ((r = ekv_npy_write(path, w->data.k, 4, kvshape)) != EKV_SUCCESS) return r;
     snprintf(path, sizeof path, "%s/v.npy", dir);
     if ((r = ekv_npy_write(path, w->data.v, 4, kvshape)) != EKV_SUCCESS) return r;
+    if (w->data.observe > 0 && w->data.q_observe) {
+        int64_t observe_shape[4];
+        observe_shape[0] = w->data.batch;
+        observe_shape[1] = w->data.heads;
+        observe_shape[2] = w->data.observe;
+        observe_shape[3] = w->data.head_dim;
+        snprintf(path, sizeof path, "%s/q_observe.npy", dir);
+        if ((r = ekv_npy_write(path, w->data.q_observe, 4, observe_shape)) != EKV_SUCCESS) return r;
+    }
     snprintf(path, sizeof path, "%s/out.npy", dir);
     if ((r = ekv_npy_write(path, out, 3, qshape)) != EKV_SUCCESS) return r;
     snprintf(path, sizeof path, "%s/ref.npy", dir);
@@ -8670,6 +9100,13 @@ EKV_DEF ekv_result ekv_run_check(const ekv_config *config, const ekv_device_back
 
 /* --backend=auto without a usable device: the same run on the CPU, the reason kept in the
    notice (the CPU run resets the report and the last error). work == NULL: the cycle. */
+/* --backend=auto without a usable device, or with one too small for the problem: the
+   same run on the CPU backend, the reason kept in the notice. */
+static int ekv__run_falls_back(const ekv_config *config, ekv_result r)
+{
+    return config->backend == EKV_BACKEND_AUTO && (r == EKV_ERR_NO_DEVICE || r == EKV_ERR_OUT_OF_MEMORY);
+}
+
 static ekv_result ekv__run_fall_back(const ekv_config *config, ekv_report *report,
                                      const ekv_workload *work)
 {
@@ -8699,15 +9136,13 @@ EKV_DEF ekv_result ekv_run(const ekv_config *config, const ekv_device_backend *d
     if (config->inference) {
         if (!on_device) return ekv_cycle_run(config, report);
         r = device->cycle_run(config, report);
-        if (r == EKV_ERR_NO_DEVICE && config->backend == EKV_BACKEND_AUTO)
-            r = ekv__run_fall_back(config, report, NULL);
+        if (ekv__run_falls_back(config, r)) r = ekv__run_fall_back(config, report, NULL);
         return r;
     }
     if ((r = ekv_workload_prepare(config, &work)) != EKV_SUCCESS) return r;
     if (on_device) {
         r = device->run(config, &work, report);
-        if (r == EKV_ERR_NO_DEVICE && config->backend == EKV_BACKEND_AUTO)
-            r = ekv__run_fall_back(config, report, &work);
+        if (ekv__run_falls_back(config, r)) r = ekv__run_fall_back(config, report, &work);
     } else {
         r = ekv_cpu_run(config, &work, report);
     }

@@ -2637,11 +2637,6 @@ static double ekv_cuda__partial_bytes(const ekv_host_cache *c, int heads, int sp
 #define EKV_CUDA__MEMO_DEVICES 64
 static double ekv_cuda__copy_gbs[EKV_CUDA__MEMO_DEVICES];
 
-static double ekv_cuda__gib(double bytes)
-{
-    return bytes / (1024.0 * 1024.0 * 1024.0);
-}
-
 struct ekv_cuda__abab {
     ekv_cuda__timed *candidate, *baseline;
     ekv_cuda__call *call;
@@ -2743,13 +2738,17 @@ EKV_CUDA_DEF ekv_result ekv_cuda_run(const ekv_config *config, const ekv_workloa
     EKV_CUDA__TRY(cudaMemGetInfo(&free_bytes, &total_bytes));
     margin = (double)total_bytes / 20.0;
     need = candidate_block + baseline_block + io_bytes + (double)workspace_bytes;
-    if (need + margin > (double)free_bytes)
+    if (need + margin > (double)free_bytes) {
+        char need_text[32], cache_text[32], margin_text[32], free_text[32];
         return ekv_set_error(EKV_ERR_OUT_OF_MEMORY,
-                             "%s: needs %.2f GiB of device memory (cache %.2f GiB%s, q/out, "
-                             "workspace) plus %.2f GiB headroom; device has %.2f GiB free",
-                             fn, ekv_cuda__gib(need), ekv_cuda__gib(candidate_block),
-                             config->paired_baseline ? " + baseline" : "", ekv_cuda__gib(margin),
-                             ekv_cuda__gib((double)free_bytes));
+                             "%s: needs %s of device memory (cache %s%s, q/out, workspace) plus "
+                             "%s headroom; device has %s free",
+                             fn, ekv_format_bytes(need, need_text, sizeof need_text),
+                             ekv_format_bytes(candidate_block, cache_text, sizeof cache_text),
+                             config->paired_baseline ? " + baseline" : "",
+                             ekv_format_bytes(margin, margin_text, sizeof margin_text),
+                             ekv_format_bytes((double)free_bytes, free_text, sizeof free_text));
+    }
     l2 = (double)report->device.l2_bytes;
     if (!config->hot) {
         /* share the spare memory in proportion to each cache's size; at most 64 graphs
@@ -3251,12 +3250,16 @@ static ekv_result ekv_cuda__cycle_prepare(const ekv_config *c, ekv_report *repor
     if ((result = EKV_CUDA__CHECK(cudaMemGetInfo(&free_bytes, &total_bytes))) != EKV_SUCCESS)
         return result;
     need = ekv_cycle_memory_estimate(c, c->variant);
-    if (need > 0.9 * (double)free_bytes)
+    if (need > 0.9 * (double)free_bytes) {
+        char need_text[32], free_text[32];
         return ekv_set_error(EKV_ERR_OUT_OF_MEMORY,
-                             "--inference needs about %.3g GB of device memory for --layers=%d --batch=%d "
-                             "--seq=%d --decode_tokens=%d --heads=%d --dim=%d --variant=%s; %.3g GB are free",
-                             need * 1e-9, c->layers, c->batch, c->seq_len, c->decode_tokens, c->heads,
-                             c->head_dim, ekv_variant_name(c->variant), (double)free_bytes * 1e-9);
+                             "--inference needs about %s of device memory for --layers=%d --batch=%d "
+                             "--seq=%d --decode_tokens=%d --heads=%d --dim=%d --variant=%s; %s are free",
+                             ekv_format_bytes(need, need_text, sizeof need_text), c->layers, c->batch,
+                             c->seq_len, c->decode_tokens, c->heads, c->head_dim,
+                             ekv_variant_name(c->variant),
+                             ekv_format_bytes((double)free_bytes, free_text, sizeof free_text));
+    }
     return EKV_SUCCESS;
 }
 

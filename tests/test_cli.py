@@ -5,17 +5,26 @@ backend give JSON that Python's json and jq both parse, with consistent figures
 medians, samples as requested) and the build's identity; --out, --jsonl, --dump-dir
 work; --format=csv, markdown and table give one row per configuration that agrees with
 the JSON; a run of a few seconds shows progress on stderr (lines on a pipe, a bar on a
-terminal) unless --quiet; the inference cycle's fields, text output and errors.
+terminal) unless --quiet; the inference cycle's fields, text output and errors. Issue 16:
+output written through symbolic links, to devices and FIFOs, every write checked (stdout
+included); bad data named as data; defaults that fit short sequences; memory estimated
+before allocating (host, and the device's on the emulator); the smaller points (pool
+C=1, repeated flags, cycle-only flags, overlong numbers, the dump's observed queries).
 
 Run: .venv/bin/python tests/test_cli.py build/ekv_bench_cpu [--backend=emulator]
 """
 import json
 import math
 import os
+import re
+import resource
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 import numpy as np
 
@@ -23,6 +32,12 @@ BENCH = sys.argv[1]
 EXTRA = sys.argv[2:]  # e.g. --backend=emulator
 FAST = ["--reps=5", "--warmup=1", "--inner_loops=2", "--quiet"]
 passed = failed = skipped = 0
+
+
+def skip(name, why):
+    global skipped
+    skipped += 1
+    print(f"SKIP {name}: {why}")
 
 
 def report(name, ok, why=""):
@@ -44,6 +59,17 @@ def skip(name, why):
 def run(args, timeout=300):
     p = subprocess.run([BENCH] + args, capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stdout, p.stderr
+
+
+def run_guarded(args, timeout=60, env=None, stdout=subprocess.PIPE, preexec_fn=None):
+    """run() for the tests that a regression could hang or that hand ekv_bench an odd
+    standard output: a timeout is a failed check (exit status "timeout"), not a hung suite."""
+    try:
+        p = subprocess.run([BENCH] + args, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                           timeout=timeout, env=env, preexec_fn=preexec_fn)
+    except subprocess.TimeoutExpired:
+        return "timeout", "", f"no exit within {timeout} s"
+    return p.returncode, p.stdout or "", p.stderr
 
 
 def close(a, b, rel=1e-9):
@@ -107,6 +133,17 @@ BAD = [
     (["--format=html"], "--format"),
     (["--format=csv", "--json"], "--format"),
     (["--format=table,csv"], "--format"),
+    # issue 16: explicit values still judged against the workload; cycle-only flags;
+    # numbers echoed as typed
+    (["--seq=3", "--sinks=4"], "--sinks=4"),
+    (["--seq=3", "--recent=4"], "--recent=4"),
+    (["--variant=int8"], "--inference"),
+    (["--layers=2"], "--inference"),
+    (["--decode_tokens=8"], "--inference"),
+    (["--compress-every=2"], "--inference"),
+    (["--seq=99999999999999999999"], "--seq=99999999999999999999 "),
+    (["--peak-bw=1e999"], "--peak-bw=1e999 "),
+    (["--out=" + tmp], "--out"),
 ]
 if "--backend=emulator" not in EXTRA:
     BAD.append((["--backend=cuda"], "--backend"))
@@ -602,6 +639,302 @@ for args, needle in [(["--variant=int8", "--kv-dtype=f32"], "--kv-dtype=f32"),
     code, out, err = run(["--inference"] + args + small + ["--quiet"] + EXTRA)
     report("cycle: bad input " + " ".join(args), code == 2 and needle in err and out == ""
            and len(err.splitlines()) == 1, f"exit {code} {err!r}")
+
+# ---- issue 16: nothing lost, nothing clobbered, every bad value named ----------------------
+
+I16 = ["--seq=32", "--heads=2", "--dim=64", "--json"] + FAST + EXTRA
+out16 = os.path.join(tmp, "i16")
+os.mkdir(out16)
+
+
+def device_node(name, minor, system):
+    """A private node of the memory device `minor` (3: null, 7: full) in the scratch folder
+    where this process may make one: a regression that renames over its output then
+    replaces a scratch file, never the machine's /dev/null. Else the system's device where
+    this process cannot replace it (not root); else None (root without mknod)."""
+    path = os.path.join(out16, name)
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+        st = os.stat(path)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, minor):
+            return path
+    except OSError:
+        pass
+    if os.path.lexists(path):
+        os.remove(path)
+    return system if os.geteuid() != 0 else None
+
+
+def is_char_device(path):
+    return stat.S_ISCHR(os.lstat(path).st_mode)
+
+
+NULL = device_node("null", 3, "/dev/null")
+FULL = device_node("full", 7, "/dev/full")
+if NULL is None or FULL is None:
+    skip("output to devices", "root without mknod: the system's /dev/null is not risked")
+
+# 1. a symbolic link: its target written (atomically, permissions kept), the link kept
+target = os.path.join(out16, "target.json")
+link = os.path.join(out16, "link.json")
+with open(target, "w") as f:
+    f.write("old\n")
+os.chmod(target, 0o640)
+os.symlink("target.json", link)
+code, out, err = run_guarded(I16 + ["--out=" + link])
+try:
+    with open(target) as f:
+        doc = parse_lines(f.read())
+    leftovers = [n for n in os.listdir(out16) if n.startswith(".") or n.endswith(".tmp")]
+    ok = (code == 0 and os.path.islink(link) and os.readlink(link) == "target.json" and len(doc) == 1
+          and stat.S_IMODE(os.stat(target).st_mode) == 0o640 and not leftovers)
+    report("--out through a symbolic link writes its target and keeps the link", ok,
+           f"exit {code} {err!r} link={os.path.islink(link)} files={os.listdir(out16)}")
+except (OSError, ValueError) as e:
+    report("--out through a symbolic link", False, f"{e} exit {code} {err!r}")
+
+dangling = os.path.join(out16, "dangling.json")
+os.symlink("created.json", dangling)
+code, out, err = run_guarded(I16 + ["--out=" + dangling])
+report("--out through a dangling symbolic link creates the file it names",
+       code == 0 and os.path.islink(dangling) and os.path.isfile(os.path.join(out16, "created.json")),
+       f"exit {code} {err!r}")
+
+# 1. a device is written directly, never replaced
+null_link = os.path.join(out16, "null_link")
+os.symlink(NULL or "/dev/null", null_link)
+for flag, path in ((("--out", NULL), ("--jsonl", NULL), ("--out", null_link)) if NULL else ()):
+    code, out, err = run_guarded(I16 + [f"{flag}={path}"])
+    report(f"{flag}={os.path.basename(path)} (a device{', by a link' if path == null_link else ''}) "
+           "is written, not replaced", code == 0 and (out == "") == (flag == "--out") and is_char_device(NULL)
+           and os.path.islink(null_link), f"exit {code} {err!r}")
+
+# 1. a FIFO: no probe that blocks; written like any writer writes it
+for flag in ("--out", "--jsonl"):
+    fifo = os.path.join(out16, "fifo" + flag[2:])
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(open(fifo, "rb").read()), daemon=True)
+    reader.start()
+    code, out, err = run_guarded(I16 + [f"{flag}={fifo}"], timeout=60)
+    if reader.is_alive():  # the bench never opened it for writing: release the reader
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    reader.join(5)
+    text = received[0].decode() if received else ""
+    report(f"{flag} to a FIFO: written through, no hang, still a FIFO",
+           code == 0 and stat.S_ISFIFO(os.lstat(fifo).st_mode) and len(text.splitlines()) == 1
+           and json.loads(text)["configuration"]["seq_len"] == 32, f"exit {code} {err!r} {text[:80]!r}")
+
+# 1. --out and --jsonl naming one file, directly or through a link: exit 2, nothing written
+with open(target) as f:
+    target_before = f.read()
+for out_path, jsonl_path in ((os.path.join(out16, "same.json"),) * 2, (link, target)):
+    code, out, err = run_guarded(I16 + ["--out=" + out_path, "--jsonl=" + jsonl_path])
+    lines = err.splitlines()
+    with open(target) as f:
+        unchanged = f.read() == target_before
+    report("--out and --jsonl naming one file (directly, by a link): exit 2 naming both",
+           code == 2 and len(lines) == 1 and "--out" in lines[0] and "--jsonl" in lines[0]
+           and not os.path.exists(os.path.join(out16, "same.json")) and unchanged,
+           f"exit {code} {err!r}")
+
+# 2. every write checked: a full device, a closed standard output, --help too
+WRITE_FAILURES = [("--json with standard output closed", I16, False, True)]
+if FULL:
+    WRITE_FAILURES += [("--json > full device", I16, True, False),
+                       ("table > full device", ["--seq=32", "--heads=2"] + FAST + EXTRA, True, False),
+                       ("--help > full device", ["--help"], True, False),
+                       ("--out=full device", I16 + ["--out=" + FULL], False, False),
+                       ("--jsonl=full device", I16 + ["--jsonl=" + FULL], False, False)]
+for name, args, to_full, close_stdout in WRITE_FAILURES:
+    if to_full:
+        with open(FULL, "w") as full:
+            code, out, err = run_guarded(args, stdout=full)
+    elif close_stdout:
+        code, out, err = run_guarded(args, stdout=None, preexec_fn=lambda: os.close(1))
+    else:
+        code, out, err = run_guarded(args)
+    lines = [l for l in err.splitlines() if l.strip()]
+    report(f"write failure is exit 1 with a message: {name}",
+           code == 1 and len(lines) == 1 and "write failed" in lines[0], f"exit {code} {err!r}")
+
+# 4. bad data is named as data (exit 2: tensor, index, limit), never blamed on the kernel
+B16, H16, HKV16, S16, D16 = 1, 4, 2, 64, 64
+
+
+def data_file(name, change, observe=None):
+    rng = np.random.default_rng(7)
+    arrays = {"q": rng.standard_normal((B16, H16, D16)).astype(np.float32),
+              "k": rng.standard_normal((B16, HKV16, S16, D16)).astype(np.float32),
+              "v": rng.standard_normal((B16, HKV16, S16, D16)).astype(np.float32)}
+    if observe:
+        arrays["q_observe"] = rng.standard_normal((B16, H16, observe, D16)).astype(np.float32)
+    change(arrays)
+    folder = os.path.join(out16, name)
+    os.mkdir(folder)
+    for key, value in arrays.items():
+        np.save(os.path.join(folder, key + ".npy"), value)
+    return folder
+
+
+def setter(tensor, index, value):
+    return lambda arrays: arrays[tensor].__setitem__(index, value)
+
+
+SHAPE16 = [f"--batch={B16}", f"--heads={H16}", f"--kv-heads={HKV16}", f"--seq={S16}", f"--dim={D16}",
+           "--policy=stride", "--compress=2", "--json"] + FAST + EXTRA
+# stride C=2 keeps the odd tokens here: token 10 is dropped, so only a check of every token
+# (not the kernel's disagreement) can catch a bad value there
+BAD_DATA = [
+    ("NaN in k", data_file("nan_k", setter("k", (0, 1, 37, 5), np.nan)), [], ["k[0][1][37][5]", "NaN"]),
+    ("inf in q", data_file("inf_q", setter("q", (0, 2, 3), np.inf)), [], ["q[0][2][3]", "inf"]),
+    ("NaN in q_observe", data_file("nan_observe", setter("q_observe", (0, 1, 2, 3), np.nan), observe=4),
+     ["--policy=topk"], ["q_observe[0][1][2][3]", "NaN"]),
+    ("f16 range, a dropped token", data_file("big_v", setter("v", (0, 0, 10, 2), 70000.0)),
+     ["--kv-dtype=f16"], ["v[0][0][10][2]", "70000", "65504", "f16"]),
+    ("int4's f16 zero point", data_file("big_k", setter("k", (0, 1, 11, 0), -1e6)),
+     ["--kv-dtype=int4"], ["k[0][1][11][0]", "65504", "int4"]),
+    ("the paired baseline's f16", data_file("big_v2", setter("v", (0, 1, 9, 2), 1e5)),
+     ["--kv-dtype=int8", "--paired-baseline"], ["v[0][1][9][2]", "65504", "baseline"]),
+    ("float logits", data_file("over_qk", lambda a: (a["q"].__setitem__((0, 0), 1e19),
+                                                      a["k"].__setitem__((0, 0, 11), 1e19))),
+     ["--kv-dtype=f32"], ["q[0][0]", "k[0][0][11]", "float"]),
+]
+for name, folder, args, needles in BAD_DATA:
+    code, out, err = run(SHAPE16 + ["--data=" + folder] + args)
+    lines = err.splitlines()
+    report(f"bad data exits 2 naming it: {name}",
+           code == 2 and out == "" and len(lines) == 1 and all(n in lines[0] for n in needles),
+           f"exit {code} {err!r}")
+code, out, err = run(SHAPE16 + ["--data=" + data_file("big_f32", setter("v", (0, 0, 10, 2), 7e4)),
+                                "--kv-dtype=f32"])
+report("a value beyond f16 is fine where the cache stores f32", code == 0, err[-300:])
+
+# 4. a null accuracy figure always comes with its reason
+docs = []
+for args in (["--seq=64"], ["--inference", "--seq=32", "--decode_tokens=2", "--heads=4", "--kv-heads=2"]):
+    code, out, err = run(args + ["--reps=3", "--warmup=1", "--inner_loops=1", "--quiet", "--json"] + EXTRA)
+    docs += parse_lines(out) if code == 0 else [{}]
+
+
+def accuracy_nulls(a):
+    return [k for k, e in a.items() if isinstance(e, dict) for x in e.values() if x is None]
+
+
+report("accuracy: null figures come with accuracy.null_reason, numbers without",
+       len(docs) == 2 and all("accuracy" in d and "null_reason" in d["accuracy"] for d in docs)
+       and all(bool(accuracy_nulls(d["accuracy"])) == isinstance(d["accuracy"]["null_reason"], str)
+               for d in docs) and bool(accuracy_nulls(docs[1]["accuracy"])),
+       str([d.get("accuracy") for d in docs])[:400])
+
+# 5. defaults resolved against the workload: a short sequence needs no --sinks
+for policy in ("stride", "window", "topk"):
+    code, out, err = run(["--seq=1,2,3,5", "--heads=2", f"--policy={policy}", "--json"] + FAST + EXTRA)
+    ds = parse_lines(out) if code == 0 else []
+    report(f"--seq=1,2,3,5 --policy={policy}: default sinks, recent, observe fit short sequences",
+           code == 0 and [d["configuration"]["sinks"] for d in ds] == [1, 2, 3, 4], f"exit {code} {err!r}")
+code, out, err = run(["--inference", "--seq=2", "--decode_tokens=3", "--policy=window", "--compress=2",
+                      "--reps=2", "--warmup=0", "--quiet", "--json"] + EXTRA)
+report("--inference --seq=2 --policy=window runs with the default sinks", code == 0, err[-300:])
+
+# 6. host memory: estimated before anything is allocated, the figure in the message. The
+# child is held to a few GB (address space, or ASan's allocation limit) so that a regression
+# fails on an allocation instead of filling this machine's memory.
+SANITIZED = b"__asan_init" in open(BENCH, "rb").read()
+guard_env = dict(os.environ)
+if SANITIZED:
+    guard_env["ASAN_OPTIONS"] = (guard_env.get("ASAN_OPTIONS", "") +
+                                 ":allocator_may_return_null=1:max_allocation_size_mb=4096").lstrip(":")
+
+
+def limit_memory():
+    if not SANITIZED:
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+
+for args in (["--seq=1572864", "--heads=16", "--dim=128"],                      # 32 GB, 13 GB arrays
+             ["--seq=16777216", "--batch=64", "--heads=64", "--dim=128"]):        # 88 TB
+    started = time.monotonic()
+    code, out, err = run_guarded(args + ["--quiet"] + EXTRA, env=guard_env, preexec_fn=limit_memory)
+    seconds = time.monotonic() - started
+    lines = err.splitlines()
+    report(f"host memory estimated up front: {' '.join(args)}",
+           code == 2 and len(lines) == 1 and "host memory" in lines[0] and "--seq" in lines[0]
+           and re.search(r"needs about \d+\.\d{3} [GT]B", lines[0]) is not None and seconds < 20,
+           f"exit {code} in {seconds:.1f} s {err!r}")
+
+# 6. device memory (the emulator's EKV_EMU_MEMORY_BYTES): the figure in adaptive units, and
+# --backend=auto falls back to the CPU with a notice
+if EMULATED:
+    small = dict(os.environ, EKV_EMU_MEMORY_BYTES="256K")
+    code, out, err = run_guarded(["--seq=1024", "--heads=4", "--json"] + FAST + EXTRA, env=small)
+    report("device memory: exit 2 with the figure in adaptive units",
+           code == 2 and re.search(r"needs \d+\.\d{3} [kM]B of device memory", err) is not None
+           and "0.00 GiB" not in err, f"exit {code} {err!r}")
+    auto = [a for a in FAST if a != "--quiet"]
+    for name, args in (("attention", ["--seq=1024", "--heads=4"]),
+                       ("inference cycle", ["--inference", "--seq=256", "--decode_tokens=2"])):
+        code, out, err = run_guarded(args + auto + ["--json", "--backend=auto"], env=small, timeout=300)
+        ds = parse_lines(out) if code == 0 else []
+        report(f"--backend=auto too big for the device: the CPU with a notice ({name})",
+               code == 0 and len(ds) == 1 and ds[0]["backend"] == "cpu"
+               and "device memory" in (ds[0]["notice"] or "") and "notice" in err,
+               f"exit {code} {err[-300:]!r}")
+
+# 7. pool with C=1 stores no bias: never larger than the uncompressed cache
+code, out, err = run(["--seq=64", "--policy=pool", "--compress=1", "--json"] + FAST + EXTRA)
+try:
+    d = parse_lines(out)[0]
+    report("--policy=pool --compress=1: no bias, cache = uncompressed",
+           code == 0 and d["metrics"]["bytes"]["bias"] == 0
+           and d["memory"]["kv_cache_bytes"] == d["memory"]["kv_cache_bytes_uncompressed"], str(d["memory"]))
+except (ValueError, IndexError, KeyError) as e:
+    report("--policy=pool --compress=1", False, f"{e} exit {code} {err[-200:]}")
+
+# 7. a repeated flag: the last value applies, and a notice says so (documented in --help)
+code, out, err = run(["--seq=64", "--seq=48", "--json", "--json", "--reps=5", "--warmup=1",
+                      "--inner_loops=2"] + EXTRA)
+ds = parse_lines(out) if code == 0 else []
+report("a repeated flag: the last value applies, with a notice naming it",
+       code == 0 and len(ds) == 1 and ds[0]["configuration"]["seq_len"] == 48
+       and "--seq given 2 times" in err and "--seq=48" in err and "--json given 2 times" in err,
+       f"exit {code} {err!r}")
+code, out, err = run(["--help"])
+report("--help says what a repeated flag does and that --data files need the shape flags",
+       code == 0 and "given twice" in out and "--dim --seq" in out, out[-600:])
+
+# 7. --dump-dir writes the observed queries: a topk run reproduced from its dump
+dump16 = os.path.join(out16, "dump")
+os.mkdir(dump16)
+TOPK = ["--seq=96", "--heads=4", "--kv-heads=2", "--dim=64", "--policy=topk", "--compress=4",
+        "--observe=8", "--kv-dtype=f32", "--json"] + FAST + EXTRA
+code, out, err = run(TOPK + ["--dump-dir=" + dump16])
+try:
+    first = parse_lines(out)[0]
+    qo = np.load(os.path.join(dump16, "q_observe.npy"))
+    out_first = np.load(os.path.join(dump16, "out.npy"))
+    code2, out2, err2 = run(TOPK + ["--data=" + dump16])
+    again = parse_lines(out2)[0]
+    report("--dump-dir writes q_observe.npy; --data=DIR reproduces the topk run from it",
+           code == 0 and code2 == 0 and qo.shape == (1, 4, 8, 64)
+           and again["accuracy"]["error_compression"] == first["accuracy"]["error_compression"]
+           and again["accuracy"]["error_total"] == first["accuracy"]["error_total"]
+           and again["metrics"]["kept_tokens"] == first["metrics"]["kept_tokens"],
+           f"{err[-200:]} {err2[-200:]}")
+    _ = out_first
+except (OSError, ValueError, IndexError, KeyError) as e:
+    report("--dump-dir q_observe.npy", False, f"{e} exit {code} {err[-300:]}")
+
+# 7. the README defines what each policy keeps and says that --data needs the shape flags
+readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+section = readme.split("### Which tokens each policy keeps", 1)[-1].split("\n## ", 1)[0]
+report("README: which tokens each policy keeps; --data=DIR needs the shape flags",
+       "### Which tokens each policy keeps" in readme
+       and all(f"`{p}`" in section for p in ("none", "stride", "pool", "window", "topk"))
+       and re.search(r"`--data=DIR`[^\n]*(\n[^\n]+)*shape flags", readme) is not None, "")
 
 shutil.rmtree(tmp, ignore_errors=True)
 print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
