@@ -6,8 +6,10 @@ set -u
 name=$1; shift
 mkdir -p "${BUILD:-build}/logs"
 log=${BUILD:-build}/logs/$name.log
+start=$(date +%s)
 "$@" >"$log" 2>&1
 status=$?
+seconds=$(( $(date +%s) - start ))
 line=$(grep -E '^([A-Za-z_]+: )?[0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?$' "$log" | tail -n 1)
 passed=0; failed=0; skipped=0
 if [ -n "$line" ]; then
@@ -21,6 +23,6 @@ grep -E '^(FAIL|SKIP)' "$log" | sed "s/^/  [$name] /"
 if [ "$failed" -gt 0 ]; then
   echo "  [$name] exit status $status; last lines of $log:"; tail -n 15 "$log" | sed 's/^/    /'
 fi
-printf '%-28s %4d passed, %d failed, %d skipped\n' "$name" "$passed" "$failed" "$skipped"
-echo "$name $passed $failed $skipped" >>"${BUILD:-build}/logs/summary.txt"
+printf '%-28s %4d passed, %d failed, %d skipped  (%d s)\n' "$name" "$passed" "$failed" "$skipped" "$seconds"
+echo "$name $passed $failed $skipped $seconds" >>"${BUILD:-build}/logs/summary.txt"
 exit 0
