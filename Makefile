@@ -19,10 +19,24 @@ CUDA_HEADERS := $(HEADERS) $(wildcard ekv_cuda.cuh)
 EMU_INC := -Itests/emu/include
 EMU_HEADERS := $(wildcard tests/emu/include/*.h)
 # the one compiler line of every emulator build (tests and ekv_bench_emu)
-EMU_CXX := $(CXX) -std=c++17 -g -pthread -DEKV_EMULATOR $(EMU_INC) -I. -Wall -Wextra -Werror
+EMU_CXXFLAGS := -std=c++17 -g -pthread -DEKV_EMULATOR $(EMU_INC) -I. -Wall -Wextra -Werror
+EMU_CXX := $(CXX) $(EMU_CXXFLAGS)
 export BUILD
 
-.PHONY: all bench test emu clean venv tools gpu-check test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
+# Build identity for the results of the ekv_bench builds below (build.git_commit and
+# build.flags in the JSON; build.compiler and build.optimized need nothing): the commit,
+# "-dirty" when tracked files differ from it, and the flags of the build. The one-line
+# builds of the README work without them (both then null).
+GIT_HEAD := $(shell git rev-parse --short=12 HEAD 2>/dev/null)
+EKV_GIT_COMMIT ?= $(GIT_HEAD)$(if $(GIT_HEAD),$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty))
+ekv_identity = $(if $(EKV_GIT_COMMIT),-DEKV_GIT_COMMIT='"$(EKV_GIT_COMMIT)"') -DEKV_BUILD_FLAGS='"$(strip $(1))"'
+NVCC_BENCH_FLAGS := -O3
+CXX_BENCH_FLAGS := -O2 -x c++
+CPU_BENCH_FLAGS := -O2 -Wall -Wextra -Werror -x c++
+SAN_BENCH_FLAGS := -O1 -g $(SAN) -Wall -Wextra -Werror -x c++
+EMU_BENCH_FLAGS := $(EMU_CXXFLAGS) -O2 -x c++
+
+.PHONY: all bench test emu clean venv tools gpu-check FORCE test-tools test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/ekv_bench
@@ -30,38 +44,64 @@ all: $(BUILD)/ekv_bench
 $(BUILD):
 	mkdir -p $(BUILD)
 
+# rewritten only when the commit (or its -dirty mark) changes, so that the builds that
+# record it are redone then and only then
+$(BUILD)/git_commit: FORCE | $(BUILD)
+	@echo '$(EKV_GIT_COMMIT)' | cmp -s - $@ 2>/dev/null || echo '$(EKV_GIT_COMMIT)' > $@
+
 ifneq ($(NVCC),)
-$(BUILD)/ekv_bench: bench/main.cu $(CUDA_HEADERS) | $(BUILD)
-	$(NVCC) -O3 -o $@ bench/main.cu -lcublas
+$(BUILD)/ekv_bench: bench/main.cu $(CUDA_HEADERS) $(BUILD)/git_commit | $(BUILD)
+	$(NVCC) $(NVCC_BENCH_FLAGS) $(call ekv_identity,$(NVCC_BENCH_FLAGS) -lcublas) -o $@ bench/main.cu -lcublas
 else
-$(BUILD)/ekv_bench: bench/main.cu $(HEADERS) | $(BUILD)
-	$(CXX) -O2 -x c++ -o $@ bench/main.cu
+$(BUILD)/ekv_bench: bench/main.cu $(HEADERS) $(BUILD)/git_commit | $(BUILD)
+	$(CXX) $(CXX_BENCH_FLAGS) $(call ekv_identity,$(CXX_BENCH_FLAGS)) -o $@ bench/main.cu
 endif
 
 # The CPU-only build, as a user without CUDA makes it.
-$(BUILD)/ekv_bench_cpu: bench/main.cu $(HEADERS) | $(BUILD)
-	$(CXX) -O2 -Wall -Wextra -Werror -x c++ -o $@ bench/main.cu
+$(BUILD)/ekv_bench_cpu: bench/main.cu $(HEADERS) $(BUILD)/git_commit | $(BUILD)
+	$(CXX) $(CPU_BENCH_FLAGS) $(call ekv_identity,$(CPU_BENCH_FLAGS)) -o $@ bench/main.cu
 
-$(BUILD)/ekv_bench_cpu_san: bench/main.cu $(HEADERS) | $(BUILD)
-	$(CXX) -O1 -g $(SAN) -Wall -Wextra -Werror -x c++ -o $@ bench/main.cu
+$(BUILD)/ekv_bench_cpu_san: bench/main.cu $(HEADERS) $(BUILD)/git_commit | $(BUILD)
+	$(CXX) $(SAN_BENCH_FLAGS) $(call ekv_identity,$(SAN_BENCH_FLAGS)) -o $@ bench/main.cu
 
 emu: $(BUILD)/ekv_bench_emu
 
-$(BUILD)/ekv_bench_emu: bench/main.cu $(CUDA_HEADERS) $(EMU_HEADERS) | $(BUILD)
-	$(EMU_CXX) -O2 -x c++ -o $@ bench/main.cu
+$(BUILD)/ekv_bench_emu: bench/main.cu $(CUDA_HEADERS) $(EMU_HEADERS) $(BUILD)/git_commit | $(BUILD)
+	$(CXX) $(EMU_BENCH_FLAGS) $(call ekv_identity,$(EMU_BENCH_FLAGS)) -o $@ bench/main.cu
 
 bench: $(BUILD)/ekv_bench
 	$(BUILD)/ekv_bench
 
-venv: $(VENV)/.stamp tools
+venv: $(VENV)/.stamp $(VENV)/.ekv-stamp tools
 
-# Debian tools the tests use (jq parses the JSON independently of Python)
+# Debian tools the tests use (jq parses the JSON independently of Python), installed only
+# where that is possible: as root, or through sudo that asks no password. Elsewhere, or
+# when apt-get fails (another apt holds its lock, no network), nothing stops: the checks
+# that need jq are skipped and say how to install it.
 tools:
-	@command -v jq >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq jq >/dev/null; }
+	@if command -v jq >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make tools: jq is missing and there is no apt-get; install jq with your package manager (the jq checks are skipped until then)"; \
+	else \
+	  if [ "$$(id -u)" = 0 ]; then as_root=; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then as_root="sudo -n"; \
+	  else as_root=none; fi; \
+	  if [ "$$as_root" = none ]; then \
+	    echo "make tools: jq is missing and installing it needs root: sudo apt-get install jq (the jq checks are skipped until then)"; \
+	  elif ! { $$as_root apt-get update -qq && $$as_root apt-get install -y -qq jq >/dev/null; }; then \
+	    echo "make tools: apt-get could not install jq (see above); run: sudo apt-get install jq (the jq checks are skipped until then)"; \
+	  fi; \
+	fi
 
 $(VENV)/.stamp: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# the Python module from this checkout: pip builds its library from the headers (and the
+# CUDA one wherever nvcc exists), so it is reinstalled when they change
+$(VENV)/.ekv-stamp: $(VENV)/.stamp pyproject.toml setup.py $(wildcard python/ekv/*.py python/ekv/ekv_library.*) $(CUDA_HEADERS)
+	$(VPY) -m pip install --quiet --disable-pip-version-check ./
 	touch $@
 
 # ---- tests -------------------------------------------------------------------------
@@ -116,6 +156,10 @@ test-cli: $(BUILD)/ekv_bench_cpu $(BUILD)/ekv_bench_cpu_san venv
 test-examples: venv
 	@tests/run_suite.sh examples tests/test_examples.sh
 
+# make tools and the jq checks where jq cannot be installed (stand-ins on the PATH)
+test-tools: $(BUILD)/t_test_json
+	@tests/run_suite.sh tools sh tests/test_tools.sh $(BUILD)/t_test_json
+
 test-python: venv $(BUILD)/ekv_bench_cpu
 	@for t in $(wildcard tests/py/test_*.py); do \
 	  tests/run_suite.sh py-$$(basename $$t .py) $(VPY) $$t; done
@@ -150,13 +194,18 @@ $(addsuffix _asan,$(addprefix $(BUILD)/emu/,$(EMU_TESTS))): $(BUILD)/emu/%_asan:
 $(addsuffix _tsan,$(addprefix $(BUILD)/emu/,$(EMU_TESTS))): $(BUILD)/emu/%_tsan: tests/%.cpp $(EMU_IMPL)_tsan.o $(KEMU_DEPS)
 	$(EMU_CXX) -O1 -fsanitize=thread -o $@ $< $(EMU_IMPL)_tsan.o
 
-test-kernels-emu: $(foreach t,$(EMU_TESTS),$(BUILD)/emu/$(t) $(BUILD)/emu/$(t)_asan $(BUILD)/emu/$(t)_tsan) $(BUILD)/ekv_bench_emu venv
+# the Python module's GPU paths on the emulator: its library from the same source
+$(BUILD)/libekv_emu.so: python/ekv/ekv_library.cu $(KEMU_DEPS) | $(BUILD)
+	$(EMU_CXX) -O1 -shared -fPIC -x c++ -o $@ $<
+
+test-kernels-emu: $(foreach t,$(EMU_TESTS),$(BUILD)/emu/$(t) $(BUILD)/emu/$(t)_asan $(BUILD)/emu/$(t)_tsan) $(BUILD)/ekv_bench_emu $(BUILD)/libekv_emu.so venv
 	@for t in $(EMU_TESTS); do \
 	  tests/run_suite.sh $$t $(BUILD)/emu/$$t; \
 	  tests/run_suite.sh $$t-asan $(BUILD)/emu/$${t}_asan; \
 	  tests/run_suite.sh $$t-tsan tests/tsan_run.sh $(BUILD)/emu/$${t}_tsan --quick; \
 	done
 	@tests/run_suite.sh cli-emulator $(VPY) tests/test_cli.py $(BUILD)/ekv_bench_emu --backend=emulator
+	@EKV_LIBRARY=$(BUILD)/libekv_emu.so tests/run_suite.sh py-ekv-module-emulator $(VPY) tests/py/test_ekv_module.py
 
 # what needs nvcc but no GPU: builds for sm_75/80/90, ptxas spills, SASS load widths
 test-static: tools
@@ -174,7 +223,7 @@ test-gpu: | $(BUILD)
 
 test: venv
 	@rm -f $(BUILD)/logs/summary.txt
-	@$(MAKE) --no-print-directory test-build test-core test-cli test-python test-examples
+	@$(MAKE) --no-print-directory test-build test-core test-cli test-python test-examples test-tools
 	@$(MAKE) --no-print-directory test-emu-suite test-kernels-emu test-static test-gpu
 	@tests/run_suite.sh gpu-check-dry tests/test_gpu_check.sh
 	@tests/run_suite.sh make-bench tests/check_cmd.sh "make bench runs the default benchmark" $(MAKE) --no-print-directory bench

@@ -33,16 +33,19 @@
        >>reference    CPU attention: double reference and the float CPU kernel
        >>cacheops     the elastic cache grown token by token and compressed in place
        >>accuracy     error metrics and attention statistics of the data
+       >>abi          the C ABI for bindings: data and cache handles, plain arguments
      Part B, the benchmark (#define EKV_NO_BENCH leaves it out)
        >>config       ekv_config, defaults (resolved once), validation, command line
        >>stats        sample statistics, Student t, bootstrap
        >>metrics      bytes, FLOPs, bandwidth, roofline
        >>json         JSON writer
-       >>report       one benchmark result, its table and JSON
+       >>report       one benchmark result: its text (detail, one-row summaries) and JSON
        >>workload     everything a backend needs, prepared on the host
-       >>timing       the clock and the one ABAB timing loop of every backend
+       >>timing       the clock, the one ABAB timing loop of every backend, progress
        >>cpu          the CPU backend
        >>cycle        the inference cycle: its driver, the CPU backend, results
+       >>dispatch     one configuration as ekv_bench runs it: device or CPU, fall-back
+       >>abibench     the C ABI's benchmark: ekv_bench's flags in, JSON objects out
 
    COMPILE-TIME OPTIONS
        #define EKV_NO_BENCH          the library alone (Part A): no config, CLI, statistics,
@@ -50,6 +53,9 @@
        #define EKV_MALLOC(n) / EKV_FREE(p) / EKV_REALLOC(p,n)
                                      all three or none: the allocator ekv uses
        #define EKV_DEF static        make every function static (one TU only)
+       #define EKV_BUILD_FLAGS "..." / EKV_GIT_COMMIT "..."
+                                     string literals every result records as build.flags
+                                     and build.git_commit (see ekv_build_info)
 
    LICENSE: MIT, see the end of this file.
 */
@@ -113,6 +119,19 @@ EKV_DEF ekv_result ekv_set_error(ekv_result code, const char *format, ...)
 #endif
     ;
 EKV_DEF const char *ekv_version(void);
+/* What built the unit that defined EKV_IMPLEMENTATION, so that two results can say
+   whether they came from the same build. compiler: name and version ("gcc 12.2.0",
+   "clang 17.0.6", "nvcc 13.0 (host gcc 12.2.0)"); optimized: 1 or 0 from __OPTIMIZE__,
+   -1 where the compiler does not say; flags and git_commit: the string literals the
+   build passed as -DEKV_BUILD_FLAGS='"..."' and -DEKV_GIT_COMMIT='"..."', NULL when not
+   given (the Makefile passes both; the one-line builds need neither). */
+typedef struct ekv_build_info {
+    const char *compiler;
+    int optimized;
+    const char *flags;
+    const char *git_commit;
+} ekv_build_info;
+EKV_DEF ekv_build_info ekv_build_info_get(void);
 /* Zeroed memory from the allocator ekv uses (EKV_MALLOC), NULL with the last error set
    on failure or overflow; ekv_free releases it. ekv_cuda.cuh allocates through these. */
 EKV_DEF void *ekv_calloc(size_t count, size_t size);
@@ -493,6 +512,93 @@ EKV_DEF ekv_error_stats ekv_compare_f64(const double *ref, const double *x, size
 EKV_DEF ekv_result ekv_attention_profile(const ekv_data *data, double softmax_scale,
                                          double *entropy, double *top5pct_mass);
 
+/* >>abi ==================================================================== */
+
+/* A small, stable C ABI for bindings (the Python module `ekv` calls it through ctypes):
+   opaque handles and plain arguments only (pointers, sizes, ints, doubles, strings), so
+   that no struct layout crosses the boundary and a field added to ekv_data or
+   ekv_host_cache breaks no binding. Every function that can fail returns an ekv_result
+   (EKV_SUCCESS = 0); the message, which names the wrong argument as the binding's keyword
+   (`kv_dtype`, `compress`, `q`, ...), is ekv_last_error(). ekv_version(),
+   ekv_result_string() and ekv_last_error() belong to the ABI too; Part B adds the
+   benchmark (>>abibench) and ekv_cuda.cuh the GPU (ekv_cuda_abi_*). Arrays are C-ordered;
+   shapes are int64. EKV_ABI_VERSION changes whenever a function of the ABI is added,
+   removed or changes its meaning; a binding checks ekv_abi_version() when it loads. */
+#define EKV_ABI_VERSION 1
+
+typedef struct ekv_abi_data ekv_abi_data;   /* q, k, v of one decode step   */
+typedef struct ekv_abi_cache ekv_abi_cache; /* a stored (compressed) cache  */
+
+EKV_DEF int ekv_abi_version(void);
+
+/* Copies one decode step's data from memory, with the rules of --data=FILE (ekv_data_load):
+   q [B,H,D], k and v [B,H_kv,S,D] float32; q_observe [B,H,O,D] or NULL (then every observed
+   query is a copy of q; with O > observe the last `observe` are kept); lengths [B] tokens
+   present per sequence (ragged), or NULL for all S. observe: queries that score topk. */
+EKV_DEF ekv_result ekv_abi_data_create(const float *q, const int64_t *q_shape, int q_ndim,
+                                       const float *k, const int64_t *k_shape, int k_ndim,
+                                       const float *v, const int64_t *v_shape, int v_ndim,
+                                       const float *q_observe, const int64_t *q_observe_shape,
+                                       int q_observe_ndim, const int *lengths, int observe,
+                                       ekv_abi_data **data);
+/* ekv_data_generate: kind "structured" or "random". */
+EKV_DEF ekv_result ekv_abi_data_generate(const char *kind, int batch, int heads, int kv_heads,
+                                         int seq_len, int head_dim, int observe, uint64_t seed,
+                                         ekv_abi_data **data);
+/* A dimension by name: batch, heads, kv_heads, seq_len, head_dim, observe. */
+EKV_DEF ekv_result ekv_abi_data_dim(const ekv_abi_data *data, const char *name, int64_t *value);
+/* Copies an array out: "q" [B,H,D], "k" / "v" [B,H_kv,S,D], "q_observe" [B,H,observe,D]
+   (float32), or "lengths" [B] (int). */
+EKV_DEF ekv_result ekv_abi_data_copy(const ekv_abi_data *data, const char *name, void *out);
+/* The double reference over the full original data, out [B,H,D] (softmax_scale 0 =
+   1/sqrt(D)), and the data's attention profile (ekv_attention_profile). */
+EKV_DEF ekv_result ekv_abi_data_reference(const ekv_abi_data *data, double softmax_scale,
+                                          double *out);
+EKV_DEF ekv_result ekv_abi_data_profile(const ekv_abi_data *data, double softmax_scale,
+                                        double *attention_entropy, double *top5pct_mass);
+EKV_DEF void ekv_abi_data_free(ekv_abi_data *data);
+
+/* The stored cache of `data` (ekv_cache_build): kv_dtype and policy by name, compression
+   C, recent window, sinks; softmax_scale 0 = 1/sqrt(D). The cache refers to `data`, which
+   must outlive it. */
+EKV_DEF ekv_result ekv_abi_cache_build(const ekv_abi_data *data, const char *kv_dtype,
+                                       const char *policy, int compression, int recent,
+                                       int sinks, double softmax_scale, ekv_abi_cache **cache);
+/* A number by name: batch, heads, kv_heads, head_dim, capacity (slots per (sequence, kv
+   head)), compression, recent, sinks, observe, softmax_scale (resolved), has_bias, and the
+   stored bytes the kernel reads (ekv_cache_bytes_of): bytes_k, bytes_v, bytes_scales,
+   bytes_bias, bytes_total, bytes_uncompressed (the same dtype at C = 1), memory_bytes
+   (allocated, capacity padding included). */
+EKV_DEF ekv_result ekv_abi_cache_number(const ekv_abi_cache *cache, const char *name,
+                                        double *value);
+/* Slots in use per sequence, lengths [B]. */
+EKV_DEF ekv_result ekv_abi_cache_lengths(const ekv_abi_cache *cache, int *lengths);
+/* Which original tokens each slot holds: tokens [first, first + count) (count > 1: a pool
+   group), first and count [B,H_kv,capacity]; -1 and 0 beyond a sequence's length. */
+EKV_DEF ekv_result ekv_abi_cache_slots(const ekv_abi_cache *cache, int *first, int *count);
+/* The stored K ("k") or V ("v") dequantized, out [B,H_kv,capacity,D] float32, 0 beyond a
+   sequence's length; "bias" [B,H_kv,capacity] (0 without one). */
+EKV_DEF ekv_result ekv_abi_cache_values(const ekv_abi_cache *cache, const char *name, float *out);
+/* The stored bytes themselves, as the kernels read them: "k", "v", "k_scales", "v_scales"
+   or "bias" (layouts in >>cache). *size receives the byte count; out may be NULL to ask
+   for it, else it must hold that many bytes. */
+EKV_DEF ekv_result ekv_abi_cache_stored(const ekv_abi_cache *cache, const char *name, void *out,
+                                        size_t *size);
+/* The CPU kernel (ekv_cpu_attention) over the stored cache with the data's q, out [B,H,D];
+   the double reference over the same stored cache (ekv_reference_attention_cache). */
+EKV_DEF ekv_result ekv_abi_cpu_attention(const ekv_abi_cache *cache, float *out);
+EKV_DEF ekv_result ekv_abi_cache_reference(const ekv_abi_cache *cache, double *out);
+EKV_DEF void ekv_abi_cache_free(ekv_abi_cache *cache);
+/* ekv_compare_f32 and ekv_compare_f64 of n values. */
+EKV_DEF ekv_result ekv_abi_compare(const double *reference, const float *x, size_t n,
+                                   double *rel_l2, double *max_abs, double *cosine);
+EKV_DEF ekv_result ekv_abi_compare_f64(const double *reference, const double *x, size_t n,
+                                       double *rel_l2, double *max_abs, double *cosine);
+/* For companion headers written in C (ekv_cuda.cuh), not for bindings: the structs behind
+   the handles. */
+EKV_DEF const ekv_host_cache *ekv_abi_cache_host(const ekv_abi_cache *cache);
+EKV_DEF const ekv_data *ekv_abi_cache_data(const ekv_abi_cache *cache);
+
 #ifndef EKV_NO_BENCH
 /* ======================== Part B: the benchmark ========================= */
 
@@ -516,11 +622,24 @@ typedef enum ekv_variant {
     EKV_VARIANT_COUNT
 } ekv_variant;
 
+/* The text output (--format); JSON is --json. detail: a block of lines per result with
+   every figure; table, markdown, csv: one row per result (per variant of a cycle), see
+   ekv_summary. */
+typedef enum ekv_output_format {
+    EKV_FORMAT_DETAIL = 0,
+    EKV_FORMAT_TABLE,
+    EKV_FORMAT_MARKDOWN,
+    EKV_FORMAT_CSV,
+    EKV_FORMAT_COUNT
+} ekv_output_format;
+
 EKV_DEF const char *ekv_backend_name(ekv_backend backend);
 EKV_DEF const char *ekv_variant_name(ekv_variant variant);
+EKV_DEF const char *ekv_format_name(ekv_output_format format);
 /* Parse a name (also v0..v4 for variants); 0 on success, -1 if unknown. */
 EKV_DEF int ekv_backend_parse(const char *text, ekv_backend *out);
 EKV_DEF int ekv_variant_parse(const char *text, ekv_variant *out);
+EKV_DEF int ekv_format_parse(const char *text, ekv_output_format *out);
 
 
 
@@ -563,6 +682,7 @@ typedef struct ekv_config {
     double peak_bw_gbs;   /* override of the theoretical peak; 0 = from the device     */
     /* output */
     int json;             /* one JSON object per result on stdout                      */
+    ekv_output_format format; /* the text output when not --json                       */
     int quiet;            /* no progress or notices on stderr                          */
     char out_path[EKV_PATH_MAX];   /* write the output here instead of stdout */
     char jsonl_path[EKV_PATH_MAX]; /* append one JSON line per result          */
@@ -618,6 +738,10 @@ typedef struct ekv_stats {
 } ekv_stats;
 
 #define EKV_BOOTSTRAP_RESAMPLES 2000
+/* The outputs flag a result whose coefficient of variation exceeds this as noisy: on a
+   quiet GPU the CV of decode attention is a few percent, so more means interference
+   (other processes, clocks) that its median may not be free of. */
+#define EKV_NOISY_CV 0.10
 
 /* numpy/scipy semantics: std ddof=1; quantiles by linear interpolation; trimmed mean =
    scipy.stats.trim_mean(x, trim_percent/100); mild outliers lie beyond 1.5 IQR from the
@@ -696,6 +820,7 @@ EKV_DEF void ekv_json_null(ekv_json *json);
 
 typedef struct ekv_device_info {
     char name[256];
+    /* 0 in any count, size, clock or version below = unknown (JSON: null) */
     int sm_major, sm_minor; /* 0 on the CPU */
     int sm_count;           /* multiprocessors, or CPU cores */
     long long l2_bytes;
@@ -732,8 +857,10 @@ typedef struct ekv_cycle_result {
     ekv_dtype kv_dtype;               /* storage of this variant's cache */
     double total_ms;                  /* median over reps of the whole decode loop */
     double tokens_per_sec;            /* batch x decode_tokens x 1000 / total_ms */
-    double phases_ms[EKV_CYCLE_PHASES]; /* mean over reps of each phase's total; their sum
-                                           <= stats.mean */
+    double phases_ms[EKV_CYCLE_PHASES]; /* median over reps of each phase's total over the
+                                           loop (the statistic of total_ms; medians need
+                                           not add up to the median total exactly, and the
+                                           time between phases belongs to none) */
     ekv_stats stats;                  /* over samples_ms */
     double *samples_ms;               /* [reps] the decode loop's time per repeat; the
                                          same allocation holds baseline_samples_ms */
@@ -792,6 +919,53 @@ EKV_DEF ekv_result ekv_report_finish(ekv_report *report);
 EKV_DEF void ekv_report_write_json(const ekv_report *report, ekv_json *json);
 EKV_DEF void ekv_report_print_table(const ekv_report *report, FILE *out);
 
+/* One row per result, per variant for a cycle result: --format=table, markdown, csv. */
+typedef struct ekv_summary_row {
+    /* where and on what */
+    char label[EKV_LABEL_MAX];
+    char device[128];
+    ekv_backend backend;
+    int hot;
+    /* the workload */
+    int batch, seq_len, heads, kv_heads, head_dim, compression, recent, sinks, observe;
+    ekv_dtype kv_dtype;
+    ekv_policy policy;
+    char data[256];     /* structured, random or the file */
+    uint64_t seed;
+    int cycle;          /* an inference-cycle variant; the next four apply only then */
+    ekv_variant variant;
+    int layers, decode_tokens, compress_every;
+    /* the figures; NaN where they do not apply (bandwidth of a cycle, a peak not known) */
+    size_t n;
+    double median_ms;   /* per launch, or for a cycle the whole decode loop */
+    double ci95_lo_ms, ci95_hi_ms; /* of the median */
+    double cv;
+    double tokens_per_sec, bandwidth_gbs;
+    double pct_of_theoretical_peak, pct_of_measured_copy;
+    int paired;         /* the speedup fields hold median(baseline) / median(this) */
+    char baseline[32];  /* "f16 C=1", or "cache" for a cycle */
+    double speedup, speedup_ci95_lo, speedup_ci95_hi;
+    double rel_l2;          /* attention: accuracy.error_total */
+    double rel_l2_vs_cache; /* cycle: the worst layer's error against cache */
+    double kv_cache_bytes;
+    char notice[256];
+} ekv_summary_row;
+
+/* The rows of a job, collected first because the layout of a table depends on all of
+   them: table and markdown show as columns the workload fields that differ between
+   rows and the rest once above; csv has every field of ekv_summary_row, always in the
+   same order, numbers in full precision, nothing else. The CV is flagged above
+   EKV_NOISY_CV. */
+typedef struct ekv_summary {
+    ekv_summary_row *rows;
+    size_t count, capacity;
+} ekv_summary;
+
+EKV_DEF void ekv_summary_init(ekv_summary *summary);
+EKV_DEF void ekv_summary_free(ekv_summary *summary);
+EKV_DEF ekv_result ekv_summary_add(ekv_summary *summary, const ekv_report *report);
+EKV_DEF void ekv_summary_print(const ekv_summary *summary, ekv_output_format format, FILE *out);
+
 /* >>workload =============================================================== */
 
 /* Everything the backends need, prepared once on the host: the data, the candidate
@@ -831,6 +1005,39 @@ typedef ekv_result (*ekv_sample_fn)(void *context, int baseline, int rep);
    hits both alike. Stops at the first error. */
 EKV_DEF ekv_result ekv_time_abab(int warmup, int reps, int paired, ekv_sample_fn sample,
                                  void *context);
+
+/* Progress of a long run. The timing loop above (every backend's) reports each round, the
+   cycle driver which variant it is on; the handler, when one is installed, hears the
+   fraction of the current run done, in [0, 1]. Per thread; the library prints nothing
+   itself. */
+typedef void (*ekv_progress_fn)(void *context, double fraction);
+EKV_DEF void ekv_progress_set_handler(ekv_progress_fn handler, void *context);
+
+/* A handler that prints progress for a job of `runs` runs: nothing in the first 2 s;
+   then on a terminal (tty = 1) one line redrawn with a bar, the percentage, the run and
+   the time left; otherwise (a pipe, a log) a line when 2 s have passed and then every
+   10 s. ekv_progress_meter_end prints a closing line when anything was printed. */
+typedef struct ekv_progress_meter {
+    FILE *out;
+    const char *name;  /* what the lines start with, e.g. "ekv_bench" */
+    int tty;
+    size_t runs, run;  /* the job's runs, the one running (0-based) */
+    char what[160];    /* its description */
+    double start_ms, next_ms;
+    double fraction;   /* of the job, at the last update */
+    int printed;
+} ekv_progress_meter;
+
+EKV_DEF void ekv_progress_meter_init(ekv_progress_meter *meter, FILE *out, const char *name,
+                                     int tty, size_t runs, double now_ms);
+/* Run `run` (0-based) of the job starts; `what` describes it. */
+EKV_DEF void ekv_progress_meter_run(ekv_progress_meter *meter, size_t run, const char *what,
+                                    double now_ms);
+/* `fraction` of the current run is done. */
+EKV_DEF void ekv_progress_meter_update(ekv_progress_meter *meter, double fraction, double now_ms);
+EKV_DEF void ekv_progress_meter_end(ekv_progress_meter *meter, double now_ms);
+/* An ekv_progress_fn over a meter (context) and ekv_time_ms. */
+EKV_DEF void ekv_progress_meter_handler(void *meter, double fraction);
 
 /* >>cpu ==================================================================== */
 
@@ -950,6 +1157,57 @@ EKV_DEF int ekv_cycle_anchor(const ekv_cycle_model *model, ekv_variant variant, 
 EKV_DEF int ekv_cycle_capacity(const ekv_config *config, ekv_variant variant);
 EKV_DEF ekv_dtype ekv_cycle_dtype(const ekv_config *config, ekv_variant variant);
 
+/* >>dispatch =============================================================== */
+
+/* The device side a build has, for ekv_run: ekv_cuda.cuh's ekv_cuda_device_backend() (the
+   CUDA backend, or the emulator in its test build); NULL in a build without CUDA. */
+typedef struct ekv_device_backend {
+    ekv_backend kind; /* EKV_BACKEND_CUDA or EKV_BACKEND_EMULATOR */
+    ekv_result (*run)(const ekv_config *config, const ekv_workload *work, ekv_report *report);
+    ekv_result (*cycle_run)(const ekv_config *config, ekv_report *report);
+} ekv_device_backend;
+
+/* EKV_ERR_UNSUPPORTED naming --backend when config->backend asks for a device this build
+   does not have (cuda or emulator without `device`, or the other one of the two). */
+EKV_DEF ekv_result ekv_run_check(const ekv_config *config, const ekv_device_backend *device);
+/* One configuration as ekv_bench runs it: the inference cycle (--inference) or one
+   attention workload (ekv_workload_prepare), on the device when the build has one and
+   --backend is not cpu, else on the CPU. With --backend=auto a missing device
+   (EKV_ERR_NO_DEVICE) falls back to the CPU, the reason kept in report->notice after
+   "CPU backend: ". Free the report with ekv_report_free, also after a failure. */
+EKV_DEF ekv_result ekv_run(const ekv_config *config, const ekv_device_backend *device,
+                           ekv_report *report);
+
+/* >>abibench =============================================================== */
+
+/* The benchmark through the C ABI (see >>abi): ekv_bench's flags in, its JSON objects out,
+   in process. */
+typedef struct ekv_abi_bench ekv_abi_bench;
+
+/* Parses `args` (ekv_bench's flags, without a program name) with ekv_cli_parse and checks
+   the backend (ekv_run_check): a bad flag fails here, before anything runs. --help and
+   --version are refused (ekv_abi_bench_help has the flags). This build's device side:
+   none (ekv_cuda.cuh has ekv_cuda_abi_bench_open for a build with CUDA). */
+EKV_DEF ekv_result ekv_abi_bench_open(int count, const char *const *args, ekv_abi_bench **bench);
+/* Configurations in the sweep (the cartesian product of the comma lists). */
+EKV_DEF int64_t ekv_abi_bench_runs(const ekv_abi_bench *bench);
+/* Runs configuration `index` (0-based, last swept flag fastest) with ekv_run and gives its
+   result as ekv_bench --json prints it (one JSON object, no newline) in *json, valid until
+   the next call on `bench`. */
+EKV_DEF ekv_result ekv_abi_bench_run(ekv_abi_bench *bench, int64_t index, const char **json);
+/* Configuration `index` without running it: the JSON object ekv_report_write_json writes
+   for an empty report, whose "configuration" holds the resolved flags, defaults included
+   (nothing is measured: the rest is zero or null). Same lifetime of *json. */
+EKV_DEF ekv_result ekv_abi_bench_config(ekv_abi_bench *bench, int64_t index, const char **json);
+EKV_DEF void ekv_abi_bench_close(ekv_abi_bench *bench);
+/* ekv_bench --help into out[size] (NUL-terminated, truncated to fit); *needed receives the
+   full length + 1. */
+EKV_DEF ekv_result ekv_abi_bench_help(char *out, size_t size, size_t *needed);
+/* For companion headers (ekv_cuda.cuh): ekv_abi_bench_open with a device side. */
+EKV_DEF ekv_result ekv_abi_bench_open_on(int count, const char *const *args,
+                                         const ekv_device_backend *device,
+                                         ekv_abi_bench **bench);
+
 #endif /* EKV_NO_BENCH */
 
 #ifdef __cplusplus
@@ -1035,6 +1293,52 @@ EKV_DEF ekv_result ekv_set_error(ekv_result code, const char *format, ...)
 EKV_DEF const char *ekv_version(void)
 {
     return EKV_VERSION_STRING;
+}
+
+#define EKV__STRINGIFY(x) #x
+#define EKV__TO_STRING(x) EKV__STRINGIFY(x)
+/* The host compiler: under nvcc the one nvcc drives for host code. */
+#if defined(__clang__)
+#define EKV__HOST_COMPILER                                                             \
+    "clang " EKV__TO_STRING(__clang_major__) "." EKV__TO_STRING(__clang_minor__) "." \
+        EKV__TO_STRING(__clang_patchlevel__)
+#elif defined(__GNUC__)
+#define EKV__HOST_COMPILER                                                             \
+    "gcc " EKV__TO_STRING(__GNUC__) "." EKV__TO_STRING(__GNUC_MINOR__) "." EKV__TO_STRING( \
+        __GNUC_PATCHLEVEL__)
+#elif defined(_MSC_VER)
+#define EKV__HOST_COMPILER "msvc " EKV__TO_STRING(_MSC_FULL_VER)
+#else
+#define EKV__HOST_COMPILER "unknown compiler"
+#endif
+
+EKV_DEF ekv_build_info ekv_build_info_get(void)
+{
+    ekv_build_info info;
+#if defined(__CUDACC__)
+    info.compiler = "nvcc " EKV__TO_STRING(__CUDACC_VER_MAJOR__) "." EKV__TO_STRING(
+        __CUDACC_VER_MINOR__) " (host " EKV__HOST_COMPILER ")";
+#else
+    info.compiler = EKV__HOST_COMPILER;
+#endif
+#if defined(__OPTIMIZE__)
+    info.optimized = 1;
+#elif defined(__GNUC__) || defined(__clang__)
+    info.optimized = 0; /* these define __OPTIMIZE__ at -O1 and above */
+#else
+    info.optimized = -1;
+#endif
+#ifdef EKV_BUILD_FLAGS
+    info.flags = EKV_BUILD_FLAGS;
+#else
+    info.flags = NULL;
+#endif
+#ifdef EKV_GIT_COMMIT
+    info.git_commit = EKV_GIT_COMMIT;
+#else
+    info.git_commit = NULL;
+#endif
+    return info;
 }
 
 /* calloc through the configured allocator; NULL (with the error set) on overflow or
@@ -1127,6 +1431,15 @@ EKV_DEF const char *ekv_dtype_allowed(void)
 
 static const char *const ekv__policy_names[EKV_POLICY_COUNT] = {"none", "stride", "pool",
                                                                 "window", "topk"};
+
+/* "none, stride, ...": the allowed names, for the messages of the parser and the ABI */
+static const char *ekv__policy_allowed(void)
+{
+    static char text[64];
+    if (!text[0])
+        ekv__join_names(text, sizeof text, ekv__policy_names, sizeof ekv__policy_names[0], EKV_POLICY_COUNT);
+    return text;
+}
 
 EKV_DEF const char *ekv_dtype_name(ekv_dtype dtype)
 {
@@ -2868,12 +3181,32 @@ static ekv_result ekv__cache_alloc(ekv_host_cache *cache, ekv_dtype dtype, int b
     return EKV_SUCCESS;
 }
 
+/* What a policy ranks tokens by: for topk the attention mass from the observed queries
+   (ekv_observed_scores, [batch][kv_heads][capacity]); NULL for the policies that do not
+   look at content. ekv_cache_build and the ABI's slot maps (>>abi) both take it from here. */
+static ekv_result ekv__policy_scores(const ekv_data *data, const ekv_compress_desc *desc,
+                                     double scale, double **scores)
+{
+    ekv_result result;
+    *scores = NULL;
+    if (desc->policy != EKV_POLICY_TOPK) return EKV_SUCCESS;
+    *scores = (double *)ekv__alloc((size_t)data->batch * (size_t)data->kv_heads *
+                                       (size_t)data->capacity, sizeof(double));
+    if (!*scores) return EKV_ERR_OUT_OF_MEMORY;
+    result = ekv_observed_scores(data, scale, *scores);
+    if (result != EKV_SUCCESS) {
+        ekv__free(*scores);
+        *scores = NULL;
+    }
+    return result;
+}
+
 EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc *desc,
                                    ekv_dtype dtype, double softmax_scale,
                                    ekv_host_cache *cache)
 {
     const char *fn = "ekv_cache_build";
-    size_t row_bytes, scale_bytes, bh;
+    size_t row_bytes, scale_bytes;
     double scale = 0.0, *scores = NULL, *sum = NULL;
     ekv_slot_source *slots = NULL;
     float *row = NULL;
@@ -2902,22 +3235,16 @@ EKV_DEF ekv_result ekv_cache_build(const ekv_data *data, const ekv_compress_desc
     result = ekv__cache_alloc(cache, dtype, data->batch, data->kv_heads, D, capacity,
                               desc->policy == EKV_POLICY_POOL, 0, fn);
     if (result != EKV_SUCCESS) return result;
-    bh = (size_t)data->batch * (size_t)data->kv_heads;
     row_bytes = ekv_dtype_row_bytes(dtype, D);
     scale_bytes = ekv_dtype_row_scale_bytes(dtype, D);
     slots = (ekv_slot_source *)ekv__alloc((size_t)capacity, sizeof *slots);
     row = (float *)ekv__alloc((size_t)D, sizeof(float));
     sum = (double *)ekv__alloc((size_t)D, sizeof(double));
-    if (desc->policy == EKV_POLICY_TOPK)
-        scores = (double *)ekv__alloc(bh * (size_t)data->capacity, sizeof(double));
-    if (!slots || !row || !sum || (desc->policy == EKV_POLICY_TOPK && !scores)) {
+    if (!slots || !row || !sum) {
         result = EKV_ERR_OUT_OF_MEMORY;
         goto done;
     }
-    if (scores) {
-        result = ekv_observed_scores(data, scale, scores);
-        if (result != EKV_SUCCESS) goto done;
-    }
+    if ((result = ekv__policy_scores(data, desc, scale, &scores)) != EKV_SUCCESS) goto done;
     for (b = 0; b < data->batch; b++) {
         for (h = 0; h < data->kv_heads; h++) {
             const size_t head = (size_t)b * (size_t)data->kv_heads + (size_t)h;
@@ -3730,12 +4057,552 @@ EKV_DEF ekv_result ekv_attention_profile(const ekv_data *data, double softmax_sc
     return EKV_SUCCESS;
 }
 
+/* >>abi: the C ABI for bindings (implementation) ============================== */
+
+struct ekv_abi_data {
+    ekv_data data;
+};
+
+struct ekv_abi_cache {
+    const ekv_abi_data *data;
+    ekv_host_cache cache;
+    ekv_compress_desc desc;
+    double softmax_scale;   /* resolved */
+    ekv_slot_source *slots; /* [batch][kv_heads][capacity]; count 0 beyond the length */
+};
+
+EKV_DEF int ekv_abi_version(void)
+{
+    return EKV_ABI_VERSION;
+}
+
+static ekv_result ekv__abi_null(const void *pointer, const char *name)
+{
+    return pointer ? EKV_SUCCESS
+                   : ekv_set_error(EKV_ERR_INVALID_ARG, "%s is NULL", name);
+}
+
+static ekv_result ekv__abi_scale(double softmax_scale)
+{
+    if (softmax_scale != softmax_scale || softmax_scale > DBL_MAX || softmax_scale < -DBL_MAX)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "softmax_scale=%g: allowed a finite number (0 = 1/sqrt(head_dim))",
+                             softmax_scale);
+    return EKV_SUCCESS;
+}
+
+/* A copy of a caller's array as the ekv_npy_array the .npz reader would have made, so that
+   arrays in memory go through the same checks and rules as --data=FILE. */
+static ekv_result ekv__abi_array(const char *name, const float *values, const int64_t *shape,
+                                 int ndim, ekv_npy_array *out)
+{
+    size_t count = 1;
+    int i;
+    memset(out, 0, sizeof *out);
+    if (!values || !shape) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s is NULL", name);
+    if (ndim < 1 || ndim > EKV__NPY_MAX_DIMS)
+        return ekv_set_error(EKV_ERR_FORMAT, "%s has %d dimensions: allowed 1..%d", name, ndim,
+                             EKV__NPY_MAX_DIMS);
+    for (i = 0; i < ndim; i++) {
+        if (shape[i] < 0 || (uint64_t)shape[i] > (uint64_t)((size_t)-1 / 8) ||
+            !ekv__mul_size(count, (size_t)shape[i], &count))
+            return ekv_set_error(EKV_ERR_FORMAT, "%s: dimension %d (%lld) is out of range", name,
+                                 i, (long long)shape[i]);
+        out->shape[i] = shape[i];
+    }
+    out->ndim = ndim;
+    out->values = (float *)ekv__alloc(count, sizeof(float));
+    if (!out->values) return EKV_ERR_OUT_OF_MEMORY;
+    memcpy(out->values, values, count * sizeof(float));
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_data_create(const float *q, const int64_t *q_shape, int q_ndim,
+                                       const float *k, const int64_t *k_shape, int k_ndim,
+                                       const float *v, const int64_t *v_shape, int v_ndim,
+                                       const float *q_observe, const int64_t *q_observe_shape,
+                                       int q_observe_ndim, const int *lengths, int observe,
+                                       ekv_abi_data **data)
+{
+    ekv_npy_array arrays[4];
+    ekv_abi_data *d = NULL;
+    ekv_result r;
+    int i;
+    memset(arrays, 0, sizeof arrays);
+    if ((r = ekv__abi_null(data, "data")) != EKV_SUCCESS) return r;
+    *data = NULL;
+    if (observe < 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "observe=%d: allowed 0 or more (queries that score topk)", observe);
+    r = ekv__abi_array("q", q, q_shape, q_ndim, &arrays[0]);
+    if (r == EKV_SUCCESS) r = ekv__abi_array("k", k, k_shape, k_ndim, &arrays[1]);
+    if (r == EKV_SUCCESS) r = ekv__abi_array("v", v, v_shape, v_ndim, &arrays[2]);
+    if (r == EKV_SUCCESS && q_observe)
+        r = ekv__abi_array("q_observe", q_observe, q_observe_shape, q_observe_ndim, &arrays[3]);
+    if (r == EKV_SUCCESS) {
+        d = (ekv_abi_data *)ekv__alloc(1, sizeof *d);
+        if (!d) r = EKV_ERR_OUT_OF_MEMORY;
+    }
+    if (r == EKV_SUCCESS) r = ekv__data_from_arrays(arrays, observe, "arrays in memory", &d->data);
+    for (i = 0; i < 4; i++) ekv_npy_free(&arrays[i]);
+    if (r == EKV_SUCCESS && lengths) {
+        for (i = 0; i < d->data.batch && r == EKV_SUCCESS; i++)
+            if (lengths[i] < 0 || lengths[i] > d->data.capacity)
+                r = ekv_set_error(EKV_ERR_INVALID_ARG,
+                                  "lengths[%d]=%d is out of range: allowed 0..%d (the tokens of k)",
+                                  i, lengths[i], d->data.capacity);
+        if (r == EKV_SUCCESS) memcpy(d->data.lengths, lengths, (size_t)d->data.batch * sizeof(int));
+    }
+    if (r != EKV_SUCCESS) {
+        ekv_abi_data_free(d);
+        return r;
+    }
+    *data = d;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_data_generate(const char *kind, int batch, int heads, int kv_heads,
+                                         int seq_len, int head_dim, int observe, uint64_t seed,
+                                         ekv_abi_data **data)
+{
+    ekv_data_desc desc;
+    ekv_abi_data *d;
+    ekv_result r;
+    if ((r = ekv__abi_null(data, "data")) != EKV_SUCCESS) return r;
+    *data = NULL;
+    memset(&desc, 0, sizeof desc);
+    if (kind && strcmp(kind, "structured") == 0) desc.kind = EKV_DATA_STRUCTURED;
+    else if (kind && strcmp(kind, "random") == 0) desc.kind = EKV_DATA_RANDOM;
+    else
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "data='%.100s' is unknown: allowed structured, random",
+                             kind ? kind : "(null)");
+    desc.batch = batch;
+    desc.heads = heads;
+    desc.kv_heads = kv_heads;
+    desc.seq_len = seq_len;
+    desc.head_dim = head_dim;
+    desc.observe = observe;
+    desc.seed = seed;
+    d = (ekv_abi_data *)ekv__alloc(1, sizeof *d);
+    if (!d) return EKV_ERR_OUT_OF_MEMORY;
+    r = ekv_data_generate(&desc, &d->data);
+    if (r != EKV_SUCCESS) {
+        ekv__free(d);
+        return r;
+    }
+    *data = d;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_data_dim(const ekv_abi_data *data, const char *name, int64_t *value)
+{
+    static const char *const names[6] = {"batch", "heads", "kv_heads", "seq_len", "head_dim",
+                                         "observe"};
+    int i;
+    ekv_result r;
+    if ((r = ekv__abi_null(data, "data")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(value, "value")) != EKV_SUCCESS)
+        return r;
+    i = name ? ekv__find_name(name, names, 6) : -1;
+    switch (i) {
+    case 0: *value = data->data.batch; break;
+    case 1: *value = data->data.heads; break;
+    case 2: *value = data->data.kv_heads; break;
+    case 3: *value = data->data.capacity; break;
+    case 4: *value = data->data.head_dim; break;
+    case 5: *value = data->data.observe; break;
+    default:
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "name='%.100s' is unknown: allowed batch, heads, kv_heads, seq_len, "
+                             "head_dim, observe", name ? name : "(null)");
+    }
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_data_copy(const ekv_abi_data *data, const char *name, void *out)
+{
+    const ekv_data *d;
+    const void *source = NULL;
+    size_t bytes = 0;
+    ekv_result r;
+    if ((r = ekv__abi_null(data, "data")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(out, "out")) != EKV_SUCCESS)
+        return r;
+    d = &data->data;
+    if (name && strcmp(name, "q") == 0) {
+        source = d->q;
+        bytes = (size_t)d->batch * d->heads * d->head_dim * sizeof(float);
+    } else if (name && (strcmp(name, "k") == 0 || strcmp(name, "v") == 0)) {
+        source = name[0] == 'k' ? d->k : d->v;
+        bytes = ekv_data_kv_index(d, d->batch, 0, 0) * sizeof(float);
+    } else if (name && strcmp(name, "q_observe") == 0) {
+        source = d->q_observe;
+        bytes = (size_t)d->batch * d->heads * d->observe * d->head_dim * sizeof(float);
+    } else if (name && strcmp(name, "lengths") == 0) {
+        source = d->lengths;
+        bytes = (size_t)d->batch * sizeof(int);
+    } else {
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "name='%.100s' is unknown: allowed q, k, v, q_observe, lengths",
+                             name ? name : "(null)");
+    }
+    if (bytes) memcpy(out, source, bytes);
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_data_reference(const ekv_abi_data *data, double softmax_scale,
+                                          double *out)
+{
+    ekv_result r;
+    if ((r = ekv__abi_null(data, "data")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(out, "out")) != EKV_SUCCESS || (r = ekv__abi_scale(softmax_scale)) != EKV_SUCCESS)
+        return r;
+    return ekv_reference_attention(&data->data, softmax_scale, out);
+}
+
+EKV_DEF ekv_result ekv_abi_data_profile(const ekv_abi_data *data, double softmax_scale,
+                                        double *attention_entropy, double *top5pct_mass)
+{
+    ekv_result r;
+    if ((r = ekv__abi_null(data, "data")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(attention_entropy, "attention_entropy")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(top5pct_mass, "top5pct_mass")) != EKV_SUCCESS ||
+        (r = ekv__abi_scale(softmax_scale)) != EKV_SUCCESS)
+        return r;
+    return ekv_attention_profile(&data->data, softmax_scale, attention_entropy, top5pct_mass);
+}
+
+EKV_DEF void ekv_abi_data_free(ekv_abi_data *data)
+{
+    if (!data) return;
+    ekv_data_free(&data->data);
+    ekv__free(data);
+}
+
+/* ekv_compress_desc_valid decides whether the settings are usable; this only words its
+   refusal so that the message names the argument at fault. */
+static ekv_result ekv__abi_compress_error(const ekv_compress_desc *desc)
+{
+    if (desc->compression < 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "compress=%d is out of range: allowed 1 or more",
+                             desc->compression);
+    if (desc->policy == EKV_POLICY_NONE && desc->compression != 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "compress=%d needs a compression policy: with policy='none' only "
+                             "compress=1 is allowed (or choose stride, pool, window, topk)",
+                             desc->compression);
+    if (desc->recent < 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "recent=%d is out of range: allowed 0 or more",
+                             desc->recent);
+    if (desc->sinks < 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "sinks=%d is out of range: allowed 0 or more",
+                             desc->sinks);
+    return ekv_set_error(EKV_ERR_INVALID_ARG,
+                         "compress=%d, recent=%d, sinks=%d with policy='%s' are not usable",
+                         desc->compression, desc->recent, desc->sinks, ekv_policy_name(desc->policy));
+}
+
+EKV_DEF ekv_result ekv_abi_cache_build(const ekv_abi_data *data, const char *kv_dtype,
+                                       const char *policy, int compression, int recent,
+                                       int sinks, double softmax_scale, ekv_abi_cache **cache)
+{
+    ekv_abi_cache *c;
+    ekv_dtype dtype;
+    double *scores = NULL;
+    ekv_result r;
+    int b, h;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS) return r;
+    *cache = NULL;
+    if ((r = ekv__abi_null(data, "data")) != EKV_SUCCESS) return r;
+    if (!kv_dtype || ekv_dtype_parse(kv_dtype, &dtype) != 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "kv_dtype='%.100s' is unknown: allowed %s",
+                             kv_dtype ? kv_dtype : "(null)", ekv_dtype_allowed());
+    c = (ekv_abi_cache *)ekv__alloc(1, sizeof *c);
+    if (!c) return EKV_ERR_OUT_OF_MEMORY;
+    c->data = data;
+    if (!policy || ekv_policy_parse(policy, &c->desc.policy) != 0) {
+        r = ekv_set_error(EKV_ERR_INVALID_ARG, "policy='%.100s' is unknown: allowed %s",
+                          policy ? policy : "(null)", ekv__policy_allowed());
+        goto done;
+    }
+    c->desc.compression = compression;
+    c->desc.recent = recent;
+    c->desc.sinks = sinks;
+    c->desc.observe = data->data.observe;
+    if (!ekv_compress_desc_valid(&c->desc)) {
+        r = ekv__abi_compress_error(&c->desc);
+        goto done;
+    }
+    if ((r = ekv__abi_scale(softmax_scale)) != EKV_SUCCESS) goto done;
+    if (ekv_dtype_info(dtype)->paired_values && data->data.head_dim % 2 != 0) {
+        r = ekv_set_error(EKV_ERR_UNSUPPORTED,
+                          "kv_dtype='%s' stores values in pairs: head_dim %d must be even (or "
+                          "choose f32, int8, fp8)", kv_dtype, data->data.head_dim);
+        goto done;
+    }
+    if (c->desc.policy == EKV_POLICY_TOPK && data->data.observe < 1) {
+        r = ekv_set_error(EKV_ERR_INVALID_ARG,
+                          "policy='topk' scores tokens by the attention of observed queries: "
+                          "observe must be 1 or more (is %d)", data->data.observe);
+        goto done;
+    }
+    c->softmax_scale = ekv_softmax_scale(softmax_scale, data->data.head_dim);
+    if ((r = ekv_cache_build(&data->data, &c->desc, dtype, c->softmax_scale, &c->cache)) != EKV_SUCCESS)
+        goto done;
+    /* the slot maps ekv_cache_build stored, from the same scores and the same rule */
+    if ((r = ekv__policy_scores(&data->data, &c->desc, c->softmax_scale, &scores)) != EKV_SUCCESS)
+        goto done;
+    c->slots = (ekv_slot_source *)ekv__alloc((size_t)c->cache.batch * (size_t)c->cache.kv_heads *
+                                                 (size_t)c->cache.capacity, sizeof *c->slots);
+    if (!c->slots) {
+        r = EKV_ERR_OUT_OF_MEMORY;
+        goto done;
+    }
+    for (b = 0; b < c->cache.batch; b++)
+        for (h = 0; h < c->cache.kv_heads; h++) {
+            const size_t head = (size_t)b * (size_t)c->cache.kv_heads + (size_t)h;
+            ekv_policy_map(&c->desc, data->data.lengths[b],
+                           scores ? scores + head * (size_t)data->data.capacity : NULL,
+                           c->slots + head * (size_t)c->cache.capacity);
+        }
+    r = EKV_SUCCESS;
+done:
+    ekv__free(scores);
+    if (r != EKV_SUCCESS) {
+        ekv_abi_cache_free(c);
+        return r;
+    }
+    *cache = c;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_cache_number(const ekv_abi_cache *cache, const char *name,
+                                        double *value)
+{
+    static const char *const names[] = {
+        "batch", "heads", "kv_heads", "head_dim", "capacity", "compression", "recent", "sinks",
+        "observe", "softmax_scale", "has_bias", "bytes_k", "bytes_v", "bytes_scales",
+        "bytes_bias", "bytes_total", "bytes_uncompressed", "memory_bytes"};
+    const int count = (int)(sizeof names / sizeof names[0]);
+    const ekv_host_cache *h;
+    ekv_cache_bytes stored, full;
+    char allowed[512];
+    ekv_result r;
+    int i;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(value, "value")) != EKV_SUCCESS)
+        return r;
+    h = &cache->cache;
+    stored = ekv_cache_bytes_of(h->dtype, h->batch, h->kv_heads, h->head_dim, h->lengths,
+                                h->bias != NULL);
+    full = ekv_cache_bytes_of(h->dtype, h->batch, h->kv_heads, h->head_dim,
+                              cache->data->data.lengths, 0);
+    i = name ? ekv__find_name(name, names, count) : -1;
+    switch (i) {
+    case 0: *value = h->batch; break;
+    case 1: *value = cache->data->data.heads; break;
+    case 2: *value = h->kv_heads; break;
+    case 3: *value = h->head_dim; break;
+    case 4: *value = h->capacity; break;
+    case 5: *value = cache->desc.compression; break;
+    case 6: *value = cache->desc.recent; break;
+    case 7: *value = cache->desc.sinks; break;
+    case 8: *value = cache->desc.observe; break;
+    case 9: *value = cache->softmax_scale; break;
+    case 10: *value = h->bias != NULL; break;
+    case 11: *value = stored.k; break;
+    case 12: *value = stored.v; break;
+    case 13: *value = stored.scales; break;
+    case 14: *value = stored.bias; break;
+    case 15: *value = stored.total; break;
+    case 16: *value = full.total; break;
+    case 17:
+        *value = ekv_cache_memory_of(h->dtype, h->batch, h->kv_heads, h->head_dim, h->capacity,
+                                     h->bias != NULL);
+        break;
+    default:
+        ekv__join_names(allowed, sizeof allowed, names, sizeof names[0], count);
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "name='%.100s' is unknown: allowed %s",
+                             name ? name : "(null)", allowed);
+    }
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_cache_lengths(const ekv_abi_cache *cache, int *lengths)
+{
+    ekv_result r;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(lengths, "lengths")) != EKV_SUCCESS)
+        return r;
+    memcpy(lengths, cache->cache.lengths, (size_t)cache->cache.batch * sizeof(int));
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_cache_slots(const ekv_abi_cache *cache, int *first, int *count)
+{
+    const ekv_host_cache *h;
+    size_t i, rows;
+    ekv_result r;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(first, "first")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(count, "count")) != EKV_SUCCESS)
+        return r;
+    h = &cache->cache;
+    rows = (size_t)h->batch * (size_t)h->kv_heads * (size_t)h->capacity;
+    for (i = 0; i < rows; i++) {
+        const int b = (int)(i / ((size_t)h->kv_heads * (size_t)h->capacity));
+        const int used = (int)(i % (size_t)h->capacity) < h->lengths[b];
+        first[i] = used ? cache->slots[i].first : -1;
+        count[i] = used ? cache->slots[i].count : 0;
+    }
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_cache_values(const ekv_abi_cache *cache, const char *name, float *out)
+{
+    const ekv_host_cache *h;
+    int which, b, g, s;
+    ekv_result r;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(out, "out")) != EKV_SUCCESS)
+        return r;
+    h = &cache->cache;
+    if (name && strcmp(name, "bias") == 0) {
+        size_t rows = (size_t)h->batch * (size_t)h->kv_heads * (size_t)h->capacity;
+        if (h->bias) memcpy(out, h->bias, rows * sizeof(float));
+        else memset(out, 0, rows * sizeof(float));
+        return EKV_SUCCESS;
+    }
+    if (!name || (strcmp(name, "k") != 0 && strcmp(name, "v") != 0))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "name='%.100s' is unknown: allowed k, v, bias",
+                             name ? name : "(null)");
+    which = name[0] == 'v';
+    for (b = 0; b < h->batch; b++)
+        for (g = 0; g < h->kv_heads; g++)
+            for (s = 0; s < h->capacity; s++) {
+                float *row = out + (((size_t)b * (size_t)h->kv_heads + (size_t)g) *
+                                        (size_t)h->capacity + (size_t)s) * (size_t)h->head_dim;
+                if (s < h->lengths[b]) ekv_cache_row(h, which, b, g, s, row);
+                else memset(row, 0, (size_t)h->head_dim * sizeof(float));
+            }
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_cache_stored(const ekv_abi_cache *cache, const char *name, void *out,
+                                        size_t *size)
+{
+    const ekv_host_cache *h;
+    const void *source;
+    size_t rows;
+    ekv_result r;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(size, "size")) != EKV_SUCCESS)
+        return r;
+    h = &cache->cache;
+    rows = (size_t)h->batch * (size_t)h->kv_heads * (size_t)h->capacity;
+    if (name && (strcmp(name, "k") == 0 || strcmp(name, "v") == 0)) {
+        source = name[0] == 'k' ? h->k : h->v;
+        *size = rows * ekv_dtype_row_bytes(h->dtype, h->head_dim);
+    } else if (name && (strcmp(name, "k_scales") == 0 || strcmp(name, "v_scales") == 0)) {
+        source = name[0] == 'k' ? h->k_scales : h->v_scales;
+        *size = ekv_cache_scales_bytes(h->dtype, h->batch, h->kv_heads, h->head_dim, h->capacity);
+    } else if (name && strcmp(name, "bias") == 0) {
+        source = h->bias;
+        *size = h->bias ? rows * sizeof(float) : 0;
+    } else {
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "name='%.100s' is unknown: allowed k, v, k_scales, v_scales, bias",
+                             name ? name : "(null)");
+    }
+    if (out && *size) memcpy(out, source, *size);
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_cpu_attention(const ekv_abi_cache *cache, float *out)
+{
+    ekv_result r;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(out, "out")) != EKV_SUCCESS)
+        return r;
+    /* the scale as the CPU backend passes it (ekv_cpu_run): the resolved double, as float */
+    return ekv_cpu_attention(&cache->cache, cache->data->data.q, cache->data->data.heads,
+                             (float)cache->softmax_scale, out);
+}
+
+EKV_DEF ekv_result ekv_abi_cache_reference(const ekv_abi_cache *cache, double *out)
+{
+    ekv_result r;
+    if ((r = ekv__abi_null(cache, "cache")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(out, "out")) != EKV_SUCCESS)
+        return r;
+    return ekv_reference_attention_cache(&cache->cache, cache->data->data.q,
+                                         cache->data->data.heads, cache->softmax_scale, out);
+}
+
+EKV_DEF void ekv_abi_cache_free(ekv_abi_cache *cache)
+{
+    if (!cache) return;
+    ekv_cache_free(&cache->cache);
+    ekv__free(cache->slots);
+    ekv__free(cache);
+}
+
+static ekv_result ekv__abi_errors(const void *reference, const void *x, double *rel_l2,
+                                  double *max_abs, double *cosine)
+{
+    ekv_result r;
+    if ((r = ekv__abi_null(reference, "reference")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(x, "x")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(rel_l2, "rel_l2")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(max_abs, "max_abs")) != EKV_SUCCESS ||
+        (r = ekv__abi_null(cosine, "cosine")) != EKV_SUCCESS)
+        return r;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_compare(const double *reference, const float *x, size_t n,
+                                   double *rel_l2, double *max_abs, double *cosine)
+{
+    ekv_error_stats e;
+    ekv_result r = ekv__abi_errors(reference, x, rel_l2, max_abs, cosine);
+    if (r != EKV_SUCCESS) return r;
+    e = ekv_compare_f32(reference, x, n);
+    *rel_l2 = e.rel_l2;
+    *max_abs = e.max_abs;
+    *cosine = e.cosine;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_compare_f64(const double *reference, const double *x, size_t n,
+                                       double *rel_l2, double *max_abs, double *cosine)
+{
+    ekv_error_stats e;
+    ekv_result r = ekv__abi_errors(reference, x, rel_l2, max_abs, cosine);
+    if (r != EKV_SUCCESS) return r;
+    e = ekv_compare_f64(reference, x, n);
+    *rel_l2 = e.rel_l2;
+    *max_abs = e.max_abs;
+    *cosine = e.cosine;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF const ekv_host_cache *ekv_abi_cache_host(const ekv_abi_cache *cache)
+{
+    return cache ? &cache->cache : NULL;
+}
+
+EKV_DEF const ekv_data *ekv_abi_cache_data(const ekv_abi_cache *cache)
+{
+    return cache ? &cache->data->data : NULL;
+}
+
 #ifndef EKV_NO_BENCH
 /* ======================== Part B: the benchmark ========================= */
 
 /* >>config (implementation) ================================================ */
 
 static const char *const ekv__backend_names[4] = {"auto", "cuda", "cpu", "emulator"};
+static const char *const ekv__format_names[EKV_FORMAT_COUNT] = {"detail", "table", "markdown", "csv"};
 /* The cycle's variants: which store int8, which share a cache between layer pairs. */
 static const struct ekv__variant_traits {
     const char *name;
@@ -3751,6 +4618,19 @@ EKV_DEF const char *ekv_backend_name(ekv_backend backend)
 EKV_DEF const char *ekv_variant_name(ekv_variant variant)
 {
     return (unsigned)variant < EKV_VARIANT_COUNT ? ekv__variant_table[variant].name : "?";
+}
+
+EKV_DEF const char *ekv_format_name(ekv_output_format format)
+{
+    return (unsigned)format < EKV_FORMAT_COUNT ? ekv__format_names[format] : "?";
+}
+
+EKV_DEF int ekv_format_parse(const char *text, ekv_output_format *out)
+{
+    int i = ekv__find_name(text, ekv__format_names, EKV_FORMAT_COUNT);
+    if (i < 0) return -1;
+    *out = (ekv_output_format)i;
+    return 0;
 }
 
 EKV_DEF int ekv_backend_parse(const char *text, ekv_backend *out)
@@ -3825,6 +4705,22 @@ static ekv_result ekv__config_validate_cycle(const ekv_config *c)
                              "allowed --kv-dtype=int8 or no --kv-dtype (other dtypes: "
                              "--variant=cache or elastic)",
                              ekv_variant_name(c->variant), ekv_dtype_name(c->kv_dtype));
+    /* with one layer there is no pair to share a cache: the result would be cache's or
+       int8's under another name */
+    if (c->layers < 2 && (ekv__variant_table[c->variant].shared || c->variant == EKV_VARIANT_ALL))
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--layers=%d: --variant=%s %s layer pairs share a cache, which needs "
+                             "--layers=2 or more (with one layer shared equals cache and "
+                             "int8-shared equals int8); allowed --layers=2..256, or a variant "
+                             "without sharing (nocache, cache, int8, elastic)",
+                             c->layers, ekv_variant_name(c->variant),
+                             c->variant == EKV_VARIANT_ALL ? "runs shared and int8-shared, where"
+                                                           : "means");
+    if (c->baseline_dtype_set)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--baseline-dtype applies to one attention pass; with --inference the "
+                             "paired baseline is the cache variant in --kv-dtype: omit "
+                             "--baseline-dtype");
     if (c->data == EKV_DATA_FILE)
         return ekv_set_error(EKV_ERR_UNSUPPORTED,
                              "--data=%s: the inference cycle projects its own seeded inputs; "
@@ -3903,7 +4799,8 @@ typedef struct ekv__flag {
 
 /* enum fields are stored through an int: they must be int-sized */
 typedef char ekv__enums_are_ints[(sizeof(ekv_dtype) == sizeof(int) && sizeof(ekv_policy) == sizeof(int) &&
-                                  sizeof(ekv_backend) == sizeof(int) && sizeof(ekv_variant) == sizeof(int))
+                                  sizeof(ekv_backend) == sizeof(int) && sizeof(ekv_variant) == sizeof(int) &&
+                                  sizeof(ekv_output_format) == sizeof(int))
                                      ? 1
                                      : -1];
 
@@ -3935,12 +4832,17 @@ static int ekv__parse_variant(const char *text, int *value)
     *value = (int)v;
     return 0;
 }
-
-static const char *ekv__policy_allowed(void)
+static int ekv__parse_format(const char *text, int *value)
+{
+    ekv_output_format f;
+    if (ekv_format_parse(text, &f) != 0) return -1;
+    *value = (int)f;
+    return 0;
+}
+static const char *ekv__format_allowed(void)
 {
     static char text[64];
-    if (!text[0])
-        ekv__join_names(text, sizeof text, ekv__policy_names, sizeof ekv__policy_names[0], EKV_POLICY_COUNT);
+    if (!text[0]) ekv__join_names(text, sizeof text, ekv__format_names, sizeof ekv__format_names[0], EKV_FORMAT_COUNT);
     return text;
 }
 
@@ -4024,6 +4926,9 @@ static const ekv__flag ekv__flags[] = {
      "write q, k, v, out, ref .npy files into this existing directory"},
     {"--json", NULL, EKV__FLAG_BOOL, EKV__OFF(json), 0, 0, 0, NULL, NULL,
      "one JSON object per result"},
+    {"--format", NULL, EKV__FLAG_ENUM, EKV__OFF(format), 0, 0, EKV__ONE_VALUE, ekv__parse_format, ekv__format_allowed,
+     "text output: detail (default: every figure, a block per result), table (one row per "
+     "result), markdown (the same as a Markdown table), csv (one row per result, every column)"},
     {"--paired-baseline", NULL, EKV__FLAG_BOOL, EKV__OFF(paired_baseline), 0, 0, 0, NULL, NULL,
      "interleave a C=1 baseline ABAB; report the speedup with a 95% CI"},
     {"--hot", NULL, EKV__FLAG_BOOL, EKV__OFF(hot), 0, 0, 0, NULL, NULL,
@@ -4118,6 +5023,14 @@ EKV_DEF ekv_result ekv_config_validate(const ekv_config *config)
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "--peak-bw=%g is out of range: allowed (0, 1e6] GB/s",
                              c->peak_bw_gbs);
+    if ((unsigned)c->format >= EKV_FORMAT_COUNT)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "--format is invalid: allowed %s",
+                             ekv__format_allowed());
+    if (c->json && c->format != EKV_FORMAT_DETAIL)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--format=%s and --json both choose the output: pass one of them "
+                             "(--jsonl=FILE writes JSON beside any --format)",
+                             ekv_format_name(c->format));
     if (c->baseline_dtype_set && !c->paired_baseline)
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "--baseline-dtype needs --paired-baseline");
@@ -5406,6 +6319,35 @@ static void ekv__json_error(ekv_json *j, const char *key, const ekv_error_stats 
     ekv_json_object_end(j);
 }
 
+/* What the paired baseline stored: the attention's is C = 1 in baseline_dtype, the
+   cycle's the cache variant. */
+static ekv_dtype ekv__report_baseline_dtype(const ekv_report *r)
+{
+    return r->cycle_count > 0 ? ekv_cycle_dtype(&r->config, EKV_VARIANT_CACHE)
+                              : r->config.baseline_dtype;
+}
+
+/* build.compiler, optimized, flags, git_commit: see ekv_build_info */
+static void ekv__json_build_identity(ekv_json *j)
+{
+    const ekv_build_info b = ekv_build_info_get();
+    ekv_json_key(j, "compiler"); ekv_json_string(j, b.compiler);
+    ekv_json_key(j, "optimized");
+    if (b.optimized < 0) ekv_json_null(j);
+    else ekv_json_bool(j, b.optimized);
+    ekv_json_key(j, "flags"); ekv_json_string(j, b.flags);
+    ekv_json_key(j, "git_commit"); ekv_json_string(j, b.git_commit);
+}
+
+/* A device fact that is positive when known: 0 means the backend could not say (the
+   CPU has no memory clock, bus width or driver), which JSON says with null. */
+static void ekv__json_known(ekv_json *j, const char *key, long long value)
+{
+    ekv_json_key(j, key);
+    if (value > 0) ekv_json_int(j, value);
+    else ekv_json_null(j);
+}
+
 static void ekv__json_samples(ekv_json *j, const double *samples, size_t n)
 {
     size_t i;
@@ -5443,6 +6385,7 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     ekv_json_key(j, "cache_copies"); ekv_json_int(j, r->cache_copies);
     ekv_json_key(j, "splits"); ekv_json_int(j, r->splits);
     ekv_json_key(j, "kernel"); ekv_json_string(j, r->kernel[0] ? r->kernel : NULL);
+    ekv__json_build_identity(j);
     ekv_json_object_end(j);
 
     ekv_json_key(j, "gpu");
@@ -5455,13 +6398,13 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     } else {
         ekv_json_null(j);
     }
-    ekv_json_key(j, "sm_count"); ekv_json_int(j, r->device.sm_count);
-    ekv_json_key(j, "l2_bytes"); ekv_json_int(j, r->device.l2_bytes);
-    ekv_json_key(j, "memory_bytes"); ekv_json_int(j, r->device.memory_bytes);
-    ekv_json_key(j, "memory_clock_khz"); ekv_json_int(j, r->device.memory_clock_khz);
-    ekv_json_key(j, "bus_width_bits"); ekv_json_int(j, r->device.bus_width_bits);
-    ekv_json_key(j, "driver_version"); ekv_json_int(j, r->device.driver_version);
-    ekv_json_key(j, "runtime_version"); ekv_json_int(j, r->device.runtime_version);
+    ekv__json_known(j, "sm_count", r->device.sm_count);
+    ekv__json_known(j, "l2_bytes", r->device.l2_bytes);
+    ekv__json_known(j, "memory_bytes", r->device.memory_bytes);
+    ekv__json_known(j, "memory_clock_khz", r->device.memory_clock_khz);
+    ekv__json_known(j, "bus_width_bits", r->device.bus_width_bits);
+    ekv__json_known(j, "driver_version", r->device.driver_version);
+    ekv__json_known(j, "runtime_version", r->device.runtime_version);
     ekv_json_key(j, "theoretical_bw_gbs"); ekv_json_number(j, m->peak_bw_theoretical_gbs);
     ekv_json_key(j, "peak_gflops"); ekv_json_number(j, r->device.peak_gflops);
     ekv_json_object_end(j);
@@ -5493,7 +6436,7 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     ekv_json_key(j, "hot"); ekv_json_bool(j, c->hot);
     ekv_json_key(j, "paired_baseline"); ekv_json_bool(j, c->paired_baseline);
     ekv_json_key(j, "baseline_dtype");
-    ekv_json_string(j, c->paired_baseline ? ekv_dtype_name(c->baseline_dtype) : NULL);
+    ekv_json_string(j, c->paired_baseline ? ekv_dtype_name(ekv__report_baseline_dtype(r)) : NULL);
     ekv_json_key(j, "inference"); ekv_json_bool(j, c->inference);
     ekv_json_key(j, "layers"); ekv_json_int(j, c->layers);
     ekv_json_key(j, "decode_tokens"); ekv_json_int(j, c->decode_tokens);
@@ -5576,7 +6519,7 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     ekv_json_key(j, "baseline");
     if (r->has_baseline) {
         ekv_json_object_begin(j);
-        ekv_json_key(j, "kv_dtype"); ekv_json_string(j, ekv_dtype_name(c->baseline_dtype));
+        ekv_json_key(j, "kv_dtype"); ekv_json_string(j, ekv_dtype_name(ekv__report_baseline_dtype(r)));
         ekv_json_key(j, "compression"); ekv_json_int(j, 1);
         ekv_json_key(j, "attention_time_ms"); ekv_json_number(j, r->baseline_stats.median);
         ekv_json_key(j, "speedup"); ekv_json_number(j, r->speedup);
@@ -5611,19 +6554,56 @@ static void ekv__print_bytes(FILE *out, double bytes)
     else fprintf(out, "%.0f B", bytes);
 }
 
+/* A speedup for people: two decimals below 10, fewer above. */
+static const char *ekv__ratio_text(char *out, size_t size, double ratio)
+{
+    snprintf(out, size, "%.*f", ratio < 10.0 ? 2 : (ratio < 100.0 ? 1 : 0), ratio);
+    return out;
+}
+
+/* "a is 1.17x faster than b [1.11, 1.85]" from speedup = median(b) / median(a) and its
+   CI, turned around when a is the slower one, so that the number read is always the
+   factor by which the faster side wins. */
+static void ekv__faster_phrase(char *text, size_t size, const char *a, const char *b,
+                               double speedup, double lo, double hi)
+{
+    char x[16], l[16], h[16];
+    if (speedup < 1.0) {
+        const char *swap = a;
+        const double inverse_lo = 1.0 / hi;
+        a = b;
+        b = swap;
+        speedup = 1.0 / speedup;
+        hi = 1.0 / lo;
+        lo = inverse_lo;
+    }
+    snprintf(text, size, "%s is %sx faster than %s [%s, %s]", a, ekv__ratio_text(x, sizeof x, speedup), b,
+             ekv__ratio_text(l, sizeof l, lo), ekv__ratio_text(h, sizeof h, hi));
+}
+
 EKV_DEF void ekv_report_print_table(const ekv_report *r, FILE *out)
 {
     const ekv_config *c = &r->config;
     const ekv_metrics *m = &r->metrics;
     const ekv_stats *s = &r->stats;
     int kv_heads = c->kv_heads;
+    /* the cycle's figures are its own block: the attention lines would be per-step
+       averages of a loop that is mostly projection, and its accuracy is per variant */
+    if (r->cycle_count > 0) {
+        fprintf(out, "ekv %s  backend %s  device %s\n", EKV_VERSION_STRING,
+                ekv_backend_name(r->backend), r->device.name);
+        ekv_cycle_print_table(r, out);
+        if (r->notice[0]) fprintf(out, "notice     %s\n", r->notice);
+        return;
+    }
     fprintf(out, "ekv %s  backend %s  device %s%s\n", EKV_VERSION_STRING,
             ekv_backend_name(r->backend), r->device.name, c->hot ? "  (hot: L2/cache resident)" : "  (cold)");
     fprintf(out, "workload   batch %d  seq %d  heads %d/%d  dim %d  %s  policy %s  C=%d  recent %d  sinks %d\n",
             c->batch, c->seq_len, c->heads, kv_heads, c->head_dim, ekv_dtype_name(c->kv_dtype),
             ekv_policy_name(c->policy), c->compression, c->recent, c->sinks);
-    fprintf(out, "time       median %.6g ms  mean %.6g ms  std %.3g  cv %.2f%%  95%% CI median [%.6g, %.6g]  n %zu\n",
-            s->median, s->mean, s->std, 100.0 * s->cv, s->ci95_median_lo, s->ci95_median_hi, s->n);
+    fprintf(out, "time       median %.6g ms  mean %.6g ms  std %.3g  cv %.2f%%%s  95%% CI median [%.6g, %.6g]  n %zu\n",
+            s->median, s->mean, s->std, 100.0 * s->cv, s->cv > EKV_NOISY_CV ? " (noisy)" : "",
+            s->ci95_median_lo, s->ci95_median_hi, s->n);
     fprintf(out, "           p5 %.6g  p95 %.6g  p99 %.6g  outliers %d mild, %d severe\n", s->p5,
             s->p95, s->p99, s->outliers_mild, s->outliers_severe);
     fprintf(out, "throughput %.1f tokens/s (batch x 1000 / median ms)\n", c->batch * 1000.0 / s->median);
@@ -5663,8 +6643,459 @@ EKV_DEF void ekv_report_print_table(const ekv_report *r, FILE *out)
         fprintf(out, "baseline   %s C=1 median %.6g ms  speedup %.3fx  95%% CI [%.3f, %.3f]  at error %.3e\n",
                 ekv_dtype_name(c->baseline_dtype), r->baseline_stats.median, r->speedup,
                 r->speedup_ci_lo, r->speedup_ci_hi, r->accuracy.total.rel_l2);
-    ekv_cycle_print_table(r, out);
+    if (s->cv > EKV_NOISY_CV)
+        fprintf(out, "noisy      cv above %.0f%%: something else used the machine during the run; "
+                     "rerun on a quiet one before trusting small differences\n",
+                100.0 * EKV_NOISY_CV);
     if (r->notice[0]) fprintf(out, "notice     %s\n", r->notice);
+}
+
+/* ---- the summary: one row per result (--format=table, markdown, csv) ---- */
+
+/* The largest error against cache over the layers of a cycle variant's last step. */
+static double ekv__cycle_worst_error(const ekv_cycle_result *y)
+{
+    double worst = 0.0;
+    int l;
+    for (l = 0; l < y->layers; l++)
+        if (!(y->error_vs_cache[l].rel_l2 <= worst)) worst = y->error_vs_cache[l].rel_l2;
+    return worst;
+}
+
+EKV_DEF void ekv_summary_init(ekv_summary *s)
+{
+    memset(s, 0, sizeof *s);
+}
+
+EKV_DEF void ekv_summary_free(ekv_summary *s)
+{
+    ekv__free(s->rows);
+    memset(s, 0, sizeof *s);
+}
+
+static ekv_summary_row *ekv__summary_new_row(ekv_summary *s)
+{
+    ekv_summary_row *row;
+    if (s->count == s->capacity) {
+        const size_t capacity = s->capacity ? 2 * s->capacity : 16;
+        ekv_summary_row *rows;
+        if (capacity > (size_t)-1 / sizeof *rows) return NULL;
+        rows = (ekv_summary_row *)EKV_REALLOC(s->rows, capacity * sizeof *rows);
+        if (!rows) return NULL;
+        s->rows = rows;
+        s->capacity = capacity;
+    }
+    row = &s->rows[s->count++];
+    memset(row, 0, sizeof *row);
+    return row;
+}
+
+/* What every row of a report shares: where it ran and its workload. */
+static void ekv__summary_common(ekv_summary_row *row, const ekv_report *r)
+{
+    const ekv_config *c = &r->config;
+    snprintf(row->label, sizeof row->label, "%s", c->label);
+    snprintf(row->device, sizeof row->device, "%.*s", (int)sizeof row->device - 1, r->device.name);
+    row->backend = r->backend;
+    row->hot = c->hot;
+    row->batch = c->batch;
+    row->seq_len = c->seq_len;
+    row->heads = c->heads;
+    row->kv_heads = c->kv_heads;
+    row->head_dim = c->head_dim;
+    row->compression = c->compression;
+    row->recent = c->recent;
+    row->sinks = c->sinks;
+    row->observe = c->observe;
+    row->kv_dtype = c->kv_dtype;
+    row->policy = c->policy;
+    snprintf(row->data, sizeof row->data, "%.*s", (int)sizeof row->data - 1,
+             c->data == EKV_DATA_FILE ? c->data_path : (c->data == EKV_DATA_RANDOM ? "random" : "structured"));
+    row->seed = c->seed;
+    row->bandwidth_gbs = row->pct_of_theoretical_peak = row->pct_of_measured_copy = ekv__nan();
+    row->speedup = row->speedup_ci95_lo = row->speedup_ci95_hi = ekv__nan();
+    row->rel_l2 = row->rel_l2_vs_cache = ekv__nan();
+    snprintf(row->notice, sizeof row->notice, "%s", r->notice);
+}
+
+EKV_DEF ekv_result ekv_summary_add(ekv_summary *s, const ekv_report *r)
+{
+    const ekv_config *c;
+    int i;
+    if (!s || !r) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_summary_add: NULL argument");
+    c = &r->config;
+    for (i = 0; i < (r->cycle_count > 0 ? r->cycle_count : 1); i++) {
+        ekv_summary_row *row = ekv__summary_new_row(s);
+        if (!row) return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "out of memory for the summary's rows");
+        ekv__summary_common(row, r);
+        if (r->cycle_count > 0) {
+            const ekv_cycle_result *y = &r->cycles[i];
+            row->cycle = 1;
+            row->variant = y->variant;
+            row->kv_dtype = y->kv_dtype; /* what this variant stored */
+            row->layers = y->layers;
+            row->decode_tokens = y->decode_tokens;
+            row->compress_every = c->compress_every;
+            row->n = y->stats.n;
+            row->median_ms = y->total_ms;
+            row->ci95_lo_ms = y->stats.ci95_median_lo;
+            row->ci95_hi_ms = y->stats.ci95_median_hi;
+            row->cv = y->stats.cv;
+            row->tokens_per_sec = y->tokens_per_sec;
+            row->paired = y->has_baseline;
+            if (y->has_baseline) {
+                snprintf(row->baseline, sizeof row->baseline, "%s", ekv_variant_name(EKV_VARIANT_CACHE));
+                row->speedup = y->speedup;
+                row->speedup_ci95_lo = y->speedup_ci_lo;
+                row->speedup_ci95_hi = y->speedup_ci_hi;
+            }
+            if (y->has_agreement) row->rel_l2_vs_cache = ekv__cycle_worst_error(y);
+            row->kv_cache_bytes = y->kv_cache_bytes;
+        } else {
+            const ekv_metrics *m = &r->metrics;
+            row->n = r->stats.n;
+            row->median_ms = r->stats.median;
+            row->ci95_lo_ms = r->stats.ci95_median_lo;
+            row->ci95_hi_ms = r->stats.ci95_median_hi;
+            row->cv = r->stats.cv;
+            row->tokens_per_sec = c->batch * 1000.0 / r->stats.median;
+            row->bandwidth_gbs = m->achieved_gbs;
+            row->pct_of_theoretical_peak = 100.0 * m->efficiency_vs_theoretical;
+            row->pct_of_measured_copy = 100.0 * m->efficiency_vs_measured;
+            row->paired = r->has_baseline;
+            if (r->has_baseline) {
+                snprintf(row->baseline, sizeof row->baseline, "%s C=1", ekv_dtype_name(c->baseline_dtype));
+                row->speedup = r->speedup;
+                row->speedup_ci95_lo = r->speedup_ci_lo;
+                row->speedup_ci95_hi = r->speedup_ci_hi;
+            }
+            row->rel_l2 = r->accuracy.total.rel_l2;
+            row->kv_cache_bytes = r->kv_cache_bytes;
+        }
+    }
+    return EKV_SUCCESS;
+}
+
+/* The columns: CSV name; title in table and markdown (NULL: CSV only); WORKLOAD ones are
+   columns of a table only where rows differ and stated once above it otherwise, FIGURE
+   ones are columns wherever a row has a value; right-aligned or not. */
+enum { EKV__WORKLOAD = 1, EKV__FIGURE = 0 };
+#define EKV__SUMMARY_COLUMNS(X)                                                        \
+    X(LABEL, "label", "label", EKV__WORKLOAD, 0)                                       \
+    X(BACKEND, "backend", "backend", EKV__WORKLOAD, 0)                                 \
+    X(DEVICE, "device", "device", EKV__WORKLOAD, 0)                                    \
+    X(CACHE_STATE, "cache_state", "cache", EKV__WORKLOAD, 0)                           \
+    X(VARIANT, "variant", "variant", EKV__WORKLOAD, 0)                                 \
+    X(BATCH, "batch", "batch", EKV__WORKLOAD, 1)                                       \
+    X(SEQ_LEN, "seq_len", "seq", EKV__WORKLOAD, 1)                                     \
+    X(HEADS, "heads", "heads", EKV__WORKLOAD, 1)                                       \
+    X(KV_HEADS, "kv_heads", "kv_heads", EKV__WORKLOAD, 1)                              \
+    X(HEAD_DIM, "head_dim", "dim", EKV__WORKLOAD, 1)                                   \
+    X(KV_DTYPE, "kv_dtype", "dtype", EKV__WORKLOAD, 0)                                 \
+    X(POLICY, "policy", "policy", EKV__WORKLOAD, 0)                                    \
+    X(COMPRESSION, "compression", "C", EKV__WORKLOAD, 1)                               \
+    X(RECENT, "recent", "recent", EKV__WORKLOAD, 1)                                    \
+    X(SINKS, "sinks", "sinks", EKV__WORKLOAD, 1)                                       \
+    X(OBSERVE, "observe", "observe", EKV__WORKLOAD, 1)                                 \
+    X(DATA, "data", "data", EKV__WORKLOAD, 0)                                          \
+    X(SEED, "seed", "seed", EKV__WORKLOAD, 1)                                          \
+    X(LAYERS, "layers", "layers", EKV__WORKLOAD, 1)                                    \
+    X(DECODE_TOKENS, "decode_tokens", "steps", EKV__WORKLOAD, 1)                       \
+    X(COMPRESS_EVERY, "compress_every", "compress every", EKV__WORKLOAD, 1)            \
+    X(N, "n", "samples", EKV__WORKLOAD, 1)                                             \
+    X(BASELINE, "baseline", "baseline", EKV__WORKLOAD, 0)                              \
+    X(MEDIAN, "median_ms", "median ms", EKV__FIGURE, 1)                                \
+    X(CI_LO, "ci95_lo_ms", NULL, EKV__FIGURE, 1)                                       \
+    X(CI_HI, "ci95_hi_ms", "95% CI of the median", EKV__FIGURE, 0)                     \
+    X(CV, "cv", "cv", EKV__FIGURE, 1)                                                  \
+    X(NOISY, "noisy", NULL, EKV__FIGURE, 0)                                            \
+    X(TOKENS, "tokens_per_sec", "tokens/s", EKV__FIGURE, 1)                            \
+    X(BANDWIDTH, "bandwidth_gbs", "GB/s", EKV__FIGURE, 1)                              \
+    X(PCT_PEAK, "pct_of_theoretical_peak", "% of peak", EKV__FIGURE, 1)                \
+    X(PCT_COPY, "pct_of_measured_copy", "% of copy", EKV__FIGURE, 1)                   \
+    X(SPEEDUP, "speedup", "vs baseline [95% CI]", EKV__FIGURE, 0)                      \
+    X(SPEEDUP_LO, "speedup_ci95_lo", NULL, EKV__FIGURE, 1)                             \
+    X(SPEEDUP_HI, "speedup_ci95_hi", NULL, EKV__FIGURE, 1)                             \
+    X(REL_L2, "rel_l2", "error rel_l2", EKV__FIGURE, 1)                                \
+    X(REL_L2_VS_CACHE, "rel_l2_vs_cache", "rel_l2 vs cache", EKV__FIGURE, 1)           \
+    X(KV_BYTES, "kv_cache_bytes", "KV MB", EKV__FIGURE, 1)                             \
+    X(NOTICE, "notice", NULL, EKV__FIGURE, 0)
+
+enum {
+#define EKV__SUMMARY_ENUM(id, name, title, kind, right) EKV__COLUMN_##id,
+    EKV__SUMMARY_COLUMNS(EKV__SUMMARY_ENUM)
+#undef EKV__SUMMARY_ENUM
+    EKV__COLUMN_COUNT
+};
+
+static const struct ekv__summary_column {
+    const char *name, *title;
+    int kind, right;
+} ekv__summary_columns[EKV__COLUMN_COUNT] = {
+#define EKV__SUMMARY_ENTRY(id, name, title, kind, right) {name, title, kind, right},
+    EKV__SUMMARY_COLUMNS(EKV__SUMMARY_ENTRY)
+#undef EKV__SUMMARY_ENTRY
+};
+
+/* A figure for people: four significant digits, without an exponent below 1e9. */
+static void ekv__summary_number(char *out, size_t size, double v)
+{
+    if (fabs(v) >= 1e4 && fabs(v) < 1e9) snprintf(out, size, "%.0f", v);
+    else snprintf(out, size, "%.4g", v);
+}
+
+/* The text of one cell, for CSV (numbers in full: the shortest text that reads back to
+   the same double) or for people; returns 0 and an empty text where it has no value. */
+static int ekv__summary_cell(const ekv_summary_row *row, int column, int csv, char *out, size_t size)
+{
+    double number = ekv__nan();
+    long long integer = 0;
+    int is_integer = 0;
+    const char *text = NULL;
+    out[0] = '\0';
+    switch (column) {
+    case EKV__COLUMN_LABEL: text = row->label; break;
+    case EKV__COLUMN_BACKEND: text = ekv_backend_name(row->backend); break;
+    case EKV__COLUMN_DEVICE: text = row->device; break;
+    case EKV__COLUMN_CACHE_STATE: text = row->hot ? "hot" : "cold"; break;
+    case EKV__COLUMN_BATCH: integer = row->batch, is_integer = 1; break;
+    case EKV__COLUMN_SEQ_LEN: integer = row->seq_len, is_integer = 1; break;
+    case EKV__COLUMN_HEADS: integer = row->heads, is_integer = 1; break;
+    case EKV__COLUMN_KV_HEADS: integer = row->kv_heads, is_integer = 1; break;
+    case EKV__COLUMN_HEAD_DIM: integer = row->head_dim, is_integer = 1; break;
+    case EKV__COLUMN_KV_DTYPE: text = ekv_dtype_name(row->kv_dtype); break;
+    case EKV__COLUMN_POLICY: text = ekv_policy_name(row->policy); break;
+    case EKV__COLUMN_COMPRESSION: integer = row->compression, is_integer = 1; break;
+    case EKV__COLUMN_RECENT: integer = row->recent, is_integer = 1; break;
+    case EKV__COLUMN_SINKS: integer = row->sinks, is_integer = 1; break;
+    case EKV__COLUMN_OBSERVE: integer = row->observe, is_integer = 1; break;
+    case EKV__COLUMN_DATA: text = row->data; break;
+    case EKV__COLUMN_SEED: snprintf(out, size, "%llu", (unsigned long long)row->seed); return 1;
+    case EKV__COLUMN_VARIANT: text = row->cycle ? ekv_variant_name(row->variant) : NULL; break;
+    case EKV__COLUMN_LAYERS: integer = row->layers, is_integer = row->cycle; break;
+    case EKV__COLUMN_DECODE_TOKENS: integer = row->decode_tokens, is_integer = row->cycle; break;
+    case EKV__COLUMN_COMPRESS_EVERY: integer = row->compress_every, is_integer = row->cycle; break;
+    case EKV__COLUMN_N: integer = (long long)row->n, is_integer = 1; break;
+    case EKV__COLUMN_BASELINE: text = row->paired ? row->baseline : NULL; break;
+    case EKV__COLUMN_MEDIAN: number = row->median_ms; break;
+    case EKV__COLUMN_CI_LO: number = row->ci95_lo_ms; break;
+    case EKV__COLUMN_CI_HI:
+        if (!csv && ekv__is_finite(row->ci95_lo_ms) && ekv__is_finite(row->ci95_hi_ms)) {
+            snprintf(out, size, "[%.4g, %.4g]", row->ci95_lo_ms, row->ci95_hi_ms);
+            return 1;
+        }
+        number = csv ? row->ci95_hi_ms : ekv__nan();
+        break;
+    case EKV__COLUMN_CV:
+        if (!csv && ekv__is_finite(row->cv)) {
+            snprintf(out, size, "%.1f%%%s", 100.0 * row->cv, row->cv > EKV_NOISY_CV ? " noisy" : "");
+            return 1;
+        }
+        number = row->cv;
+        break;
+    case EKV__COLUMN_NOISY:
+        text = !ekv__is_finite(row->cv) ? NULL : (row->cv > EKV_NOISY_CV ? "true" : "false");
+        break;
+    case EKV__COLUMN_TOKENS: number = row->tokens_per_sec; break;
+    case EKV__COLUMN_BANDWIDTH: number = row->bandwidth_gbs; break;
+    case EKV__COLUMN_PCT_PEAK:
+    case EKV__COLUMN_PCT_COPY:
+        number = column == EKV__COLUMN_PCT_PEAK ? row->pct_of_theoretical_peak : row->pct_of_measured_copy;
+        if (!csv && ekv__is_finite(number)) {
+            snprintf(out, size, "%.1f%%", number);
+            return 1;
+        }
+        break;
+    case EKV__COLUMN_SPEEDUP:
+        if (row->paired && !csv && ekv__is_finite(row->speedup)) {
+            /* the factor by which the faster side wins, as the detail output's phrase */
+            const int faster = row->speedup >= 1.0;
+            char x[16], l[16], h[16];
+            snprintf(out, size, "%sx %s [%s, %s]",
+                     ekv__ratio_text(x, sizeof x, faster ? row->speedup : 1.0 / row->speedup),
+                     faster ? "faster" : "slower",
+                     ekv__ratio_text(l, sizeof l, faster ? row->speedup_ci95_lo : 1.0 / row->speedup_ci95_hi),
+                     ekv__ratio_text(h, sizeof h, faster ? row->speedup_ci95_hi : 1.0 / row->speedup_ci95_lo));
+            return 1;
+        }
+        number = row->paired ? row->speedup : ekv__nan();
+        break;
+    case EKV__COLUMN_SPEEDUP_LO: number = row->paired ? row->speedup_ci95_lo : ekv__nan(); break;
+    case EKV__COLUMN_SPEEDUP_HI: number = row->paired ? row->speedup_ci95_hi : ekv__nan(); break;
+    case EKV__COLUMN_REL_L2:
+    case EKV__COLUMN_REL_L2_VS_CACHE:
+        number = column == EKV__COLUMN_REL_L2 ? row->rel_l2 : row->rel_l2_vs_cache;
+        if (!csv && ekv__is_finite(number)) {
+            snprintf(out, size, "%.3g", number);
+            return 1;
+        }
+        break;
+    case EKV__COLUMN_KV_BYTES:
+        number = row->kv_cache_bytes;
+        if (!csv) number *= 1e-6;
+        break;
+    case EKV__COLUMN_NOTICE: text = row->notice; break;
+    default: break;
+    }
+    if (text) snprintf(out, size, "%s", text);
+    else if (is_integer) snprintf(out, size, "%lld", integer);
+    else if (!ekv__is_finite(number)) out[0] = '\0';
+    else if (csv) ekv__json_format_double(number, out, size);
+    else ekv__summary_number(out, size, number);
+    return out[0] != '\0';
+}
+
+/* RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled. */
+static void ekv__csv_field(FILE *out, const char *text)
+{
+    if (!strpbrk(text, ",\"\r\n")) {
+        fputs(text, out);
+        return;
+    }
+    fputc('"', out);
+    for (; *text; text++) {
+        if (*text == '"') fputc('"', out);
+        fputc(*text, out);
+    }
+    fputc('"', out);
+}
+
+/* A cell for a text table or Markdown: control characters (and Markdown's '|') cannot
+   stand in a cell. */
+static void ekv__table_field(FILE *out, const char *text, int markdown)
+{
+    for (; *text; text++) {
+        const unsigned char c = (unsigned char)*text;
+        if (c < 0x20 || c == 0x7f) fputc(' ', out);
+        else if (markdown && c == '|') fputs("\\|", out);
+        else fputc(c, out);
+    }
+}
+
+/* Characters of UTF-8 text (continuation bytes do not count), for alignment. */
+static size_t ekv__text_width(const char *text)
+{
+    size_t n = 0;
+    for (; *text; text++) n += ((unsigned char)*text & 0xC0) != 0x80;
+    return n;
+}
+
+#define EKV__CELL_MAX 320
+
+static void ekv__summary_print_csv(const ekv_summary *s, FILE *out)
+{
+    char cell[EKV__CELL_MAX];
+    size_t i;
+    int k;
+    for (k = 0; k < EKV__COLUMN_COUNT; k++) fprintf(out, "%s%s", k ? "," : "", ekv__summary_columns[k].name);
+    fputc('\n', out);
+    for (i = 0; i < s->count; i++) {
+        for (k = 0; k < EKV__COLUMN_COUNT; k++) {
+            ekv__summary_cell(&s->rows[i], k, 1, cell, sizeof cell);
+            if (k) fputc(',', out);
+            ekv__csv_field(out, cell);
+        }
+        fputc('\n', out);
+    }
+}
+
+EKV_DEF void ekv_summary_print(const ekv_summary *s, ekv_output_format format, FILE *out)
+{
+    const int markdown = format == EKV_FORMAT_MARKDOWN;
+    char cell[EKV__CELL_MAX], first[EKV__CELL_MAX];
+    int shown[EKV__COLUMN_COUNT], constant[EKV__COLUMN_COUNT];
+    size_t width[EKV__COLUMN_COUNT];
+    int k, any_constant = 0, noisy = 0;
+    size_t i, j;
+    if (!s || !out) return;
+    if (format == EKV_FORMAT_CSV) {
+        ekv__summary_print_csv(s, out);
+        return;
+    }
+    if (s->count == 0) return;
+    /* a workload field is a column where rows differ and stated once above where they
+       agree; a figure is a column where any row has one */
+    for (k = 0; k < EKV__COLUMN_COUNT; k++) {
+        const struct ekv__summary_column *col = &ekv__summary_columns[k];
+        int has_first = ekv__summary_cell(&s->rows[0], k, 0, first, sizeof first), differs = 0, any = has_first;
+        for (i = 1; i < s->count; i++) {
+            int has = ekv__summary_cell(&s->rows[i], k, 0, cell, sizeof cell);
+            any |= has;
+            differs |= has != has_first || strcmp(cell, first) != 0;
+        }
+        shown[k] = col->title && (col->kind == EKV__WORKLOAD ? differs : any);
+        constant[k] = col->title && col->kind == EKV__WORKLOAD && !differs && has_first;
+        any_constant |= constant[k];
+        width[k] = shown[k] ? ekv__text_width(col->title) : 0;
+        for (i = 0; shown[k] && i < s->count; i++) {
+            size_t w;
+            ekv__summary_cell(&s->rows[i], k, 0, cell, sizeof cell);
+            w = ekv__text_width(cell);
+            if (w > width[k]) width[k] = w;
+        }
+    }
+    fprintf(out, "%sekv %s%s\n", markdown ? "**" : "", EKV_VERSION_STRING, markdown ? "**" : "");
+    if (any_constant) {
+        const char *separator = "";
+        if (markdown) fputc('\n', out);
+        fprintf(out, "%s", markdown ? "Same in every row: " : "same in every row: ");
+        for (k = 0; k < EKV__COLUMN_COUNT; k++) {
+            if (!constant[k]) continue;
+            ekv__summary_cell(&s->rows[0], k, 0, cell, sizeof cell);
+            fprintf(out, "%s%s ", separator, ekv__summary_columns[k].title);
+            ekv__table_field(out, cell, markdown);
+            separator = ", ";
+        }
+        fputc('\n', out);
+    }
+    fputc('\n', out);
+    /* header, rule, rows; a text table's columns are two spaces apart, padded to the
+       widest cell, except the last one's trailing spaces */
+    for (j = 0; j < s->count + 2; j++) {
+        const int rule = j == 1;
+        int last = -1;
+        for (k = 0; k < EKV__COLUMN_COUNT; k++)
+            if (shown[k]) last = k;
+        if (markdown) fputc('|', out);
+        for (k = 0; k < EKV__COLUMN_COUNT; k++) {
+            const struct ekv__summary_column *col = &ekv__summary_columns[k];
+            size_t w, pad;
+            if (!shown[k]) continue;
+            if (rule) {
+                size_t d;
+                if (markdown) fprintf(out, " %s |", col->right ? "---:" : "---");
+                else
+                    for (d = 0; d < width[k] + (k == last ? 0 : 2); d++) fputc(d < width[k] ? '-' : ' ', out);
+                continue;
+            }
+            if (j == 0) snprintf(cell, sizeof cell, "%s", col->title);
+            else ekv__summary_cell(&s->rows[j - 2], k, 0, cell, sizeof cell);
+            w = ekv__text_width(cell);
+            pad = markdown ? 0 : width[k] - w;
+            if (markdown) fputc(' ', out);
+            if (col->right) for (; pad > 0; pad--) fputc(' ', out);
+            ekv__table_field(out, cell, markdown);
+            if (markdown) fputs(" |", out);
+            else if (k != last)
+                for (pad += 2; pad > 0; pad--) fputc(' ', out);
+        }
+        fputc('\n', out);
+    }
+    for (i = 0; i < s->count; i++) noisy |= s->rows[i].cv > EKV_NOISY_CV;
+    if (noisy)
+        fprintf(out, "\ncv above %.0f%% is marked noisy: something else used the machine during "
+                     "those runs; rerun on a quiet one before trusting small differences.\n",
+                100.0 * EKV_NOISY_CV);
+    /* each distinct notice once */
+    for (i = 0; i < s->count; i++) {
+        const char *notice = s->rows[i].notice;
+        int seen = 0;
+        for (j = 0; j < i && !seen; j++) seen = strcmp(s->rows[j].notice, notice) == 0;
+        if (!notice[0] || seen) continue;
+        fputs("\nnotice: ", out);
+        ekv__table_field(out, notice, markdown);
+        fputc('\n', out);
+    }
 }
 
 /* >>workload (implementation) ============================================== */
@@ -5802,6 +7233,31 @@ EKV_DEF double ekv_time_ms(void)
 #endif
 }
 
+static EKV__THREAD_LOCAL ekv_progress_fn ekv__progress_handler;
+static EKV__THREAD_LOCAL void *ekv__progress_context;
+/* The share of the run the timing loops now running cover: [lo, lo + width); width 0
+   means the whole run (the cycle driver narrows it to one variant's share). */
+static EKV__THREAD_LOCAL double ekv__progress_lo, ekv__progress_width;
+
+EKV_DEF void ekv_progress_set_handler(ekv_progress_fn handler, void *context)
+{
+    ekv__progress_handler = handler;
+    ekv__progress_context = context;
+}
+
+static void ekv__progress_span(double lo, double width)
+{
+    ekv__progress_lo = lo;
+    ekv__progress_width = width;
+}
+
+static void ekv__progress(double fraction)
+{
+    if (!ekv__progress_handler) return;
+    if (ekv__progress_width > 0) fraction = ekv__progress_lo + ekv__progress_width * fraction;
+    ekv__progress_handler(ekv__progress_context, fraction);
+}
+
 EKV_DEF ekv_result ekv_time_abab(int warmup, int reps, int paired, ekv_sample_fn sample,
                                  void *context)
 {
@@ -5810,8 +7266,101 @@ EKV_DEF ekv_result ekv_time_abab(int warmup, int reps, int paired, ekv_sample_fn
         ekv_result r;
         if (paired && (r = sample(context, 1, i - warmup)) != EKV_SUCCESS) return r;
         if ((r = sample(context, 0, i - warmup)) != EKV_SUCCESS) return r;
+        ekv__progress((double)(i + 1) / (double)(warmup + reps));
     }
     return EKV_SUCCESS;
+}
+
+#define EKV__PROGRESS_DELAY_MS 2000.0   /* runs shorter than this print nothing */
+#define EKV__PROGRESS_TTY_MS 200.0      /* redraw period of the bar */
+#define EKV__PROGRESS_LINE_MS 10000.0   /* period of the lines in a log */
+#define EKV__PROGRESS_BAR 24
+
+EKV_DEF void ekv_progress_meter_init(ekv_progress_meter *m, FILE *out, const char *name, int tty,
+                                     size_t runs, double now_ms)
+{
+    memset(m, 0, sizeof *m);
+    m->out = out;
+    m->name = name ? name : "ekv";
+    m->tty = tty;
+    m->runs = runs > 0 ? runs : 1;
+    m->start_ms = now_ms;
+    m->next_ms = now_ms + EKV__PROGRESS_DELAY_MS;
+}
+
+/* "12 s", "3 min 05 s", "2 h 07 min" */
+static void ekv__progress_duration(char *out, size_t size, double seconds)
+{
+    long s = seconds > 0 ? (long)(seconds + 0.5) : 0;
+    if (s < 60) snprintf(out, size, "%ld s", s);
+    else if (s < 3600) snprintf(out, size, "%ld min %02ld s", s / 60, s % 60);
+    else snprintf(out, size, "%ld h %02ld min", s / 3600, (s % 3600) / 60);
+}
+
+static void ekv__progress_print(ekv_progress_meter *m, double now_ms)
+{
+    const double elapsed = (now_ms - m->start_ms) * 1e-3;
+    char run[48] = "", left[64] = "", took[32];
+    ekv__progress_duration(took, sizeof took, elapsed);
+    if (m->runs > 1) snprintf(run, sizeof run, "run %zu/%zu ", m->run + 1, m->runs);
+    /* the time left extrapolates the rate so far; before any round there is none */
+    if (m->fraction > 0.0) {
+        char t[32];
+        ekv__progress_duration(t, sizeof t, elapsed * (1.0 - m->fraction) / m->fraction);
+        snprintf(left, sizeof left, ", about %s left", t);
+    }
+    if (m->tty) {
+        char bar[EKV__PROGRESS_BAR + 1];
+        int i, filled = (int)(m->fraction * EKV__PROGRESS_BAR);
+        for (i = 0; i < EKV__PROGRESS_BAR; i++) bar[i] = i < filled ? '#' : '.';
+        bar[EKV__PROGRESS_BAR] = '\0';
+        /* \r and erase-to-end-of-line redraw the same line */
+        fprintf(m->out, "\r[%s] %3.0f%%  %s%s elapsed%s  %.40s\033[K", bar, 100.0 * m->fraction, run,
+                took, left, m->what);
+    } else {
+        fprintf(m->out, "%s: %.0f%% done, %s%s elapsed%s (%s)\n", m->name, 100.0 * m->fraction, run,
+                took, left, m->what);
+    }
+    fflush(m->out);
+    m->printed = 1;
+}
+
+EKV_DEF void ekv_progress_meter_update(ekv_progress_meter *m, double fraction, double now_ms)
+{
+    if (!m || !m->out) return;
+    if (fraction < 0.0) fraction = 0.0;
+    if (fraction > 1.0) fraction = 1.0;
+    m->fraction = ((double)m->run + fraction) / (double)m->runs;
+    if (now_ms < m->next_ms) return;
+    ekv__progress_print(m, now_ms);
+    m->next_ms = now_ms + (m->tty ? EKV__PROGRESS_TTY_MS : EKV__PROGRESS_LINE_MS);
+}
+
+EKV_DEF void ekv_progress_meter_run(ekv_progress_meter *m, size_t run, const char *what,
+                                    double now_ms)
+{
+    if (!m || !m->out) return;
+    m->run = run < m->runs ? run : m->runs - 1;
+    snprintf(m->what, sizeof m->what, "%.*s", (int)sizeof m->what - 1, what ? what : "");
+    ekv_progress_meter_update(m, 0.0, now_ms);
+}
+
+EKV_DEF void ekv_progress_meter_end(ekv_progress_meter *m, double now_ms)
+{
+    char took[32];
+    if (!m || !m->out || !m->printed) return;
+    ekv__progress_duration(took, sizeof took, (now_ms - m->start_ms) * 1e-3);
+    if (m->tty) fprintf(m->out, "\r\033[K");
+    fprintf(m->out, "%s: %.0f%% done", m->name, 100.0 * m->fraction);
+    if (m->runs > 1) fprintf(m->out, ", %zu of %zu runs", m->fraction >= 1.0 ? m->runs : m->run, m->runs);
+    fprintf(m->out, " in %s\n", took);
+    fflush(m->out);
+    m->printed = 0;
+}
+
+EKV_DEF void ekv_progress_meter_handler(void *meter, double fraction)
+{
+    ekv_progress_meter_update((ekv_progress_meter *)meter, fraction, ekv_time_ms());
 }
 
 /* >>cpu (implementation) =================================================== */
@@ -6332,10 +7881,11 @@ static ekv_result ekv__cycle_result_fill(const ekv_config *c, const ekv_cycle_mo
         return EKV_ERR_OUT_OF_MEMORY;
     }
     out->sample_count = (size_t)reps;
-    for (i = 0; i < reps; i++) {
-        out->samples_ms[i] = ekv__cycle_rep_total(t, i);
-        for (p = 0; p < EKV_CYCLE_PHASES; p++)
-            out->phases_ms[p] += t->phase_ms[(size_t)i * EKV_CYCLE_PHASES + (size_t)p] / reps;
+    for (i = 0; i < reps; i++) out->samples_ms[i] = ekv__cycle_rep_total(t, i);
+    /* the statistic of total_ms, so that a phase and the total are read alike */
+    for (p = 0; p < EKV_CYCLE_PHASES; p++) {
+        for (i = 0; i < reps; i++) column[i] = t->phase_ms[(size_t)i * EKV_CYCLE_PHASES + (size_t)p];
+        out->phases_ms[p] = ekv_median(column, (size_t)reps);
     }
     r = ekv_stats_compute(out->samples_ms, (size_t)reps, c->truncate_percent, c->seed, &out->stats);
     if (r != EKV_SUCCESS) {
@@ -6881,10 +8431,13 @@ EKV_DEF ekv_result ekv_cycle_run_on(const ekv_config *config, const ekv_cycle_ba
     if (state) backend->close(state);
     for (i = 0; i < count && r == EKV_SUCCESS; i++) {
         const ekv_variant v = count == 1 ? c->variant : ekv__cycle_variants[i];
+        /* each variant's timing loop is its share of the run's progress */
+        ekv__progress_span((double)i / count, 1.0 / count);
         r = ekv__cycle_variant(c, &m, backend, v, v == EKV_VARIANT_CACHE ? NULL : reference, report,
                                &report->cycles[i]);
         if (r == EKV_SUCCESS || report->cycles[i].samples_ms) report->cycle_count = i + 1;
     }
+    ekv__progress_span(0.0, 0.0);
     if (r == EKV_SUCCESS) r = ekv__cycle_report_finish(report);
 done:
     ekv_cycle_model_free(&m);
@@ -6905,13 +8458,22 @@ static void ekv__cycle_json_one(const ekv_cycle_result *y, ekv_json *j)
     ekv_json_key(j, "layers"); ekv_json_int(j, y->layers);
     ekv_json_key(j, "kv_dtype"); ekv_json_string(j, ekv_dtype_name(y->kv_dtype));
     ekv_json_key(j, "decode_tokens"); ekv_json_int(j, y->decode_tokens);
-    /* the seed's fields: baseline = cache (paired), elastic = this variant */
+    /* The seed's fields where they are honest: baseline_* are the paired cache variant's
+       (null unless --paired-baseline), elastic_* this variant's figures only when it is
+       the elastic one (null otherwise: total_ms and tokens_per_sec hold every variant's).
+       speedup_vs_baseline = median(baseline)/median(this variant), for every variant:
+       above 1 this variant is faster than cache, below 1 slower (nocache: 0.03 = cache is
+       33x faster). */
+    ekv_json_key(j, "baseline_variant");
+    ekv_json_string(j, y->has_baseline ? ekv_variant_name(EKV_VARIANT_CACHE) : NULL);
     ekv_json_key(j, "baseline_total_ms");
     if (y->has_baseline) ekv_json_number(j, y->baseline_total_ms); else ekv_json_null(j);
-    ekv_json_key(j, "elastic_total_ms"); ekv_json_number(j, y->total_ms);
+    ekv_json_key(j, "elastic_total_ms");
+    if (y->variant == EKV_VARIANT_ELASTIC) ekv_json_number(j, y->total_ms); else ekv_json_null(j);
     ekv_json_key(j, "baseline_tokens_per_sec");
     if (y->has_baseline) ekv_json_number(j, y->baseline_tokens_per_sec); else ekv_json_null(j);
-    ekv_json_key(j, "elastic_tokens_per_sec"); ekv_json_number(j, y->tokens_per_sec);
+    ekv_json_key(j, "elastic_tokens_per_sec");
+    if (y->variant == EKV_VARIANT_ELASTIC) ekv_json_number(j, y->tokens_per_sec); else ekv_json_null(j);
     ekv_json_key(j, "speedup_vs_baseline");
     if (y->has_baseline) ekv_json_number(j, y->speedup); else ekv_json_null(j);
     ekv_json_key(j, "speedup_ci95");
@@ -7014,25 +8576,285 @@ EKV_DEF void ekv_cycle_write_json(const ekv_report *report, ekv_json *j)
 
 EKV_DEF void ekv_cycle_print_table(const ekv_report *report, FILE *out)
 {
-    int i;
+    const ekv_config *c;
+    const ekv_cycle_result *first;
+    int i, noisy = 0, elastic = 0, shared = 0, paired = 0;
     if (!report || report->cycle_count < 1) return;
-    fprintf(out, "cycle      %d layers, prompt %d, %d decode steps (prefill not timed; MLPs and "
-                 "layer dependency left out)\n",
-            report->cycles[0].layers, report->config.seq_len, report->cycles[0].decode_tokens);
+    c = &report->config;
+    first = &report->cycles[0];
+    fprintf(out, "cycle      batch %d  prompt %d tokens  heads %d/%d  dim %d  %d layer%s  %d decode "
+                 "steps  --kv-dtype %s\n",
+            c->batch, c->seq_len, c->heads, c->kv_heads, c->head_dim, first->layers,
+            first->layers == 1 ? "" : "s", first->decode_tokens, ekv_dtype_name(c->kv_dtype));
+    for (i = 0; i < report->cycle_count; i++) {
+        elastic |= report->cycles[i].variant == EKV_VARIANT_ELASTIC;
+        shared |= ekv__cycle_is_shared(report->cycles[i].variant);
+        paired |= report->cycles[i].has_baseline;
+    }
+    if (elastic)
+        fprintf(out, "           elastic: policy %s  C=%d  recent %d  sinks %d  observe %d, compressed "
+                     "every %d steps\n",
+                ekv_policy_name(c->policy), c->compression, c->recent, c->sinks, c->observe,
+                c->compress_every);
+    fprintf(out, "           times: medians over %zu repeats of the decode loop (prefill not timed; "
+                 "MLPs and layer dependency left out)\n",
+            first->sample_count);
+    fprintf(out, "  %-11s %-5s %10s  %-21s %6s  %10s  %9s %9s %9s %9s  %9s %9s\n", "variant", "dtype",
+            "total ms", "95% CI of the median", "cv", "tokens/s", "proj ms", "append", "compress",
+            "attn ms", "KV MB", "peak MB");
     for (i = 0; i < report->cycle_count; i++) {
         const ekv_cycle_result *y = &report->cycles[i];
-        fprintf(out, "  %-11s %-5s total %.6g ms  %.1f tokens/s  proj %.3g  append %.3g  compress "
-                     "%.3g  attn %.3g ms  KV %.4g MB  peak %.4g MB",
-                ekv_variant_name(y->variant), ekv_dtype_name(y->kv_dtype), y->total_ms,
-                y->tokens_per_sec, y->phases_ms[0], y->phases_ms[1], y->phases_ms[2], y->phases_ms[3],
-                y->kv_cache_bytes * 1e-6, y->peak_device_bytes * 1e-6);
-        if (y->has_agreement)
-            fprintf(out, "  vs cache max|d| %.3g%s", y->agreement_max_abs_diff,
-                    y->agreement_bitwise_equal ? " (bitwise)" : "");
-        if (y->has_baseline)
-            fprintf(out, "  speedup %.3fx [%.3f, %.3f]", y->speedup, y->speedup_ci_lo, y->speedup_ci_hi);
-        fprintf(out, "\n");
+        char ci[48], cv[16];
+        snprintf(ci, sizeof ci, "[%.4g, %.4g]", y->stats.ci95_median_lo, y->stats.ci95_median_hi);
+        snprintf(cv, sizeof cv, "%.1f%%%s", 100.0 * y->stats.cv, y->stats.cv > EKV_NOISY_CV ? "*" : "");
+        noisy |= y->stats.cv > EKV_NOISY_CV;
+        fprintf(out, "  %-11s %-5s %10.4g  %-21s %6s  %10.4g  %9.3g %9.3g %9.3g %9.3g  %9.4g %9.4g\n",
+                ekv_variant_name(y->variant), ekv_dtype_name(y->kv_dtype), y->total_ms, ci, cv,
+                y->tokens_per_sec, y->phases_ms[EKV_CYCLE_PHASE_PROJECTION],
+                y->phases_ms[EKV_CYCLE_PHASE_APPEND], y->phases_ms[EKV_CYCLE_PHASE_COMPRESS],
+                y->phases_ms[EKV_CYCLE_PHASE_ATTENTION], y->kv_cache_bytes * 1e-6,
+                y->peak_device_bytes * 1e-6);
     }
+    if (noisy)
+        fprintf(out, "  * cv above %.0f%%: noisy, rerun on a quiet machine before trusting small "
+                     "differences\n",
+                100.0 * EKV_NOISY_CV);
+    fprintf(out, "  against cache (the last step's outputs, every layer):\n");
+    for (i = 0; i < report->cycle_count; i++) {
+        const ekv_cycle_result *y = &report->cycles[i];
+        if (!y->has_agreement) continue;
+        fprintf(out, "  %-11s max |diff| %.3g%s  rel_l2 %.3g (worst layer)\n",
+                ekv_variant_name(y->variant), y->agreement_max_abs_diff,
+                y->agreement_bitwise_equal ? " (bitwise equal)" : "", ekv__cycle_worst_error(y));
+    }
+    if (paired) {
+        fprintf(out, "  paired with cache (interleaved ABAB), ratio of medians and its 95%% CI:\n");
+        for (i = 0; i < report->cycle_count; i++) {
+            const ekv_cycle_result *y = &report->cycles[i];
+            char phrase[160];
+            if (!y->has_baseline) continue;
+            if (y->variant == EKV_VARIANT_CACHE)
+                snprintf(phrase, sizeof phrase, "cache against itself (an A/A check): %.2fx [%.2f, %.2f]",
+                         y->speedup, y->speedup_ci_lo, y->speedup_ci_hi);
+            else
+                ekv__faster_phrase(phrase, sizeof phrase, ekv_variant_name(y->variant),
+                                   ekv_variant_name(EKV_VARIANT_CACHE), y->speedup, y->speedup_ci_lo,
+                                   y->speedup_ci_hi);
+            fprintf(out, "  %s\n", phrase);
+        }
+    }
+    if ((elastic && c->compression > 1) || shared)
+        fprintf(out, "note       the cycle's inputs and weights are random: its attention has no sinks, "
+                     "recency or heavy hitters and spreads over every token, so compression loses "
+                     "most of it (elastic rel_l2 near 1 here, where structured data gives a few "
+                     "percent), and the odd layers of shared read k and v unrelated to their own. "
+                     "These errors say nothing of a real model's: judge a policy's accuracy with "
+                     "ekv_bench without --inference\n");
+}
+
+/* >>dispatch (implementation) =============================================== */
+
+EKV_DEF ekv_result ekv_run_check(const ekv_config *config, const ekv_device_backend *device)
+{
+    const ekv_backend want = config->backend;
+    if (want != EKV_BACKEND_CUDA && want != EKV_BACKEND_EMULATOR) return EKV_SUCCESS;
+    if (!device)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "--backend=%s: this build of ekv has no CUDA; allowed: auto, cpu "
+                             "(build with nvcc for cuda)", ekv_backend_name(want));
+    if (device->kind == want) return EKV_SUCCESS;
+    if (device->kind == EKV_BACKEND_EMULATOR)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED, "--backend=%s: this is the emulator build; "
+                             "allowed: auto, emulator, cpu", ekv_backend_name(want));
+    return ekv_set_error(EKV_ERR_UNSUPPORTED, "--backend=%s: the emulator is a test build "
+                         "(make emu); allowed: auto, cuda, cpu", ekv_backend_name(want));
+}
+
+/* --backend=auto without a usable device: the same run on the CPU, the reason kept in the
+   notice (the CPU run resets the report and the last error). work == NULL: the cycle. */
+static ekv_result ekv__run_fall_back(const ekv_config *config, ekv_report *report,
+                                     const ekv_workload *work)
+{
+    static const char prefix[] = "CPU backend: ";
+    char notice[sizeof report->notice];
+    size_t n = strlen(ekv_last_error());
+    ekv_result r;
+    if (n > sizeof notice - sizeof prefix) n = sizeof notice - sizeof prefix;
+    memcpy(notice, prefix, sizeof prefix - 1);
+    memcpy(notice + sizeof prefix - 1, ekv_last_error(), n);
+    notice[sizeof prefix - 1 + n] = '\0';
+    ekv_report_free(report);
+    r = work ? ekv_cpu_run(config, work, report) : ekv_cycle_run(config, report);
+    memcpy(report->notice, notice, sizeof notice);
+    return r;
+}
+
+EKV_DEF ekv_result ekv_run(const ekv_config *config, const ekv_device_backend *device,
+                           ekv_report *report)
+{
+    const int on_device = device != NULL && config->backend != EKV_BACKEND_CPU;
+    ekv_workload work;
+    ekv_result r;
+    memset(report, 0, sizeof *report);
+    if ((r = ekv_run_check(config, device)) != EKV_SUCCESS) return r;
+    /* --inference: the decode cycle (it builds its own model) instead of one attention */
+    if (config->inference) {
+        if (!on_device) return ekv_cycle_run(config, report);
+        r = device->cycle_run(config, report);
+        if (r == EKV_ERR_NO_DEVICE && config->backend == EKV_BACKEND_AUTO)
+            r = ekv__run_fall_back(config, report, NULL);
+        return r;
+    }
+    if ((r = ekv_workload_prepare(config, &work)) != EKV_SUCCESS) return r;
+    if (on_device) {
+        r = device->run(config, &work, report);
+        if (r == EKV_ERR_NO_DEVICE && config->backend == EKV_BACKEND_AUTO)
+            r = ekv__run_fall_back(config, report, &work);
+    } else {
+        r = ekv_cpu_run(config, &work, report);
+    }
+    ekv_workload_free(&work);
+    return r;
+}
+
+/* >>abibench: the benchmark through the C ABI (implementation) =============== */
+
+struct ekv_abi_bench {
+    ekv_cli cli;
+    const ekv_device_backend *device;
+    ekv_json json; /* the last result */
+};
+
+EKV_DEF ekv_result ekv_abi_bench_open_on(int count, const char *const *args,
+                                         const ekv_device_backend *device,
+                                         ekv_abi_bench **bench)
+{
+    ekv_abi_bench *b;
+    char **argv, program[] = "ekv";
+    FILE *sink;
+    ekv_result r;
+    int i;
+    if (!bench) return ekv_set_error(EKV_ERR_INVALID_ARG, "bench is NULL");
+    *bench = NULL;
+    if (count < 0 || (count > 0 && !args))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "args: %d arguments and no array", count);
+    for (i = 0; i < count; i++)
+        if (!args[i]) return ekv_set_error(EKV_ERR_INVALID_ARG, "args[%d] is NULL", i);
+    b = (ekv_abi_bench *)ekv__alloc(1, sizeof *b);
+    argv = (char **)ekv__alloc((size_t)count + 1, sizeof *argv);
+    if (!b || !argv) {
+        ekv__free(b);
+        ekv__free(argv);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    /* ekv_cli_parse neither keeps nor changes its arguments */
+    argv[0] = program;
+    for (i = 0; i < count; i++) argv[i + 1] = (char *)args[i];
+    /* --help and --version print; here they have nowhere to go */
+    sink = tmpfile();
+    r = sink ? ekv_cli_parse(count + 1, argv, &b->cli, sink)
+             : ekv_set_error(EKV_ERR_IO, "no temporary file for the command-line parser");
+    if (sink) fclose(sink);
+    ekv__free(argv);
+    if (r == EKV_HELP_SHOWN)
+        r = ekv_set_error(EKV_ERR_INVALID_ARG, "--help and --version print on a command line: "
+                          "ekv_abi_bench_help gives the flags, ekv_version the version");
+    if (r == EKV_SUCCESS) r = ekv_run_check(&b->cli.base, device);
+    if (r != EKV_SUCCESS) {
+        ekv__free(b);
+        return r;
+    }
+    b->device = device;
+    ekv_json_init(&b->json, 0);
+    *bench = b;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_abi_bench_open(int count, const char *const *args, ekv_abi_bench **bench)
+{
+    return ekv_abi_bench_open_on(count, args, NULL, bench);
+}
+
+EKV_DEF int64_t ekv_abi_bench_runs(const ekv_abi_bench *bench)
+{
+    return bench ? (int64_t)bench->cli.run_count : 0;
+}
+
+/* The JSON of `report` into bench->json, *json pointing at it. */
+static ekv_result ekv__abi_bench_json(ekv_abi_bench *bench, const ekv_report *report,
+                                      const char **json)
+{
+    ekv_json_free(&bench->json);
+    ekv_json_init(&bench->json, 0);
+    ekv_report_write_json(report, &bench->json);
+    if (bench->json.failed) return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "out of memory writing JSON");
+    *json = bench->json.buffer;
+    return EKV_SUCCESS;
+}
+
+static ekv_result ekv__abi_bench_config(const ekv_abi_bench *bench, int64_t index,
+                                        const char **json, ekv_config *config)
+{
+    if (!bench || !json) return ekv_set_error(EKV_ERR_INVALID_ARG, "bench or json is NULL");
+    *json = NULL;
+    if (index < 0 || (uint64_t)index >= (uint64_t)bench->cli.run_count)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "index=%lld is out of range: allowed 0..%lld",
+                             (long long)index, (long long)bench->cli.run_count - 1);
+    return ekv_cli_config(&bench->cli, (size_t)index, config);
+}
+
+EKV_DEF ekv_result ekv_abi_bench_run(ekv_abi_bench *bench, int64_t index, const char **json)
+{
+    ekv_config config;
+    ekv_report report;
+    ekv_result r = ekv__abi_bench_config(bench, index, json, &config);
+    if (r != EKV_SUCCESS) return r;
+    r = ekv_run(&config, bench->device, &report);
+    if (r == EKV_SUCCESS) r = ekv__abi_bench_json(bench, &report, json);
+    ekv_report_free(&report);
+    return r;
+}
+
+EKV_DEF ekv_result ekv_abi_bench_config(ekv_abi_bench *bench, int64_t index, const char **json)
+{
+    ekv_config config;
+    ekv_report report;
+    ekv_result r = ekv__abi_bench_config(bench, index, json, &config);
+    if (r != EKV_SUCCESS) return r;
+    ekv_report_init(&report, &config);
+    r = ekv__abi_bench_json(bench, &report, json);
+    ekv_report_free(&report);
+    return r;
+}
+
+EKV_DEF void ekv_abi_bench_close(ekv_abi_bench *bench)
+{
+    if (!bench) return;
+    ekv_json_free(&bench->json);
+    ekv__free(bench);
+}
+
+EKV_DEF ekv_result ekv_abi_bench_help(char *out, size_t size, size_t *needed)
+{
+    FILE *text = tmpfile();
+    long length;
+    size_t n;
+    if (!needed) return ekv_set_error(EKV_ERR_INVALID_ARG, "needed is NULL");
+    if (!text) return ekv_set_error(EKV_ERR_IO, "no temporary file for the help text");
+    ekv_cli_print_help(text);
+    length = ftell(text);
+    if (length < 0) {
+        fclose(text);
+        return ekv_set_error(EKV_ERR_IO, "the help text could not be measured");
+    }
+    *needed = (size_t)length + 1;
+    if (out && size > 0) {
+        rewind(text);
+        n = fread(out, 1, size - 1 < (size_t)length ? size - 1 : (size_t)length, text);
+        out[n] = '\0';
+    }
+    fclose(text);
+    return EKV_SUCCESS;
 }
 
 #endif /* EKV_NO_BENCH */

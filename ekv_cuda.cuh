@@ -34,10 +34,12 @@
        >>cache        ekv_cuda_cache: the device copy of an ekv_host_cache; device selection
        >>attention    the decode attention entry point, its plan and workspace
        >>elastic      the elastic device cache: create, prefill, append, compress
+       >>abi          the GPU through ekv.h's C ABI (bindings: the Python module)
      Part B, the benchmark (left out by #define EKV_NO_BENCH, as in ekv.h)
        >>device       device info, theoretical and measured bandwidth
        >>run          the CUDA backend: validation, cold timing, paired baseline
        >>cycle        the inference cycle's device backend (cuBLAS projections)
+       >>dispatch     the device side of ekv_run, and the C ABI's benchmark with it
 
    COMPILE-TIME OPTIONS
        #define EKV_CUDA_DEF static   make every function of this header static
@@ -252,6 +254,19 @@ EKV_CUDA_DEF ekv_result ekv_cuda_elastic_download(const ekv_cuda_elastic_cache *
                                                   ekv_host_cache *host, cudaStream_t stream);
 EKV_CUDA_DEF void ekv_cuda_elastic_free(ekv_cuda_elastic_cache *cache);
 
+/* >>abi ==================================================================== */
+
+/* The GPU through ekv.h's C ABI (see >>abi there): plain arguments, opaque handles. A
+   binding finds these symbols only in a library built with CUDA. */
+
+/* Makes `device` current and writes its name into name[size] (name may be NULL):
+   EKV_ERR_NO_DEVICE, with the reason, when there is no usable GPU or driver. */
+EKV_CUDA_DEF ekv_result ekv_cuda_abi_device(int device, char *name, size_t size);
+/* Decode attention over an ABI cache on GPU `device`: uploads the stored cache and the
+   data's q, runs ekv_cuda_attention with an automatic plan and copies out [B,H,D] back to
+   the host. Head dims and dtypes as ekv_cuda_attention allows them. */
+EKV_CUDA_DEF ekv_result ekv_cuda_abi_attention(const ekv_abi_cache *cache, int device, float *out);
+
 #ifndef EKV_NO_BENCH
 /* ======================== Part B: the benchmark ========================= */
 
@@ -292,6 +307,15 @@ EKV_CUDA_DEF ekv_result ekv_cuda_cycle_run(const ekv_config *config, ekv_report 
    array outputs [decode_tokens][layers][batch][heads][head_dim]. */
 EKV_CUDA_DEF ekv_result ekv_cuda_cycle_outputs(const ekv_config *config, ekv_variant variant,
                                                float *outputs);
+
+/* >>dispatch =============================================================== */
+
+/* This build's device side for ekv.h's ekv_run (bench/main.cu and the C ABI's benchmark):
+   ekv_cuda_run and ekv_cuda_cycle_run, of kind CUDA (EMULATOR in the emulator build). */
+EKV_CUDA_DEF const ekv_device_backend *ekv_cuda_device_backend(void);
+/* ekv_abi_bench_open (ekv.h >>abibench) with this device side: part of the C ABI. */
+EKV_CUDA_DEF ekv_result ekv_cuda_abi_bench_open(int count, const char *const *args,
+                                                ekv_abi_bench **bench);
 
 #endif /* EKV_NO_BENCH */
 
@@ -3145,6 +3169,58 @@ done:
     return result;
 }
 
+/* >>abi (implementation) ==================================================== */
+
+EKV_CUDA_DEF ekv_result ekv_cuda_abi_device(int device, char *name, size_t size)
+{
+    cudaDeviceProp prop;
+    ekv_result result = ekv_cuda_device_select(device);
+    if (result != EKV_SUCCESS || !name || size == 0) return result;
+    if ((result = EKV_CUDA__CHECK(cudaGetDeviceProperties(&prop, device))) != EKV_SUCCESS)
+        return result;
+    snprintf(name, size, "%s", prop.name);
+    return EKV_SUCCESS;
+}
+
+EKV_CUDA_DEF ekv_result ekv_cuda_abi_attention(const ekv_abi_cache *abi, int device, float *out)
+{
+    const ekv_host_cache *host = ekv_abi_cache_host(abi);
+    const ekv_data *data = ekv_abi_cache_data(abi);
+    ekv_cuda_cache cache;
+    ekv_cuda_attention_plan plan;
+    float *device_q = NULL, *device_out = NULL;
+    double scale = 0.0;
+    size_t bytes;
+    ekv_result result;
+    memset(&cache, 0, sizeof cache);
+    memset(&plan, 0, sizeof plan);
+    if (!host || !data || !out)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cuda_abi_attention: cache or out is NULL");
+    if (!ekv_cuda_supports_head_dim(host->head_dim))
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "head_dim %d: the CUDA kernels support %s (backend='cpu' takes any)",
+                             host->head_dim, EKV_CUDA_HEAD_DIMS);
+    if ((result = ekv_abi_cache_number(abi, "softmax_scale", &scale)) != EKV_SUCCESS) return result;
+    if ((result = ekv_cuda_device_select(device)) != EKV_SUCCESS) return result;
+    bytes = (size_t)data->batch * (size_t)data->heads * (size_t)data->head_dim * sizeof(float);
+    EKV_CUDA__TRY_EKV(ekv_cuda_cache_upload(host, &cache));
+    EKV_CUDA__TRY_EKV(ekv_cuda_attention_plan_make(&cache, data->heads, 0, &plan));
+    if (plan.workspace_bytes) EKV_CUDA__TRY(cudaMalloc(&plan.workspace, plan.workspace_bytes));
+    EKV_CUDA__TRY(cudaMalloc((void **)&device_q, bytes));
+    EKV_CUDA__TRY(cudaMalloc((void **)&device_out, bytes));
+    EKV_CUDA__TRY(cudaMemcpy(device_q, data->q, bytes, cudaMemcpyHostToDevice));
+    /* the scale as the CUDA backend passes it: the resolved double, as float */
+    EKV_CUDA__TRY_EKV(ekv_cuda_attention(&cache, device_q, data->heads, (float)scale, device_out,
+                                         &plan, 0));
+    EKV_CUDA__TRY(cudaMemcpy(out, device_out, bytes, cudaMemcpyDeviceToHost));
+done:
+    if (device_q) (void)cudaFree(device_q);
+    if (device_out) (void)cudaFree(device_out);
+    if (plan.workspace) (void)cudaFree(plan.workspace);
+    ekv_cuda_cache_free(&cache);
+    return result;
+}
+
 #ifndef EKV_NO_BENCH
 /* ======================== Part B: the benchmark ========================= */
 
@@ -4164,6 +4240,26 @@ EKV_CUDA_DEF ekv_result ekv_cuda_cycle_outputs(const ekv_config *c, ekv_variant 
 EKV_CUDA_DEF ekv_result ekv_cuda_cycle_run(const ekv_config *c, ekv_report *report)
 {
     return ekv_cycle_run_on(c, &ekv_cuda__cycle_backend, report);
+}
+
+/* >>dispatch (implementation) =============================================== */
+
+EKV_CUDA_DEF const ekv_device_backend *ekv_cuda_device_backend(void)
+{
+    static const ekv_device_backend device = {
+#ifdef EKV_EMULATOR_ACTIVE
+        EKV_BACKEND_EMULATOR,
+#else
+        EKV_BACKEND_CUDA,
+#endif
+        ekv_cuda_run, ekv_cuda_cycle_run};
+    return &device;
+}
+
+EKV_CUDA_DEF ekv_result ekv_cuda_abi_bench_open(int count, const char *const *args,
+                                                ekv_abi_bench **bench)
+{
+    return ekv_abi_bench_open_on(count, args, ekv_cuda_device_backend(), bench);
 }
 
 #endif /* EKV_NO_BENCH */

@@ -80,6 +80,7 @@ WORKLOAD_KEYS = (
     "seq_len", "batch", "heads", "kv_heads", "head_dim", "compression", "kv_dtype",
     "policy", "recent", "sinks", "observe", "data", "seed", "softmax_scale", "hot",
     "inference", "layers", "decode_tokens", "compress_every", "variant",
+    "gqa_mode",  # peers (bench/peers.py): enable_gqa or expanded K/V read different bytes
 )
 # keys that apply only to some workloads (see the module docstring)
 POLICY_ONLY = {"sinks": ("window", "topk"), "observe": ("topk",)}
@@ -182,6 +183,8 @@ def workload(record):
     for name, policies in POLICY_ONLY.items():
         if name in keys and keys.get("policy") not in policies:
             keys.pop(name)
+    if keys.get("gqa_mode") is None:
+        keys.pop("gqa_mode")  # ekv's own results: GQA is always read once per group
     keys["backend"] = record.get("backend")
     return keys
 

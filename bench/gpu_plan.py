@@ -117,8 +117,9 @@ CYCLE_SHAPES = {
 def cycle_sweep(mode):
     """The inference cycle, every variant, at a GPT-2-small and a Llama-3-8B shape."""
     if mode == "dry":
+        # two layers: with one, shared and int8-shared are refused (nothing to share)
         shapes = [("llama3-8b", 4, 1, 64, 64)]
-        layers, steps = 1, 2
+        layers, steps = 2, 2
     elif mode == "quick":
         shapes = [("llama3-8b",) + CYCLE_SHAPES["llama3-8b"]]
         layers, steps = 2, 16

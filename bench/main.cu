@@ -21,6 +21,12 @@
 
 #include <stdlib.h>
 #include <string.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#define bench_is_terminal(file) isatty(fileno(file))
+#else
+#define bench_is_terminal(file) 0
+#endif
 
 typedef struct bench_output {
     char *text;
@@ -92,69 +98,38 @@ static ekv_result bench_check_dir(const char *dir)
     return EKV_SUCCESS;
 }
 
+/* The device side of this build for ekv_run: CUDA (or the emulator), or none. */
 #if EKV_BENCH_HAS_CUDA
-/* --backend=auto without a usable device: the same run on the CPU backend, with the
-   reason kept in the report's notice (the CPU run resets the report and the last error).
-   work == NULL: the inference cycle. */
-static ekv_result bench_fall_back(const ekv_config *config, ekv_report *report,
-                                  const ekv_workload *work)
-{
-    static const char prefix[] = "CPU backend: ";
-    char notice[sizeof report->notice];
-    size_t n = strlen(ekv_last_error());
-    ekv_result r;
-    if (n > sizeof notice - sizeof prefix) n = sizeof notice - sizeof prefix;
-    memcpy(notice, prefix, sizeof prefix - 1);
-    memcpy(notice + sizeof prefix - 1, ekv_last_error(), n);
-    notice[sizeof prefix - 1 + n] = '\0';
-    ekv_report_free(report);
-    r = work ? ekv_cpu_run(config, work, report) : ekv_cycle_run(config, report);
-    memcpy(report->notice, notice, sizeof notice);
-    if (!config->quiet) fprintf(stderr, "ekv_bench: notice: %s\n", report->notice);
-    return r;
-}
-#endif
-
-static ekv_result bench_run_one(const ekv_config *config, ekv_report *report)
-{
-    ekv_workload work;
-    ekv_result r;
-    ekv_backend backend = config->backend;
-    /* --inference: the decode cycle (it builds its own model) instead of one attention */
-    if (config->inference) {
-#if EKV_BENCH_HAS_CUDA
-        if (backend != EKV_BACKEND_CPU) {
-            r = ekv_cuda_cycle_run(config, report);
-            if (r == EKV_ERR_NO_DEVICE && backend == EKV_BACKEND_AUTO)
-                r = bench_fall_back(config, report, NULL);
-            return r;
-        }
-#endif
-        return ekv_cycle_run(config, report);
-    }
-    r = ekv_workload_prepare(config, &work);
-    if (r != EKV_SUCCESS) return r;
-#if EKV_BENCH_HAS_CUDA
-    if (backend != EKV_BACKEND_CPU) {
-        r = ekv_cuda_run(config, &work, report);
-        if (r == EKV_ERR_NO_DEVICE && backend == EKV_BACKEND_AUTO)
-            r = bench_fall_back(config, report, &work);
-    } else {
-        r = ekv_cpu_run(config, &work, report);
-    }
+#define BENCH_DEVICE ekv_cuda_device_backend()
 #else
-    (void)backend;
-    r = ekv_cpu_run(config, &work, report);
+#define BENCH_DEVICE NULL
 #endif
-    ekv_workload_free(&work);
-    return r;
-}
 
 static void bench_describe(const ekv_config *c, char *out, size_t size)
 {
-    snprintf(out, size, "batch=%d seq=%d heads=%d kv-heads=%d dim=%d %s %s C=%d", c->batch,
-             c->seq_len, c->heads, c->kv_heads, c->head_dim,
-             ekv_dtype_name(c->kv_dtype), ekv_policy_name(c->policy), c->compression);
+    int n = snprintf(out, size, "batch=%d seq=%d heads=%d kv-heads=%d dim=%d %s %s C=%d", c->batch,
+                     c->seq_len, c->heads, c->kv_heads, c->head_dim,
+                     ekv_dtype_name(c->kv_dtype), ekv_policy_name(c->policy), c->compression);
+    if (c->inference && n > 0 && (size_t)n < size)
+        snprintf(out + n, size - (size_t)n, " --inference %s layers=%d steps=%d",
+                 ekv_variant_name(c->variant), c->layers, c->decode_tokens);
+}
+
+/* What a print function writes, appended to `o` (through a temporary file, so that the
+   text output is buffered like JSON and written only when every run succeeded). */
+static void bench_capture(bench_output *o, const ekv_report *report, const ekv_summary *summary,
+                          ekv_output_format format)
+{
+    FILE *tmp = tmpfile();
+    FILE *to = tmp ? tmp : stdout;
+    char chunk[4096];
+    size_t n;
+    if (report) ekv_report_print_table(report, to);
+    else ekv_summary_print(summary, format, to);
+    if (!tmp) return;
+    rewind(tmp);
+    while ((n = fread(chunk, 1, sizeof chunk, tmp)) > 0) bench_append(o, chunk, n);
+    fclose(tmp);
 }
 
 static int bench_write_file(const char *path, const char *text, size_t n, const char *mode)
@@ -170,28 +145,13 @@ int main(int argc, char **argv)
 {
     ekv_cli cli;
     bench_output out_text, jsonl_text;
+    ekv_progress_meter meter;
+    ekv_summary summary;
     size_t i;
-    double start;
     ekv_result r = ekv_cli_parse(argc, argv, &cli, stdout);
     if (r == EKV_HELP_SHOWN) return 0;
     if (r != EKV_SUCCESS) return bench_fail(r);
-#if !EKV_BENCH_HAS_CUDA
-    if (cli.base.backend == EKV_BACKEND_CUDA || cli.base.backend == EKV_BACKEND_EMULATOR)
-        return bench_fail(ekv_set_error(EKV_ERR_UNSUPPORTED,
-                                        "--backend=%s: this binary was built without CUDA; "
-                                        "allowed: auto, cpu (build with nvcc for cuda)",
-                                        ekv_backend_name(cli.base.backend)));
-#elif defined(EKV_EMULATOR_ACTIVE)
-    if (cli.base.backend == EKV_BACKEND_CUDA)
-        return bench_fail(ekv_set_error(EKV_ERR_UNSUPPORTED,
-                                        "--backend=cuda: this is the emulator build; allowed: "
-                                        "auto, emulator, cpu"));
-#else
-    if (cli.base.backend == EKV_BACKEND_EMULATOR)
-        return bench_fail(ekv_set_error(EKV_ERR_UNSUPPORTED,
-                                        "--backend=emulator: the emulator is a test build "
-                                        "(make emu); allowed: auto, cuda, cpu"));
-#endif
+    if ((r = ekv_run_check(&cli.base, BENCH_DEVICE)) != EKV_SUCCESS) return bench_fail(r);
     if (cli.base.out_path[0] && (r = bench_check_writable("--out", cli.base.out_path)) != EKV_SUCCESS)
         return bench_fail(r);
     if (cli.base.jsonl_path[0] &&
@@ -202,32 +162,36 @@ int main(int argc, char **argv)
 
     memset(&out_text, 0, sizeof out_text);
     memset(&jsonl_text, 0, sizeof jsonl_text);
-    start = ekv_time_ms();
+    ekv_summary_init(&summary);
+    /* progress on stderr, through the timing loop of whichever backend runs */
+    ekv_progress_meter_init(&meter, cli.base.quiet ? NULL : stderr, "ekv_bench",
+                            bench_is_terminal(stderr), cli.run_count, ekv_time_ms());
+    if (!cli.base.quiet) ekv_progress_set_handler(ekv_progress_meter_handler, &meter);
     for (i = 0; i < cli.run_count; i++) {
         ekv_config config;
         ekv_report report;
         char what[256];
         ekv_cli_config(&cli, i, &config);
         bench_describe(&config, what, sizeof what);
-        if (cli.run_count > 1 && !config.quiet) {
-            double elapsed = (ekv_time_ms() - start) * 1e-3;
-            if (i > 0)
-                fprintf(stderr, "[%zu/%zu] %s  (%.0f s elapsed, about %.0f s left)\n", i + 1,
-                        cli.run_count, what, elapsed, elapsed / (double)i * (double)(cli.run_count - i));
-            else
-                fprintf(stderr, "[%zu/%zu] %s\n", i + 1, cli.run_count, what);
-        }
-        memset(&report, 0, sizeof report);
-        r = bench_run_one(&config, &report);
+        ekv_progress_meter_run(&meter, i, what, ekv_time_ms());
+        r = ekv_run(&config, BENCH_DEVICE, &report);
+        if (r == EKV_SUCCESS && report.notice[0] && !config.quiet && BENCH_DEVICE &&
+            config.backend == EKV_BACKEND_AUTO && report.backend == EKV_BACKEND_CPU)
+            fprintf(stderr, "ekv_bench: notice: %s\n", report.notice); /* fell back */
+        if (r == EKV_SUCCESS && !config.json && config.format != EKV_FORMAT_DETAIL)
+            r = ekv_summary_add(&summary, &report);
         if (r != EKV_SUCCESS) {
             int status;
+            ekv_progress_meter_end(&meter, ekv_time_ms());
             if (cli.run_count > 1) fprintf(stderr, "ekv_bench: failed at %s\n", what);
             status = bench_fail(r);
             ekv_report_free(&report);
+            ekv_summary_free(&summary);
             free(out_text.text);
             free(jsonl_text.text);
             return status;
         }
+        ekv_progress_meter_update(&meter, 1.0, ekv_time_ms());
         if (config.json || config.jsonl_path[0]) {
             ekv_json json;
             ekv_json_init(&json, 0);
@@ -247,23 +211,17 @@ int main(int argc, char **argv)
             }
             ekv_json_free(&json);
         }
-        if (!config.json) {
-            /* the table goes through a temporary file so it can be buffered like JSON */
-            FILE *tmp = tmpfile();
-            if (tmp) {
-                char chunk[4096];
-                size_t n;
-                if (i > 0) bench_append(&out_text, "\n", 1);
-                ekv_report_print_table(&report, tmp);
-                rewind(tmp);
-                while ((n = fread(chunk, 1, sizeof chunk, tmp)) > 0) bench_append(&out_text, chunk, n);
-                fclose(tmp);
-            } else {
-                ekv_report_print_table(&report, stdout);
-            }
+        if (!config.json && config.format == EKV_FORMAT_DETAIL) {
+            if (i > 0) bench_append(&out_text, "\n", 1);
+            bench_capture(&out_text, &report, NULL, config.format);
         }
         ekv_report_free(&report);
     }
+    ekv_progress_meter_end(&meter, ekv_time_ms());
+    ekv_progress_set_handler(NULL, NULL);
+    if (!cli.base.json && cli.base.format != EKV_FORMAT_DETAIL)
+        bench_capture(&out_text, NULL, &summary, cli.base.format);
+    ekv_summary_free(&summary);
     if (cli.base.jsonl_path[0] &&
         bench_write_file(cli.base.jsonl_path, jsonl_text.text ? jsonl_text.text : "",
                          jsonl_text.length, "ab") != 0)

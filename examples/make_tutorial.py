@@ -1,7 +1,9 @@
 """make_tutorial.py - writes examples/ekv_tutorial.ipynb, the ekv tutorial notebook.
 
 The notebook is generated so that its source can be reviewed here as plain Python; edit
-this file, never the .ipynb, and regenerate. It is written with outputs cleared.
+this file, never the .ipynb, and regenerate. It is written with outputs cleared. It runs
+ekv in process through the Python module (`pip install .` from the checkout), with no
+subprocess and no build step. Notebook, the writer, is shared with make_own_data.py.
 
     .venv/bin/python examples/make_tutorial.py            # rewrites examples/ekv_tutorial.ipynb
     .venv/bin/python examples/make_tutorial.py OUT.ipynb  # writes it elsewhere
@@ -16,15 +18,34 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-CELLS = []
+class Notebook:
+    """Cells in order, written with stable ids and no outputs."""
+
+    def __init__(self):
+        self.cells = []
+
+    def md(self, text):
+        self.cells.append(new_markdown_cell(text.strip("\n")))
+
+    def code(self, text):
+        self.cells.append(new_code_cell(text.strip("\n")))
+
+    def write(self, target):
+        notebook = new_notebook(cells=self.cells)
+        notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                           "language": "python"}
+        notebook.metadata["language_info"] = {"name": "python"}
+        # stable cell ids, so that regenerating an unchanged notebook changes nothing
+        for index, cell in enumerate(notebook.cells):
+            cell["id"] = f"cell-{index:02d}"
+        nbformat.validate(notebook)
+        nbformat.write(notebook, str(target))
+        print(f"wrote {target} ({len(self.cells)} cells)")
 
 
-def md(text):
-    CELLS.append(new_markdown_cell(text.strip("\n")))
-
-
-def code(text):
-    CELLS.append(new_code_cell(text.strip("\n")))
+TUTORIAL = Notebook()
+md = TUTORIAL.md
+code = TUTORIAL.code
 
 
 # ---------------------------------------------------------------------------------------
@@ -32,10 +53,13 @@ def code(text):
 md(r"""
 # ekv tutorial: an elastic KV cache for LLM decode, measured honestly
 
-This notebook builds `ekv_bench`, runs a small sweep of cache compression policies and
-storage dtypes, and reads the results: speed, accuracy and memory bandwidth. It runs on a
-GPU when one is visible and otherwise on ekv's CPU backend, whose timings are CPU timings
-(they show the method and the accuracy, which is the same on both, not GPU speed).
+This notebook runs ekv in process through its Python module (`import ekv`: the same code
+as `ekv_bench`, called through ekv's C ABI), sweeps cache compression policies and
+storage dtypes, reads the results (speed, accuracy, memory bandwidth), and looks inside
+one stored cache. It runs on a GPU when ekv was built with CUDA and one is visible, and
+otherwise on ekv's CPU backend, whose timings are CPU timings (they show the method and
+the accuracy, which is the same on both, not GPU speed). Install the module first, from
+the repository: `pip install .` (it builds ekv's library from the headers).
 
 ## What the KV cache is
 
@@ -117,17 +141,13 @@ against three references:
 md(r"""
 ## Set-up
 
-The repository root is `$EKV_ROOT` if set, otherwise the first directory above the
-working directory that holds `ekv.h`. Build outputs go to `$BUILD/tutorial` (default
-`build/tutorial`) under the root. `EKV_TUTORIAL_FAST=1` runs a smaller sweep (the tests
-use it).
+`EKV_TUTORIAL_FAST=1` runs a smaller sweep (the tests use it). The results are also
+written as JSON lines under `$BUILD/tutorial` (default `build/tutorial`) of the checkout
+when the notebook runs inside one, for the command-line tools at the end.
 """)
 
 code(r"""
-import json
 import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -136,81 +156,32 @@ from matplotlib.ticker import FuncFormatter
 import numpy as np
 import pandas as pd
 
+import ekv
+
 FAST = os.environ.get("EKV_TUTORIAL_FAST") == "1"
-
-
-def find_root():
-    if os.environ.get("EKV_ROOT"):
-        root = Path(os.environ["EKV_ROOT"]).expanduser().resolve()
-        if not (root / "ekv.h").is_file():
-            raise FileNotFoundError(f"EKV_ROOT={root} holds no ekv.h")
-        return root
-    here = Path.cwd().resolve()
-    for directory in [here, *here.parents]:
-        if (directory / "ekv.h").is_file() and (directory / "bench" / "main.cu").is_file():
-            return directory
-    raise FileNotFoundError(f"no ekv checkout (ekv.h, bench/main.cu) at or above {here}; "
-                            "set EKV_ROOT to the repository root")
-
-
-ROOT = find_root()
-BUILD = ROOT / os.environ.get("BUILD", "build") / "tutorial"
-BUILD.mkdir(parents=True, exist_ok=True)
-print(f"ekv checkout: {ROOT}\nbuild dir:    {BUILD}\nfast mode:    {FAST}")
-""")
-
-md(r"""
-## Build `ekv_bench`
-
-With `nvcc` on the path and a GPU that `nvidia-smi -L` lists, the CUDA build
-(`nvcc -O3 -o ekv_bench bench/main.cu -lcublas`: cuBLAS, part of the CUDA toolkit, runs
-the inference cycle's projections); otherwise the CPU backend, built as C++
-(`c++ -O2 -x c++ -o ekv_bench bench/main.cu`). Both are the one-command builds of the
-README. The binary is rebuilt only when a source is newer.
-""")
-
-code(r"""
-def gpu_visible():
-    if shutil.which("nvidia-smi") is None:
-        return False
-    try:
-        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=60).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-USE_NVCC = shutil.which("nvcc") is not None and gpu_visible()
-MAIN = ROOT / "bench" / "main.cu"
-BENCH = BUILD / ("ekv_bench_cuda" if USE_NVCC else "ekv_bench_cpu")
-CUDA_BUILD = ["nvcc", "-O3", "-o", "{binary}", "{source}", "-lcublas"]
-CPU_BUILD = ["c++", "-O2", "-x", "c++", "-o", "{binary}", "{source}"]
-command = [word.format(binary=BENCH, source=MAIN) for word in (CUDA_BUILD if USE_NVCC else CPU_BUILD)]
-
-sources = [MAIN, ROOT / "ekv.h", *ROOT.glob("ekv_cuda.cuh")]
-newest = max(path.stat().st_mtime for path in sources)
-if BENCH.exists() and BENCH.stat().st_mtime >= newest:
-    print(f"up to date: {BENCH}")
-else:
-    print("$", " ".join(command))
-    start = time.time()
-    built = subprocess.run(command, capture_output=True, text=True)
-    if built.returncode != 0:
-        print(built.stdout, built.stderr)
-        raise RuntimeError(f"the build failed with exit status {built.returncode}")
-    print(f"built in {time.time() - start:.0f} s")
-print(subprocess.run([str(BENCH), "--version"], capture_output=True, text=True).stdout.strip())
+GPU = ekv.gpu_available()
+here = Path.cwd().resolve()
+root = next((d for d in [here, *here.parents] if (d / "ekv.h").is_file()), here)
+OUT = root / os.environ.get("BUILD", "build") / "tutorial"
+OUT.mkdir(parents=True, exist_ok=True)
+info = ekv.build_info()
+print(f"ekv {ekv.__version__} (C ABI {ekv.ABI_VERSION}): {info['library']}")
+print(f"built with CUDA: {info['cuda']}   GPU: {ekv.gpu_name() if GPU else 'none, the CPU backend runs'}")
+print(f"fast mode: {FAST}   results: {OUT}")
 """)
 
 md(r"""
 ## A sweep
 
-A comma list on a workload flag sweeps the cartesian product: here sequence lengths x
-compression ratios x policies x storage dtypes, one result each. `--paired-baseline`
-interleaves every candidate's timing samples with those of the uncompressed cache (C = 1;
-in f16 for the int8 candidates, so that a quantized cache is compared with what it
-replaces) and reports the ratio of medians with a bootstrap 95% CI. `--policy=none` needs
-C = 1, so it is left out of a list that has C > 1; stride, pool, window and topk at C = 1
-are all the uncompressed cache.
+`ekv.bench` takes `ekv_bench`'s flags as keywords (`kv_dtype="int8"` is
+`--kv-dtype=int8`; `ekv.bench_help()` lists them) and a list sweeps a flag: here sequence
+lengths x compression ratios x policies x storage dtypes, one result each, with a
+progress bar when tqdm is installed. `paired_baseline=True` interleaves every
+candidate's timing samples with those of the uncompressed cache (C = 1; in f16 for the
+int8 candidates, so that a quantized cache is compared with what it replaces) and
+reports the ratio of medians with a bootstrap 95% CI. Policy `none` needs C = 1, so it is
+left out of a list that has C > 1; stride, pool, window and topk at C = 1 are all the
+uncompressed cache.
 
 The sizes are small on the CPU so that the sweep takes well under a minute; with a GPU
 they are GPU-sized.
@@ -218,84 +189,45 @@ they are GPU-sized.
 
 code(r"""
 if FAST:
-    sweep = dict(seq="128,256", compress="1,2,4", reps=3, warmup=0, inner_loops=1)
-elif USE_NVCC:
-    sweep = dict(seq="1024,4096,16384,65536", compress="1,2,4,8", reps=50, warmup=5, inner_loops=16)
+    sweep = dict(seq=[128, 256], compress=[1, 2, 4], reps=3, warmup=0, inner_loops=1)
+elif GPU:
+    sweep = dict(seq=[1024, 4096, 16384, 65536], compress=[1, 2, 4, 8], reps=50, warmup=5, inner_loops=16)
 else:
-    sweep = dict(seq="256,512,1024", compress="1,2,4", reps=5, warmup=1, inner_loops=2)
+    sweep = dict(seq=[256, 512, 1024], compress=[1, 2, 4], reps=5, warmup=1, inner_loops=2)
 
-RESULTS = BUILD / "sweep.jsonl"
-RESULTS.unlink(missing_ok=True)  # --jsonl appends
-arguments = [
-    str(BENCH),
-    f"--seq={sweep['seq']}",
-    f"--compress={sweep['compress']}",
-    "--policy=stride,pool,window,topk",
-    "--kv-dtype=f16,int8",
-    f"--reps={sweep['reps']}",
-    f"--warmup={sweep['warmup']}",
-    f"--inner_loops={sweep['inner_loops']}",
-    "--paired-baseline",
-    f"--jsonl={RESULTS}",
-    "--label=tutorial",
-    "--quiet",
-]
-print("$", " ".join(arguments))
+RESULTS = OUT / "sweep.jsonl"
+RESULTS.unlink(missing_ok=True)  # jsonl= appends
 start = time.time()
-run = subprocess.run(arguments, capture_output=True, text=True)
-if run.returncode != 0:
-    print(run.stderr)
-    raise RuntimeError(f"ekv_bench failed with exit status {run.returncode}")
-lines = RESULTS.read_text().splitlines()
-print(f"{len(lines)} results in {time.time() - start:.1f} s -> {RESULTS}")
-print("the first one as ekv_bench prints it without --json:\n")
-print(run.stdout.split("\n\n")[0])
+df = ekv.bench(policy=["stride", "pool", "window", "topk"], kv_dtype=["f16", "int8"],
+               paired_baseline=True, label="tutorial", jsonl=RESULTS, **sweep)
+print(f"{len(df)} results in {time.time() - start:.1f} s (also in {RESULTS})")
 """)
 
 md(r"""
-## Load the results
+## The results
 
-Each line is one JSON object; `pandas.json_normalize` flattens the nesting into dotted
-column names (`results.speedup_vs_baseline`, `accuracy.error_total.rel_l2`, ...). A few
-short names make the plots readable.
+One row per result, with short column names that are the same in every ekv release
+(`ekv.columns()` lists each with the JSON key it comes from): the workload columns are
+named as the keywords that set them (`seq`, `compress`, `kv_dtype`, `policy`), then the
+median time and its CI, bytes and bandwidth, the paired speedup, and the three errors.
+The raw timing samples are kept too (`samples_ms`). `ekv.bench(..., raw=True)` returns the
+JSON objects themselves.
 """)
 
 code(r"""
-records = [json.loads(line) for line in lines if line.strip()]
-raw = pd.json_normalize(records)
-names = {
-    "configuration.seq_len": "seq",
-    "configuration.compression": "C",
-    "configuration.policy": "policy",
-    "configuration.kv_dtype": "dtype",
-    "baseline.kv_dtype": "baseline_dtype",
-    "results.attention_time_ms": "time_ms",
-    "results.speedup_vs_baseline": "speedup",
-    "baseline.speedup_ci95.lo": "speedup_lo",
-    "baseline.speedup_ci95.hi": "speedup_hi",
-    "results.memory_bandwidth_gbs": "bandwidth_gbs",
-    "metrics.bytes_total": "bytes",
-    "metrics.peak_bw_measured_gbs": "peak_measured_gbs",
-    "metrics.peak_bw_theoretical_gbs": "peak_theoretical_gbs",
-    "accuracy.error_total.rel_l2": "error_total",
-    "accuracy.error_compression.rel_l2": "error_compression",
-    "accuracy.error_kernel.rel_l2": "error_kernel",
-    "accuracy.data.attention_entropy": "entropy",
-    "accuracy.data.top5pct_mass": "top5_mass",
-}
-df = raw.rename(columns=names)[["backend", "gpu.name", *names.values()]]
-df = df.astype({"peak_theoretical_gbs": float, "peak_measured_gbs": float})
-print(f"backend: {df.backend.iloc[0]}   device: {df['gpu.name'].iloc[0]}")
+print(f"backend: {df.backend.iloc[0]}   device: {df.device.iloc[0]}")
 print(f"data: attention entropy {df.entropy.mean():.2f} nats, "
       f"top-5% of tokens hold {df.top5_mass.mean():.0%} of the attention mass")
-df.drop(columns=["backend", "gpu.name", "entropy", "top5_mass"]).head(8)
+shown = ["seq", "compress", "policy", "kv_dtype", "time_ms", "speedup", "speedup_lo", "speedup_hi",
+         "bandwidth_gbs", "error_total", "error_compression", "error_kernel"]
+df[shown].head(8)
 """)
 
 md(r"""
 ## Speed: speedup vs compression ratio
 
 The speedup is median(baseline samples) / median(candidate samples) from the paired,
-interleaved timing; the error bars are its bootstrap 95% CI (`baseline.speedup_ci95`). At
+interleaved timing; the error bars are its bootstrap 95% CI (`speedup_lo`, `speedup_hi`). At
 the longest sequence of the sweep, one panel per storage dtype. On a GPU the speedup
 follows the bytes: close to C for f16, and about 2C for int8 against the f16 baseline,
 until launch overhead dominates small caches. On the CPU backend the picture is noisier
@@ -311,18 +243,18 @@ def log2_axis(ax, values):
 
 longest = df.seq.max()
 part = df[df.seq == longest]
-dtypes = sorted(part.dtype.unique())
+dtypes = sorted(part.kv_dtype.unique())
 fig, axes = plt.subplots(1, len(dtypes), figsize=(5.5 * len(dtypes), 4), sharey=True, squeeze=False)
 for ax, dtype in zip(axes[0], dtypes):
-    rows = part[part.dtype == dtype]
+    rows = part[part.kv_dtype == dtype]
     for i, (policy, g) in enumerate(rows.groupby("policy")):
-        g = g.sort_values("C")
+        g = g.sort_values("compress")
         shift = 2 ** (0.04 * (i - 1.5))  # side by side, so the bars do not hide each other
         below = np.clip(g.speedup - g.speedup_lo, 0, None)
         above = np.clip(g.speedup_hi - g.speedup, 0, None)
-        ax.errorbar(g.C * shift, g.speedup, yerr=[below, above], marker="o", capsize=3, label=policy)
+        ax.errorbar(g.compress * shift, g.speedup, yerr=[below, above], marker="o", capsize=3, label=policy)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    log2_axis(ax, rows.C.unique())
+    log2_axis(ax, rows.compress.unique())
     # ratios on a log scale; the range follows the medians, so that one wide CI from a
     # handful of samples does not flatten the rest
     ax.set_yscale("log", base=2)
@@ -339,7 +271,7 @@ plt.show()
 md(r"""
 ## Accuracy: error vs compression ratio
 
-`error_total.rel_l2` on a log scale, one panel per dtype. At C = 1 every policy is the
+`error_total` (its relative L2) on a log scale, one panel per dtype. At C = 1 every policy is the
 full cache and the error is the dtype's rounding alone; as C grows, the policy decides.
 On the structured data (attention sinks, recency, heavy hitters: the default `--data`)
 topk holds up far better than stride and window, which drop tokens without looking at
@@ -350,15 +282,15 @@ numbers on a GPU.
 code(r"""
 fig, axes = plt.subplots(1, len(dtypes), figsize=(5.5 * len(dtypes), 4), sharey=True, squeeze=False)
 for ax, dtype in zip(axes[0], dtypes):
-    rows = part[part.dtype == dtype]
+    rows = part[part.kv_dtype == dtype]
     for policy, g in rows.groupby("policy"):
-        g = g.sort_values("C")
-        ax.plot(g.C, g.error_total, marker="o", label=policy)
+        g = g.sort_values("compress")
+        ax.plot(g.compress, g.error_total, marker="o", label=policy)
     ax.set_yscale("log")
-    log2_axis(ax, rows.C.unique())
+    log2_axis(ax, rows.compress.unique())
     ax.set_title(f"{dtype}, seq {longest}")
     ax.set_xlabel("compression ratio C")
-axes[0][0].set_ylabel("error_total.rel_l2")
+axes[0][0].set_ylabel("error_total (rel_l2)")
 axes[0][-1].legend(title="policy", loc="upper left", bbox_to_anchor=(1.02, 1))
 fig.tight_layout()
 plt.show()
@@ -373,8 +305,8 @@ would have failed the run instead of reporting it.
 
 code(r"""
 shown = "int8" if "int8" in dtypes else dtypes[0]
-table = part[part.dtype == shown].pivot_table(
-    index=["policy", "C"], values=["error_total", "error_compression", "error_kernel"])
+table = part[part.kv_dtype == shown].pivot_table(
+    index=["policy", "compress"], values=["error_total", "error_compression", "error_kernel"])
 print(f"{shown}, seq {longest}: rel_l2")
 print(table[["error_total", "error_compression", "error_kernel"]].to_string(float_format="{:.3e}".format))
 """)
@@ -382,7 +314,7 @@ print(table[["error_total", "error_compression", "error_kernel"]].to_string(floa
 md(r"""
 ## Bandwidth vs sequence length
 
-`results.memory_bandwidth_gbs` = bytes the kernel reads (K, V, scales, pool bias, q, out,
+`bandwidth_gbs` = bytes the kernel reads (K, V, scales, pool bias, q, out,
 split partials) / median time, 1 GB = 1e9 bytes. The dashed lines are the peaks the run
 measured (a device-to-device copy, or `memcpy` on the CPU, counting read + written bytes)
 and, when the device reports it, the theoretical one (memory clock x bus width; the CPU
@@ -393,7 +325,7 @@ enough bytes to hide the launch cost; long ones should approach the measured pea
 code(r"""
 rows = df[df.policy == "stride"]
 fig, ax = plt.subplots(figsize=(7, 4.2))
-for (dtype, c), g in rows.groupby(["dtype", "C"]):
+for (dtype, c), g in rows.groupby(["kv_dtype", "compress"]):
     g = g.sort_values("seq")
     ax.plot(g.seq, g.bandwidth_gbs, marker="o", label=f"{dtype} C={c}")
 measured = df.peak_measured_gbs.dropna()
@@ -417,6 +349,48 @@ plt.show()
 """)
 
 md(r"""
+## Inside a stored cache
+
+The sweep's numbers come from caches that can be opened up. `ekv.generate` makes the
+same seeded data `ekv_bench` uses (here one sequence, 2 KV heads for 8 query heads, 512
+tokens), `ekv.compress` stores it, and the result says which original tokens each slot
+holds (`token_mask()`, `slot_first`, `slot_count`), its dequantized K and V, and its bytes.
+Below, for one KV head at C = 8: the attention the decode query actually pays to each
+token (from the double reference) and, per policy, the tokens the cache still holds.
+topk keeps the heavy hitters wherever they are; window keeps the sinks and the newest
+tokens; stride keeps every eighth token blindly; pool keeps a trace of all of them in
+merged slots (its error comes from the averaging instead).
+""")
+
+code(r"""
+data = ekv.generate(seq=512, heads=8, kv_heads=2, seed=1)
+head = 0
+q, k = data.q[0].astype(np.float64), data.k[0, head].astype(np.float64)
+logits = k @ q[:4].T / np.sqrt(k.shape[1])        # the 4 query heads that read KV head 0
+weights = np.exp(logits - logits.max(axis=0))
+weights = (weights / weights.sum(axis=0)).mean(axis=1)
+policies = ["stride", "pool", "window", "topk"]
+fig, (ax_w, ax_k) = plt.subplots(2, 1, figsize=(10, 4.5), sharex=True,
+                                 gridspec_kw={"height_ratios": [1.2, 1]})
+ax_w.plot(weights, lw=0.8, color="black")
+ax_w.set_yscale("log")
+ax_w.set_ylabel("attention weight")
+ax_w.set_title("KV head 0, seq 512: attention per token, and the tokens each policy keeps at C = 8")
+for row, policy in enumerate(policies):
+    cache = data.compress(kv_dtype="int8", policy=policy, compress=8)
+    kept = np.nonzero(cache.token_mask()[0, head])[0]
+    ax_k.scatter(kept, np.full(kept.size, row), marker="|", s=60)
+    error = data.attention(kv_dtype="int8", policy=policy, compress=8).error_total.rel_l2
+    print(f"{policy:7s} {cache.lengths[0]} slots, {cache.bytes['total'] / 1024:.1f} KiB "
+          f"(of {cache.bytes['uncompressed'] / 1024:.1f}), error_total {error:.3f}")
+ax_k.set_yticks(range(len(policies)), policies)
+ax_k.set_ylim(-0.6, len(policies) - 0.4)
+ax_k.set_xlabel("token")
+fig.tight_layout()
+plt.show()
+""")
+
+md(r"""
 ## The same from the command line
 
 `bench/plot.py` draws these figures from a results file, and `bench/compare.py` judges
@@ -430,15 +404,16 @@ that the same binary run twice on a busy machine is not reported as a change):
     .venv/bin/python bench/plot.py bandwidth build/tutorial/sweep.jsonl -o bandwidth.png
     .venv/bin/python bench/compare.py before.jsonl after.jsonl
 
-To try your own model's data, save q, k and v of one layer as `.npz` (see
-`examples/own_data.c` for a snippet) and pass `--data=layer.npz` to `ekv_bench`.
+To try your own model's data, `examples/ekv_own_data.ipynb` takes one layer's q, k and v
+(saved with numpy) through every policy and dtype; `ekv.bench(data="layer.npz", ...)`
+and `ekv_bench --data=layer.npz` time them.
 """)
 
 md(r"""
 ## The inference cycle: a whole decode loop
 
-One attention pass says little about a decode loop. `--inference` runs `--decode_tokens`
-sequential steps over `--layers` layers: per layer, project the new token's hidden
+One attention pass says little about a decode loop. `inference=True` runs `decode_tokens`
+sequential steps over `layers` layers: per layer, project the new token's hidden
 vector to q, k, v (seeded weights), append k and v to the cache, attend, and every N
 steps (the compression ratio, or `--compress-every`) compress the tokens older than the
 recent window. The variants are those of the nanoGPT benchmark: v0 `nocache` (recompute
@@ -447,26 +422,21 @@ v2 `int8`, v3 `shared` (pairs of layers share one cache), v4 `int8-shared`, and
 `elastic` (`--policy`, `--compress`). Inputs are synthetic and there is no MLP, so these
 are the attention-side costs of a decode loop, not a model's tokens per second.
 
-Each result's `inference_cycle.series` has one point per step: its latency and the KV
-cache size as the context grows.
+Each row's `cycle_series` has one point per step: its latency and the KV cache size as
+the context grows.
 """)
 
 code(r"""
 variants = ["nocache", "cache", "int8", "shared", "int8-shared", "elastic"]
 steps = 16 if FAST else 64
-cycle = subprocess.run([str(BENCH), "--inference", "--variant=" + ",".join(variants),
-                        "--seq=128", f"--decode_tokens={steps}", "--layers=2", "--heads=8",
-                        "--kv-heads=2", "--dim=64", "--policy=window", "--compress=4",
-                        "--reps=3", "--warmup=1", "--json", "--quiet"],
-                       capture_output=True, text=True, check=True)
-cycles = [json.loads(line) for line in cycle.stdout.splitlines()]
+cycles = ekv.bench(inference=True, variant=variants, seq=128, decode_tokens=steps, layers=2,
+                   heads=8, kv_heads=2, dim=64, policy="window", compress=4, reps=3, warmup=1)
 print(f"{len(cycles)} cycle results")
 fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
-for result in cycles:
-    c = result["inference_cycle"]
-    series = pd.DataFrame(c["series"])
-    ax_t.plot(series["context_len"], series["latency_ms"], marker=".", label=c["variant"])
-    ax_m.plot(series["context_len"], series["kv_cache_bytes"] / 2**20, marker=".", label=c["variant"])
+for _, row in cycles.iterrows():
+    series = pd.DataFrame(row.cycle_series)
+    ax_t.plot(series["context_len"], series["latency_ms"], marker=".", label=row.variant)
+    ax_m.plot(series["context_len"], series["kv_cache_bytes"] / 2**20, marker=".", label=row.variant)
 # nocache recomputes every token's k and v each step: orders of magnitude slower than
 # the cached variants, which a linear axis would squash to zero
 ax_t.set_yscale("log")
@@ -476,26 +446,13 @@ ax_t.set_title("latency vs T"); ax_m.set_title("memory vs T")
 ax_m.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
 plt.tight_layout()
 plt.show()
-summary = pd.DataFrame([{"variant": r["inference_cycle"]["variant"],
-                         "tokens/s": r["inference_cycle"]["tokens_per_sec"],
-                         "KV bytes": r["inference_cycle"]["memory"]["kv_cache_bytes"]}
-                        for r in cycles])
-summary
+cycles[["variant", "cycle_total_ms", "cycle_tokens_per_sec", "cycle_kv_cache_bytes"]]
 """)
 
 def main():
     # an explicit target lets the tests check that the committed notebook is up to date
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "ekv_tutorial.ipynb"
-    notebook = new_notebook(cells=CELLS)
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    notebook.metadata["language_info"] = {"name": "python"}
-    # stable cell ids, so that regenerating an unchanged notebook changes nothing
-    for index, cell in enumerate(notebook.cells):
-        cell["id"] = f"cell-{index:02d}"
-    nbformat.validate(notebook)
-    nbformat.write(notebook, str(target))
-    print(f"wrote {target} ({len(CELLS)} cells)")
+    TUTORIAL.write(target)
     return 0
 
 

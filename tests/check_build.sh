@@ -34,9 +34,29 @@ check "ekv_cuda.cuh: two translation units run" "$B/two_tu_cuda"
 # the README's one-line builds, exactly as written there (output path aside)
 check "README: c++ -O2 -x c++ -o ekv_bench bench/main.cu" c++ -O2 -x c++ -o "$B/ekv_bench" bench/main.cu
 check "the CPU build runs" "$B/ekv_bench" --seq=64 --reps=3 --warmup=0 --inner_loops=1 --quiet
+# build identity (build.* of every result): what the compiler says, and the strings a
+# build passes; the one-line build passes none
+identity() { # BINARY EXPECTED-PYTHON-CONDITION
+  "$1" --seq=64 --reps=3 --warmup=0 --inner_loops=1 --quiet --json |
+    python3 -c "import json, sys; b = json.load(sys.stdin)['build']; sys.exit(0 if ($2) else print(b) or 1)"
+}
+check "README build: build.compiler gcc or clang with its version, optimized, no flags or commit" \
+  identity "$B/ekv_bench" "b['compiler'].split()[0] in ('gcc', 'clang') and b['compiler'].split()[1][0].isdigit() and b['optimized'] is True and b['flags'] is None and b['git_commit'] is None"
+printf '#define EKV_IMPLEMENTATION\n#include "ekv.h"\nint main(void){ekv_build_info b = ekv_build_info_get(); printf("%%s|%%d|%%s|%%s\\n", b.compiler, b.optimized, b.flags ? b.flags : "(null)", b.git_commit ? b.git_commit : "(null)"); return 0;}\n' > "$B/identity.c"
+check "build identity: -O0 and the strings given with -DEKV_BUILD_FLAGS and -DEKV_GIT_COMMIT" sh -c "
+  gcc -std=c99 -O0 -DEKV_BUILD_FLAGS='\"-O0 -g\"' -DEKV_GIT_COMMIT='\"0123abcd-dirty\"' -I. '$B/identity.c' -o '$B/identity_gcc' -lm &&
+  '$B/identity_gcc' | grep -qx \"gcc [0-9][0-9.]*|0|-O0 -g|0123abcd-dirty\""
+if command -v clang >/dev/null; then
+  check "build identity: clang and its version" sh -c "
+    clang -std=c99 -O2 -I. '$B/identity.c' -o '$B/identity_clang' -lm &&
+    '$B/identity_clang' | grep -qx 'clang [0-9][0-9.]*|1|(null)|(null)'"
+fi
 NVCC=${NVCC:-$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)}
 if [ -x "$NVCC" ]; then
   check "README: nvcc -O3 -o ekv_bench bench/main.cu -lcublas" "$NVCC" -O3 -o "$B/ekv_bench_nvcc" bench/main.cu -lcublas
+  # without a GPU this falls back to the CPU backend: the build is still nvcc's
+  check "nvcc build: build.compiler names nvcc and its host compiler" \
+    identity "$B/ekv_bench_nvcc" "b['compiler'].startswith('nvcc ') and '(host ' in b['compiler'] and b['optimized'] is True"
 else
   skip "README nvcc build" "no nvcc"
 fi

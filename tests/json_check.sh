@@ -11,7 +11,8 @@
 #     sh tests/json_check.sh                 builds tests/test_json.c with $CC $CFLAGS
 #     sh tests/json_check.sh ./test_json     uses a binary built some other way
 # e.g. CFLAGS="-std=c99 -g -fsanitize=address,undefined -fno-sanitize-recover=all" sh tests/json_check.sh
-# Prints PASS/FAIL lines and last exactly "N passed, N failed"; exits 1 on any failure.
+# Prints PASS/FAIL/SKIP lines and last "N passed, N failed[, N skipped]" (the jq checks
+# are skipped, saying how to install it, where jq is missing); exits 1 on any failure.
 set -u
 
 CC=${CC:-cc}
@@ -149,7 +150,7 @@ for file in "$work"/out/*.json; do
             fail "jq parses $name"
         fi
     else
-        echo "SKIP jq parses $name: jq is not installed"
+        skip "jq parses $name" "jq is not installed (Debian/Ubuntu: sudo apt-get install jq, or make tools as root)"
     fi
 done
 if [ "$count" -lt 12 ]; then

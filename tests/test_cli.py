@@ -2,7 +2,10 @@
 error naming the flag and leaves no file behind; small sweeps on the CPU (or emulator)
 backend give JSON that Python's json and jq both parse, with consistent figures
 (bandwidth = bytes / median, tokens/s = batch x 1000 / median, speedup = ratio of
-medians, samples as requested); --out, --jsonl, --dump-dir work.
+medians, samples as requested) and the build's identity; --out, --jsonl, --dump-dir
+work; --format=csv, markdown and table give one row per configuration that agrees with
+the JSON; a run of a few seconds shows progress on stderr (lines on a pipe, a bar on a
+terminal) unless --quiet; the inference cycle's fields, text output and errors.
 
 Run: .venv/bin/python tests/test_cli.py build/ekv_bench_cpu [--backend=emulator]
 """
@@ -19,7 +22,7 @@ import numpy as np
 BENCH = sys.argv[1]
 EXTRA = sys.argv[2:]  # e.g. --backend=emulator
 FAST = ["--reps=5", "--warmup=1", "--inner_loops=2", "--quiet"]
-passed = failed = 0
+passed = failed = skipped = 0
 
 
 def report(name, ok, why=""):
@@ -30,6 +33,12 @@ def report(name, ok, why=""):
     else:
         failed += 1
         print(f"FAIL {name}: {why}")
+
+
+def skip(name, why):
+    global skipped
+    skipped += 1
+    print(f"SKIP {name}: {why}")
 
 
 def run(args, timeout=300):
@@ -95,6 +104,9 @@ BAD = [
     (["--data=" + bad_npy], "bad.npy"),
     (["--data="], "--data"),
     (["--label=" + "x" * 300], "--label"),
+    (["--format=html"], "--format"),
+    (["--format=csv", "--json"], "--format"),
+    (["--format=table,csv"], "--format"),
 ]
 if "--backend=emulator" not in EXTRA:
     BAD.append((["--backend=cuda"], "--backend"))
@@ -129,6 +141,8 @@ if "--backend=emulator" not in EXTRA:
 
 code, out, err = run(["--help"])
 report("--help exits 0 and lists flags", code == 0 and "--kv-dtype" in out and "--paired-baseline" in out, err)
+report("--help prints its text as written (95% CI, no printf escapes)",
+       "95% CI" in out and "%%" not in out and "--format=NAME" in out, out[-400:])
 code, out, err = run(["--version"])
 report("--version", code == 0 and out.startswith("ekv_bench "), out)
 
@@ -142,9 +156,10 @@ def parse_lines(text):
     return docs
 
 
+JQ_MISSING = "jq is not installed (Debian/Ubuntu: sudo apt-get install jq, or make tools as root)"
+
+
 def jq_ok(text):
-    if not shutil.which("jq"):
-        return True
     p = subprocess.run(["jq", "-e", "-c", ".results.attention_time_ms"], input=text,
                        capture_output=True, text=True)
     return p.returncode == 0 and len(p.stdout.splitlines()) == len(text.splitlines())
@@ -214,10 +229,29 @@ try:
     report(f"sweep of {N_SWEEP} parses with json (strict)", ok, f"exit {code}, {len(docs)} docs, {err[-300:]}")
 except ValueError as e:
     report(f"sweep of {N_SWEEP} parses with json (strict)", False, str(e))
-report("sweep parses with jq", jq_ok(out))
+if shutil.which("jq"):
+    report("sweep parses with jq", jq_ok(out))
+else:
+    skip("sweep parses with jq", JQ_MISSING)
 bad = [(d["configuration"]["seq_len"], d["configuration"]["kv_dtype"], consistent(d, 5)) for d in docs]
 bad = [b for b in bad if b[2]]
 report("sweep figures consistent", not bad, str(bad[:4]))
+
+# build identity: what compare.py reads to tell builds apart
+if docs:
+    b = docs[0]["build"]
+    report("build identity: compiler and version, optimized, flags, git commit",
+           isinstance(b.get("compiler"), str) and b["compiler"].split(" ")[0] in ("gcc", "clang", "nvcc")
+           and any(ch.isdigit() for ch in b["compiler"]) and b.get("optimized") is True
+           and "flags" in b and (b["flags"] is None or isinstance(b["flags"], str))
+           and "git_commit" in b and (b["git_commit"] is None or isinstance(b["git_commit"], str))
+           and docs[0]["ekv_version"], json.dumps(b))
+    if docs[0]["backend"] == "cpu":
+        g = docs[0]["gpu"]
+        unknown = ("sm", "l2_bytes", "memory_bytes", "memory_clock_khz", "bus_width_bits",
+                   "driver_version", "runtime_version", "theoretical_bw_gbs", "peak_gflops")
+        report("CPU backend: device facts it cannot know are null, not 0",
+               all(g[k] is None for k in unknown) and g["sm_count"] >= 1 and g["name"], json.dumps(g))
 
 for policy in (("pool", "topk") if EMULATED else ("pool", "window", "topk", "stride")):
     code, out, err = run(["--seq=300", "--compress=2,8", "--recent=16", "--heads=8", "--kv-heads=2",
@@ -257,6 +291,165 @@ except (ValueError, IndexError, KeyError) as e:
 code, out, err = run(["--seq=128"] + FAST + EXTRA)
 report("table output", code == 0 and "median" in out and "GB/s" in out and "rel_l2" in out, err[-300:])
 
+# ---- --format: one row per configuration --------------------------------------------
+import csv
+import io
+import re
+
+CSV_COLUMNS = ["label", "backend", "device", "cache_state", "variant", "batch", "seq_len", "heads",
+               "kv_heads", "head_dim", "kv_dtype", "policy", "compression", "recent", "sinks",
+               "observe", "data", "seed", "layers", "decode_tokens", "compress_every", "n",
+               "baseline", "median_ms", "ci95_lo_ms", "ci95_hi_ms", "cv", "noisy", "tokens_per_sec",
+               "bandwidth_gbs", "pct_of_theoretical_peak", "pct_of_measured_copy", "speedup",
+               "speedup_ci95_lo", "speedup_ci95_hi", "rel_l2", "rel_l2_vs_cache", "kv_cache_bytes",
+               "notice"]
+# the emulator takes seconds per launch: fewer configurations there
+FORMAT_DTYPES = ["f16"] if "--backend=emulator" in EXTRA else ["f16", "int8"]
+FORMAT_SWEEP = ["--seq=64,96", "--kv-dtype=" + ",".join(FORMAT_DTYPES), "--heads=4", "--kv-heads=2",
+                "--paired-baseline"] + FAST
+FORMAT_ROWS = 2 * len(FORMAT_DTYPES)
+format_jsonl = os.path.join(tmp, "format.jsonl")
+
+
+def csv_number(text):
+    return None if text == "" else float(text)
+
+
+code, out, err = run(FORMAT_SWEEP + ["--format=csv", "--label=a,\"b\" c", "--jsonl=" + format_jsonl] + EXTRA)
+try:
+    rows = list(csv.DictReader(io.StringIO(out)))
+    with open(format_jsonl) as f:
+        jl = parse_lines(f.read())
+    os.remove(format_jsonl)
+    header = next(csv.reader(io.StringIO(out)))
+    why = []
+    if header != CSV_COLUMNS:
+        why.append(f"columns {header}")
+    if len(rows) != FORMAT_ROWS or len(jl) != FORMAT_ROWS:
+        why.append(f"{len(rows)} rows, {len(jl)} results")
+    for row, d in zip(rows, jl):
+        r, st, c = d["results"], d["statistics"], d["configuration"]
+        checks = {
+            "label": row["label"] == 'a,"b" c',
+            "workload": (int(row["seq_len"]), row["kv_dtype"]) == (c["seq_len"], c["kv_dtype"]),
+            "median": csv_number(row["median_ms"]) == r["attention_time_ms"],
+            "ci": (csv_number(row["ci95_lo_ms"]), csv_number(row["ci95_hi_ms"]))
+                  == (st["ci95_median"]["lo"], st["ci95_median"]["hi"]),
+            "cv": csv_number(row["cv"]) == st["cv"]
+                  and row["noisy"] == ("true" if st["cv"] > 0.10 else "false"),
+            "bandwidth": csv_number(row["bandwidth_gbs"]) == r["memory_bandwidth_gbs"],
+            "speedup": csv_number(row["speedup"]) == r["speedup_vs_baseline"]
+                       and csv_number(row["speedup_ci95_lo"]) == d["baseline"]["speedup_ci95"]["lo"],
+            "error": csv_number(row["rel_l2"]) == d["accuracy"]["error_total"]["rel_l2"],
+            "cycle columns empty": row["variant"] == "" and row["rel_l2_vs_cache"] == "",
+        }
+        why += [f"{c['seq_len']} {c['kv_dtype']}: {k}" for k, ok in checks.items() if not ok]
+    report("--format=csv: one row per configuration, every figure as in the JSON",
+           code == 0 and not why, f"exit {code} {why[:5]} {err[-200:]}")
+except (OSError, ValueError, KeyError, StopIteration, csv.Error) as e:
+    report("--format=csv", False, f"{e} exit {code} {err[-300:]}")
+
+
+def markdown_table(text):
+    """The rows of the one Markdown table in text, each a list of cells; [] if malformed."""
+    lines = [l for l in text.splitlines() if l.startswith("|")]
+    table = [[c.strip() for c in re.split(r"(?<!\\)\|", l)[1:-1]] for l in lines]
+    if len(table) < 2 or not all(re.fullmatch(r"-{3}:?", c) for c in table[1]):
+        return []
+    if any(len(r) != len(table[0]) for r in table):
+        return []
+    return [table[0]] + table[2:]
+
+
+code, out, err = run(FORMAT_SWEEP + ["--format=markdown", "--jsonl=" + format_jsonl] + EXTRA)
+try:
+    table = markdown_table(out)
+    with open(format_jsonl) as f:
+        jl = parse_lines(f.read())
+    os.remove(format_jsonl)
+    head, body = table[0], table[1:]
+    col = {name: head.index(name) for name in head}
+    why = []
+    varied = ["seq"] + (["dtype"] if len(FORMAT_DTYPES) > 1 else [])
+    for name in varied + ["median ms", "95% CI of the median", "cv", "GB/s", "vs baseline [95% CI]",
+                          "error rel_l2"]:
+        if name not in col:
+            why.append(f"no column {name}")
+    for name in ("heads", "kv_heads", "policy", "batch"):  # the same in every row: above the table
+        if name in col:
+            why.append(f"constant {name} is a column")
+    if "heads 4, kv_heads 2" not in out or "baseline f16 C=1" not in out:
+        why.append("constant workload not stated above the table")
+    if len(body) != FORMAT_ROWS:
+        why.append(f"{len(body)} rows")
+    for cells, d in zip(body, jl) if not why else []:
+        r, st = d["results"], d["statistics"]
+        median = float(cells[col["median ms"]])
+        if abs(median - r["attention_time_ms"]) > 1e-3 * r["attention_time_ms"]:
+            why.append(f"median {median} vs {r['attention_time_ms']}")
+        if ("noisy" in cells[col["cv"]]) != (st["cv"] > 0.10):
+            why.append(f"noisy flag {cells[col['cv']]} at cv {st['cv']}")
+        speedup = r["speedup_vs_baseline"]
+        words = cells[col["vs baseline [95% CI]"]].split()
+        shown = float(words[0].rstrip("x"))
+        shown = shown if words[1] == "faster" else 1.0 / shown
+        if abs(shown - speedup) > 0.02 * max(speedup, 1.0 / speedup):
+            why.append(f"speedup {cells[col['vs baseline [95% CI]']]} vs {speedup}")
+        if int(cells[col["seq"]]) != d["configuration"]["seq_len"]:
+            why.append("seq")
+    report("--format=markdown: a table that parses, one row per configuration, swept flags as "
+           "columns, CV flagged as noisy above 10%", code == 0 and table and not why,
+           f"exit {code} {why[:5]} {out[:600]!r} {err[-200:]}")
+except (OSError, ValueError, IndexError, KeyError) as e:
+    report("--format=markdown", False, f"{e} exit {code} {out[:500]!r} {err[-300:]}")
+
+TABLE_SEQS = ["64", "96"] if "--backend=emulator" in EXTRA else ["64", "96", "128"]
+code, out, err = run(["--seq=" + ",".join(TABLE_SEQS)] + FAST + ["--format=table"] + EXTRA)
+lines = out.splitlines()
+try:
+    start = next(i for i, l in enumerate(lines) if l.startswith("seq "))
+    rule = lines[start + 1]
+    ok = (code == 0 and set(rule) <= {"-", " "}
+          and [l.split()[0] for l in lines[start + 2:start + 2 + len(TABLE_SEQS)]] == TABLE_SEQS
+          and "median ms" in lines[start] and all(l == l.rstrip() for l in lines))
+    report("--format=table: an aligned table, one row per configuration", ok, out[-600:])
+except StopIteration:
+    report("--format=table", False, f"exit {code} {out[-600:]!r} {err[-300:]}")
+
+# ---- progress on stderr -------------------------------------------------------------
+# a single run of a few seconds (longer than the 2 s after which progress shows)
+LONG = ["--seq=4096", "--reps=40", "--warmup=2", "--inner_loops=8", "--hot"] + EXTRA
+if "--backend=emulator" in EXTRA:
+    skip("progress of a long run", "the emulator's runs are long already; the CPU build checks this")
+else:
+    code, out, err = run(LONG)
+    lines = [l for l in err.splitlines() if l.strip()]
+    report("progress: a run of a few seconds prints lines on a pipe, then a closing line",
+           code == 0 and len(lines) >= 2 and all(l.startswith("ekv_bench: ") for l in lines)
+           and "elapsed" in lines[0] and "% done" in lines[0] and "100% done in" in lines[-1],
+           f"exit {code} {err!r}")
+    code, out, err = run(LONG + ["--quiet"])
+    report("progress: --quiet prints none", code == 0 and err == "", repr(err))
+    # on a terminal: a bar redrawn in place
+    import pty
+    master, slave = pty.openpty()
+    p = subprocess.Popen([BENCH] + LONG, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    p.wait()
+    os.close(master)
+    report("progress: a bar with the time left on a terminal",
+           p.returncode == 0 and b"\r[" in seen and b"#" in seen and b"left" in seen and b"\x1b[K" in seen,
+           repr(seen[-300:]))
+
 # --out, --jsonl (appends), --label with hostile characters
 out_file = os.path.join(tmp, "result.json")
 jsonl_file = os.path.join(tmp, "results.jsonl")
@@ -271,7 +464,7 @@ try:
         text = f.read()
     jl = parse_lines(text)
     ok = (code == 0 and out == "" and len(o) == 2 and len(jl) == 4
-          and all(d["label"] == label for d in jl) and jq_ok(text))
+          and all(d["label"] == label for d in jl) and (not shutil.which("jq") or jq_ok(text)))
     report("--out writes, --jsonl appends, label escaped", ok, f"{len(o)} {len(jl)} {err[-200:]}")
 except (ValueError, OSError) as e:
     report("--out/--jsonl", False, str(e))
@@ -328,15 +521,19 @@ def cycle_ok(d, variant):
     return (c["variant"] == variant and d["variant"] == variant and c["layers"] == 2
             and c["decode_tokens"] == 8 and len(s) == 8
             and [p["context_len"] for p in s] == list(range(33, 41))
-            and close(c["elastic_tokens_per_sec"], 8000.0 / c["elastic_total_ms"])
-            and close(c["elastic_total_ms"], c["statistics"]["median"])
+            and close(c["tokens_per_sec"], 8000.0 / c["total_ms"])
+            and close(c["total_ms"], c["statistics"]["median"])
+            # the seed's elastic_* keys hold the elastic variant's figures, null for others
+            and ((c["elastic_total_ms"], c["elastic_tokens_per_sec"]) == (c["total_ms"], c["tokens_per_sec"])
+                 if variant == "elastic" else c["elastic_total_ms"] is None and c["elastic_tokens_per_sec"] is None)
             and len(c["samples_ms"]) == 3
-            # phases and the step total come from separate CUDA event pairs on the GPU
-            # path, each good to about a microsecond
-            and sum(c["phases_ms"].values()) <= c["statistics"]["mean"] * (1 + 1e-9) + 1e-3 * 8 * 2 * 4
-            and close(d["results"]["tokens_per_sec"], c["elastic_tokens_per_sec"], 1e-6)
+            # phases and the total are medians: within the slowest loop (phases and the
+            # step total come from separate CUDA event pairs on the GPU path, each good
+            # to about a microsecond)
+            and sum(c["phases_ms"].values()) <= c["statistics"]["max"] * (1 + 1e-9) + 1e-3 * 8 * 2 * 4
+            and close(d["results"]["tokens_per_sec"], c["tokens_per_sec"], 1e-6)
             and (variant == "cache") == (c["agreement_vs_cache"] is None)
-            and c["baseline_total_ms"] is None)
+            and c["baseline_total_ms"] is None and c["baseline_variant"] is None)
 
 
 VARIANTS = ["nocache", "cache", "int8", "shared", "int8-shared", "elastic"]
@@ -363,15 +560,55 @@ code, out, err = run(CYCLE + ["--variant=int8", "--paired-baseline"])
 docs = parse_lines(out) if code == 0 else []
 report("cycle: paired baseline gives the seed's fields",
        code == 0 and len(docs) == 1 and docs[0]["inference_cycle"]["speedup_vs_baseline"] > 0
-       and docs[0]["inference_cycle"]["baseline_tokens_per_sec"] > 0, err[-300:])
+       and docs[0]["inference_cycle"]["baseline_tokens_per_sec"] > 0
+       and docs[0]["inference_cycle"].get("baseline_variant") == "cache", err[-300:])
+
+# nocache against cache: the number reads as "cache is N x faster than nocache"
+PAIRED = [a for a in CYCLE if a != "--json"] + ["--variant=nocache,elastic", "--paired-baseline"]
+code, out, err = run(PAIRED + ["--jsonl=" + format_jsonl])
+try:
+    with open(format_jsonl) as f:
+        jl = {d["variant"]: d["inference_cycle"] for d in parse_lines(f.read())}
+    os.remove(format_jsonl)
+    nc = jl["nocache"]
+    ratio = float(np.median(nc["baseline_samples_ms"]) / np.median(nc["samples_ms"]))
+    m = re.search(r"cache is ([0-9.]+)x faster than nocache \[([0-9.]+), ([0-9.]+)\]", out)
+    ok = (code == 0 and close(nc["speedup_vs_baseline"], ratio, 1e-9) and ratio < 1 and m
+          and abs(float(m.group(1)) - 1 / ratio) <= 0.01 * (1 / ratio)
+          and float(m.group(2)) <= float(m.group(1)) <= float(m.group(3)))
+    report("cycle: paired nocache reads 'cache is N x faster than nocache' (speedup_vs_baseline = "
+           "median(cache)/median(nocache))", ok, f"{m and m.group(0)} ratio {ratio} {out[-900:]}")
+    # the text output: no attention lines (nan, GB/s) above the cycle block; why elastic errs
+    report("cycle: the text output has no nan and no attention lines, and says why elastic's "
+           "error is large here", "nan" not in out and "GB/s" not in out and "bandwidth" not in out
+           and "structured data" in out and "random" in out, out[-1500:])
+except (OSError, ValueError, KeyError) as e:
+    report("cycle: paired nocache", False, f"{e} exit {code} {out[-500:]} {err[-300:]}")
+
+code, out, err = run(CYCLE[:-1] + ["--variant=nocache,cache,elastic", "--format=csv"])
+rows = list(csv.DictReader(io.StringIO(out))) if code == 0 else []
+report("cycle: --format=csv gives a row per variant with the cycle's columns",
+       [r["variant"] for r in rows] == ["nocache", "cache", "elastic"]
+       and all(r["bandwidth_gbs"] == "" and float(r["median_ms"]) > 0 and r["layers"] == "2" for r in rows)
+       and rows[1]["rel_l2_vs_cache"] == "" and float(rows[2]["rel_l2_vs_cache"]) > 0,
+       f"exit {code} {out[:400]} {err[-300:]}")
+
 for args, needle in [(["--variant=int8", "--kv-dtype=f32"], "--kv-dtype=f32"),
                      (["--variant=int8-shared", "--kv-dtype=bf16"], "--kv-dtype=bf16"),
                      (["--decode_tokens=0"], "--decode_tokens"),
+                     (["--variant=shared"], "--layers"),
+                     (["--variant=int8-shared", "--layers=1"], "--layers"),
+                     (["--variant=all"], "--layers"),
+                     (["--variant=cache", "--paired-baseline", "--baseline-dtype=f32"], "--baseline-dtype"),
                      (["--layers=256", "--heads=1024", "--dim=256", "--seq=1048576"], "--layers")]:
-    code, out, err = run(["--inference"] + args + ["--quiet"] + EXTRA)
-    report("cycle: bad input " + " ".join(args), code == 2 and needle in err and out == "",
-           f"exit {code} {err!r}")
+    # small sizes wherever the case sets none, so that a combination that is not refused
+    # fails quickly instead of running the default cycle
+    small = [a for a in ("--seq=32", "--decode_tokens=2", "--reps=2", "--warmup=0")
+             if not any(x.startswith(a.split("=")[0] + "=") for x in args)]
+    code, out, err = run(["--inference"] + args + small + ["--quiet"] + EXTRA)
+    report("cycle: bad input " + " ".join(args), code == 2 and needle in err and out == ""
+           and len(err.splitlines()) == 1, f"exit {code} {err!r}")
 
 shutil.rmtree(tmp, ignore_errors=True)
-print(f"{passed} passed, {failed} failed")
+print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
 sys.exit(1 if failed else 0)

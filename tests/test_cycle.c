@@ -4,7 +4,9 @@
    bytes follow the formula; tokens/s matches the times; the phases fit in the step time;
    the lossy variants differ from cache while nocache does not; topk and pool elastic
    cycles run (fewer observed queries than --observe at first); paired baseline; the JSON
-   of the cycle; bad combinations give the documented errors.
+   of the cycle; bad combinations give the documented errors (sharing with one layer);
+   total and phases are both medians (a made-up backend); the progress the driver
+   reports over the variants and the progress meter's lines.
 
    Build: cc -std=c99 -pedantic -Wall -Wextra -Werror -O1 -I. tests/test_cycle.c tests/ekv_impl.c -lm \
               -o build/test_cycle */
@@ -82,8 +84,10 @@ static void test_all_variants(void)
                 CHECK(y->phases_ms[p] >= 0.0, "phase %d = %g", p, y->phases_ms[p]);
                 phases += y->phases_ms[p];
             }
-            CHECK(phases <= y->stats.mean * (1 + 1e-12), "%s: phases %g > mean loop %g",
-                  ekv_variant_name(y->variant), phases, y->stats.mean);
+            /* medians of the phases need not add up to the median loop; they stay within
+               the slowest loop unless different repeats are slow in different phases */
+            CHECK(phases <= y->stats.max * (1 + 1e-9), "%s: phases %g > slowest loop %g",
+                  ekv_variant_name(y->variant), phases, y->stats.max);
             if (y->variant != EKV_VARIANT_ELASTIC)
                 CHECK(y->phases_ms[EKV_CYCLE_PHASE_COMPRESS] < 0.05 * y->stats.mean + 0.01,
                       "no compression outside elastic");
@@ -205,11 +209,172 @@ static void test_paired_and_json(void)
             CHECK(strstr(j.buffer, "\"agreement_vs_cache\":{\"max_abs_diff\":") != NULL, "agreement");
             CHECK(strstr(j.buffer, "\"error_vs_cache\":[{\"layer\":0,") != NULL, "error per layer");
             CHECK(strstr(j.buffer, "\"speedup_vs_baseline\":null") == NULL, "speedup measured");
+            CHECK(strstr(j.buffer, "\"baseline_variant\":\"cache\"") != NULL, "the baseline named");
+            CHECK(strstr(j.buffer, "\"elastic_total_ms\":null") != NULL &&
+                      strstr(j.buffer, "\"elastic_tokens_per_sec\":null") != NULL,
+                  "int8's figures are not elastic's");
+            CHECK(strstr(j.buffer, "\"baseline\":{\"kv_dtype\":\"f16\",") != NULL,
+                  "the report's baseline is cache in --kv-dtype");
         }
         ekv_json_free(&j);
     }
     TEST_END();
     ekv_report_free(&r);
+}
+
+/* A backend whose times are made up: repeat `rep` reports phase p as fake_phase[rep][p]
+   and its steps add up to fake_total[rep], skewed so that mean and median differ. Checks
+   that the driver reports medians for the total and for each phase alike. */
+#define FAKE_REPS 5
+static const double fake_total[FAKE_REPS] = {10.0, 11.0, 12.0, 13.0, 100.0};
+static const double fake_phase[FAKE_REPS][EKV_CYCLE_PHASES] = {
+    {4.0, 1.0, 0.0, 3.0}, {5.0, 1.0, 0.0, 2.0}, {3.0, 2.0, 0.0, 6.0}, {6.0, 1.5, 0.0, 4.0},
+    {90.0, 3.0, 0.0, 5.0}};
+static int fake_state;
+
+static ekv_result fake_prepare(const ekv_config *c, ekv_report *report)
+{
+    (void)c;
+    if (report) snprintf(report->device.name, sizeof report->device.name, "fake");
+    return EKV_SUCCESS;
+}
+static ekv_result fake_open(const ekv_config *c, const ekv_cycle_model *m, ekv_variant v, void **state)
+{
+    (void)c, (void)m, (void)v;
+    *state = &fake_state;
+    return EKV_SUCCESS;
+}
+static ekv_result fake_loop(void *state, ekv_cycle_timing *timing, int rep, float *record)
+{
+    int s, p;
+    (void)state, (void)record;
+    if (!timing) return EKV_SUCCESS;
+    for (s = 0; s < timing->steps; s++) {
+        timing->step_ms[(size_t)rep * (size_t)timing->steps + (size_t)s] = fake_total[rep] / timing->steps;
+        timing->kv_bytes[s] = timing->peak_bytes[s] = 1.0;
+    }
+    for (p = 0; p < EKV_CYCLE_PHASES; p++)
+        timing->phase_ms[(size_t)rep * EKV_CYCLE_PHASES + (size_t)p] = fake_phase[rep][p];
+    return EKV_SUCCESS;
+}
+static ekv_result fake_last_outputs(void *state, float *out)
+{
+    (void)state, (void)out; /* the driver's buffers start zeroed: every variant agrees */
+    return EKV_SUCCESS;
+}
+static void fake_layer_bytes(void *state, int layer, ekv_cache_bytes *bytes, double *kept)
+{
+    (void)state, (void)layer;
+    memset(bytes, 0, sizeof *bytes);
+    *kept = 0.0;
+}
+static void fake_close(void *state)
+{
+    (void)state;
+}
+static const ekv_cycle_backend fake_backend = {EKV_BACKEND_CPU, fake_prepare, fake_open, fake_loop,
+                                               fake_last_outputs, fake_layer_bytes, fake_close};
+
+static double fractions[1024];
+static int fraction_count;
+static void record_progress(void *context, double fraction)
+{
+    (void)context;
+    if (fraction_count < 1024) fractions[fraction_count] = fraction;
+    fraction_count++;
+}
+
+static void test_statistic_and_progress(void)
+{
+    ekv_config c = small_config(EKV_VARIANT_ALL);
+    ekv_report r;
+    ekv_result res;
+    int i, p, monotonic = 1;
+    memset(&r, 0, sizeof r);
+    c.reps = FAKE_REPS;
+    c.warmup = 0;
+    c.paired_baseline = 1;
+    TEST_BEGIN("cycle: total_ms and phases_ms are both medians; progress over the variants");
+    fraction_count = 0;
+    ekv_progress_set_handler(record_progress, NULL);
+    res = ekv_cycle_run_on(&c, &fake_backend, &r);
+    ekv_progress_set_handler(NULL, NULL);
+    CHECK(res == EKV_SUCCESS, "%s", ekv_last_error());
+    if (res == EKV_SUCCESS) {
+        for (i = 0; i < r.cycle_count; i++) {
+            const ekv_cycle_result *y = &r.cycles[i];
+            CHECK_CLOSE(y->total_ms, 12.0, 1e-12, 0, "total_ms = median of 10, 11, 12, 13, 100");
+            CHECK(fabs(y->stats.mean - 29.2) < 1e-9, "the mean differs (%g)", y->stats.mean);
+            for (p = 0; p < EKV_CYCLE_PHASES; p++) {
+                static const double median[EKV_CYCLE_PHASES] = {5.0, 1.5, 0.0, 4.0};
+                CHECK_CLOSE(y->phases_ms[p], median[p], 1e-12, 0, "phase = median over repeats");
+            }
+            CHECK(y->has_baseline && fabs(y->speedup - 1.0) < 1e-12, "%s: speedup %g",
+                  ekv_variant_name(y->variant), y->speedup);
+        }
+        /* six variants, each FAKE_REPS rounds; each variant its sixth of the run */
+        CHECK(fraction_count == 6 * FAKE_REPS, "%d progress reports", fraction_count);
+        for (i = 1; i < fraction_count && i < 1024; i++) monotonic &= fractions[i] >= fractions[i - 1];
+        CHECK(monotonic, "progress never goes back");
+        CHECK(fraction_count > FAKE_REPS && fabs(fractions[FAKE_REPS - 1] - 1.0 / 6) < 1e-12,
+              "the first variant ends at 1/6: %g", fractions[FAKE_REPS - 1]);
+        CHECK(fraction_count > 0 && fabs(fractions[fraction_count - 1] - 1.0) < 1e-12, "ends at 1");
+    }
+    ekv_report_free(&r);
+    TEST_END();
+}
+
+/* The meter with explicit clocks: silent for 2 s, then a line, then one per 10 s in a log;
+   a closing line only when something was printed. */
+static void test_progress_meter(void)
+{
+    ekv_progress_meter m;
+    FILE *f = tmpfile();
+    char text[2048];
+    size_t n;
+    TEST_BEGIN("progress meter: silent under 2 s, a line now and then in a log, a bar on a tty");
+    CHECK(f != NULL, "tmpfile");
+    if (f) {
+        ekv_progress_meter_init(&m, f, "t", 0, 2, 0.0);
+        ekv_progress_meter_run(&m, 0, "first", 0.0);
+        ekv_progress_meter_update(&m, 0.5, 1000.0);
+        ekv_progress_meter_run(&m, 1, "second", 1900.0);
+        ekv_progress_meter_end(&m, 1950.0);
+        CHECK(ftell(f) == 0, "nothing printed for a job under 2 s (%ld bytes)", ftell(f));
+        ekv_progress_meter_init(&m, f, "t", 0, 2, 0.0);
+        ekv_progress_meter_run(&m, 0, "first", 0.0);
+        ekv_progress_meter_update(&m, 0.5, 2500.0);  /* printed: 25% of the job */
+        ekv_progress_meter_update(&m, 0.6, 5000.0);  /* within 10 s of the last: not */
+        ekv_progress_meter_run(&m, 1, "second", 12600.0); /* printed: 50% */
+        ekv_progress_meter_update(&m, 1.0, 13000.0);
+        ekv_progress_meter_end(&m, 13000.0);
+        rewind(f);
+        n = fread(text, 1, sizeof text - 1, f);
+        text[n] = '\0';
+        CHECK(strstr(text, "t: 25% done, run 1/2 3 s elapsed, about 8 s left (first)\n") != NULL, "%s", text);
+        CHECK(strstr(text, "60%") == NULL, "rate limited: %s", text);
+        CHECK(strstr(text, "t: 50% done, run 2/2 13 s elapsed, about 13 s left (second)\n") != NULL, "%s", text);
+        CHECK(strstr(text, "t: 100% done, 2 of 2 runs in 13 s\n") != NULL, "%s", text);
+        fclose(f);
+    }
+    f = tmpfile();
+    if (f) {
+        ekv_progress_meter_init(&m, f, "t", 1, 1, 0.0);
+        ekv_progress_meter_run(&m, 0, "one", 0.0);
+        ekv_progress_meter_update(&m, 0.5, 3000.0);
+        ekv_progress_meter_update(&m, 0.75, 3100.0); /* a tty redraws every 0.2 s: not yet */
+        ekv_progress_meter_update(&m, 0.8, 3300.0);
+        ekv_progress_meter_end(&m, 4000.0);
+        rewind(f);
+        n = fread(text, 1, sizeof text - 1, f);
+        text[n] = '\0';
+        CHECK(strstr(text, "\r[############............]  50%  3 s elapsed, about 3 s left  one\033[K") != NULL,
+              "bar: %s", text);
+        CHECK(strstr(text, " 75%") == NULL && strstr(text, " 80%") != NULL, "redraw period: %s", text);
+        CHECK(strstr(text, "\r\033[Kt: 80% done in 4 s\n") != NULL, "closing line: %s", text);
+        fclose(f);
+    }
+    TEST_END();
 }
 
 static void test_outputs_match_cycle(void)
@@ -264,6 +429,27 @@ static void test_bad_combinations(void)
     memset(&r, 0, sizeof r);
     CHECK(ekv_cycle_run(&c, &r) == EKV_ERR_UNSUPPORTED, "refused before allocating");
     ekv_report_free(&r);
+    /* with one layer there is nothing to share */
+    {
+        static const ekv_variant sharing[3] = {EKV_VARIANT_SHARED, EKV_VARIANT_INT8_SHARED, EKV_VARIANT_ALL};
+        int i;
+        for (i = 0; i < 3; i++) {
+            c = small_config(sharing[i]);
+            c.layers = 1;
+            CHECK(ekv_config_validate(&c) == EKV_ERR_INVALID_ARG, "%s with one layer",
+                  ekv_variant_name(c.variant));
+            CHECK(strstr(ekv_last_error(), "--layers=1") && strstr(ekv_last_error(), "--layers=2"),
+                  "names --layers: %s", ekv_last_error());
+        }
+        c = small_config(EKV_VARIANT_CACHE);
+        c.layers = 1;
+        CHECK(ekv_config_validate(&c) == EKV_SUCCESS, "cache with one layer: %s", ekv_last_error());
+        c.paired_baseline = 1;
+        c.baseline_dtype = EKV_DTYPE_F32;
+        c.baseline_dtype_set = 1;
+        CHECK(ekv_config_validate(&c) == EKV_ERR_INVALID_ARG && strstr(ekv_last_error(), "--baseline-dtype"),
+              "the cycle's baseline is cache: %s", ekv_last_error());
+    }
     c = small_config(EKV_VARIANT_CACHE);
     c.inference = 0;
     memset(&r, 0, sizeof r);
@@ -279,5 +465,7 @@ int main(void)
     test_paired_and_json();
     test_outputs_match_cycle();
     test_bad_combinations();
+    test_statistic_and_progress();
+    test_progress_meter();
     return ekv_test_finish();
 }

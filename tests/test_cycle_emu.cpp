@@ -196,8 +196,9 @@ int main(void)
                       ekv_variant_name(y->variant));
                 double phases = 0;
                 for (int p = 0; p < EKV_CYCLE_PHASES; p++) phases += y->phases_ms[p];
-                CHECK(phases <= y->stats.mean * (1 + 1e-6), "%s phases %g > %g", ekv_variant_name(y->variant),
-                      phases, y->stats.mean);
+                /* medians (as total_ms): within the slowest loop, see tests/test_cycle.c */
+                CHECK(phases <= y->stats.max * (1 + 1e-6), "%s phases %g > %g", ekv_variant_name(y->variant),
+                      phases, y->stats.max);
             }
             CHECK(r.cycles[3].kv_cache_bytes * 2 == r.cycles[1].kv_cache_bytes, "shared = half of cache");
             CHECK(r.cycles[2].error_vs_cache[0].rel_l2 > 0, "int8 lossy");

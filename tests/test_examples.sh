@@ -4,9 +4,9 @@
 # .npz and .npy directories made by numpy, agrees with numpy on the attention profile and
 # rejects malformed input with one clear line and a non-zero exit; quickstart.cu builds
 # with nvcc (without -lcublas) and runs on the CPU execution emulator (and on a GPU when
-# one is visible); the tutorial notebook runs headless without an error, the committed one
-# has no outputs and matches its generator, and its CUDA build line builds wherever nvcc
-# exists.
+# one is visible); the notebooks (the tutorial, and one's own q/k/v through every policy
+# and dtype) run headless through the Python module without an error and without a
+# subprocess, and the committed ones have no outputs and match their generators.
 #
 #     tests/test_examples.sh          from the repository root; outputs in $BUILD/examples
 #
@@ -270,13 +270,15 @@ else
     skip "quickstart-emulator" "tests/emu/include is not there"
 fi
 
-# ---- the tutorial notebook ---------------------------------------------------------------
+# ---- the notebooks ------------------------------------------------------------------------
 
-if [ "$have_python" -eq 0 ] || ! "$PY" -c 'import nbclient, nbformat, ipykernel' 2>/dev/null; then
-    skip "tutorial" "no $PY with nbclient, nbformat and ipykernel (make venv)"
-else
-    # committed without outputs, and the same as its generator writes
-    if "$PY" - examples/ekv_tutorial.ipynb >"$OUT/tutorial-clean.log" 2>&1 <<'EOF'
+# check_notebook NAME NOTEBOOK GENERATOR CHECKS: committed without outputs and the same as its
+# generator writes, then run headless in examples/ (kernel "python3" is the venv's own
+# ipykernel: jupyter_client starts a python3 kernel with the running interpreter); CHECKS is
+# Python run on the executed cells (errors, figures, text).
+check_notebook() {
+    local name=$1 notebook=$2 generator=$3 checks=$4
+    if "$PY" - "$notebook" >"$OUT/$name-clean.log" 2>&1 <<'EOF'
 import sys
 import nbformat
 nb = nbformat.read(sys.argv[1], as_version=4)
@@ -285,24 +287,21 @@ dirty = [i for i, c in enumerate(nb.cells)
          if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
 sys.exit(f"cells with outputs: {dirty}" if dirty else 0)
 EOF
-    then pass "tutorial-committed-clean"; else fail "tutorial-committed-clean" "" "$OUT/tutorial-clean.log"; fi
-    if "$PY" examples/make_tutorial.py "$OUT/ekv_tutorial.regenerated.ipynb" >"$OUT/tutorial-regen.log" 2>&1 &&
-       cmp -s "$OUT/ekv_tutorial.regenerated.ipynb" examples/ekv_tutorial.ipynb; then
-        pass "tutorial-matches-generator"
+    then pass "$name-committed-clean"; else fail "$name-committed-clean" "" "$OUT/$name-clean.log"; fi
+    if "$PY" "$generator" "$OUT/$name.regenerated.ipynb" >"$OUT/$name-regen.log" 2>&1 &&
+       cmp -s "$OUT/$name.regenerated.ipynb" "$notebook"; then
+        pass "$name-matches-generator"
     else
-        fail "tutorial-matches-generator" "run .venv/bin/python examples/make_tutorial.py and commit the result" "$OUT/tutorial-regen.log"
+        fail "$name-matches-generator" "run .venv/bin/python $generator and commit the result" "$OUT/$name-regen.log"
     fi
-    # run it headless, in examples/, with the small sweep; kernel "python3" is the venv's
-    # own ipykernel (jupyter_client starts a python3 kernel with the running interpreter)
-    if EKV_TUTORIAL_FAST=1 BUILD="$BUILD" "$PY" - examples/ekv_tutorial.ipynb "$OUT/ekv_tutorial.executed.ipynb" \
-           >"$OUT/tutorial-run.log" 2>&1 <<'EOF'
+    if BUILD="$BUILD" "$PY" - "$notebook" "$OUT/$name.executed.ipynb" "$checks" >"$OUT/$name-run.log" 2>&1 <<'EOF'
 import sys
 from pathlib import Path
 
 import nbclient
 import nbformat
 
-source, executed = sys.argv[1], sys.argv[2]
+source, executed, checks = sys.argv[1:]
 nb = nbformat.read(source, as_version=4)
 client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                  resources={"metadata": {"path": str(Path(source).parent)}})
@@ -313,51 +312,34 @@ finally:
 errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
 figures = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+sources = "".join(c.source for c in nb.cells if c.cell_type == "code")
 print(f"errors {len(errors)}, figures {figures}")
 assert not errors, errors
-assert figures == 4, f"expected 4 figures, got {figures}"
+assert "subprocess" not in sources, "the notebook runs ekv in process, through the module"
+exec(checks)
+EOF
+    then pass "$name-runs"; else fail "$name-runs" "see $OUT/$name-run.log" "$OUT/$name-run.log"; fi
+}
+
+if [ "$have_python" -eq 0 ] || ! "$PY" -c 'import nbclient, nbformat, ipykernel' 2>/dev/null; then
+    skip "notebooks" "no $PY with nbclient, nbformat and ipykernel (make venv)"
+elif ! "$PY" -c 'import ekv' 2>/dev/null; then
+    fail "notebooks" "no ekv module in $PY: install it with .venv/bin/pip install ./"
+else
+    EKV_TUTORIAL_FAST=1 check_notebook tutorial examples/ekv_tutorial.ipynb examples/make_tutorial.py '
+assert figures == 5, f"expected 5 figures, got {figures}"
 assert "48 results" in text, "the fast sweep should give 48 results"
 assert "6 cycle results" in text, "the inference-cycle cell should run the six variants"
-EOF
-    then pass "tutorial-runs"; else fail "tutorial-runs" "see $OUT/tutorial-run.log" "$OUT/tutorial-run.log"; fi
-fi
-
-# the notebook's CUDA build line (CUDA_BUILD in its build cell), compiled and linked but
-# not run, wherever nvcc exists: the headless run above takes the CPU branch without a GPU.
-# -arch=sm_90 builds one target; the binary is rebuilt only when an input is newer.
-if [ "$have_python" -eq 0 ] || ! "$PY" -c 'import nbformat' 2>/dev/null; then
-    skip "tutorial-nvcc-build" "no $PY with nbformat (make venv)"
-elif [ -z "$NVCC" ]; then
-    skip "tutorial-nvcc-build" "no nvcc"
-else
-    binary=$OUT/tutorial_ekv_bench_cuda
-    fresh=1
-    for input in bench/main.cu ekv.h ekv_cuda.cuh examples/ekv_tutorial.ipynb; do
-        [ -f "$binary" ] && [ "$binary" -nt "$input" ] || fresh=0
-    done
-    if [ "$fresh" -eq 1 ]; then
-        pass "tutorial-nvcc-build"
-    elif rm -f "$binary" && "$PY" - examples/ekv_tutorial.ipynb "$NVCC" "$binary" >"$OUT/tutorial-nvcc.log" 2>&1 <<'EOF'
-import ast
-import subprocess
-import sys
-
-import nbformat
-
-notebook, nvcc, binary = sys.argv[1:]
-lines = [line for cell in nbformat.read(notebook, as_version=4).cells if cell.cell_type == "code"
-         for line in cell.source.splitlines() if line.startswith("CUDA_BUILD = ")]
-if len(lines) != 1:
-    sys.exit(f"expected one 'CUDA_BUILD = [...]' line in {notebook}, found {len(lines)}")
-words = ast.literal_eval(lines[0].split("=", 1)[1].strip())
-if words[0] != "nvcc":
-    sys.exit(f"CUDA_BUILD does not start with nvcc: {words}")
-command = ["nice", "-n", "10", nvcc, "-arch=sm_90"] + \
-    [word.format(binary=binary, source="bench/main.cu") for word in words[1:]]
-print("$", " ".join(command), flush=True)
-sys.exit(subprocess.run(command).returncode)
-EOF
-    then pass "tutorial-nvcc-build"; else fail "tutorial-nvcc-build" "the notebook's CUDA build line does not build" "$OUT/tutorial-nvcc.log"; fi
+for policy in ("stride", "pool", "window", "topk"):
+    assert f"\n{policy} " in text, f"the stored-cache cell should report {policy}"
+'
+    # without EKV_OWN_DATA it makes its stand-in data from ekv.generate
+    unset EKV_OWN_DATA
+    check_notebook own-data examples/ekv_own_data.ipynb examples/make_own_data.py '
+assert figures == 2, f"expected 2 figures, got {figures}"
+assert "78 configurations" in text, "6 dtypes x (none + 4 policies x 3 ratios)"
+assert "a stand-in from ekv.generate" in text
+'
 fi
 
 # ---- summary -----------------------------------------------------------------------------
