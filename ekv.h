@@ -926,6 +926,7 @@ typedef struct ekv_report {
     char timestamp[32];
     int cache_copies;               /* rotation copies for cold timing (1 = hot) */
     int splits;                     /* split-over-sequence factor of the kernel */
+    char kernel[64];                /* the attention kernel that ran (CUDA backend), or "" */
     double *samples_ms;             /* per launch: sample time / inner_loops */
     size_t sample_count;
     ekv_stats stats;
@@ -6719,6 +6720,7 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     ekv_json_key(j, "cache_state"); ekv_json_string(j, c->hot ? "hot" : "cold");
     ekv_json_key(j, "cache_copies"); ekv_json_int(j, r->cache_copies);
     ekv_json_key(j, "splits"); ekv_json_int(j, r->splits);
+    ekv_json_key(j, "kernel"); ekv_json_string(j, r->kernel[0] ? r->kernel : NULL);
     ekv__json_build_identity(j);
     ekv_json_object_end(j);
 

@@ -143,6 +143,22 @@ EKV_CUDA_DEF ekv_result ekv_cuda_attention(const ekv_cuda_cache *cache, const fl
                                            float softmax_scale, float *out,
                                            const ekv_cuda_attention_plan *plan,
                                            cudaStream_t stream);
+/* Which kernel ekv_cuda_attention runs for this cache and head count on the current device
+   (see KERNEL AT A GLANCE): tensor cores for every dtype but f32 on sm_80 and newer builds
+   and devices (sm_89 for fp8), CUDA cores otherwise. */
+typedef struct ekv_cuda_kernel_info {
+    char name[64];      /* e.g. "ekv_cuda__attention_mma_kernel<int4, 128, 8>" (JSON build.kernel) */
+    ekv_dtype dtype;
+    int tensor_cores;   /* 1: mma.sync with f16 or bf16 fragments; 0: CUDA cores, f32 arithmetic */
+    int heads_per_cta;  /* query heads of a GQA group one CTA serves (the tile) */
+} ekv_cuda_kernel_info;
+EKV_CUDA_DEF ekv_result ekv_cuda_attention_kernel(const ekv_cuda_cache *cache, int heads,
+                                                  ekv_cuda_kernel_info *info);
+/* The rel_l2 by which that kernel's output may differ from the double reference over the
+   same stored cache, for sequences of up to `max_length` slots: f32 arithmetic on CUDA
+   cores; per dtype on tensor cores, whose fragments round q, the weights and (int4) the
+   dequantized K and V to f16 or bf16 (see the implementation and the README). */
+EKV_CUDA_DEF double ekv_cuda_validation_tolerance(const ekv_cuda_kernel_info *kernel, int max_length);
 /* Makes `device` current: EKV_ERR_NO_DEVICE when there is no usable device or driver,
    EKV_ERR_INVALID_ARG naming --device when the ordinal does not exist. */
 EKV_CUDA_DEF ekv_result ekv_cuda_device_select(int device);
@@ -279,9 +295,6 @@ EKV_CUDA_DEF ekv_result ekv_cuda_copy_bandwidth(int device, size_t bytes, int re
    a failure. */
 EKV_CUDA_DEF ekv_result ekv_cuda_run(const ekv_config *config, const ekv_workload *work,
                                      ekv_report *report);
-/* The rel_l2 the kernel may differ by from the double reference over the same stored
-   cache, for sequences of up to `max_length` slots (see the implementation). */
-EKV_CUDA_DEF double ekv_cuda_validation_tolerance(int max_length);
 
 /* >>cycle ================================================================== */
 
@@ -323,6 +336,7 @@ EKV_CUDA_DEF ekv_result ekv_cuda_abi_bench_open(int count, const char *const *ar
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -392,13 +406,42 @@ static ekv_result ekv_cuda__launch(const char *name, const char *file, int line,
 
 /* >>kernels ================================================================ */
 
+/* Two attention kernels, chosen per (dtype, group, head dim, architecture) by
+   ekv_cuda__choose (>>attention):
+     ekv_cuda__attention_mma_kernel   tensor cores (mma.sync m16n8k16): every dtype but f32,
+                                      every GQA group, sm_80 and newer (sm_89 for fp8)
+     ekv_cuda__attention_kernel       CUDA cores: f32 (f32 accuracy), and every dtype on
+                                      builds or devices without the tensor-core path
+   and the log-sum-exp merge of split sequences, ekv_cuda__merge_kernel. Each kernel's
+   comment states its thread mapping and what keeps it memory-bound; tests/sass_model.py
+   checks that statement against the SASS. */
+
 #define EKV_CUDA__WARPS 4
 #define EKV_CUDA__THREADS (EKV_CUDA__WARPS * 32)
 #define EKV_CUDA__MERGE_THREADS 128
-/* Query heads of a GQA group one CTA holds in registers; larger groups take several
-   tiles (each reads the KV rows again, mostly from L2). */
-#define EKV_CUDA__GROUP_TILE 8
+/* Query heads the CUDA-core kernel holds in registers when the group is above 1: q and the
+   accumulators of 4 heads (64 registers) leave room for the loads in flight within 128
+   registers; larger groups take several tiles, each reading the KV rows again. */
+#define EKV_CUDA__GROUP_TILE 4
+/* Query heads per tensor-core tile: 8 (one n8 column block of mma) for groups up to 8,
+   else 16; groups above 16 take several tiles. Above head dim EKV_CUDA__MMA_LARGE_MAX_DIM
+   the 16-head tile's q and accumulators do not fit 128 registers even with head_dim split
+   over the four warps: groups above 8 take 8-head tiles there (each reads the KV rows
+   again, mostly from L2). */
+#define EKV_CUDA__MMA_HEADS_SMALL 8
+#define EKV_CUDA__MMA_HEADS_LARGE 16
+#define EKV_CUDA__MMA_LARGE_MAX_DIM 128
+/* The most (elements of head_dim) x (query heads) one warp of the tensor-core kernel
+   covers: q takes span / 64 registers, the accumulators span / 32, and two steps of loads
+   (double-buffered) 16 to 64 more; with 16-bit K and V a step of loads takes twice the
+   registers of 8-bit ones, so half the span. Larger products split head_dim over up to
+   EKV_CUDA__WARPS warps (ekv_cuda__mma_shape). */
+#define EKV_CUDA__MMA_SPAN 1024
+#define EKV_CUDA__MMA_SPAN_16BIT 512
 #define EKV_CUDA__LOG2E 1.4426950408889634f
+/* How far (base 2) a logit may pass the max its head's weights are taken against before
+   the tensor-core kernel moves that max: weights up to 2^8 = 256 (f16 holds 65504). */
+#define EKV_CUDA__MAX_SLACK 8.0f
 /* Loops over registers must unroll fully or the arrays land in local memory; nvcc and
    clang take the pragma, a host compiler building the emulator unrolls them itself (and
    would warn about an unknown pragma). */
@@ -408,6 +451,18 @@ static ekv_result ekv_cuda__launch(const char *name, const char *file, int line,
 #define EKV_CUDA__UNROLL
 #endif
 #define EKV_CUDA__FULL_MASK 0xffffffffu
+
+/* The dispatch rule, in one place: the host's choice (ekv_cuda__choose, with the
+   architecture the kernel was compiled for) and each kernel's own guard (with
+   __CUDA_ARCH__) both ask it, so a kernel compiled empty for an architecture is one the
+   host never launches there. Tensor cores serve every dtype but f32 from sm_80 (mma.sync
+   m16n8k16 with f16 and bf16 inputs) - fp8 from sm_89, where cvt.rn.f16x2.e4m3x2 decodes
+   it; f32 stays on CUDA cores, which keep f32 accuracy, and so does everything on older
+   builds. `arch` is major x 100 + minor x 10, as __CUDA_ARCH__. */
+static __host__ __device__ constexpr bool ekv_cuda__tensor_cores(int dtype, int arch)
+{
+    return dtype != EKV_DTYPE_F32 && arch >= (dtype == EKV_DTYPE_FP8 ? 890 : 800);
+}
 
 /* Everything one attention launch needs; passed by value (kernel parameter space). */
 typedef struct ekv_cuda__attention_params {
@@ -428,10 +483,97 @@ typedef struct ekv_cuda__merge_params {
     int splits, head_dim;
 } ekv_cuda__merge_params;
 
+/* Where token t of one (sequence, kv head) lives: its row in k, v, the per-row scales and
+   the pool bias. `head_index` is sequence x kv_heads + kv head. Every kernel turns tokens
+   into addresses here and nowhere else, so that a paged cache (a block table per sequence)
+   changes this function, not the kernels. The tensor-core kernel asks once per step of 16
+   tokens and takes the step's other rows as the next 15 (a paged cache keeps that true
+   with pages of a multiple of 16 tokens and steps aligned to them). */
+static __device__ __forceinline__ size_t ekv_cuda__kv_row(const ekv_cuda__attention_params &p,
+                                                          size_t head_index, size_t t)
+{
+    return head_index * (size_t)p.capacity + t;
+}
+
+/* 2^x with the hardware's approximation (ex2.approx.ftz: 2 ulp, results below 2^-126 flush
+   to 0, which a softmax weight can afford); the emulator computes it exactly. */
+static __device__ __forceinline__ float ekv_cuda__exp2(float x)
+{
+#ifdef __CUDA_ARCH__
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return exp2f(x);
+#endif
+}
+
+/* The weight of a softmax state whose running max is `logit` against a larger max `max`
+   (base 2); an empty state (max -inf) weighs 0 instead of NaN. Every merge of two states
+   (lanes, warps, splits) weighs them with this one rule. */
+static __device__ __forceinline__ float ekv_cuda__weight(float logit, float max)
+{
+    return max == -INFINITY ? 0.0f : ekv_cuda__exp2(logit - max);
+}
+
+/* The max of a head over a tensor-core step's 16 tokens (a and b: tokens g and g + 8 of
+   this lane; the other g are lanes xor 4, 8, 16) and its running max. */
+static __device__ __forceinline__ float ekv_cuda__step_max(float a, float b, float running)
+{
+    float m = fmaxf(a, b);
+    m = fmaxf(m, __shfl_xor_sync(EKV_CUDA__FULL_MASK, m, 4));
+    m = fmaxf(m, __shfl_xor_sync(EKV_CUDA__FULL_MASK, m, 8));
+    m = fmaxf(m, __shfl_xor_sync(EKV_CUDA__FULL_MASK, m, 16));
+    return fmaxf(running, m);
+}
+
+/* The end of every attention kernel: `states` partial softmax states per query head of the
+   tile (running max in base 2, sum of weights, weighted sum of V over head_dim), in shared
+   memory, merged into the output row of each head (or into the split's partials, which
+   ekv_cuda__merge_kernel merges). `v_scale` is fp8's per-head V scale (1 otherwise). */
+template <int HEAD_DIM, int HEADS, int STATES>
+static __device__ void ekv_cuda__finish(const ekv_cuda__attention_params &p,
+                                        float (*acc)[HEADS][HEAD_DIM], float (*max)[HEADS],
+                                        float (*sum)[HEADS],
+                                        int b, int split, int first_head, int tile_heads,
+                                        float v_scale)
+{
+    for (int i = (int)threadIdx.x; i < tile_heads * HEAD_DIM; i += EKV_CUDA__THREADS) {
+        const int h = i / HEAD_DIM, d = i % HEAD_DIM;
+        const size_t out_row = (size_t)b * (size_t)p.heads + (size_t)(first_head + h);
+        float m = -INFINITY, total = 0.0f, value = 0.0f;
+        int s;
+        for (s = 0; s < STATES; s++) m = fmaxf(m, max[s][h]);
+        for (s = 0; s < STATES; s++) {
+            const float weight = ekv_cuda__weight(max[s][h], m);
+            total += weight * sum[s][h];
+            value += weight * acc[s][h][d];
+        }
+        value *= v_scale;
+        if (p.splits == 1) {
+            p.out[out_row * HEAD_DIM + d] = total > 0.0f ? value / total : 0.0f;
+        } else {
+            /* an empty split writes only (max, sum 0): the merge skips its acc */
+            const size_t partial = out_row * (size_t)p.splits + (size_t)split;
+            if (total > 0.0f) p.partial_acc[partial * HEAD_DIM + d] = value;
+            if (d == 0) {
+                p.partial_ml[partial * 2] = m;
+                p.partial_ml[partial * 2 + 1] = total;
+            }
+        }
+    }
+}
+
+/* ---- the CUDA-core kernel ------------------------------------------------ */
+
 /* Eight stored elements of one row, as loaded by one lane, plus the per-row scale data
-   they need. Each storage type provides load() of its chunk and decode() to 8 floats with
-   the formulas of ekv_dequantize_row; the fp8 per-head scale is folded into q (for K) and
-   into the output (for V) instead of into every element. */
+   they need. Each storage type provides load() of its chunk and decode() of its 8 stored
+   numbers to floats; the scale and zero point are applied once per dot product (logit =
+   scale x q.x + zero x sum(q)) and once per weight (acc += (weight x scale) x, plus
+   weight x zero once), not per element. Integers become floats by the magic-number trick
+   (the integer in a float's mantissa under a fixed exponent, then one subtraction), which
+   keeps int-to-float conversions off the 16-per-clock conversion pipe. fp8's per-head
+   scale is folded into q (K) and the output (V). */
 typedef struct ekv_cuda__f32_chunk {
     uint4 low, high;
 } ekv_cuda__f32_chunk;
@@ -454,30 +596,20 @@ static __device__ __forceinline__ float ekv_cuda__f16_high(unsigned int w)
     return __half2float(__ushort_as_half((unsigned short)(w >> 16)));
 }
 
-/* e4m3 byte to float, exact, by bit manipulation so that it compiles for every
-   architecture and CUDA version: a normal code's exponent and mantissa drop into the
-   float's fields with the bias moved from 7 to 127; a subnormal code is mantissa x 2^-9;
-   S.1111.111 is NaN (there is no infinity). */
-static __device__ __forceinline__ float ekv_cuda__fp8_to_float(unsigned int byte)
-{
-    const unsigned int sign = (byte & 0x80u) << 24, exponent = (byte >> 3) & 0xfu;
-    const unsigned int mantissa = byte & 7u;
-    float magnitude;
-    if ((byte & 0x7fu) == 0x7fu) return __uint_as_float(sign | 0x7fc00000u);
-    if (exponent == 0) magnitude = (float)mantissa * (1.0f / 512.0f);
-    else magnitude = __uint_as_float(((exponent + 120u) << 23) | (mantissa << 20));
-    return __uint_as_float(__float_as_uint(magnitude) | sign);
-}
+/* 2^23 as a float: an integer n < 2^23 OR-ed into its mantissa reads as 2^23 + n. */
+#define EKV_CUDA__MAGIC_BITS 0x4B000000u
+#define EKV_CUDA__MAGIC 8388608.0f
 
 template <int DTYPE> struct ekv_cuda__storage;
 
 /* bits: per element; in_flight: tokens each thread loads before it computes, so that
    about 128 bytes of K and V per thread are in flight whatever the element size;
-   in_flight_grouped: the same when the CTA holds 8 query heads, whose q and accumulators
-   take 128 registers - fewer loads in flight keep the kernel free of spills. */
+   in_flight_grouped: the same when the CTA holds EKV_CUDA__GROUP_TILE query heads, whose q
+   and accumulators take 64 registers: two steps keep the loads within 128 registers.
+   scaled: decode() gives integers that scale() and zero() turn into values. */
 template <> struct ekv_cuda__storage<EKV_DTYPE_F32> {
     typedef ekv_cuda__f32_chunk chunk;
-    enum { bits = 32, in_flight = 2, in_flight_grouped = 2 };
+    enum { bits = 32, in_flight = 2, in_flight_grouped = 2, scaled = 0 };
     static __device__ __forceinline__ chunk load(const unsigned char *values, const unsigned char *,
                                                  size_t, bool valid)
     {
@@ -498,11 +630,13 @@ template <> struct ekv_cuda__storage<EKV_DTYPE_F32> {
         x[6] = __uint_as_float(c.high.z);
         x[7] = __uint_as_float(c.high.w);
     }
+    static __device__ __forceinline__ float scale(const chunk &) { return 1.0f; }
+    static __device__ __forceinline__ float zero(const chunk &) { return 0.0f; }
 };
 
 template <> struct ekv_cuda__storage<EKV_DTYPE_F16> {
     typedef uint4 chunk;
-    enum { bits = 16, in_flight = 4, in_flight_grouped = 4 };
+    enum { bits = 16, in_flight = 4, in_flight_grouped = 2, scaled = 0 };
     static __device__ __forceinline__ chunk load(const unsigned char *values, const unsigned char *,
                                                  size_t, bool valid)
     {
@@ -519,12 +653,14 @@ template <> struct ekv_cuda__storage<EKV_DTYPE_F16> {
         x[6] = ekv_cuda__f16_low(c.w);
         x[7] = ekv_cuda__f16_high(c.w);
     }
+    static __device__ __forceinline__ float scale(const chunk &) { return 1.0f; }
+    static __device__ __forceinline__ float zero(const chunk &) { return 0.0f; }
 };
 
 /* bf16 is the top half of an f32: widening is a shift. */
 template <> struct ekv_cuda__storage<EKV_DTYPE_BF16> {
     typedef uint4 chunk;
-    enum { bits = 16, in_flight = 4, in_flight_grouped = 4 };
+    enum { bits = 16, in_flight = 4, in_flight_grouped = 2, scaled = 0 };
     static __device__ __forceinline__ chunk load(const unsigned char *values, const unsigned char *,
                                                  size_t, bool valid)
     {
@@ -541,12 +677,15 @@ template <> struct ekv_cuda__storage<EKV_DTYPE_BF16> {
         x[6] = __uint_as_float(c.w << 16);
         x[7] = __uint_as_float(c.w & 0xffff0000u);
     }
+    static __device__ __forceinline__ float scale(const chunk &) { return 1.0f; }
+    static __device__ __forceinline__ float zero(const chunk &) { return 0.0f; }
 };
 
-/* int8: one f32 scale per row; x = (float)q * scale. */
+/* int8: one f32 scale per row; x = q x scale. decode() gives q: the byte with its sign bit
+   flipped (q + 128, 0..255) placed under the magic exponent, minus 2^23 + 128. */
 template <> struct ekv_cuda__storage<EKV_DTYPE_INT8> {
     typedef ekv_cuda__int8_chunk chunk;
-    enum { bits = 8, in_flight = 8, in_flight_grouped = 4 };
+    enum { bits = 8, in_flight = 8, in_flight_grouped = 2, scaled = 1 };
     static __device__ __forceinline__ chunk load(const unsigned char *values,
                                                  const unsigned char *scales, size_t row, bool valid)
     {
@@ -557,21 +696,28 @@ template <> struct ekv_cuda__storage<EKV_DTYPE_INT8> {
     }
     static __device__ __forceinline__ void decode(const chunk &c, float x[8])
     {
-        int i;
-EKV_CUDA__UNROLL
-        for (i = 0; i < 4; i++) {
-            /* shift the byte to the top, then arithmetic-shift down: sign extension */
-            x[i] = (float)((int)(c.values.x << (24 - 8 * i)) >> 24) * c.scale;
-            x[i + 4] = (float)((int)(c.values.y << (24 - 8 * i)) >> 24) * c.scale;
-        }
+        const unsigned int low = c.values.x ^ 0x80808080u, high = c.values.y ^ 0x80808080u;
+        /* byte i of the word into byte 0 of the magic float */
+        x[0] = __uint_as_float(__byte_perm(low, EKV_CUDA__MAGIC_BITS, 0x7650u)) - (EKV_CUDA__MAGIC + 128.0f);
+        x[1] = __uint_as_float(__byte_perm(low, EKV_CUDA__MAGIC_BITS, 0x7651u)) - (EKV_CUDA__MAGIC + 128.0f);
+        x[2] = __uint_as_float(__byte_perm(low, EKV_CUDA__MAGIC_BITS, 0x7652u)) - (EKV_CUDA__MAGIC + 128.0f);
+        x[3] = __uint_as_float(__byte_perm(low, EKV_CUDA__MAGIC_BITS, 0x7653u)) - (EKV_CUDA__MAGIC + 128.0f);
+        x[4] = __uint_as_float(__byte_perm(high, EKV_CUDA__MAGIC_BITS, 0x7650u)) - (EKV_CUDA__MAGIC + 128.0f);
+        x[5] = __uint_as_float(__byte_perm(high, EKV_CUDA__MAGIC_BITS, 0x7651u)) - (EKV_CUDA__MAGIC + 128.0f);
+        x[6] = __uint_as_float(__byte_perm(high, EKV_CUDA__MAGIC_BITS, 0x7652u)) - (EKV_CUDA__MAGIC + 128.0f);
+        x[7] = __uint_as_float(__byte_perm(high, EKV_CUDA__MAGIC_BITS, 0x7653u)) - (EKV_CUDA__MAGIC + 128.0f);
     }
+    static __device__ __forceinline__ float scale(const chunk &c) { return c.scale; }
+    static __device__ __forceinline__ float zero(const chunk &) { return 0.0f; }
 };
 
 /* int4: per group of 32 elements an f16 (scale, zero) pair; low nibble = even element;
-   x = (float)q * scale + zero, the product rounded before the sum as on the host. */
+   x = q x scale + zero. decode() gives q: nibble i masked in place under the magic exponent
+   reads as 2^23 + q x 16^i (i < 5; the upper three come from the word shifted by 12), so
+   element i comes out times 16^i and q carries 16^-i (see ekv_cuda__int4_weights). */
 template <> struct ekv_cuda__storage<EKV_DTYPE_INT4> {
     typedef ekv_cuda__int4_chunk chunk;
-    enum { bits = 4, in_flight = 8, in_flight_grouped = 4 };
+    enum { bits = 4, in_flight = 8, in_flight_grouped = 2, scaled = 1 };
     static __device__ __forceinline__ chunk load(const unsigned char *values,
                                                  const unsigned char *scales, size_t pair, bool valid)
     {
@@ -582,17 +728,43 @@ template <> struct ekv_cuda__storage<EKV_DTYPE_INT4> {
     }
     static __device__ __forceinline__ void decode(const chunk &c, float x[8])
     {
-        const float scale = ekv_cuda__f16_low(c.scale_zero), zero = ekv_cuda__f16_high(c.scale_zero);
-        int i;
-EKV_CUDA__UNROLL
-        for (i = 0; i < 8; i++) x[i] = __fadd_rn(__fmul_rn((float)((c.values >> (4 * i)) & 15u), scale), zero);
+        const unsigned int w = c.values, up = c.values >> 12;
+        x[0] = __uint_as_float((w & 0xfu) | EKV_CUDA__MAGIC_BITS) - EKV_CUDA__MAGIC;
+        x[1] = __uint_as_float((w & 0xf0u) | EKV_CUDA__MAGIC_BITS) - EKV_CUDA__MAGIC;
+        x[2] = __uint_as_float((w & 0xf00u) | EKV_CUDA__MAGIC_BITS) - EKV_CUDA__MAGIC;
+        x[3] = __uint_as_float((w & 0xf000u) | EKV_CUDA__MAGIC_BITS) - EKV_CUDA__MAGIC;
+        x[4] = __uint_as_float((w & 0xf0000u) | EKV_CUDA__MAGIC_BITS) - EKV_CUDA__MAGIC;
+        x[5] = __uint_as_float((up & 0xf00u) | EKV_CUDA__MAGIC_BITS) - EKV_CUDA__MAGIC;
+        x[6] = __uint_as_float((up & 0xf000u) | EKV_CUDA__MAGIC_BITS) - EKV_CUDA__MAGIC;
+        x[7] = __uint_as_float((up & 0xf0000u) | EKV_CUDA__MAGIC_BITS) - EKV_CUDA__MAGIC;
     }
+    static __device__ __forceinline__ float scale(const chunk &c) { return ekv_cuda__f16_low(c.scale_zero); }
+    static __device__ __forceinline__ float zero(const chunk &c) { return ekv_cuda__f16_high(c.scale_zero); }
 };
 
-/* fp8 e4m3: the per-(sequence, kv head) scale is applied outside (see above). */
+/* What decode() multiplies element e by (int4: 16^(e mod 5) for e < 5, 16^(e - 3) for the
+   shifted three); the kernel divides q and the V accumulators by it, exactly (powers of 2). */
+template <int DTYPE>
+static __device__ __forceinline__ float ekv_cuda__decode_factor(int e)
+{
+    if (DTYPE != EKV_DTYPE_INT4) return 1.0f;
+    return (float)(1 << (4 * (e < 5 ? e : e - 3)));
+}
+
+/* fp8 e4m3 without the sm_89 conversion instruction, branch-free: the code's exponent and
+   mantissa shifted into an f32's fields (bias 127 instead of 7, so x 2^120 puts it right;
+   a subnormal code lands on an f32 subnormal and scales the same way), the sign OR-ed on,
+   S.1111.111 selected to NaN. The per-head scale is applied outside (see above). */
+static __device__ __forceinline__ float ekv_cuda__fp8_to_float(unsigned int byte)
+{
+    const float magnitude = __uint_as_float((byte & 0x7fu) << 20) * 1.329227995784916e36f; /* 2^120 */
+    const float value = __uint_as_float(__float_as_uint(magnitude) | ((byte & 0x80u) << 24));
+    return (byte & 0x7fu) == 0x7fu ? __uint_as_float(0x7fc00000u) : value;
+}
+
 template <> struct ekv_cuda__storage<EKV_DTYPE_FP8> {
     typedef uint2 chunk;
-    enum { bits = 8, in_flight = 8, in_flight_grouped = 4 };
+    enum { bits = 8, in_flight = 8, in_flight_grouped = 2, scaled = 0 };
     static __device__ __forceinline__ chunk load(const unsigned char *values, const unsigned char *,
                                                  size_t, bool valid)
     {
@@ -607,27 +779,35 @@ EKV_CUDA__UNROLL
             x[i + 4] = ekv_cuda__fp8_to_float((c.y >> (8 * i)) & 0xffu);
         }
     }
+    static __device__ __forceinline__ float scale(const chunk &) { return 1.0f; }
+    static __device__ __forceinline__ float zero(const chunk &) { return 0.0f; }
 };
 
-/* exp2 of a base-2 logit difference; an empty state (max -inf) weighs 0 instead of NaN. */
-static __device__ __forceinline__ float ekv_cuda__weight(float logit, float max)
-{
-    return max == -INFINITY ? 0.0f : exp2f(logit - max);
-}
+/* Decode attention on CUDA cores for one (sequence, kv head, group tile, split).
 
-/* Decode attention for one (sequence, kv head, group tile, split).
-
-   Lanes: lane / (HEAD_DIM/8) picks a token of the warp's step, lane % (HEAD_DIM/8) the
-   8 elements of the row it owns. Per iteration a warp loads in_flight steps of rows (all
-   loads issued before any use), then consumes them in sub-steps of SUB tokens: partial
-   dot products per lane, a butterfly over the lanes of a row, one max update and rescale
-   per sub-step, then p * V into per-lane accumulators. Each thread keeps (max, sum, acc)
-   per query head for the tokens it saw; warps reduce across their token lanes with
-   shuffles and across warps through shared memory. */
+   Mapping: lane / (HEAD_DIM/8) picks a token of the warp's step, lane % (HEAD_DIM/8) the 8
+   elements of the row it owns (one 16-byte load for f16 and bf16, two for f32, 8 bytes for
+   int8 and fp8, 4 for int4, plus the row's scale word). Each lane owns q and the
+   accumulators of those 8 elements for every head of the tile (GROUP_TILE 1 or
+   EKV_CUDA__GROUP_TILE), and a running (max, sum) per head for the tokens it saw.
+   Per iteration a warp issues the loads of in_flight steps of rows before any use, then
+   consumes them in sub-steps: partial dot products, a butterfly over the lanes of a row,
+   one max update and rescale per sub-step, p x V into the accumulators. Warps merge
+   through shared memory (ekv_cuda__finish).
+   Memory-bound while: the loads of an iteration are all issued before the first is used
+   (8 KB in flight per warp for f16), at most 128 registers (4 CTAs, 16 warps per SM), and
+   the iteration issues at most about 4 instructions per KV byte it reads (H200: 18 bytes
+   per clock per SM at 4 instructions per clock) - true for tile 1 of every dtype and for
+   f32 tiles; the 16-bit and quantized GQA tiles are for GPUs and builds without the
+   tensor-core kernel, where they compile (elsewhere they are empty: see
+   ekv_cuda__tensor_cores). */
 template <int DTYPE, int HEAD_DIM, int GROUP_TILE>
-__global__ void __launch_bounds__(EKV_CUDA__THREADS)
+__global__ void __launch_bounds__(EKV_CUDA__THREADS, 4)
     ekv_cuda__attention_kernel(ekv_cuda__attention_params p)
 {
+#if defined(__CUDA_ARCH__)
+    if (ekv_cuda__tensor_cores(DTYPE, __CUDA_ARCH__)) return; /* never launched here */
+#endif
     typedef ekv_cuda__storage<DTYPE> storage;
     typedef typename storage::chunk chunk;
     enum {
@@ -656,14 +836,14 @@ __global__ void __launch_bounds__(EKV_CUDA__THREADS)
     const int begin = split * p.tokens_per_split;
     const int end = min(length, begin + p.tokens_per_split);
     const size_t head_index = (size_t)b * (size_t)p.kv_heads + (size_t)kv_head;
-    const size_t first_row = head_index * (size_t)p.capacity;
-    const unsigned char *k_rows = p.k + first_row * ROW_BYTES + (size_t)part * CHUNK_BYTES;
-    const unsigned char *v_rows = p.v + first_row * ROW_BYTES + (size_t)part * CHUNK_BYTES;
+    const unsigned char *k_values = p.k + (size_t)part * CHUNK_BYTES;
+    const unsigned char *v_values = p.v + (size_t)part * CHUNK_BYTES;
     /* int4 scale pairs are per (row, group of 32): index them as rows of the pair array */
     const int pairs_per_row = HEAD_DIM / 32, pair = part / 4;
     float k_head_scale = 1.0f, v_head_scale = 1.0f;
-    float q[GROUP_TILE][8], acc[GROUP_TILE][8], running_max[GROUP_TILE], running_sum[GROUP_TILE];
-    int g, e, u, t0, w;
+    float q[GROUP_TILE][8], q_sum[GROUP_TILE], acc[GROUP_TILE][8], zero_acc[GROUP_TILE];
+    float running_max[GROUP_TILE], running_sum[GROUP_TILE];
+    int g, e, u, t0;
 
     if (DTYPE == EKV_DTYPE_FP8) {
         k_head_scale = __ldg(reinterpret_cast<const float *>(p.k_scales) + head_index);
@@ -688,8 +868,16 @@ EKV_CUDA__UNROLL
         q[g][5] = high.y * scale;
         q[g][6] = high.z * scale;
         q[g][7] = high.w * scale;
+        /* the zero point's share of a logit: zero x the sum of this lane's q */
+        q_sum[g] = 0.0f;
+EKV_CUDA__UNROLL
+        for (e = 0; e < 8; e++) {
+            q_sum[g] += q[g][e];
+            q[g][e] /= ekv_cuda__decode_factor<DTYPE>(e);
+        }
         running_max[g] = -INFINITY;
         running_sum[g] = 0.0f;
+        zero_acc[g] = 0.0f;
 EKV_CUDA__UNROLL
         for (e = 0; e < 8; e++) acc[g][e] = 0.0f;
     }
@@ -702,10 +890,10 @@ EKV_CUDA__UNROLL
         for (u = 0; u < IN_FLIGHT; u++) {
             const int t = t0 + u * ROWS_PER_WARP + row_lane;
             const bool valid = t < end;
-            const size_t row = first_row + (size_t)t;
+            const size_t row = ekv_cuda__kv_row(p, head_index, (size_t)t);
             const size_t scale_row = DTYPE == EKV_DTYPE_INT4 ? row * pairs_per_row + pair : row;
-            k_chunk[u] = storage::load(k_rows + (size_t)t * ROW_BYTES, p.k_scales, scale_row, valid);
-            v_chunk[u] = storage::load(v_rows + (size_t)t * ROW_BYTES, p.v_scales, scale_row, valid);
+            k_chunk[u] = storage::load(k_values + row * ROW_BYTES, p.k_scales, scale_row, valid);
+            v_chunk[u] = storage::load(v_values + row * ROW_BYTES, p.v_scales, scale_row, valid);
             /* an invalid slot gets logit -inf, hence weight 0 */
             bias[u] = !valid ? -INFINITY
                              : (p.bias ? __ldg(p.bias + row) * EKV_CUDA__LOG2E : 0.0f);
@@ -722,6 +910,10 @@ EKV_CUDA__UNROLL
                     float dot = 0.0f;
 EKV_CUDA__UNROLL
                     for (e = 0; e < 8; e++) dot = fmaf(q[g][e], k[e], dot);
+                    if (DTYPE == EKV_DTYPE_INT4)
+                        dot = fmaf(storage::zero(k_chunk[s0 + u]), q_sum[g], dot * storage::scale(k_chunk[s0 + u]));
+                    else if (storage::scaled)
+                        dot *= storage::scale(k_chunk[s0 + u]);
                     logit[u][g] = dot;
                 }
             }
@@ -743,6 +935,7 @@ EKV_CUDA__UNROLL
                 correction = ekv_cuda__weight(running_max[g], new_max);
                 running_max[g] = new_max;
                 running_sum[g] *= correction;
+                if (DTYPE == EKV_DTYPE_INT4) zero_acc[g] *= correction;
 EKV_CUDA__UNROLL
                 for (e = 0; e < 8; e++) acc[g][e] *= correction;
             }
@@ -753,13 +946,21 @@ EKV_CUDA__UNROLL
 EKV_CUDA__UNROLL
                 for (g = 0; g < GROUP_TILE; g++) {
                     const float weight = ekv_cuda__weight(logit[u][g], running_max[g]);
+                    const float scaled = storage::scaled ? weight * storage::scale(v_chunk[s0 + u]) : weight;
                     running_sum[g] += weight;
+                    if (DTYPE == EKV_DTYPE_INT4)
+                        zero_acc[g] = fmaf(weight, storage::zero(v_chunk[s0 + u]), zero_acc[g]);
 EKV_CUDA__UNROLL
-                    for (e = 0; e < 8; e++) acc[g][e] = fmaf(weight, v[e], acc[g][e]);
+                    for (e = 0; e < 8; e++) acc[g][e] = fmaf(scaled, v[e], acc[g][e]);
                 }
             }
         }
     }
+    if (DTYPE == EKV_DTYPE_INT4)
+EKV_CUDA__UNROLL
+        for (g = 0; g < GROUP_TILE; g++)
+EKV_CUDA__UNROLL
+            for (e = 0; e < 8; e++) acc[g][e] = acc[g][e] / ekv_cuda__decode_factor<DTYPE>(e) + zero_acc[g];
 
     /* merge the token lanes of the warp: lanes part, part + LANES_PER_ROW, ... */
 EKV_CUDA__UNROLL
@@ -791,31 +992,652 @@ EKV_CUDA__UNROLL
         }
     }
     __syncthreads();
+    ekv_cuda__finish<HEAD_DIM, GROUP_TILE, EKV_CUDA__WARPS>(p, shared_acc, shared_max, shared_sum, b,
+                                                             split, first_head, tile_heads, v_head_scale);
+}
 
-    /* merge the warps; each thread finishes some (head, element) pairs */
-    for (int i = (int)threadIdx.x; i < tile_heads * HEAD_DIM; i += EKV_CUDA__THREADS) {
-        const int h = i / HEAD_DIM, d = i % HEAD_DIM;
-        const size_t out_row = (size_t)b * (size_t)p.heads + (size_t)(first_head + h);
-        float max = -INFINITY, sum = 0.0f, value = 0.0f;
-        for (w = 0; w < EKV_CUDA__WARPS; w++) max = fmaxf(max, shared_max[w][h]);
-        for (w = 0; w < EKV_CUDA__WARPS; w++) {
-            const float weight = ekv_cuda__weight(shared_max[w][h], max);
-            sum += weight * shared_sum[w][h];
-            value += weight * shared_acc[w][h][d];
+/* ---- the tensor-core kernel ---------------------------------------------- */
+
+/* The one wrapper of each warp-level matrix instruction the kernel uses; the emulator
+   implements both to the PTX ISA's fragment layouts (tests/emu/include/ekv_emu_warp_mma.h,
+   tested in tests/test_mma_emu.cpp).
+
+   d += a b for one m16n8k16 tile: a 16 x 16 (4 registers of 2 elements), b 16 x 8 (2
+   registers), d 16 x 8 in f32; elements f16, or bf16 when BF16. */
+template <int BF16>
+static __device__ __forceinline__ void ekv_cuda__mma(float d[4], const unsigned a[4], const unsigned b[2])
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if (BF16)
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+            "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    else
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+            "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(EKV_EMULATOR_ACTIVE)
+    ekv_emu_mma_m16n8k16(BF16, d, a, b, d);
+#else
+    (void)d, (void)a, (void)b; /* older architectures: the kernel is empty there */
+#endif
+}
+
+/* The transpose of an 8 x 8 matrix of 16-bit elements held as the accumulator holds a row
+   block: lane l has row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1. */
+static __device__ __forceinline__ unsigned ekv_cuda__transpose_8x8(unsigned x)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned y;
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(y) : "r"(x));
+    return y;
+#elif defined(EKV_EMULATOR_ACTIVE)
+    return ekv_emu_movmatrix_m8n8_trans_b16(x);
+#else
+    return x; /* older architectures: the kernel is empty there */
+#endif
+}
+
+/* Two floats as the f16x2 (or bf16x2) register of an mma fragment, rounded to nearest. */
+template <int BF16>
+static __device__ __forceinline__ unsigned ekv_cuda__pack(float low, float high)
+{
+    if (BF16)
+        return (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(low)) |
+               ((unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(high)) << 16);
+    return (unsigned)__half_as_ushort(__float2half_rn(low)) |
+           ((unsigned)__half_as_ushort(__float2half_rn(high)) << 16);
+}
+
+template <int BF16>
+static __device__ __forceinline__ float ekv_cuda__unpack(unsigned w, int high)
+{
+    const unsigned short bits = (unsigned short)(high ? w >> 16 : w & 0xffffu);
+    return BF16 ? __uint_as_float((unsigned)bits << 16) : __half2float(__ushort_as_half(bits));
+}
+
+static __device__ __forceinline__ __half2 ekv_cuda__h2(unsigned w)
+{
+    __half2 h;
+    memcpy(&h, &w, sizeof h);
+    return h;
+}
+
+static __device__ __forceinline__ unsigned ekv_cuda__bits(__half2 h)
+{
+    unsigned w;
+    memcpy(&w, &h, sizeof w);
+    return w;
+}
+
+/* (x & MASK) | BITS in one LOP3: written as C, the compiler folds both constants into
+   immediates, which takes two LOP3 (one immediate each). */
+template <unsigned MASK, unsigned BITS>
+static __device__ __forceinline__ unsigned ekv_cuda__mask_or(unsigned x)
+{
+#ifdef __CUDA_ARCH__
+    unsigned r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(x), "n"(MASK), "r"(BITS));
+    return r;
+#else
+    return (x & MASK) | BITS;
+#endif
+}
+
+/* int4 to f16 without conversion instructions (the 0x6400 trick): nibbles masked into the
+   mantissa under exponent 2^10 (bits 0-3) or 2^6 (bits 4-7) read as 1024 + n or 64 + n, so
+   one exact subtraction and one fused multiply-add give n x scale + zero, rounded once. `x`
+   holds four elements per 16-bit half, in bits 0-3, 4-7, 8-11, 12-15; out[0] and out[1]
+   get elements 2 `upper` and 2 `upper` + 1 of both halves. */
+static __device__ __forceinline__ void ekv_cuda__int4_to_h2(unsigned x, int upper, __half2 scale,
+                                                            __half2 zero, unsigned out[2])
+{
+    const __half2 low_bias = ekv_cuda__h2(0x64006400u), high_bias = ekv_cuda__h2(0x54005400u);
+    const unsigned y = upper ? x >> 8 : x;
+    out[0] = ekv_cuda__bits(__hfma2(__hsub2(ekv_cuda__h2(ekv_cuda__mask_or<0x000f000fu, 0x64006400u>(y)), low_bias), scale, zero));
+    out[1] = ekv_cuda__bits(__hfma2(__hsub2(ekv_cuda__h2(ekv_cuda__mask_or<0x00f000f0u, 0x54005400u>(y)), high_bias), scale, zero));
+}
+
+/* int8 to f16, exactly: the byte with its sign bit flipped (q + 128) as the low byte under
+   the high byte 0x64 (exponent 2^10) reads as 1152 + q; one subtraction. out[0] gets bytes
+   0 and 1 of `x` (low and high half), out[1] bytes 2 and 3. */
+static __device__ __forceinline__ void ekv_cuda__int8_to_h2(unsigned x, unsigned out[2])
+{
+    const __half2 bias = ekv_cuda__h2(0x64806480u); /* 1152 */
+    const unsigned flipped = x ^ 0x80808080u;
+    out[0] = ekv_cuda__bits(__hsub2(ekv_cuda__h2(__byte_perm(flipped, 0x64646464u, 0x4140u)), bias));
+    out[1] = ekv_cuda__bits(__hsub2(ekv_cuda__h2(__byte_perm(flipped, 0x64646464u, 0x4342u)), bias));
+}
+
+/* Two e4m3 bytes to f16x2 with sm_89's conversion instruction (exact). */
+static __device__ __forceinline__ unsigned ekv_cuda__fp8x2_to_h2(unsigned two)
+{
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xffffu), __NV_E4M3);
+    return (unsigned)h.x | ((unsigned)h.y << 16);
+}
+
+/* What the tensor-core kernel needs of each dtype.
+   k(): K chunk of one row -> the two A-fragment registers of k16 block j (registers 2j and
+   2j + 1 of the chunk), each holding two elements, element(2j + r, 0) and (2j + r, 1) of
+   the chunk; q is laid out the same way. The chunk is `words` (elements x bits / 32)
+   32-bit words; s holds int4's (scale, zero) word of each group of 32 it spans.
+   v(): V chunks of two rows (tokens) -> elements 2i and 2i + 1 of m16 block i, each
+   register holding that element of both rows (the pair of tokens the mma's k dimension
+   pairs up); sa, sb: int4's (scale, zero) words of the two rows.
+   Producing a block's registers right before its mma keeps few of them alive.
+   bf16: the fragments are bf16 (else f16). q_parts, p_parts: bf16's 8-bit mantissa would
+   round q and the softmax weights to 2^-9, so they go in as a sum of two bf16 parts (two
+   mma each); f16 rounds them to 2^-12, which the stated tolerance allows.
+   row_scale: int8's one f32 scale per row, applied to the logit after QK and to the weight
+   before PV (through the log of the scale, so the weights stay within f16's range), never
+   per element. group_scale: int4's f16 (scale, zero) per group of 32, applied per element
+   in f16 (the zero point rules out a scale after the product). */
+template <int DTYPE> struct ekv_cuda__fragments;
+
+template <> struct ekv_cuda__fragments<EKV_DTYPE_F16> {
+    enum { bits = 16, bf16 = 0, q_parts = 1, p_parts = 1, row_scale = 0, group_scale = 0 };
+    static __device__ __forceinline__ int element(int i, int h) { return 2 * i + h; }
+    static __device__ __forceinline__ void k(const unsigned *w, const unsigned *, int j, unsigned f[2])
+    {
+        f[0] = w[2 * j];
+        f[1] = w[2 * j + 1];
+    }
+    static __device__ __forceinline__ void v(const unsigned *a, const unsigned *b, unsigned, unsigned,
+                                             int i, unsigned f[2])
+    {
+        f[0] = __byte_perm(a[i], b[i], 0x5410u);
+        f[1] = __byte_perm(a[i], b[i], 0x7632u);
+    }
+};
+
+template <> struct ekv_cuda__fragments<EKV_DTYPE_BF16> : ekv_cuda__fragments<EKV_DTYPE_F16> {
+    enum { bits = 16, bf16 = 1, q_parts = 2, p_parts = 2, row_scale = 0, group_scale = 0 };
+};
+
+template <> struct ekv_cuda__fragments<EKV_DTYPE_INT8> {
+    enum { bits = 8, bf16 = 0, q_parts = 1, p_parts = 1, row_scale = 1, group_scale = 0 };
+    static __device__ __forceinline__ int element(int i, int h) { return 2 * i + h; }
+    static __device__ __forceinline__ void k(const unsigned *w, const unsigned *, int j, unsigned f[2])
+    {
+        ekv_cuda__int8_to_h2(w[j], f);
+    }
+    static __device__ __forceinline__ void v(const unsigned *a, const unsigned *b, unsigned, unsigned,
+                                             int i, unsigned f[2])
+    {
+        /* bytes 2(i mod 2) and 2(i mod 2) + 1 of word i / 2, interleaved: a b a b */
+        ekv_cuda__int8_to_h2(__byte_perm(a[i / 2], b[i / 2], i % 2 ? 0x7362u : 0x5140u), f);
+    }
+};
+
+template <> struct ekv_cuda__fragments<EKV_DTYPE_INT4> {
+    enum { bits = 4, bf16 = 0, q_parts = 1, p_parts = 1, row_scale = 0, group_scale = 1 };
+    /* register 4w + m holds elements 8w + m and 8w + m + 4 (ekv_cuda__int4_to_h2) */
+    static __device__ __forceinline__ int element(int i, int h) { return 8 * (i / 4) + i % 4 + 4 * h; }
+    static __device__ __forceinline__ void k(const unsigned *w, const unsigned *s, int j, unsigned f[2])
+    {
+        const unsigned sz = s[j / 8]; /* 32 elements: 16 registers, 8 blocks of 2 */
+        ekv_cuda__int4_to_h2(w[j / 2], j % 2, ekv_cuda__h2(__byte_perm(sz, 0u, 0x1010u)),
+                             ekv_cuda__h2(__byte_perm(sz, 0u, 0x3232u)), f);
+    }
+    static __device__ __forceinline__ void v(const unsigned *a, const unsigned *b, unsigned sa,
+                                             unsigned sb, int i, unsigned f[2])
+    {
+        /* elements 2i, 2i + 1: of word i / 4, nibbles 2(i mod 4) and + 1 of both rows */
+        const unsigned x = __byte_perm(a[i / 4], b[i / 4], i % 4 < 2 ? 0x5410u : 0x7632u);
+        ekv_cuda__int4_to_h2(x, i % 2, ekv_cuda__h2(__byte_perm(sa, sb, 0x5410u)),
+                             ekv_cuda__h2(__byte_perm(sa, sb, 0x7632u)), f);
+    }
+};
+
+template <> struct ekv_cuda__fragments<EKV_DTYPE_FP8> {
+    enum { bits = 8, bf16 = 0, q_parts = 1, p_parts = 1, row_scale = 0, group_scale = 0 };
+    static __device__ __forceinline__ int element(int i, int h) { return 2 * i + h; }
+    static __device__ __forceinline__ void k(const unsigned *w, const unsigned *, int j, unsigned f[2])
+    {
+        f[0] = ekv_cuda__fp8x2_to_h2(w[j]);
+        f[1] = ekv_cuda__fp8x2_to_h2(w[j] >> 16);
+    }
+    static __device__ __forceinline__ void v(const unsigned *a, const unsigned *b, unsigned, unsigned,
+                                             int i, unsigned f[2])
+    {
+        const unsigned x = __byte_perm(a[i / 2], b[i / 2], i % 2 ? 0x7362u : 0x5140u);
+        f[0] = ekv_cuda__fp8x2_to_h2(x);
+        f[1] = ekv_cuda__fp8x2_to_h2(x >> 16);
+    }
+};
+
+/* `WORDS` 32-bit words from `src` with the widest loads its alignment allows (the chunk
+   offsets are multiples of its size), or zeros when !valid (a row past the end: its logit
+   is -inf and its weight 0, which must not meet a NaN). */
+template <int WORDS>
+static __device__ __forceinline__ void ekv_cuda__load_words(const unsigned char *src, bool valid,
+                                                            unsigned *w)
+{
+    if (WORDS % 4 == 0) {
+EKV_CUDA__UNROLL
+        for (int i = 0; i < WORDS; i += 4) {
+            const uint4 x = valid ? __ldg(reinterpret_cast<const uint4 *>(src) + i / 4) : make_uint4(0u, 0u, 0u, 0u);
+            w[i] = x.x;
+            w[i + 1] = x.y;
+            w[i + 2] = x.z;
+            w[i + 3] = x.w;
         }
-        value *= v_head_scale;
-        if (p.splits == 1) {
-            p.out[out_row * HEAD_DIM + d] = sum > 0.0f ? value / sum : 0.0f;
-        } else {
-            /* an empty split writes only (max -inf, sum 0): the merge skips its acc */
-            const size_t partial = out_row * (size_t)p.splits + (size_t)split;
-            if (sum > 0.0f) p.partial_acc[partial * HEAD_DIM + d] = value;
-            if (d == 0) {
-                p.partial_ml[partial * 2] = max;
-                p.partial_ml[partial * 2 + 1] = sum;
-            }
+    } else if (WORDS % 2 == 0) {
+EKV_CUDA__UNROLL
+        for (int i = 0; i < WORDS; i += 2) {
+            const uint2 x = valid ? __ldg(reinterpret_cast<const uint2 *>(src) + i / 2) : make_uint2(0u, 0u);
+            w[i] = x.x;
+            w[i + 1] = x.y;
+        }
+    } else {
+EKV_CUDA__UNROLL
+        for (int i = 0; i < WORDS; i++) w[i] = valid ? __ldg(reinterpret_cast<const unsigned *>(src) + i) : 0u;
+    }
+}
+
+/* The shape of one tensor-core kernel: SLICES warps share a step of 16 tokens, each owning
+   HEAD_DIM / SLICES elements of head_dim (its K chunk is a quarter of that per thread, its
+   V chunk an eighth), so that q, the accumulators and a step of loads fit 128 registers;
+   the CTA's four warps hold STREAMS = 4 / SLICES steps at a time. */
+template <int DTYPE, int HEAD_DIM, int HEADS>
+struct ekv_cuda__mma_shape {
+    enum {
+        SPAN = ekv_cuda__fragments<DTYPE>::bits == 16 ? EKV_CUDA__MMA_SPAN_16BIT : EKV_CUDA__MMA_SPAN,
+        SLICES = HEAD_DIM * HEADS <= SPAN ? 1
+                 : HEAD_DIM * HEADS / SPAN < EKV_CUDA__WARPS ? HEAD_DIM * HEADS / SPAN : EKV_CUDA__WARPS,
+        WIDTH = HEAD_DIM / SLICES,
+        STREAMS = EKV_CUDA__WARPS / SLICES,
+        K_ELEMENTS = WIDTH / 4,
+        V_ELEMENTS = WIDTH / 8,
+        K_WORDS = K_ELEMENTS * ekv_cuda__fragments<DTYPE>::bits / 32,
+        V_WORDS = V_ELEMENTS * ekv_cuda__fragments<DTYPE>::bits / 32,
+        /* int4 (scale, zero) words of a K chunk: one per group of 32 it spans */
+        K_GROUPS = K_ELEMENTS > 32 ? K_ELEMENTS / 32 : 1,
+        K_TILES = WIDTH / 16, /* k16 blocks of QK over the warp's width */
+        M_TILES = WIDTH / 16, /* m16 blocks of PV */
+        N_TILES = HEADS / 8,
+        ROW_BYTES = HEAD_DIM * ekv_cuda__fragments<DTYPE>::bits / 8,
+        CTA_STEP = 16 * STREAMS
+    };
+};
+
+/* One step's loads of one thread: K rows t0 + g and t0 + g + 8 (its chunk c), V rows
+   t0 + 2c, 2c + 1, 2c + 8, 2c + 9 (its chunk g), their scale words (int8: both scales of
+   the K rows), and the pool bias of the K rows. */
+template <int DTYPE, int HEAD_DIM, int HEADS>
+struct ekv_cuda__mma_step {
+    typedef ekv_cuda__mma_shape<DTYPE, HEAD_DIM, HEADS> shape;
+    unsigned k[2][shape::K_WORDS], v[4][shape::V_WORDS];
+    unsigned k_scale[2][shape::K_GROUPS], v_scale[4];
+    float bias[2]; /* the pool bias (natural log), 0 without one or past the end */
+};
+
+/* One thread's loads of the step starting at token t0 (see ekv_cuda__mma_step), in two
+   halves that the kernel issues as soon as the previous step has used the registers: K
+   (with its scales and the bias) after QK, V after PV. A row past the end loads nothing
+   and reads as zeros. `first` is t0 as a size_t, computed so that the compiler sees it
+   grow by a constant per step and advances the addresses instead of recomputing them;
+   k_first, v_first: the thread's K and V chunks (first element of head_dim). */
+template <int DTYPE, int HEAD_DIM, int HEADS>
+static __device__ __forceinline__ void ekv_cuda__mma_load_k(const ekv_cuda__attention_params &p,
+                                                            size_t head_index, size_t first, int t0,
+                                                            int end, int k_first,
+                                                            ekv_cuda__mma_step<DTYPE, HEAD_DIM, HEADS> &s)
+{
+    typedef ekv_cuda__fragments<DTYPE> frag;
+    typedef ekv_cuda__mma_shape<DTYPE, HEAD_DIM, HEADS> shape;
+    const int g = ((int)threadIdx.x % 32) / 4;
+    const size_t row = ekv_cuda__kv_row(p, head_index, first) + (size_t)g; /* token t0 + g */
+    const unsigned *k_groups = reinterpret_cast<const unsigned *>(p.k_scales) + row * (HEAD_DIM / 32) + k_first / 32;
+    const unsigned char *k_values = p.k + row * shape::ROW_BYTES + (size_t)k_first * frag::bits / 8;
+    int r, j;
+EKV_CUDA__UNROLL
+    for (r = 0; r < 2; r++) {
+        const bool valid = t0 + g + 8 * r < end;
+        ekv_cuda__load_words<shape::K_WORDS>(k_values + 8 * r * shape::ROW_BYTES, valid, s.k[r]);
+        if (frag::group_scale)
+EKV_CUDA__UNROLL
+            for (j = 0; j < shape::K_GROUPS; j++)
+                s.k_scale[r][j] = valid ? __ldg(k_groups + 8 * r * (HEAD_DIM / 32) + j) : 0u;
+        /* raw: an instruction on it here would wait for the load */
+        s.bias[r] = valid && p.bias ? __ldg(p.bias + row + 8 * r) : 0.0f;
+    }
+}
+
+template <int DTYPE, int HEAD_DIM, int HEADS>
+static __device__ __forceinline__ void ekv_cuda__mma_load_v(const ekv_cuda__attention_params &p,
+                                                            size_t head_index, size_t first, int t0,
+                                                            int end, int v_first,
+                                                            ekv_cuda__mma_step<DTYPE, HEAD_DIM, HEADS> &s)
+{
+    typedef ekv_cuda__fragments<DTYPE> frag;
+    typedef ekv_cuda__mma_shape<DTYPE, HEAD_DIM, HEADS> shape;
+    const int c = (int)threadIdx.x % 4, g = ((int)threadIdx.x % 32) / 4;
+    const size_t row = ekv_cuda__kv_row(p, head_index, first) + (size_t)(2 * c); /* token t0 + 2c */
+    const unsigned *v_groups = reinterpret_cast<const unsigned *>(p.v_scales) + row * (HEAD_DIM / 32) + v_first / 32;
+    const unsigned char *v_values = p.v + row * shape::ROW_BYTES + (size_t)v_first * frag::bits / 8;
+    int r;
+    if (frag::row_scale) {
+        /* int8: the K and V scales of the K rows t0 + g, t0 + g + 8 (PV's weights carry
+           V's): used by the softmax, after QK, so they travel with the V half */
+        const size_t k_row = row - (size_t)(2 * c) + (size_t)g;
+EKV_CUDA__UNROLL
+        for (r = 0; r < 2; r++) {
+            const bool valid = t0 + g + 8 * r < end;
+            s.k_scale[r][0] = valid ? __ldg(reinterpret_cast<const unsigned *>(p.k_scales) + k_row + 8 * r) : 0u;
+            s.v_scale[r] = valid ? __ldg(reinterpret_cast<const unsigned *>(p.v_scales) + k_row + 8 * r) : 0u;
         }
     }
+EKV_CUDA__UNROLL
+    for (r = 0; r < 4; r++) {
+        const int offset = (r & 1) + 8 * (r >> 1); /* tokens 2c, 2c + 1, 2c + 8, 2c + 9 */
+        const bool valid = t0 + 2 * c + offset < end;
+        ekv_cuda__load_words<shape::V_WORDS>(v_values + offset * shape::ROW_BYTES, valid, s.v[r]);
+        if (frag::group_scale) s.v_scale[r] = valid ? __ldg(v_groups + offset * (HEAD_DIM / 32)) : 0u;
+    }
+}
+
+/* Decode attention on tensor cores for one (sequence, kv head, head tile of HEADS query
+   heads, split).
+
+   Mapping: lane = 4 g + c (g = groupID, c = threadID_in_group of the PTX fragment
+   layouts). A warp takes 16 tokens per step, as m16 of QK (S^T = K q^T: tokens x heads)
+   and k16 of PV (O^T += V^T P^T: head_dim x heads), with the query heads as the n8
+   dimension (one n8 block per 8 heads: a group of 2 to 8 pays for 8 columns, 9 to 16 for
+   16, the KV rows are read once either way). K enters as the A fragment straight from its
+   rows: thread (g, c) loads K chunk c of tokens g and g + 8 and dequantizes it in registers
+   (the order of head_dim inside a chunk is the dtype's, q is laid out to match, and a dot
+   product does not care). V enters as the A fragment of V^T: thread (g, c) loads V chunk g
+   of tokens 2c, 2c + 1, 2c + 8, 2c + 9 and pairs the tokens' elements (byte permutes).
+   The softmax works on the S^T accumulator (thread: tokens g, g + 8 x heads 2c, 2c + 1),
+   max over the tokens by three shuffles, and the weights become PV's B fragment by one
+   movmatrix transpose per 8 tokens. Each thread owns the O^T accumulators of rows
+   (elements) g and g + 8 of each m16 block for heads 2c, 2c + 1 - the heads whose running
+   max it holds, so rescaling needs no exchange. With SLICES > 1 the warps of a step split
+   head_dim: each adds its partial S^T into shared memory (one barrier per step) and owns
+   its part of O^T. Streams and heads merge through ekv_cuda__finish.
+   Memory-bound while: the next step's loads are issued before this step's are used
+   (register double-buffering: 2 to 8 KB per warp in flight), at most 128 registers (16
+   warps per SM), and per KV byte at most about 4 issued instructions, 2 FP32/FP16 and 1
+   integer/logic instruction, and 2048 FMA per 33 bytes on the tensor pipe (H200 at 90%:
+   16.5 bytes per clock per SM). tests/sass_model.py checks each against the SASS. */
+template <int DTYPE, int HEAD_DIM, int HEADS>
+__global__ void __launch_bounds__(EKV_CUDA__THREADS, 4)
+    ekv_cuda__attention_mma_kernel(ekv_cuda__attention_params p)
+{
+#if defined(__CUDA_ARCH__)
+    if (!ekv_cuda__tensor_cores(DTYPE, __CUDA_ARCH__)) return; /* never launched here */
+#endif
+    typedef ekv_cuda__fragments<DTYPE> frag;
+    typedef ekv_cuda__mma_shape<DTYPE, HEAD_DIM, HEADS> shape;
+    typedef ekv_cuda__mma_step<DTYPE, HEAD_DIM, HEADS> step;
+    enum {
+        SLICES = shape::SLICES, WIDTH = shape::WIDTH, STREAMS = shape::STREAMS,
+        K_ELEMENTS = shape::K_ELEMENTS, V_ELEMENTS = shape::V_ELEMENTS,
+        K_WORDS = shape::K_WORDS, V_WORDS = shape::V_WORDS, K_GROUPS = shape::K_GROUPS,
+        K_TILES = shape::K_TILES, M_TILES = shape::M_TILES, N_TILES = shape::N_TILES,
+        ROW_BYTES = shape::ROW_BYTES, CTA_STEP = shape::CTA_STEP,
+        EXCHANGE = SLICES > 1 ? 2 : 1 /* partial S^T, by step parity */
+    };
+    __shared__ float shared_acc[STREAMS][HEADS][HEAD_DIM];
+    __shared__ float shared_max[STREAMS][HEADS];
+    __shared__ float shared_sum[STREAMS][HEADS];
+    __shared__ float4 shared_s[EXCHANGE][EKV_CUDA__WARPS][N_TILES][32];
+
+    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    const int g = lane / 4, c = lane % 4;
+    const int slice = warp % SLICES, stream = warp / SLICES;
+    const int b = (int)blockIdx.z, split = (int)blockIdx.x;
+    const int kv_head = (int)blockIdx.y / p.head_tiles;
+    const int tile = (int)blockIdx.y - kv_head * p.head_tiles;
+    const int first_head = kv_head * p.group + tile * HEADS;
+    const int tile_heads = min(HEADS, p.group - tile * HEADS);
+    const int length = max(0, min(p.lengths[b], p.capacity));
+    const int begin = split * p.tokens_per_split;
+    const int end = min(length, begin + p.tokens_per_split);
+    const int trips = end > begin ? (end - begin + CTA_STEP - 1) / CTA_STEP : 0;
+    const size_t head_index = (size_t)b * (size_t)p.kv_heads + (size_t)kv_head;
+    /* this warp's part of head_dim; thread c's K chunk and thread g's V chunk in it */
+    const int k_first = slice * WIDTH + c * K_ELEMENTS, v_first = slice * WIDTH + g * V_ELEMENTS;
+    const size_t first = (size_t)(begin + stream * 16); /* the first step's first token */
+    float k_head_scale = 1.0f, v_head_scale = 1.0f;
+    /* q as QK's B fragments, one uint2 (the two registers) per lane: each thread reads
+       back only what it wrote, and registers stay free for the loads in flight */
+    __shared__ uint2 shared_q[EKV_CUDA__WARPS][N_TILES][K_TILES][frag::q_parts][32];
+    /* reference: the max a head's weights are taken against (-FLT_MAX, finite, until its
+       first token: any logit passes it, and -inf - reference stays -inf); int8: the same
+       for PV's logits, logit + log2(V scale) */
+    float o[N_TILES][M_TILES][4], reference[N_TILES][2], running_sum[N_TILES][2];
+    float weight_reference[N_TILES][2];
+    step cur;
+    int n, i, j, h, r, it;
+
+
+    if (DTYPE == EKV_DTYPE_FP8) {
+        k_head_scale = __ldg(reinterpret_cast<const float *>(p.k_scales) + head_index);
+        v_head_scale = __ldg(reinterpret_cast<const float *>(p.v_scales) + head_index);
+    }
+    /* q as QK's B fragment (k = head_dim, n = heads): register r of k16 block j of thread
+       (g, c) holds head 8n + g at the chunk elements the K fragment's register 2j + r holds */
+EKV_CUDA__UNROLL
+    for (n = 0; n < N_TILES; n++) {
+        const int head = 8 * n + g;
+        const float *src = p.q + ((size_t)b * (size_t)p.heads + (size_t)(first_head + head)) * HEAD_DIM + k_first;
+EKV_CUDA__UNROLL
+        for (j = 0; j < K_TILES; j++) {
+            unsigned part[2][frag::q_parts];
+EKV_CUDA__UNROLL
+            for (r = 0; r < 2; r++) {
+                const float x0 = head < tile_heads ? __ldg(src + frag::element(2 * j + r, 0)) : 0.0f;
+                const float x1 = head < tile_heads ? __ldg(src + frag::element(2 * j + r, 1)) : 0.0f;
+                part[r][0] = ekv_cuda__pack<frag::bf16>(x0, x1);
+                if (frag::q_parts == 2)
+                    part[r][frag::q_parts - 1] = ekv_cuda__pack<frag::bf16>(
+                        x0 - ekv_cuda__unpack<frag::bf16>(part[r][0], 0),
+                        x1 - ekv_cuda__unpack<frag::bf16>(part[r][0], 1));
+            }
+EKV_CUDA__UNROLL
+            for (r = 0; r < frag::q_parts; r++) shared_q[warp][n][j][r][lane] = make_uint2(part[0][r], part[1][r]);
+        }
+EKV_CUDA__UNROLL
+        for (h = 0; h < 2; h++) {
+            reference[n][h] = -FLT_MAX;
+            weight_reference[n][h] = -FLT_MAX;
+            running_sum[n][h] = 0.0f;
+        }
+EKV_CUDA__UNROLL
+        for (i = 0; i < M_TILES; i++)
+EKV_CUDA__UNROLL
+            for (r = 0; r < 4; r++) o[n][i][r] = 0.0f;
+    }
+
+    ekv_cuda__mma_load_k<DTYPE, HEAD_DIM, HEADS>(p, head_index, first, begin + stream * 16, end, k_first, cur);
+    ekv_cuda__mma_load_v<DTYPE, HEAD_DIM, HEADS>(p, head_index, first, begin + stream * 16, end, v_first, cur);
+    /* Software-pipelined by halves: the next step's K loads go out as soon as QK has used
+       this step's K registers, its V loads as soon as PV has used V's, so one step of
+       loads is always in flight behind the work and the registers hold one step. */
+    for (it = 0; it < trips; it++) {
+        const int t0 = begin + it * CTA_STEP + stream * 16;
+        float s[N_TILES][4], scale[2], bias[2], v_log_scale[2];
+        unsigned weights[N_TILES][2][frag::p_parts];
+
+        /* S^T = K q^T over this warp's part of head_dim */
+EKV_CUDA__UNROLL
+        for (n = 0; n < N_TILES; n++)
+EKV_CUDA__UNROLL
+            for (r = 0; r < 4; r++) s[n][r] = 0.0f;
+EKV_CUDA__UNROLL
+        for (j = 0; j < K_TILES; j++) {
+            unsigned row0[2], row1[2];
+            frag::k(cur.k[0], cur.k_scale[0], j, row0);
+            frag::k(cur.k[1], cur.k_scale[1], j, row1);
+            {
+                const unsigned a[4] = {row0[0], row1[0], row0[1], row1[1]};
+EKV_CUDA__UNROLL
+                for (n = 0; n < N_TILES; n++)
+EKV_CUDA__UNROLL
+                    for (r = 0; r < frag::q_parts; r++) {
+                        const uint2 pair = shared_q[warp][n][j][r][lane];
+                        const unsigned bq[2] = {pair.x, pair.y};
+                        ekv_cuda__mma<frag::bf16>(s[n], a, bq);
+                    }
+            }
+        }
+        if (SLICES > 1) {
+            /* the warps of this step add their parts: pairs first, then the two pairs, so
+               that every warp gets the same bits (a + b = b + a exactly) from its own
+               registers and its partners' float4s */
+            const int parity = it & 1, base = stream * SLICES;
+EKV_CUDA__UNROLL
+            for (n = 0; n < N_TILES; n++)
+                shared_s[parity][warp][n][lane] = make_float4(s[n][0], s[n][1], s[n][2], s[n][3]);
+            __syncthreads();
+EKV_CUDA__UNROLL
+            for (n = 0; n < N_TILES; n++) {
+                const float4 pair = shared_s[parity][base + (slice ^ 1)][n][lane];
+                float sum[4] = {s[n][0] + pair.x, s[n][1] + pair.y, s[n][2] + pair.z, s[n][3] + pair.w};
+                if (SLICES == 4) {
+                    const float4 a = shared_s[parity][base + (slice ^ 2)][n][lane];
+                    const float4 b = shared_s[parity][base + (slice ^ 3)][n][lane];
+                    sum[0] += a.x + b.x;
+                    sum[1] += a.y + b.y;
+                    sum[2] += a.z + b.z;
+                    sum[3] += a.w + b.w;
+                }
+EKV_CUDA__UNROLL
+                for (r = 0; r < 4; r++) s[n][r] = sum[r];
+            }
+        }
+
+        /* logits in base 2: S^T x scale (int8: the row's scale; fp8: the head's) + bias;
+           -inf past the end. Then the K half of the step is free for the next step. */
+EKV_CUDA__UNROLL
+        for (r = 0; r < 2; r++) {
+            scale[r] = p.q_scale * (frag::row_scale ? __uint_as_float(cur.k_scale[r][0]) : k_head_scale);
+            bias[r] = t0 + g + 8 * r < end ? cur.bias[r] * EKV_CUDA__LOG2E : -INFINITY;
+            v_log_scale[r] = frag::row_scale ? __log2f(__uint_as_float(cur.v_scale[r])) : 0.0f;
+        }
+        ekv_cuda__mma_load_k<DTYPE, HEAD_DIM, HEADS>(p, head_index, first + (size_t)(it + 1) * CTA_STEP,
+                                                     t0 + CTA_STEP, end, k_first, cur);
+EKV_CUDA__UNROLL
+        for (n = 0; n < N_TILES; n++)
+EKV_CUDA__UNROLL
+            for (r = 0; r < 4; r++) s[n][r] = fmaf(s[n][r], scale[r / 2], bias[r / 2]);
+
+        /* Online softmax per head: (s[n][h], s[n][2 + h]) are tokens g and g + 8 of head
+           2c + h. A head's reference max moves only when a logit passes it by more than
+           EKV_CUDA__MAX_SLACK (base 2), so weights stay below 2^slack (f16 holds them); in
+           every other step - nearly all of a long sequence - one warp vote stands in for
+           the max over the step's tokens and the rescale of the accumulators. int8's PV
+           weights carry the V row's scale, as 2^(logit + log2 scale) under their own
+           reference max, so they stay within f16's range whatever the scales. */
+        {
+            bool grow = false;
+EKV_CUDA__UNROLL
+            for (n = 0; n < N_TILES; n++)
+EKV_CUDA__UNROLL
+                for (h = 0; h < 2; h++) {
+                    grow |= fmaxf(s[n][h], s[n][2 + h]) > reference[n][h] + EKV_CUDA__MAX_SLACK;
+                    if (frag::row_scale)
+                        grow |= fmaxf(s[n][h] + v_log_scale[0], s[n][2 + h] + v_log_scale[1]) >
+                                weight_reference[n][h] + EKV_CUDA__MAX_SLACK;
+                }
+            if (__any_sync(EKV_CUDA__FULL_MASK, grow)) {
+EKV_CUDA__UNROLL
+                for (n = 0; n < N_TILES; n++)
+EKV_CUDA__UNROLL
+                    for (h = 0; h < 2; h++) {
+                        float next = ekv_cuda__step_max(s[n][h], s[n][2 + h], reference[n][h]);
+                        float correction = ekv_cuda__exp2(reference[n][h] - next);
+                        running_sum[n][h] *= correction;
+                        reference[n][h] = next;
+                        if (frag::row_scale) {
+                            next = ekv_cuda__step_max(s[n][h] + v_log_scale[0], s[n][2 + h] + v_log_scale[1],
+                                                      weight_reference[n][h]);
+                            correction = ekv_cuda__exp2(weight_reference[n][h] - next);
+                            weight_reference[n][h] = next;
+                        }
+EKV_CUDA__UNROLL
+                        for (i = 0; i < M_TILES; i++) {
+                            o[n][i][h] *= correction;
+                            o[n][i][2 + h] *= correction;
+                        }
+                    }
+            }
+            for (n = 0; n < N_TILES; n++) {
+                float weight[2][2];
+EKV_CUDA__UNROLL
+                for (h = 0; h < 2; h++) {
+                    weight[0][h] = ekv_cuda__exp2(s[n][h] - reference[n][h]);
+                    weight[1][h] = ekv_cuda__exp2(s[n][2 + h] - reference[n][h]);
+                    running_sum[n][h] += weight[0][h] + weight[1][h];
+                    if (frag::row_scale) {
+                        weight[0][h] = ekv_cuda__exp2(s[n][h] + v_log_scale[0] - weight_reference[n][h]);
+                        weight[1][h] = ekv_cuda__exp2(s[n][2 + h] + v_log_scale[1] - weight_reference[n][h]);
+                    }
+                }
+                /* tokens g, g + 8 x heads 2c, 2c + 1 -> PV's B fragment: tokens 2c, 2c + 1 (and
+                   + 8) x head g */
+EKV_CUDA__UNROLL
+                for (r = 0; r < 2; r++) {
+                    const unsigned high = ekv_cuda__pack<frag::bf16>(weight[r][0], weight[r][1]);
+                    weights[n][r][0] = ekv_cuda__transpose_8x8(high);
+                    if (frag::p_parts == 2)
+                        weights[n][r][frag::p_parts - 1] = ekv_cuda__transpose_8x8(ekv_cuda__pack<frag::bf16>(
+                            weight[r][0] - ekv_cuda__unpack<frag::bf16>(high, 0),
+                            weight[r][1] - ekv_cuda__unpack<frag::bf16>(high, 1)));
+                }
+            }
+        }
+
+        /* O^T += V^T P^T over this warp's part of head_dim */
+EKV_CUDA__UNROLL
+        for (i = 0; i < M_TILES; i++) {
+            unsigned low[2], high[2]; /* tokens 2c, 2c + 1 and 2c + 8, 2c + 9 */
+            frag::v(cur.v[0], cur.v[1], cur.v_scale[0], cur.v_scale[1], i, low);
+            frag::v(cur.v[2], cur.v[3], cur.v_scale[2], cur.v_scale[3], i, high);
+            {
+                const unsigned a[4] = {low[0], low[1], high[0], high[1]};
+EKV_CUDA__UNROLL
+                for (n = 0; n < N_TILES; n++)
+EKV_CUDA__UNROLL
+                    for (r = 0; r < frag::p_parts; r++) {
+                        const unsigned bp[2] = {weights[n][0][r], weights[n][1][r]};
+                        ekv_cuda__mma<frag::bf16>(o[n][i], a, bp);
+                    }
+            }
+        }
+        ekv_cuda__mma_load_v<DTYPE, HEAD_DIM, HEADS>(p, head_index, first + (size_t)(it + 1) * CTA_STEP,
+                                                     t0 + CTA_STEP, end, v_first, cur);
+    }
+    /* sums over the token rows g; O^T needs none (the mma summed the tokens) */
+EKV_CUDA__UNROLL
+    for (n = 0; n < N_TILES; n++)
+EKV_CUDA__UNROLL
+        for (h = 0; h < 2; h++) {
+            float factor = 1.0f;
+            running_sum[n][h] += __shfl_xor_sync(EKV_CUDA__FULL_MASK, running_sum[n][h], 4);
+            running_sum[n][h] += __shfl_xor_sync(EKV_CUDA__FULL_MASK, running_sum[n][h], 8);
+            running_sum[n][h] += __shfl_xor_sync(EKV_CUDA__FULL_MASK, running_sum[n][h], 16);
+            /* int8: O^T is in units of 2^weight_reference, the sum in units of 2^reference
+               (both -FLT_MAX for a head without tokens, whose O^T is 0) */
+            if (frag::row_scale) factor = ekv_cuda__exp2(weight_reference[n][h] - reference[n][h]);
+EKV_CUDA__UNROLL
+            for (i = 0; i < M_TILES; i++) {
+                const int d = v_first + 2 * i;
+                shared_acc[stream][8 * n + 2 * c + h][d] = o[n][i][h] * factor;
+                shared_acc[stream][8 * n + 2 * c + h][d + 1] = o[n][i][2 + h] * factor;
+            }
+            if (slice == 0 && g == 0) {
+                shared_max[stream][8 * n + 2 * c + h] = reference[n][h];
+                shared_sum[stream][8 * n + 2 * c + h] = running_sum[n][h];
+            }
+        }
+    __syncthreads();
+    ekv_cuda__finish<HEAD_DIM, HEADS, STREAMS>(p, shared_acc, shared_max, shared_sum, b, split,
+                                                first_head, tile_heads, v_head_scale);
 }
 
 /* Log-sum-exp merge of the splits of one (sequence, query head): weights 2^(m_s - M)
@@ -851,43 +1673,69 @@ __global__ void __launch_bounds__(EKV_CUDA__MERGE_THREADS)
 
 typedef void (*ekv_cuda__attention_fn)(ekv_cuda__attention_params);
 
-/* The kernel for (dtype, head dim, group tile): 6 x 3 x 2 instantiations, the whole
-   compile-time cost of this header. Group tile 1 serves multi-head attention with a
-   fraction of the registers; every group above 1 uses the tile of 8. */
+/* The kernels for (dtype, head dim, tile), the whole compile-time cost of this header:
+   CUDA cores 6 dtypes x 3 head dims x (tile 1, EKV_CUDA__GROUP_TILE), tensor cores 5
+   dtypes x 3 head dims x (8, 16 heads). On each architecture ekv_cuda__tensor_cores leaves
+   one of the two paths of a dtype empty, so each build compiles the loops of one. */
 template <int DTYPE>
-static ekv_cuda__attention_fn ekv_cuda__kernel_for_dtype(int head_dim, int group_tile)
+static ekv_cuda__attention_fn ekv_cuda__cuda_core_kernel(int head_dim, int tile)
 {
     switch (head_dim) {
     case 64:
-        return group_tile == 1 ? ekv_cuda__attention_kernel<DTYPE, 64, 1>
-                               : ekv_cuda__attention_kernel<DTYPE, 64, EKV_CUDA__GROUP_TILE>;
+        return tile == 1 ? ekv_cuda__attention_kernel<DTYPE, 64, 1>
+                         : ekv_cuda__attention_kernel<DTYPE, 64, EKV_CUDA__GROUP_TILE>;
     case 128:
-        return group_tile == 1 ? ekv_cuda__attention_kernel<DTYPE, 128, 1>
-                               : ekv_cuda__attention_kernel<DTYPE, 128, EKV_CUDA__GROUP_TILE>;
+        return tile == 1 ? ekv_cuda__attention_kernel<DTYPE, 128, 1>
+                         : ekv_cuda__attention_kernel<DTYPE, 128, EKV_CUDA__GROUP_TILE>;
     case 256:
-        return group_tile == 1 ? ekv_cuda__attention_kernel<DTYPE, 256, 1>
-                               : ekv_cuda__attention_kernel<DTYPE, 256, EKV_CUDA__GROUP_TILE>;
+        return tile == 1 ? ekv_cuda__attention_kernel<DTYPE, 256, 1>
+                         : ekv_cuda__attention_kernel<DTYPE, 256, EKV_CUDA__GROUP_TILE>;
     default:
         return NULL;
     }
 }
 
-static ekv_cuda__attention_fn ekv_cuda__kernel_for(ekv_dtype dtype, int head_dim, int group_tile)
+template <int DTYPE>
+static ekv_cuda__attention_fn ekv_cuda__mma_kernel(int head_dim, int heads)
 {
-    switch (dtype) {
-    case EKV_DTYPE_F32: return ekv_cuda__kernel_for_dtype<EKV_DTYPE_F32>(head_dim, group_tile);
-    case EKV_DTYPE_F16: return ekv_cuda__kernel_for_dtype<EKV_DTYPE_F16>(head_dim, group_tile);
-    case EKV_DTYPE_BF16: return ekv_cuda__kernel_for_dtype<EKV_DTYPE_BF16>(head_dim, group_tile);
-    case EKV_DTYPE_INT8: return ekv_cuda__kernel_for_dtype<EKV_DTYPE_INT8>(head_dim, group_tile);
-    case EKV_DTYPE_INT4: return ekv_cuda__kernel_for_dtype<EKV_DTYPE_INT4>(head_dim, group_tile);
-    case EKV_DTYPE_FP8: return ekv_cuda__kernel_for_dtype<EKV_DTYPE_FP8>(head_dim, group_tile);
-    default: return NULL;
+    const int small = heads == EKV_CUDA__MMA_HEADS_SMALL;
+    switch (head_dim) {
+    case 64:
+        return small ? ekv_cuda__attention_mma_kernel<DTYPE, 64, EKV_CUDA__MMA_HEADS_SMALL>
+                     : ekv_cuda__attention_mma_kernel<DTYPE, 64, EKV_CUDA__MMA_HEADS_LARGE>;
+    case 128:
+        return small ? ekv_cuda__attention_mma_kernel<DTYPE, 128, EKV_CUDA__MMA_HEADS_SMALL>
+                     : ekv_cuda__attention_mma_kernel<DTYPE, 128, EKV_CUDA__MMA_HEADS_LARGE>;
+    case 256:
+        return small ? ekv_cuda__attention_mma_kernel<DTYPE, 256, EKV_CUDA__MMA_HEADS_SMALL> : NULL;
+    default:
+        return NULL;
     }
 }
 
-static int ekv_cuda__group_tile(int group)
+/* (path, dtype, head dim, tile) -> kernel; NULL for a head dim without kernels (and f32 on
+   tensor cores). */
+static ekv_cuda__attention_fn ekv_cuda__kernel_for(int tensor_cores, ekv_dtype dtype, int head_dim, int tile)
 {
-    return group == 1 ? 1 : EKV_CUDA__GROUP_TILE;
+    if (tensor_cores) {
+        switch (dtype) {
+        case EKV_DTYPE_F16: return ekv_cuda__mma_kernel<EKV_DTYPE_F16>(head_dim, tile);
+        case EKV_DTYPE_BF16: return ekv_cuda__mma_kernel<EKV_DTYPE_BF16>(head_dim, tile);
+        case EKV_DTYPE_INT8: return ekv_cuda__mma_kernel<EKV_DTYPE_INT8>(head_dim, tile);
+        case EKV_DTYPE_INT4: return ekv_cuda__mma_kernel<EKV_DTYPE_INT4>(head_dim, tile);
+        case EKV_DTYPE_FP8: return ekv_cuda__mma_kernel<EKV_DTYPE_FP8>(head_dim, tile);
+        default: return NULL;
+        }
+    }
+    switch (dtype) {
+    case EKV_DTYPE_F32: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_F32>(head_dim, tile);
+    case EKV_DTYPE_F16: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_F16>(head_dim, tile);
+    case EKV_DTYPE_BF16: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_BF16>(head_dim, tile);
+    case EKV_DTYPE_INT8: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_INT8>(head_dim, tile);
+    case EKV_DTYPE_INT4: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_INT4>(head_dim, tile);
+    case EKV_DTYPE_FP8: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_FP8>(head_dim, tile);
+    default: return NULL;
+    }
 }
 
 /* >>cache: device selection (implementation) =============================== */
@@ -1088,13 +1936,6 @@ static ekv_result ekv_cuda__check_shape(const ekv_cuda_cache *c, int heads, cons
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "%s: heads (%d) must be a positive multiple of the cache's kv_heads "
                              "(%d)", fn, heads, c->kv_heads);
-    if ((long long)c->kv_heads * ((heads / c->kv_heads + EKV_CUDA__GROUP_TILE - 1) /
-                                  EKV_CUDA__GROUP_TILE) > 65535 ||
-        (long long)c->batch * heads > 2147483647LL)
-        return ekv_set_error(EKV_ERR_UNSUPPORTED,
-                             "%s: kv_heads x group tiles (%d x %d) exceeds 65535 or batch x heads "
-                             "exceeds 2^31 - 1 (the launch grid's limits)", fn, c->kv_heads,
-                             (heads / c->kv_heads + EKV_CUDA__GROUP_TILE - 1) / EKV_CUDA__GROUP_TILE);
     return EKV_SUCCESS;
 }
 
@@ -1107,6 +1948,90 @@ static ekv_result ekv_cuda__check_dtype_device(ekv_dtype dtype, int sm)
     if (t && sm < t->min_sm)
         return ekv_set_error(EKV_ERR_UNSUPPORTED, "%s KV cache needs sm_%d or newer (device is sm_%d%d)",
                              t->name, t->min_sm, sm / 10, sm % 10);
+    return EKV_SUCCESS;
+}
+
+/* What ekv_cuda_attention launches for a cache and a head count on the current device. */
+typedef struct ekv_cuda__choice {
+    ekv_cuda__attention_fn kernel;
+    int tensor_cores; /* 1: ekv_cuda__attention_mma_kernel, 0: ekv_cuda__attention_kernel */
+    int tile;         /* query heads per CTA */
+    int head_tiles;   /* CTAs per (sequence, kv head, split) */
+} ekv_cuda__choice;
+
+/* The dispatcher: the tensor-core kernel where ekv_cuda__tensor_cores says so for the
+   architecture the kernel was compiled for on this device (a build without sm_80 code
+   runs JIT-compiled older PTX, in which that kernel is empty), else the CUDA-core kernel.
+   Then the launch grid's limits. */
+static ekv_result ekv_cuda__choose(const ekv_cuda_cache *c, int heads, const char *fn,
+                                   ekv_cuda__choice *choice)
+{
+    const int group = heads / c->kv_heads;
+    const int mma_heads = group <= EKV_CUDA__MMA_HEADS_SMALL || c->head_dim > EKV_CUDA__MMA_LARGE_MAX_DIM
+                              ? EKV_CUDA__MMA_HEADS_SMALL : EKV_CUDA__MMA_HEADS_LARGE;
+    ekv_cuda__attention_fn mma = ekv_cuda__kernel_for(1, c->dtype, c->head_dim, mma_heads);
+    ekv_result result;
+    memset(choice, 0, sizeof *choice);
+    if (mma) {
+        cudaFuncAttributes attributes;
+        if ((result = EKV_CUDA__CHECK(cudaFuncGetAttributes(&attributes, (const void *)mma))) !=
+            EKV_SUCCESS)
+            return result;
+        if (ekv_cuda__tensor_cores(c->dtype, attributes.ptxVersion * 10)) {
+            choice->kernel = mma;
+            choice->tensor_cores = 1;
+            choice->tile = mma_heads;
+        }
+    }
+    if (!choice->kernel) {
+        choice->tile = group == 1 ? 1 : EKV_CUDA__GROUP_TILE;
+        choice->kernel = ekv_cuda__kernel_for(0, c->dtype, c->head_dim, choice->tile);
+    }
+    choice->head_tiles = (group + choice->tile - 1) / choice->tile;
+    if ((long long)c->kv_heads * choice->head_tiles > 65535 || (long long)c->batch * heads > 2147483647LL)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "%s: kv_heads x head tiles (%d x %d) exceeds 65535 or batch x heads "
+                             "exceeds 2^31 - 1 (the launch grid's limits)", fn, c->kv_heads,
+                             choice->head_tiles);
+    return EKV_SUCCESS;
+}
+
+/* Tolerance of a kernel against the double reference over the same stored cache. Both
+   read the same stored values (the reference dequantizes them with the same formulas), so
+   on CUDA cores the storage dtype does not enter: what remains is fp32 arithmetic - q times
+   the scale, dot products of head_dim terms, ex2.approx (2 ulp), and the running sums.
+   Those errors are about 1e-7 relative each; the sums grow like the square root of the
+   tokens one thread accumulates, which the second term allows for on long sequences.
+   On tensor cores the fragments are f16, or bf16 in two parts (about 2^-17): f16 rounds q
+   and the softmax weights to 2^-12 relative, and int4's dequantized K and V too (one f16
+   fused multiply-add), while f16, int8 and fp8 K and V enter exactly. The floors are
+   about 4x the largest rel_l2 the emulator tests see per dtype (README "Accuracy": 5e-4
+   for f16, int8, int4 and fp8, 4e-6 for bf16); a wrong fragment index gives errors of
+   order 1 (tests/test_kernels_emu.cpp plants one). */
+EKV_CUDA_DEF double ekv_cuda_validation_tolerance(const ekv_cuda_kernel_info *kernel, int max_length)
+{
+    const double grow = 2e-7 * sqrt((double)(max_length > 0 ? max_length : 1));
+    double floor = 1e-5;
+    if (kernel && kernel->tensor_cores) floor = kernel->dtype == EKV_DTYPE_BF16 ? 2e-5 : 2e-3;
+    return grow > floor ? grow : floor;
+}
+
+EKV_CUDA_DEF ekv_result ekv_cuda_attention_kernel(const ekv_cuda_cache *cache, int heads,
+                                                  ekv_cuda_kernel_info *info)
+{
+    const char *fn = "ekv_cuda_attention_kernel";
+    ekv_cuda__choice choice;
+    ekv_result result;
+    if (!info) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL info", fn);
+    memset(info, 0, sizeof *info);
+    if ((result = ekv_cuda__check_shape(cache, heads, fn)) != EKV_SUCCESS) return result;
+    if ((result = ekv_cuda__choose(cache, heads, fn, &choice)) != EKV_SUCCESS) return result;
+    snprintf(info->name, sizeof info->name, "%s<%s, %d, %d>",
+             choice.tensor_cores ? "ekv_cuda__attention_mma_kernel" : "ekv_cuda__attention_kernel",
+             ekv_dtype_name(cache->dtype), cache->head_dim, choice.tile);
+    info->dtype = cache->dtype;
+    info->tensor_cores = choice.tensor_cores;
+    info->heads_per_cta = choice.tile;
     return EKV_SUCCESS;
 }
 
@@ -1132,6 +2057,7 @@ EKV_CUDA_DEF ekv_result ekv_cuda_attention_plan_make(const ekv_cuda_cache *cache
 {
     const char *fn = "ekv_cuda_attention_plan_make";
     ekv_result result;
+    ekv_cuda__choice choice;
     int per, used;
     if (!plan) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL plan", fn);
     memset(plan, 0, sizeof *plan);
@@ -1140,13 +2066,12 @@ EKV_CUDA_DEF ekv_result ekv_cuda_attention_plan_make(const ekv_cuda_cache *cache
     if (splits < 0 || splits > EKV_CUDA_MAX_SPLITS)
         return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: splits %d outside [0, %d] (0 = auto)", fn,
                              splits, EKV_CUDA_MAX_SPLITS);
+    if ((result = ekv_cuda__choose(cache, heads, fn, &choice)) != EKV_SUCCESS) return result;
     if (splits == 0) {
         /* enough CTAs for two full waves: resident CTAs per SM from the occupancy
            calculator for the kernel this cache will run */
-        const int group = heads / cache->kv_heads, tile = ekv_cuda__group_tile(group);
-        const long long ctas = (long long)cache->batch * cache->kv_heads *
-                               ((group + tile - 1) / tile);
-        ekv_cuda__attention_fn kernel = ekv_cuda__kernel_for(cache->dtype, cache->head_dim, tile);
+        const long long ctas = (long long)cache->batch * cache->kv_heads * choice.head_tiles;
+        ekv_cuda__attention_fn kernel = choice.kernel;
         int sm_count = 0, per_sm = 0;
         long long want, by_length;
         if ((result = EKV_CUDA__CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount,
@@ -1175,9 +2100,9 @@ EKV_CUDA_DEF ekv_result ekv_cuda_attention(const ekv_cuda_cache *cache, const fl
 {
     const char *fn = "ekv_cuda_attention";
     ekv_cuda__attention_params p;
-    ekv_cuda__attention_fn kernel;
+    ekv_cuda__choice choice;
     ekv_result result;
-    int splits = plan ? plan->splits : 1, tile, used;
+    int splits = plan ? plan->splits : 1, used;
     if ((result = ekv_cuda__check_shape(cache, heads, fn)) != EKV_SUCCESS) return result;
     if (!cache->k || !cache->v || !cache->lengths)
         return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: the cache has no device buffers", fn);
@@ -1191,6 +2116,7 @@ EKV_CUDA_DEF ekv_result ekv_cuda_attention(const ekv_cuda_cache *cache, const fl
         if (sm == 0 && (result = ekv_cuda__current_device(&device, &sm)) != EKV_SUCCESS) return result;
         if ((result = ekv_cuda__check_dtype_device(cache->dtype, sm)) != EKV_SUCCESS) return result;
     }
+    if ((result = ekv_cuda__choose(cache, heads, fn, &choice)) != EKV_SUCCESS) return result;
     if (!q || !out || ((uintptr_t)q & 15u) || ((uintptr_t)out & 15u))
         return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: q and out must be non-NULL and 16-byte aligned",
                              fn);
@@ -1226,11 +2152,11 @@ EKV_CUDA_DEF ekv_result ekv_cuda_attention(const ekv_cuda_cache *cache, const fl
     p.kv_heads = cache->kv_heads;
     p.capacity = cache->capacity;
     p.group = heads / cache->kv_heads;
-    tile = ekv_cuda__group_tile(p.group);
-    p.head_tiles = (p.group + tile - 1) / tile;
+    p.head_tiles = choice.head_tiles;
     p.q_scale = softmax_scale * EKV_CUDA__LOG2E;
-    kernel = ekv_cuda__kernel_for(cache->dtype, cache->head_dim, tile);
-    result = EKV_CUDA__LAUNCH("ekv_cuda__attention_kernel", kernel,
+    result = EKV_CUDA__LAUNCH(choice.tensor_cores ? "ekv_cuda__attention_mma_kernel"
+                                                  : "ekv_cuda__attention_kernel",
+                              choice.kernel,
                               dim3((unsigned)p.splits, (unsigned)(cache->kv_heads * p.head_tiles),
                                    (unsigned)cache->batch),
                               dim3(EKV_CUDA__THREADS), stream, p);
@@ -2429,18 +3355,6 @@ EKV_CUDA_DEF ekv_result ekv_cuda_device_info(int device, ekv_device_info *out)
 
 /* >>run (implementation) =================================================== */
 
-/* Tolerance of the kernel against the double reference over the same stored cache. Both
-   read the same stored values (the reference dequantizes them with the same formulas), so
-   the storage dtype does not enter: what remains is fp32 arithmetic - q times the scale,
-   dot products of head_dim terms, exp2f (2 ulp), and the running sums. Those errors are
-   about 1e-7 relative each; the sums grow like the square root of the tokens one thread
-   accumulates, which the second term allows for on long sequences. */
-EKV_CUDA_DEF double ekv_cuda_validation_tolerance(int max_length)
-{
-    const double grow = 2e-7 * sqrt((double)(max_length > 0 ? max_length : 1));
-    return grow > 1e-5 ? grow : 1e-5;
-}
-
 /* The arguments every timed launch shares. */
 typedef struct ekv_cuda__call {
     const float *q;
@@ -2672,6 +3586,7 @@ EKV_CUDA_DEF ekv_result ekv_cuda_run(const ekv_config *config, const ekv_workloa
     size_t count, free_bytes = 0, total_bytes = 0, workspace_bytes;
     double candidate_block, baseline_block = 0.0, io_bytes, need, margin, spare, kept = 0.0;
     double tolerance, l2;
+    ekv_cuda_kernel_info kernel;
     int sm, copies_candidate = 1, copies_baseline = 1, heads, b;
     long long max_copies;
     ekv_cuda_cache shape;
@@ -2794,7 +3709,9 @@ EKV_CUDA_DEF ekv_result ekv_cuda_run(const ekv_config *config, const ekv_workloa
         result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
         goto done;
     }
-    tolerance = ekv_cuda_validation_tolerance(ekv_cuda__max_length(&work->cache));
+    EKV_CUDA__TRY_EKV(ekv_cuda_attention_kernel(&candidate.copies[0], heads, &kernel));
+    snprintf(report->kernel, sizeof report->kernel, "%s", kernel.name);
+    tolerance = ekv_cuda_validation_tolerance(&kernel, ekv_cuda__max_length(&work->cache));
     EKV_CUDA__TRY_EKV(ekv_cuda__run_once(&candidate, &call, host_out, count, "candidate"));
     ekv_workload_accuracy(work, host_out, &report->accuracy);
     if (!(report->accuracy.kernel.rel_l2 <= tolerance)) {
@@ -2810,8 +3727,9 @@ EKV_CUDA_DEF ekv_result ekv_cuda_run(const ekv_config *config, const ekv_workloa
         EKV_CUDA__TRY_EKV(ekv_workload_dump(work, host_out, config->dump_dir));
     if (config->paired_baseline) {
         ekv_error_stats error;
-        const double baseline_tolerance =
-            ekv_cuda_validation_tolerance(ekv_cuda__max_length(&work->baseline));
+        double baseline_tolerance;
+        EKV_CUDA__TRY_EKV(ekv_cuda_attention_kernel(&baseline.copies[0], heads, &kernel));
+        baseline_tolerance = ekv_cuda_validation_tolerance(&kernel, ekv_cuda__max_length(&work->baseline));
         baseline_reference = (double *)EKV_MALLOC(count * sizeof(double));
         if (!baseline_reference) {
             result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);

@@ -286,7 +286,7 @@ def make_row(backend, problem, kv_dtype, gqa_mode, samples_ms, *, seed, cache_co
         "peer": peer,
         "build": {"cuda_graphs": cuda_graphs, "inner_loops": problem["inner_loops"],
                   "truncate_percent": 0, "cache_state": "cold", "cache_copies": cache_copies,
-                  "splits": None},
+                  "splits": None, "kernel": None},
         "gpu": gpu,
         "configuration": {
             "seq_len": s, "batch": b, "heads": h, "kv_heads": problem["kv_heads"],

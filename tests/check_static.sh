@@ -4,7 +4,7 @@
 #       (tests/test_gpu.cu when there is no bench/main.cu);
 #   (b) ptxas -v: 0 spill bytes (stores and loads) in every attention kernel at head dims
 #       64 and 128 and in the merge kernel, for sm_90, sm_80 and sm_75;
-#   (c) SASS: the f16 attention kernels read K and V with 128-bit global loads
+#   (c) SASS: the f16 tensor-core kernels read K and V with 128-bit global loads
 #       (LDG.E.128...), counted with cuobjdump; when the toolkit has no cuobjdump/nvdisasm,
 #       tests/sass_tools.sh installs them from PyPI into $BUILD/tools (skipped if that fails);
 #   (d) the static throughput model, tests/sass_model.py, on the sm_90 build: its tables go
@@ -47,8 +47,10 @@ ptxas_table() {
        /Used [0-9]+ registers/ { match($0, /Used [0-9]+/); regs = substr($0, RSTART + 5, RLENGTH - 5);
                                  print name, stack, stores, loads, regs }' "$1"
 }
-readable() { # _Z26ekv_cuda__attention_kernelILi1ELi128ELi8E... -> f16 D=128 tile 8
+readable() { # _Z26ekv_cuda__attention_kernelILi1ELi128ELi4E... -> attention f16 D=128 tile=4,
+             # _Z30ekv_cuda__attention_mma_kernelILi4ELi128ELi8E... -> attention int4 D=128 mma=8
   sed -E 's/_Z26ekv_cuda__attention_kernelILi([0-9])ELi([0-9]+)ELi([0-9]+)E[^ ]*/attention dtype=\1 D=\2 tile=\3/;
+          s/_Z30ekv_cuda__attention_mma_kernelILi([0-9])ELi([0-9]+)ELi([0-9]+)E[^ ]*/attention dtype=\1 D=\2 mma=\3/;
           s/dtype=0/f32/; s/dtype=1/f16/; s/dtype=2/bf16/; s/dtype=3/int8/; s/dtype=4/int4/; s/dtype=5/fp8/;
           s/_Z22ekv_cuda__merge_kernel[^ ]*/merge/'
 }
@@ -58,9 +60,12 @@ for a in sm_90 sm_80 sm_75; do
   log="$B/build_$a.log"
   if ! grep -q "Compiling entry function" "$log"; then skipped "no spills ($a)" "no ptxas report (build failed)"; continue; fi
   ptxas_table "$log" | readable >"$B/ptxas_$a.txt"
+  # 6 dtypes x 2 CUDA-core tiles and 5 dtypes x 2 tensor-core tiles at D=64 and 128, and
+  # the merge kernel (on each arch one path of a dtype compiles empty: 0 registers spill
+  # nothing either)
   checked=$(grep -cE '^(attention .* D=(64|128) |merge)' "$B/ptxas_$a.txt")
   spills=$(grep -E '^(attention .* D=(64|128) |merge)' "$B/ptxas_$a.txt" | awk '$(NF-2) != 0 || $(NF-1) != 0')
-  if [ "$checked" -lt 25 ]; then bad "no spills ($a)" "only $checked of 25 kernels found in the ptxas report"
+  if [ "$checked" -lt 45 ]; then bad "no spills ($a)" "only $checked of 45 kernels found in the ptxas report"
   elif [ -z "$spills" ]; then ok "no spills in $checked kernels, head dims 64 and 128 and merge ($a)"
   else bad "no spills ($a)" "$(echo "$spills" | awk '{print $0, "(stack, spill stores, spill loads, registers)"}')"; fi
   echo "    registers ($a): $(awk '{print $(NF)}' "$B/ptxas_$a.txt" | sort -n | uniq -c | awk '{printf "%s kernels x %s, ", $1, $2}')"
@@ -72,17 +77,20 @@ if [ -z "$CUOBJDUMP" ]; then
   skipped "128-bit K/V loads in SASS" "$(cat "$B/sass_tools.log")"
 else
   export PATH="$(dirname "$CUOBJDUMP"):$PATH"
-  # tile 1 loads q with 2 and K, V with 2 x 4 tokens in flight; tile 8 loads q with 16
+  # on sm_80 and sm_90 f16 runs on the tensor-core kernel: per step of 16 tokens each
+  # thread loads its K chunk of 2 rows and V chunk of 4 rows, 16 bytes per 8 elements;
+  # 8-head tile at D=64 and 128 (64 elements of head_dim per warp): 2 x 2 + 4 x 1 = 8
+  # 128-bit loads, issued before the loop for the first step and in it for the next: 16
   for a in sm_90 sm_80; do
     [ -f "$B/bench_$a" ] || { skipped "128-bit K/V loads ($a)" "no build"; continue; }
-    for spec in "64 1 10" "128 1 10" "64 8 24" "128 8 24"; do
+    for spec in "64 8 16" "128 8 16"; do
       set -- $spec
-      fun="_Z26ekv_cuda__attention_kernelILi1ELi$1ELi$2EEv26ekv_cuda__attention_params"
+      fun="_Z30ekv_cuda__attention_mma_kernelILi1ELi$1ELi$2EEv26ekv_cuda__attention_params"
       sass=$("$CUOBJDUMP" -sass -fun "$fun" "$B/bench_$a" 2>/dev/null)
       wide=$(grep -cE 'LDG\.E\.128' <<<"$sass")
       mnemonic=$(grep -oE 'LDG\.E\.128[.A-Z0-9_]*' <<<"$sass" | sort -u | tr '\n' ' ')
-      if [ "$wide" -ge "$3" ]; then ok "f16 D=$1 tile $2 ($a): $wide 128-bit global loads ($mnemonic), q + K + V need $3"
-      else bad "f16 D=$1 tile $2 ($a): 128-bit global loads" "found $wide ($mnemonic), expected at least $3"; fi
+      if [ "$wide" -ge "$3" ]; then ok "f16 D=$1 mma $2 ($a): $wide 128-bit global loads ($mnemonic), K + V need $3"
+      else bad "f16 D=$1 mma $2 ($a): 128-bit global loads" "found $wide ($mnemonic), expected at least $3"; fi
     done
   done
 fi

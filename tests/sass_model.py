@@ -253,7 +253,7 @@ def read_cuda_core_source(path):
     facts = {"storage": {}}
     for m in re.finditer(r"struct ekv_cuda__storage<EKV_DTYPE_(\w+)>\s*\{(.*?)\n\};", text, re.S):
         e = re.search(r"enum\s*\{\s*bits\s*=\s*(\d+),\s*in_flight\s*=\s*(\d+),\s*"
-                      r"in_flight_grouped\s*=\s*(\d+)\s*\}", m.group(2))
+                      r"in_flight_grouped\s*=\s*(\d+)\s*[,}]", m.group(2))
         if e:
             facts["storage"][m.group(1).lower()] = tuple(int(x) for x in e.groups())
     for key, pattern in (("elements_per_lane", r"LANES_PER_ROW\s*=\s*HEAD_DIM\s*/\s*(\d+)"),
@@ -267,6 +267,64 @@ def read_cuda_core_source(path):
                  r"storage::in_flight_grouped", text) is None:
         raise SourceError(f"{path}: IN_FLIGHT is no longer chosen by the group tile; "
                           "update read_cuda_core_source")
+    facts.update(read_dispatch_rule(text, path))
+    return facts
+
+
+# The dispatch rule of ekv_cuda.cuh (ekv_cuda__tensor_cores), which the host's choice and
+# each kernel's guard share: tensor cores for every dtype but f32 from sm_80 (fp8 from
+# sm_89), CUDA cores otherwise. The model applies it to the binary's arch to know which
+# kernels the dispatcher can launch there; any other text of the rule is an error, so that
+# a changed rule cannot leave the model judging the wrong kernels.
+DISPATCH_RULE = re.compile(r"ekv_cuda__tensor_cores\(int dtype, int arch\)\s*\{\s*return\s+"
+                           r"dtype\s*!=\s*EKV_DTYPE_F32\s*&&\s*arch\s*>=\s*\(dtype\s*==\s*"
+                           r"EKV_DTYPE_FP8\s*\?\s*(\d+)\s*:\s*(\d+)\)\s*;\s*\}")
+
+
+def read_dispatch_rule(text, path):
+    m = DISPATCH_RULE.search(text)
+    if not m:
+        raise SourceError(f"{path}: ekv_cuda__tensor_cores is not the rule the model knows; "
+                          "update read_dispatch_rule and tensor_cores()")
+    return {"tensor_core_arch": {"fp8": int(m.group(1)), "other": int(m.group(2))}}
+
+
+def tensor_cores(facts, dtype, arch):
+    """ekv_cuda__tensor_cores for a dtype name and an arch name ("sm_90" -> 900)."""
+    number = int(arch.split("_")[1]) * 10
+    if dtype == "f32":
+        return False
+    return number >= facts["tensor_core_arch"]["fp8" if dtype == "fp8" else "other"]
+
+
+def read_mma_source(path):
+    """The numbers of ekv_cuda.cuh that fix what one warp of the tensor-core kernel reads
+    per iteration: per dtype (bits, row_scale, group_scale) of ekv_cuda__fragments<>, the
+    spans that decide how many warps split head_dim (ekv_cuda__mma_shape), warps per CTA."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    facts = {"fragments": {}}
+    for m in re.finditer(r"struct ekv_cuda__fragments<EKV_DTYPE_(\w+)>[^{]*\{\s*enum\s*\{([^}]*)\}", text):
+        fields = dict((k, int(v)) for k, v in re.findall(r"(\w+)\s*=\s*(\d+)", m.group(2)))
+        if not {"bits", "row_scale", "group_scale"} <= set(fields):
+            raise SourceError(f"{path}: ekv_cuda__fragments<EKV_DTYPE_{m.group(1)}> lacks bits, "
+                              "row_scale or group_scale; update read_mma_source")
+        facts["fragments"][m.group(1).lower()] = fields
+    for key, pattern in (("span", r"#define\s+EKV_CUDA__MMA_SPAN\s+(\d+)"),
+                         ("span_16bit", r"#define\s+EKV_CUDA__MMA_SPAN_16BIT\s+(\d+)"),
+                         ("warps", r"#define\s+EKV_CUDA__WARPS\s+(\d+)"),
+                         ("heads_small", r"#define\s+EKV_CUDA__MMA_HEADS_SMALL\s+(\d+)"),
+                         ("heads_large", r"#define\s+EKV_CUDA__MMA_HEADS_LARGE\s+(\d+)")):
+        m = re.search(pattern, text)
+        if not m:
+            raise SourceError(f"{path}: no match for {pattern!r}; update read_mma_source")
+        facts[key] = int(m.group(1))
+    # ekv_cuda__mma_shape: SLICES = 1 up to the span, else head_dim x heads / span, at most
+    # the warps of a CTA
+    if re.search(r"SLICES\s*=\s*HEAD_DIM\s*\*\s*HEADS\s*<=\s*SPAN\s*\?\s*1", text) is None:
+        raise SourceError(f"{path}: ekv_cuda__mma_shape's SLICES is not the formula the model "
+                          "knows; update mma_iteration")
+    facts.update(read_dispatch_rule(text, path))
     return facts
 
 
@@ -294,6 +352,40 @@ def cuda_core_iteration(facts, k):
                 block_threads=facts["warps"] * 32)
 
 
+def mma_shape(facts, dtype, head_dim, heads):
+    """ekv_cuda__mma_shape: slices (warps sharing a step), width, K and V chunk words."""
+    fr = facts["fragments"][dtype]
+    span = facts["span_16bit"] if fr["bits"] == 16 else facts["span"]
+    product = head_dim * heads
+    slices = 1 if product <= span else min(facts["warps"], product // span)
+    width = head_dim // slices
+    k_elements, v_elements = width // 4, width // 8
+    return dict(slices=slices, width=width, k_words=k_elements * fr["bits"] // 32,
+                v_words=v_elements * fr["bits"] // 32, k_groups=max(1, k_elements // 32))
+
+
+def mma_iteration(facts, k):
+    """What the source says one warp of the tensor-core kernel reads per iteration (a step
+    of 16 tokens over its part of head_dim): per lane K rows g, g + 8 (k_words each), V rows
+    2c, 2c + 1, 2c + 8, 2c + 9 (v_words each), int8's K and V scale words of the K rows,
+    int4's (scale, zero) words (k_groups per K row, one per V row), and the pool bias of the
+    K rows (predicated on p.bias); the distinct KV bytes are the warp's share of the step's
+    rows with their scales."""
+    dtype, head_dim, heads = k["dtype"], k["head_dim"], k["tile"]
+    if dtype not in facts["fragments"]:
+        raise SourceError(f"no ekv_cuda__fragments<EKV_DTYPE_{dtype.upper()}> enum in the source")
+    fr = facts["fragments"][dtype]
+    shape = mma_shape(facts, dtype, head_dim, heads)
+    lane = 4 * (2 * shape["k_words"] + 4 * shape["v_words"]) + 4 * 2
+    if fr["row_scale"]:
+        lane += 4 * (2 + 2)
+    if fr["group_scale"]:
+        lane += 4 * (2 * shape["k_groups"] + 4)
+    return dict(tokens=16, in_flight_steps=1, ldg_lane_bytes=32 * lane,
+                kv_bytes=16 * 2 * row_bytes(dtype, head_dim) // shape["slices"],
+                block_threads=facts["warps"] * 32, slices=shape["slices"])
+
+
 KERNEL_FAMILIES = [
     dict(
         family="ekv_cuda__attention_kernel<DTYPE, HEAD_DIM, GROUP_TILE> (CUDA cores)",
@@ -309,6 +401,28 @@ KERNEL_FAMILIES = [
         # EKV_CUDA__GROUP_TILE heads; a group above the tile takes several CTAs, each
         # reading the KV rows again
         tile_for_group=lambda facts, group: 1 if group == 1 else facts["group_tile"],
+        serves=lambda facts, dtype, arch: not tensor_cores(facts, dtype, arch),
+    ),
+    dict(
+        family="ekv_cuda__attention_mma_kernel<DTYPE, HEAD_DIM, HEADS> (tensor cores)",
+        label=lambda k: f"{k['dtype']} D={k['head_dim']} mma {k['tile']}",
+        pattern=re.compile(r"^_Z\d+ekv_cuda__attention_mma_kernelILi(?P<dtype>\d+)ELi(?P<head_dim>\d+)"
+                           r"ELi(?P<tile>\d+)EEv"),
+        decode=lambda m: dict(dtype=DTYPES[int(m["dtype"])][0], head_dim=int(m["head_dim"]),
+                              tile=int(m["tile"]), path="tensor-core"),
+        source="ekv_cuda.cuh",
+        read_source=read_mma_source,
+        iteration=mma_iteration,
+        # ekv_cuda__choose: the 8-head tile up to 8 query heads per KV head, else 16 (groups
+        # above 16 take several tiles)
+        tile_for_group=lambda facts, group: facts["heads_small"] if group <= facts["heads_small"]
+        else facts["heads_large"],
+        serves=tensor_cores,
+        # ekv_cuda__attention_mma_kernel: "if (__any_sync(..., grow))" runs the max over the
+        # step and the rescale only when a head's max moved by more than
+        # EKV_CUDA__MAX_SLACK; the walk skips that block, the table's "rare" column is the
+        # ceiling of a step that runs it
+        rare_vote_branches=True,
     ),
 ]
 ATTENTION_LIKE = re.compile(r"attention|attn", re.I)
@@ -563,12 +677,27 @@ def main_loop(cfg):
     return best
 
 
-def walk_iteration(cfg, header, body):
+def vote_predicate(cfg, k, branch):
+    """The predicate a VOTE.ANY of block k wrote, when `branch` (the block's last
+    instruction) branches on it; else None."""
+    if branch.pred is None:
+        return None
+    name = branch.pred.lstrip("!")
+    for x in reversed(cfg.instrs(k)[:-1]):
+        if x.base == "VOTE" and "ANY" in x.mods and x.args.split(",")[0].strip() == name:
+            return name
+    return None
+
+
+def walk_iteration(cfg, header, body, rare_votes=False):
     """One iteration from the loop header back to it along the common path.
 
     Branch treatment: BRA.DIV (the compiler's check that the warp is converged before a
     shuffle) not taken, since the loop's trip count is uniform per warp; a branch out of
-    the loop not taken; the back edge taken; any other conditional branch inside the loop
+    the loop not taken; the back edge taken; with rare_votes (a family whose source states
+    that a warp-vote branch guards a rare block: the tensor-core kernel's rescale when a
+    head's max moves by more than its slack), a branch on a VOTE.ANY predicate goes the way
+    that skips the block; any other conditional branch inside the loop
     falls through, the side nvcc lays out inline (in today's kernels the fp8 decode's NaN
     test, whose taken side is the NaN code); an inner loop is walked once. Every
     conditional branch met is returned with the treatment given and the instructions on
@@ -589,6 +718,12 @@ def walk_iteration(cfg, header, body):
                 why, nxt = "back edge: taken (ends the iteration)", None
             elif "DIV" in last.mods:
                 why, nxt = "divergence check: not taken (warp converged)", fall
+            elif rare_votes and target in body and fall in body and vote_predicate(cfg, k, last):
+                # @!P BRA skips the block run when the vote is true; @P BRA jumps to it
+                skip = last.pred.startswith("!")
+                why = ("warp-vote branch: taken, skipping the rare block" if skip else
+                       "warp-vote branch: not taken, the rare block out of line")
+                nxt = target if skip else fall
             elif target not in body:
                 why, nxt = "leaves the loop: not taken", fall
             elif fall not in body:
@@ -710,6 +845,24 @@ def max_in_flight(path):
     return best / total
 
 
+def ahead_share(path):
+    """Share of the iteration's global-load bytes issued for a later iteration: loads whose
+    registers no later instruction of the walked iteration reads or overwrites (their first
+    use comes after the back edge). Register double-buffering and cp.async rings show here;
+    loads issued at the top of an iteration and used in it do not."""
+    total = ahead = 0
+    regs = [x.registers() for x in path]
+    for i, x in enumerate(path):
+        if x.base not in LOAD_BASES:
+            continue
+        nbytes = 32 * lane_bytes(x)
+        total += nbytes
+        mine = regs[i][0]
+        if x.base == "LDGSTS" or not any(mine & (w | r) for w, r in regs[i + 1:]):
+            ahead += nbytes
+    return ahead / total if total else 0.0
+
+
 # ---- the model -----------------------------------------------------------------------
 
 def path_slots(path, arch):
@@ -747,8 +900,11 @@ def analyse(name, ins, res, family, facts, arch):
         k["problems"].append("no loop with global loads")
         return k
     header, body, size, tails = found
+    rare_votes = family.get("rare_vote_branches", False)
     try:
-        path, branches = walk_iteration(cfg, header, body)
+        path, branches = walk_iteration(cfg, header, body, rare_votes)
+        # the same iteration with every rare block run: the ceiling of a step that rescales
+        rare_path = walk_iteration(cfg, header, body)[0] if rare_votes else path
     except RuntimeError as e:
         k["problems"].append(str(e))
         return k
@@ -769,7 +925,7 @@ def analyse(name, ins, res, family, facts, arch):
             store_bytes += 32 * lane_bytes(x)
         elif x.base in GLOBAL_BULK:
             k["problems"].append(f"bulk copy {x.opcode}: bytes not counted")
-    k["_path"] = path
+    k["_path"], k["_rare_path"] = path, rare_path
     source = family["iteration"](facts, k)
     regs = res.get("REG", 0)
     shared = res.get("SHARED", 0)
@@ -791,6 +947,7 @@ def analyse(name, ins, res, family, facts, arch):
         kv_bytes_per_iteration=source["kv_bytes"],
         store_bytes_per_iteration=store_bytes,
         in_flight_share=round(max_in_flight(path), 4),
+        ahead_share=round(ahead_share(path), 4),
     )
     if not k["bytes_agree"]:
         k["problems"].append(f"SASS loads {sass_lane_bytes} lane bytes per iteration, the "
@@ -799,11 +956,31 @@ def analyse(name, ins, res, family, facts, arch):
     return k
 
 
+def dispatched(k, family, facts, arch):
+    """Marks a kernel the dispatcher never launches on `arch` (its family does not serve
+    the dtype there, by ekv_cuda__tensor_cores): such a kernel must be compiled empty, and
+    is then left out of the ceilings and thresholds; one that has a main loop is a problem
+    (compile time spent on dead code, or a rule the kernel's guard does not follow)."""
+    serves = family.get("serves")
+    k["dispatched"] = serves is None or "dtype" not in k or serves(facts, k["dtype"], arch)
+    if k["dispatched"]:
+        return
+    if k["problems"] == ["no loop with global loads"]:
+        k["problems"] = []
+    elif "loop" in k:
+        k["problems"] = [f"has a main loop on {arch}, where the dispatcher never launches it "
+                         f"(ekv_cuda__tensor_cores)"]
+    for x in k.pop("_path", []):
+        if x.base in LOAD_BASES:
+            k["problems"].append(f"global load at 0x{x.addr:04x} in a kernel never launched on {arch}")
+            break
+
+
 def ceilings(k, gpus, latency_cycles):
     """Per GPU: resident warps, the pipe-bound and latency-bound bytes per clock per SM,
     and the ceiling as a share of peak bandwidth (capped at 100%)."""
     k["per_gpu"], k["ceiling_pct"], k["binding_pipe"] = {}, {}, {}
-    if "pipe_slots" not in k:
+    if "pipe_slots" not in k or not k.get("dispatched", True):
         return
     for g in gpus:
         arch = g["arch"]
@@ -833,6 +1010,11 @@ def ceilings(k, gpus, latency_cycles):
             ceiling_pct=round(pct, 1))
         k["ceiling_pct"][g["name"]] = round(pct, 1)
         k["binding_pipe"][g["name"]] = binding
+        if k.get("_rare_path") is not k.get("_path"):
+            rare = path_slots(k["_rare_path"], arch)
+            rare_cycles = max(rare[p] / rates[p] for p in rare if p in rates)
+            k["per_gpu"][g["name"]]["rare_ceiling_pct"] = round(
+                min(100.0, latency_pct, 100.0 * k["kv_bytes_per_iteration"] / rare_cycles / peak), 1)
 
 
 def model(binary, arch, cuobjdump, source_dir, gpus, latency_cycles, families=None):
@@ -854,11 +1036,13 @@ def model(binary, arch, cuobjdump, source_dir, gpus, latency_cycles, families=No
             if ATTENTION_LIKE.search(name):
                 unknown.append(name)
             continue
-        if family["source"] and family["source"] not in source_facts:
-            source_facts[family["source"]] = family["read_source"](os.path.join(source_dir, family["source"]))
-        facts = source_facts.get(family["source"])
+        key = (family["source"], family["read_source"])
+        if family["source"] and key not in source_facts:
+            source_facts[key] = family["read_source"](os.path.join(source_dir, family["source"]))
+        facts = source_facts.get(key)
         k = analyse(name, instructions(raw), usage_arch.get(name, {}), family, facts, arch)
         k["_family"], k["_facts"] = family, facts
+        dispatched(k, family, facts, arch)
         ceilings(k, gpus, latency_cycles)
         kernels.append(k)
     order = {name: i for i, name in enumerate(DTYPE_ENUM)}
@@ -871,7 +1055,8 @@ def speedups(kernels, gpus, head_dim=128, groups=(1, 4, 8), base="f16"):
     """Time per token of f16 over that of each quantized dtype, for GQA group sizes, from
     the bytes per token (K + V rows with scales, read once per group tile) and each
     kernel's ceiling: speedup = (bytes_f16 / ceiling_f16) / (bytes_q / ceiling_q)."""
-    by = {(k["dtype"], k["head_dim"], k["tile"]): k for k in kernels if k["path"] == "cuda-core"}
+    by = {(k["path"], k["dtype"], k["head_dim"], k["tile"]): k for k in kernels
+          if k.get("dispatched") and "dtype" in k}
     if not by:
         return []
     rows = []
@@ -881,11 +1066,12 @@ def speedups(kernels, gpus, head_dim=128, groups=(1, 4, 8), base="f16"):
             for group in groups:
                 values = []
                 for d in (base, dtype):
-                    some = next((k for k in kernels if k.get("dtype") == d), None)
+                    # the kernel the dispatcher launches for (d, group) on the binary's arch
+                    some = next((k for k in kernels if k.get("dtype") == d and k.get("dispatched")), None)
                     if some is None:
                         break
                     tile = some["_family"]["tile_for_group"](some["_facts"], group)
-                    k = by.get((d, head_dim, tile))
+                    k = by.get((some["path"], d, head_dim, tile))
                     if k is None or not k["ceiling_pct"].get(g["name"]):
                         break
                     tiles = math.ceil(group / tile)
@@ -908,10 +1094,13 @@ def markdown(kernels, unknown, gpus, arch, latency_cycles, show_branches):
                     f"stream with their own rates" if other else "") + ".")
     lines.append("")
     head = ["kernel", "regs", f"warps/SM", "instr/iter", "cond br", "LDG B/iter (SASS = source)",
-            "KV B/iter", "tokens/iter", f"bound ({first})", "B/clk/SM", "in flight B/SM"]
+            "KV B/iter", "tokens/iter", f"bound ({first})", "B/clk/SM", "in flight B/SM",
+            "issued ahead", f"rare step ({first})"]
     head += [f"{g['name']}{' *' if g['arch'] != arch else ''}" for g in gpus]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
+    empty = [k for k in kernels if not k.get("dispatched", True)]
+    kernels = [k for k in kernels if k.get("dispatched", True)]
     for k in kernels:
         if "per_gpu" not in k or not k["per_gpu"]:
             lines.append(f"| {k['label']} | " + " | ".join(["?"] * (len(head) - 2)) +
@@ -924,10 +1113,17 @@ def markdown(kernels, unknown, gpus, arch, latency_cycles, show_branches):
                  f"{k['ldg_lane_bytes_sass']} {agree} {k['ldg_lane_bytes_source']}",
                  str(k["kv_bytes_per_iteration"]), str(k["tokens_per_iteration"]),
                  p["bound"] if p["bound"] != "DRAM" else f"DRAM ({p['binding_pipe']} {p['pipe_pct']:.0f}%)",
-                 f"{p['bytes_per_clock_per_sm']:.1f}", str(p["bytes_in_flight_per_sm"])]
+                 f"{p['bytes_per_clock_per_sm']:.1f}", str(p["bytes_in_flight_per_sm"]),
+                 f"{100 * k['ahead_share']:.0f}%",
+                 f"{p['rare_ceiling_pct']:.0f}%" if "rare_ceiling_pct" in p else "-"]
         cells += [f"{k['ceiling_pct'][g['name']]:.0f}%" for g in gpus]
         lines.append("| " + " | ".join(cells) + " |")
-    troubled = [k for k in kernels if k["problems"]]
+    if empty:
+        lines.append("")
+        lines.append(f"Compiled empty for {arch}, where the dispatcher never launches them "
+                     f"(ekv_cuda__tensor_cores; checked: no global load): " +
+                     ", ".join(k["label"] for k in empty if not k["problems"]) + ".")
+    troubled = [k for k in kernels + empty if k["problems"]]
     if troubled:
         lines.append("")
         lines.append("(!) What the model could not count or check:")
@@ -1019,7 +1215,25 @@ def check(kernels, unknown, thresholds_path, gpu):
     results.append((not bad, f"{len(kernels)} kernels: main loop found, SASS load bytes agree "
                              f"with the source", bad))
     results.append((not unknown, "every attention-like kernel is recognised", unknown))
+    # kernels compiled empty where the dispatcher never launches them have no ceiling
+    kernels = [k for k in kernels if k.get("dispatched", True)]
     labels = {k["label"] for k in kernels}
+    heavy = [f"{k['label']}: {k.get('registers')} registers, {k.get('spill_bytes')} bytes of local memory"
+             for k in kernels if "registers" in k and (k["registers"] > spec.get("max_registers", 128)
+                                                       or k.get("spill_bytes"))]
+    results.append((not heavy, f"at most {spec.get('max_registers', 128)} registers and no local "
+                               f"memory (spills) in every attention kernel", heavy))
+    ahead = spec.get("min_issued_ahead_pct", {})
+    early = [f"{k['label']}: {100 * k['ahead_share']:.0f}% of the iteration's load bytes issued for a "
+             f"later iteration, threshold {ahead[k['path']]}%" for k in kernels
+             if k.get("path") in ahead and "ahead_share" in k and 100 * k["ahead_share"] < ahead[k["path"]]]
+    flight = spec.get("min_in_flight_pct", {})
+    early += [f"{k['label']}: at most {100 * k['in_flight_share']:.0f}% of the iteration's load bytes in "
+              f"flight at once, threshold {flight[k['path']]}%" for k in kernels
+              if k.get("path") in flight and "in_flight_share" in k and 100 * k["in_flight_share"] < flight[k["path"]]]
+    results.append((not early, "loads issued ahead of use (" + ", ".join(
+        [f"{path}: issued for a later iteration >= {pct}%" for path, pct in sorted(ahead.items())] +
+        [f"{path}: in flight at once >= {pct}%" for path, pct in sorted(flight.items())]) + ")", early))
     low = []
     for k in kernels:
         have = k["ceiling_pct"].get(gpu)
@@ -1118,7 +1332,7 @@ def listing(kernels, label, binary, arch, cuobjdump):
     ins = instructions(parse_sass(run_cuobjdump(cuobjdump, ["-sass", "-fun", k["kernel"]], binary))[arch][k["kernel"]])
     cfg = Cfg(ins)
     header, body, _, _ = main_loop(cfg)
-    path, branches = walk_iteration(cfg, header, body)
+    path, branches = walk_iteration(cfg, header, body, k["_family"].get("rare_vote_branches", False))
     notes = {b["address"]: b["treatment"] for b in branches}
     for x in path:
         cls = instr_class(x)

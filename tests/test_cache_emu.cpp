@@ -220,6 +220,7 @@ static void ct_cycle(const ct_shape *shape, ekv_dtype dtype, ekv_policy policy, 
     }
     if (ok) {
         ekv_error_stats e;
+        ekv_cuda_kernel_info kernel;
         int longest = 0;
         for (b = 0; b < B; b++)
             if (cpu.lengths[b] > longest) longest = cpu.lengths[b];
@@ -231,7 +232,9 @@ static void ct_cycle(const ct_shape *shape, ekv_dtype dtype, ekv_policy policy, 
         CHECK(ekv_reference_attention_cache(&cpu, data.q, heads, 0.0, reference) == EKV_SUCCESS, "%s",
               ekv_last_error());
         e = ekv_compare_f32(reference, out, out_count);
-        CHECK(e.rel_l2 <= ekv_cuda_validation_tolerance(longest), "attention rel_l2 %.3g", e.rel_l2);
+        CHECK(ekv_cuda_attention_kernel(&dev.cache, heads, &kernel) == EKV_SUCCESS, "%s", ekv_last_error());
+        CHECK(e.rel_l2 <= ekv_cuda_validation_tolerance(&kernel, longest), "attention rel_l2 %.3g (%s)",
+              e.rel_l2, kernel.name);
     }
     cudaFree(d_k);
     cudaFree(d_v);

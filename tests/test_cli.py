@@ -232,8 +232,14 @@ def consistent(d, reps):
         e = a[key]
         if e["rel_l2"] is None or not (e["rel_l2"] >= 0) or not (e["cosine"] <= 1 + 1e-12):
             why.append(key)
-    if a["error_kernel"]["rel_l2"] > 1e-4:
+    # ekv_cuda_validation_tolerance: f32 arithmetic on CUDA cores and the CPU backend;
+    # f16/bf16 fragments on tensor cores (build.kernel names the mma kernel) round q and
+    # the weights to 2^-12 and are held to 2e-3
+    limit = 2e-3 if "mma" in (d["build"].get("kernel") or "") else 1e-4
+    if a["error_kernel"]["rel_l2"] > limit:
         why.append("kernel error too large")
+    if d["backend"] != "cpu" and not d["build"].get("kernel"):
+        why.append("build.kernel does not name the kernel that ran")
     if c["compression"] == 1 and c["policy"] in ("none", "stride") and c["kv_dtype"] == "f32":
         if a["error_total"]["rel_l2"] > 1e-5:
             why.append("f32 uncompressed error too large")

@@ -1,8 +1,10 @@
 /* test_kernels_emu.cpp - every kernel of ekv_cuda.cuh against the double CPU reference over
    the same stored cache, on the CPU execution emulator: each dtype at head dims 64, 128
-   and 256, GQA groups 1 to 16, S = 1, S not a multiple of any tile or split, S shorter than
-   one split, ragged batches with an empty sequence, pool bias, forced and automatic
-   splits; outputs poisoned with NaN first. Then the error paths (head dim 96, fp8 on an
+   and 256, GQA groups 1, 2, 3, 4, 5, 7, 8 and 16 on each dtype (tensor cores for all but
+   f32), the CUDA-core kernel of every dtype on an sm_75 device, S = 1, S not a multiple of
+   any tile or split, S shorter than one split, ragged batches with an empty sequence, pool
+   bias, forced and automatic splits; outputs poisoned with NaN first; a planted fragment
+   bug must fail validation. Then the error paths (head dim 96, fp8 on an
    sm_80 device, bad arguments, no device, too little memory, a validation failure) and
    ekv_cuda_run end to end (cold and hot, graphs on and off, paired baseline).
 
@@ -17,6 +19,8 @@
 
 static uint64_t kt_next_seed = 20260101u;
 
+static ekv_config kt_config(void);
+
 /* One attention problem. splits: -1 no plan (NULL), 0 automatic plan, n > 0 forced. */
 typedef struct kt_case {
     ekv_dtype dtype;
@@ -27,6 +31,7 @@ typedef struct kt_case {
     int splits;
     ekv_data_kind kind;
     int empty_first; /* set lengths[0] = 0 in the stored cache: an empty sequence */
+    int expect_wrong; /* a planted bug: the output must fail the tolerance */
 } kt_case;
 
 static kt_case kt_make(ekv_dtype dtype, int batch, int heads, int kv_heads, int head_dim,
@@ -123,14 +128,25 @@ static int kt_check(const kt_case *c)
           "copy out");
     for (i = 0; i < count; i++)
         if (!(out[i] == out[i])) nan_count++;
-    CHECK(nan_count == 0, "%zu of %zu outputs NaN (first unwritten or poisoned)", nan_count, count);
+    if (!c->expect_wrong)
+        CHECK(nan_count == 0, "%zu of %zu outputs NaN (first unwritten or poisoned)", nan_count, count);
     for (b = 0; b < host.batch; b++)
         if (host.lengths[b] > max_length) max_length = host.lengths[b];
     {
         const ekv_error_stats e = ekv_compare_f32(reference, out, count);
-        const double tolerance = ekv_cuda_validation_tolerance(max_length);
-        CHECK(e.rel_l2 <= tolerance, "rel_l2 %.3e > %.1e (max_abs %.3e)", e.rel_l2, tolerance,
-              e.max_abs);
+        ekv_cuda_kernel_info kernel;
+        double tolerance = 0.0;
+        r = ekv_cuda_attention_kernel(&cache, c->heads, &kernel);
+        CHECK(r == EKV_SUCCESS, "ekv_cuda_attention_kernel: %s", ekv_last_error());
+        if (r == EKV_SUCCESS) tolerance = ekv_cuda_validation_tolerance(&kernel, max_length);
+        if (c->expect_wrong)
+            CHECK(e.rel_l2 > tolerance, "%s: a planted bug went unnoticed: rel_l2 %.3e <= %.1e",
+                  kernel.name, e.rel_l2, tolerance);
+        else
+            CHECK(e.rel_l2 <= tolerance, "%s: rel_l2 %.3e > %.1e (max_abs %.3e)", kernel.name, e.rel_l2,
+                  tolerance, e.max_abs);
+        if (getenv("KT_VERBOSE"))
+            printf("    %s rel_l2 %.3e (tolerance %.1e)\n", kernel.name, e.rel_l2, tolerance);
     }
 done:
     if (plan.workspace) cudaFree(plan.workspace);
@@ -205,6 +221,117 @@ static void kt_groups(void)
         TEST_END();
     }
 }
+
+/* Every GQA group the issue names, on each tensor-core dtype (8-head tile up to 8, the
+   16-head tile above, head_dim split over 2 or 4 warps where the shape asks for it), and on
+   f32's CUDA-core tiles of EKV_CUDA__GROUP_TILE heads. */
+static void kt_groups_all_dtypes(void)
+{
+    static const int groups[] = {1, 2, 3, 4, 5, 7, 8, 16};
+    static const int ragged[] = {45, 19};
+    size_t t, i;
+    char name[160];
+    for (t = 0; t < sizeof kt_dtypes / sizeof kt_dtypes[0]; t++) {
+        if (kt_dtypes[t] == EKV_DTYPE_FP8 && kt_device_sm() < 89) continue;
+        snprintf(name, sizeof name, "%s D=128 GQA groups 1, 2, 3, 4, 5, 7, 8, 16 (2 kv heads, ragged "
+                 "{45, 19}), one pass and 2 splits", ekv_dtype_name(kt_dtypes[t]));
+        TEST_BEGIN(name);
+        for (i = 0; i < sizeof groups / sizeof groups[0]; i++) {
+            kt_case c = kt_make(kt_dtypes[t], 2, 2 * groups[i], 2, 128, 45, -1);
+            c.lengths = ragged;
+            kt_check(&c);
+            if (groups[i] == 3 || groups[i] == 16) {
+                c.splits = 2;
+                CHECK(kt_check(&c) == 2, "expected 2 splits");
+            }
+        }
+        TEST_END();
+    }
+    {
+        static const int dims[] = {64, 256};
+        size_t d;
+        for (d = 0; d < 2; d++) {
+            snprintf(name, sizeof name, "D=%d GQA groups 5 and 16 on every tensor-core dtype", dims[d]);
+            TEST_BEGIN(name);
+            for (t = 1; t < sizeof kt_dtypes / sizeof kt_dtypes[0]; t++) {
+                kt_case c = kt_make(kt_dtypes[t], 1, 5, 1, dims[d], 40, -1);
+                if (kt_dtypes[t] == EKV_DTYPE_FP8 && kt_device_sm() < 89) continue;
+                kt_check(&c);
+                c.heads = 16;
+                kt_check(&c);
+            }
+            TEST_END();
+        }
+    }
+}
+
+#ifdef EKV_EMULATOR_ACTIVE
+/* The CUDA-core kernel for every dtype it serves on a device without the tensor-core path
+   (sm_75: the dispatcher's other side; fp8 needs sm_89 and is refused there). */
+static void kt_cuda_cores(void)
+{
+    static const int groups[] = {1, 4, 6};
+    size_t t, i;
+    char name[128];
+    setenv("EKV_EMU_SM", "75", 1);
+    cudaDeviceReset();
+    for (t = 0; t < sizeof kt_dtypes / sizeof kt_dtypes[0]; t++) {
+        if (kt_dtypes[t] == EKV_DTYPE_FP8) continue;
+        snprintf(name, sizeof name, "sm_75: %s on CUDA cores, D=64 and 128, groups 1, 4, 6",
+                 ekv_dtype_name(kt_dtypes[t]));
+        TEST_BEGIN(name);
+        for (i = 0; i < sizeof groups / sizeof groups[0]; i++) {
+            kt_case c = kt_make(kt_dtypes[t], 1, groups[i], 1, i == 1 ? 64 : 128, 70, i == 2 ? 2 : -1);
+            ekv_cuda_cache shape;
+            ekv_cuda_kernel_info kernel;
+            memset(&shape, 0, sizeof shape);
+            shape.dtype = kt_dtypes[t];
+            shape.batch = 1;
+            shape.kv_heads = 1;
+            shape.head_dim = 64;
+            shape.capacity = 70;
+            CHECK(ekv_cuda_attention_kernel(&shape, groups[i], &kernel) == EKV_SUCCESS && !kernel.tensor_cores,
+                  "sm_75 runs %s", kernel.name);
+            kt_check(&c);
+        }
+        TEST_END();
+    }
+    unsetenv("EKV_EMU_SM");
+    cudaDeviceReset();
+}
+
+/* A wrong fragment index must fail validation: the emulator's mma reads A's rows groupID
+   and groupID + 8 the wrong way round (EKV_EMU_MMA_FAULT, see ekv_emu_warp_mma.h), as a
+   kernel that put a K row into the wrong register would. */
+static void kt_planted_bug(void)
+{
+    size_t t;
+    TEST_BEGIN("planted bug: a swapped fragment register fails validation for every tensor-core dtype");
+    setenv("EKV_EMU_MMA_FAULT", "swap-a-rows", 1);
+    for (t = 1; t < sizeof kt_dtypes / sizeof kt_dtypes[0]; t++) {
+        kt_case c = kt_make(kt_dtypes[t], 1, 4, 1, 64, 50, -1);
+        c.expect_wrong = 1;
+        kt_check(&c);
+    }
+    {
+        ekv_config config = kt_config();
+        ekv_workload work;
+        ekv_report report;
+        ekv_result r;
+        r = ekv_workload_prepare(&config, &work);
+        CHECK(r == EKV_SUCCESS, "prepare: %s", ekv_last_error());
+        if (r == EKV_SUCCESS) {
+            r = ekv_cuda_run(&config, &work, &report);
+            CHECK(r == EKV_ERR_VALIDATION && strstr(ekv_last_error(), "rel_l2"), "ekv_cuda_run: %d %s",
+                  (int)r, ekv_last_error());
+            ekv_report_free(&report);
+            ekv_workload_free(&work);
+        }
+    }
+    unsetenv("EKV_EMU_MMA_FAULT");
+    TEST_END();
+}
+#endif
 
 static void kt_lengths(void)
 {
@@ -424,8 +551,15 @@ static void kt_run(void)
         for (i = 0; i < report.sample_count; i++)
             if (!(report.samples_ms[i] > 0) || !(report.baseline_samples_ms[i] > 0)) positive = 0;
         CHECK(positive, "every sample time > 0");
-        CHECK(report.accuracy.kernel.rel_l2 <= 1e-5, "kernel rel_l2 %.3e",
-              report.accuracy.kernel.rel_l2);
+        {
+            ekv_cuda_kernel_info kernel;
+            memset(&kernel, 0, sizeof kernel);
+            kernel.dtype = config.kv_dtype;
+            kernel.tensor_cores = strstr(report.kernel, "mma") != NULL;
+            CHECK(report.kernel[0] != '\0', "build.kernel names the kernel");
+            CHECK(report.accuracy.kernel.rel_l2 <= ekv_cuda_validation_tolerance(&kernel, 60),
+                  "kernel rel_l2 %.3e (%s)", report.accuracy.kernel.rel_l2, report.kernel);
+        }
         CHECK(report.accuracy.heads_checked == report.accuracy.heads_total, "every head checked");
         CHECK(report.cache_copies > 1, "cold timing rotates copies (got %d)", report.cache_copies);
         CHECK(report.kept_tokens_total == 2 * 60, "kept %.0f", report.kept_tokens_total);
@@ -508,6 +642,11 @@ static int kt_main(void)
 {
     kt_dtypes_and_dims();
     kt_groups();
+    kt_groups_all_dtypes();
+#ifdef EKV_EMULATOR_ACTIVE
+    kt_cuda_cores();
+    kt_planted_bug();
+#endif
     kt_lengths();
     kt_policies();
     kt_errors();

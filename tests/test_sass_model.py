@@ -171,6 +171,42 @@ report("in flight: both loads before either use = 1.0; load, use, load, use = 0.
        "used in the next iteration = 512 of 640 bytes; cp.async ended by its DEPBAR = 0.5",
        (both, serial, carried, cp_async) == (1.0, 0.5, 0.8, 0.5), (both, serial, carried, cp_async))
 
+# loads issued for a later iteration: one used in the iteration, one only after the back
+# edge (register double-buffering), and cp.async (no register: always ahead)
+ahead = sm.ahead_share([instr(t, 16 * i) for i, t in enumerate([
+    "LDG.E.128 R4, desc[UR4][R2.64]", "FADD R0, R4, R5",
+    "LDG.E.128 R8, desc[UR4][R2.64+0x10]", "FADD R1, R12, R13",
+    "LDGSTS.E.128 [R1], desc[UR4][R2.64+0x20]"])])
+report("issued ahead: of three 512-byte loads, the one used in the iteration is not (2/3)",
+       close(ahead, 2 / 3, 1e-9), ahead)
+
+# a warp-vote branch (the tensor-core kernel's rare rescale): skipped by a family that
+# declares such branches rare, walked through otherwise
+VOTING = """
+	code for sm_90
+		Function : toy_vote
+        /*0000*/                   LDG.E R4, desc[UR4][R2.64] ;
+        /*0010*/                   FSETP.GT.AND P0, PT, R4, R5, PT ;
+        /*0020*/                   VOTE.ANY P0, P0 ;
+        /*0030*/              @!P0 BRA 0x70 ;
+        /*0040*/                   SHFL.BFLY PT, R6, R4, 0x4, 0x1f ;
+        /*0050*/                   FMUL R7, R7, R6 ;
+        /*0060*/                   FMUL R8, R8, R6 ;
+        /*0070*/                   FADD R9, R9, R4 ;
+        /*0080*/                   ISETP.LT.AND P1, PT, R9, R10, PT ;
+        /*0090*/               @P1 BRA 0x0 ;
+        /*00a0*/                   EXIT ;
+"""
+vins = sm.instructions(sm.parse_sass(VOTING)["sm_90"]["toy_vote"])
+vcfg = sm.Cfg(vins)
+vheader, vbody, _, _ = sm.main_loop(vcfg)
+rare, rare_branches = sm.walk_iteration(vcfg, vheader, vbody, rare_votes=True)
+plain, _ = sm.walk_iteration(vcfg, vheader, vbody)
+report("a branch on VOTE.ANY: skipped (7 instructions) where the family declares it rare, "
+       "walked through (10) otherwise",
+       (len(rare), len(plain), rare_branches[0]["treatment"].split(":")[0]) == (7, 10, "warp-vote branch"),
+       (len(rare), len(plain), rare_branches))
+
 # what the model cannot count fails the check instead of counting as nothing
 CALLING = """
 	code for sm_90
@@ -258,18 +294,27 @@ good = dict(label="f16 D=128 tile 8", problems=[], ceiling_pct={"H200": 56.7})
 res = run_check([good], [], {"f16 D=128 tile 8": 56})
 report("check passes at or above every threshold", all(ok for ok, _ in res), res)
 res = run_check([good], [], {"f16 D=128 tile 8": 57})
-report("check fails below a threshold", not res[2][0], res)
+report("check fails below a threshold", not res[-1][0], res)
 res = run_check([good], [], {})
-report("check fails on a kernel without a threshold", not res[2][0], res)
+report("check fails on a kernel without a threshold", not res[-1][0], res)
 res = run_check([good], [], {"f16 D=128 tile 8": 56, "f16 D=64 tile 8": 50})
-report("check fails on a threshold without a kernel", not res[2][0], res)
+report("check fails on a threshold without a kernel", not res[-1][0], res)
 res = run_check([dict(good, problems=["SASS loads 4096 lane bytes, the source 4608"])], [],
                 {"f16 D=128 tile 8": 56})
 report("check fails when the SASS bytes disagree with the source", not res[0][0], res)
 res = run_check([good], ["_Z20my_attention_mma_kernelv"], {"f16 D=128 tile 8": 56})
 report("check fails on an attention kernel no family recognises", not res[1][0], res)
 res = run_check([], [], {})
-report("check fails when no kernel was found", not res[2][0], res)
+report("check fails when no kernel was found", not res[-1][0], res)
+heavy = dict(good, registers=168, spill_bytes=0, path="tensor-core", ahead_share=0.4)
+path = os.path.join(tmp, "limits.json")
+with open(path, "w") as f:
+    json.dump({"gpu": "H200", "min_ceiling_pct": {"f16 D=128 tile 8": 56},
+               "min_issued_ahead_pct": {"tensor-core": 50}}, f)
+res = [(ok, what) for ok, what, _ in sm.check([heavy], [], path, "H200")]
+report("check fails above 128 registers and below the issued-ahead share of the path",
+       [ok for ok, what in res if what.startswith("at most 128 registers")] == [False]
+       and [ok for ok, what in res if what.startswith("loads issued ahead")] == [False], res)
 
 # ---- what the model reads from the source ------------------------------------------------
 
@@ -297,6 +342,43 @@ try:
     report("a source the model cannot read is an error, not a guess", False, "no SourceError")
 except sm.SourceError as e:
     report("a source the model cannot read is an error, not a guess", True)
+
+mma_facts = sm.read_mma_source(os.path.join(ROOT, "ekv_cuda.cuh"))
+report("ekv_cuda.cuh: tensor-core fragments of the five dtypes but f32, spans, tiles",
+       sorted(mma_facts["fragments"]) == sorted(set(sm.DTYPE_ENUM) - {"f32"})
+       and mma_facts["fragments"]["int8"]["row_scale"] == 1 and mma_facts["fragments"]["int4"]["group_scale"] == 1
+       and mma_facts["span"] > mma_facts["span_16bit"] > 0 and mma_facts["heads_small"] == 8, mma_facts)
+# by hand, with spans 1024 / 512: int4 D=128 8 heads: one warp, 128 elements; per lane K
+# 2 rows x 4 words, V 4 rows x 2 words, (scale, zero) 2 + 4 words, bias 2 words:
+# 4 x (8 + 8 + 6 + 2) = 96 bytes, x 32 = 3072; KV 16 tokens x 2 x (64 + 16) = 2560.
+# f16 D=128 8 heads: 1024 > 512, two warps of 64: K 2 x 8 words, V 4 x 4, bias 2:
+# 4 x 34 x 32 = 4352; KV 16 x 2 x 256 / 2 = 4096
+toy_mma = dict(mma_facts, span=1024, span_16bit=512, warps=4)
+i4 = sm.mma_iteration(toy_mma, dict(dtype="int4", head_dim=128, tile=8))
+f16m = sm.mma_iteration(toy_mma, dict(dtype="f16", head_dim=128, tile=8))
+report("tensor-core bytes per iteration from the source constants (int4 and f16, D=128, 8 heads)",
+       (i4["slices"], i4["ldg_lane_bytes"], i4["kv_bytes"], f16m["slices"], f16m["ldg_lane_bytes"],
+        f16m["kv_bytes"]) == (1, 3072, 2560, 2, 4352, 4096), (i4, f16m))
+rule = [sm.tensor_cores(mma_facts, d, a) for d, a in
+        (("f32", "sm_90"), ("int4", "sm_80"), ("fp8", "sm_80"), ("fp8", "sm_89"), ("f16", "sm_75"))]
+report("dispatch rule read from ekv_cuda__tensor_cores: f32 never, int4 from sm_80, fp8 from "
+       "sm_89, nothing on sm_75", rule == [False, True, False, True, False], rule)
+with open(broken, "w", encoding="utf-8") as f:
+    f.write(source.replace("arch >= (dtype == EKV_DTYPE_FP8 ? 890 : 800)", "arch >= 800"))
+try:
+    sm.read_mma_source(broken)
+    report("a changed dispatch rule is an error until the model learns it", False, "no SourceError")
+except sm.SourceError:
+    report("a changed dispatch rule is an error until the model learns it", True)
+empty = dict(label="f16 D=128 tile 1", dtype="f16", problems=["no loop with global loads"])
+looped = dict(label="f16 D=128 tile 4", dtype="f16", problems=[], loop={}, _path=[])
+served = dict(label="f32 D=128 tile 1", dtype="f32", problems=[])
+for k in (empty, looped, served):
+    sm.dispatched(k, sm.KERNEL_FAMILIES[0], mma_facts, "sm_90")
+report("a kernel never launched on the arch must be empty: then no problem; with a main loop, "
+       "a problem; a served one stays dispatched",
+       (empty["dispatched"], empty["problems"], looped["dispatched"], bool(looped["problems"]),
+        served["dispatched"]) == (False, [], False, True, True), (empty, looped, served))
 
 cc = shutil.which("cc") or shutil.which("gcc")
 if cc:

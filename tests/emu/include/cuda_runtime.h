@@ -2465,4 +2465,6 @@ inline cudaError_t ekv_cuda_host_launch(void (*kernel)(Params...), dim3 grid, di
                            [kernel, arguments]() { std::apply(kernel, *arguments); });
 }
 
+#include "ekv_emu_warp_mma.h" /* mma.sync and movmatrix of the tensor-core path */
+
 #endif /* EKV_EMU_CUDA_RUNTIME_H */
