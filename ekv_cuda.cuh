@@ -1974,6 +1974,7 @@ static ekv_result ekv_cuda__choose(const ekv_cuda_cache *c, int heads, const cha
     memset(choice, 0, sizeof *choice);
     if (mma) {
         cudaFuncAttributes attributes;
+        memset(&attributes, 0, sizeof attributes);
         if ((result = EKV_CUDA__CHECK(cudaFuncGetAttributes(&attributes, (const void *)mma))) !=
             EKV_SUCCESS)
             return result;
