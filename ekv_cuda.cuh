@@ -265,7 +265,7 @@ EKV_CUDA_DEF ekv_result ekv_cuda_copy_bandwidth(int device, size_t bytes, int re
 EKV_CUDA_DEF ekv_result ekv_cuda_run(const ekv_config *config, const ekv_workload *work,
                                      ekv_report *report);
 /* The rel_l2 the kernel may differ by from the double reference over the same stored
-   cache, for sequences of up to `max_length` slots (see the implementation). */
+   cache, for sequences of up to `max_length` slots: ekv_validation_tolerance of ekv.h. */
 EKV_CUDA_DEF double ekv_cuda_validation_tolerance(int max_length);
 
 /* >>cycle ================================================================== */
@@ -2353,16 +2353,10 @@ EKV_CUDA_DEF ekv_result ekv_cuda_device_info(int device, ekv_device_info *out)
 
 /* >>run (implementation) =================================================== */
 
-/* Tolerance of the kernel against the double reference over the same stored cache. Both
-   read the same stored values (the reference dequantizes them with the same formulas), so
-   the storage dtype does not enter: what remains is fp32 arithmetic - q times the scale,
-   dot products of head_dim terms, exp2f (2 ulp), and the running sums. Those errors are
-   about 1e-7 relative each; the sums grow like the square root of the tokens one thread
-   accumulates, which the second term allows for on long sequences. */
+/* The one tolerance rule of ekv.h (ekv_validation_tolerance), shared with the CPU kernel. */
 EKV_CUDA_DEF double ekv_cuda_validation_tolerance(int max_length)
 {
-    const double grow = 2e-7 * sqrt((double)(max_length > 0 ? max_length : 1));
-    return grow > 1e-5 ? grow : 1e-5;
+    return ekv_validation_tolerance(max_length);
 }
 
 /* The arguments every timed launch shares. */
