@@ -52,9 +52,9 @@
        #define EKV_DEF static        make every function static (one TU only)
        #define EKV_NO_THREADS        the CPU kernel runs on the calling thread only (else
                                      pthreads, or OpenMP under -fopenmp, with gcc/clang)
-       #define EKV_NO_SIMD           the CPU kernel's portable C path only (else AVX2+FMA+F16C
-                                     on x86-64, chosen at run time unless -mavx2 -mfma
-                                     -mf16c or -march make it the only one; NEON on AArch64)
+       #define EKV_NO_SIMD           the CPU kernel's portable C path only (else AVX-512 or
+                                     AVX2+FMA+F16C on x86-64 with gcc/clang, chosen at run
+                                     time by what the CPU has; NEON on AArch64)
 
    LICENSE: MIT, see the end of this file.
 */
@@ -366,9 +366,9 @@ EKV_DEF ekv_result ekv_cpu_attention(const ekv_host_cache *cache, const float *q
 
 /* Options of the CPU kernel; zero-initialize for the defaults. */
 typedef struct ekv_cpu_options {
-    int threads;  /* most worker threads; 0 = every online core (see ekv_cpu_threads) */
-    int portable; /* 1: the portable C path even where a SIMD path is compiled in and the
-                     CPU has it (tests of that path, measuring what SIMD buys) */
+    int threads;      /* most worker threads; 0 = every online core (see ekv_cpu_threads) */
+    const char *path; /* one of ekv_cpu_paths(), e.g. "portable" (tests of each path, what
+                         SIMD buys); NULL or "" = the best this CPU runs */
 } ekv_cpu_options;
 
 #define EKV_CPU_THREADS_MAX 256
@@ -382,7 +382,7 @@ typedef struct ekv_cpu_plan {
     int threads, splits;
     size_t items;
     double partial_bytes;
-    const char *path; /* "avx2", "neon" or "portable": the code path that runs */
+    const char *path; /* the code path that runs (one of ekv_cpu_paths) */
 } ekv_cpu_plan;
 
 /* The same kernel with options. Work items are the pieces of (sequence, kv head, split);
@@ -394,13 +394,17 @@ typedef struct ekv_cpu_plan {
 EKV_DEF ekv_result ekv_cpu_attention_with(const ekv_host_cache *cache, const float *q,
                                           int heads, float softmax_scale,
                                           const ekv_cpu_options *options, float *out);
-/* The plan ekv_cpu_attention_with follows for this cache (options may be NULL). */
+/* The plan ekv_cpu_attention_with follows for this cache (options may be NULL). Both fail
+   with EKV_ERR_UNSUPPORTED when options->path is not one of ekv_cpu_paths(). */
 EKV_DEF ekv_result ekv_cpu_attention_plan(const ekv_host_cache *cache, int heads,
                                           const ekv_cpu_options *options, ekv_cpu_plan *plan);
 /* Threads for a request: `requested` (capped at EKV_CPU_THREADS_MAX) when positive, else
    the online cores; 1 when the build has no threads (EKV_NO_THREADS, no pthreads or
    OpenMP, or glibc before 2.34 linked without -pthread). */
 EKV_DEF int ekv_cpu_threads(int requested);
+/* The code paths of the CPU kernel this build runs on this CPU, best first: "avx512, avx2,
+   portable", "avx2, portable", "neon, portable" or "portable". */
+EKV_DEF const char *ekv_cpu_paths(void);
 /* The rel_l2 a float kernel (this one, the CUDA kernels) may differ by from the double
    reference over the same stored cache, for sequences of up to `max_length` slots. */
 EKV_DEF double ekv_validation_tolerance(int max_length);
@@ -812,7 +816,7 @@ typedef struct ekv_report {
     int cache_copies;               /* rotation copies for cold timing (1 = hot) */
     int splits;                     /* split-over-sequence factor of the kernel */
     int threads;                    /* CPU backend: worker threads (0 on a device) */
-    char cpu_path[16];              /* CPU backend: "avx2", "neon" or "portable" */
+    char cpu_path[16];              /* CPU backend: its code path (ekv_cpu_paths) */
     double *samples_ms;             /* per launch: sample time / inner_loops */
     size_t sample_count;
     ekv_stats stats;
@@ -1050,17 +1054,14 @@ EKV_DEF ekv_dtype ekv_cycle_dtype(const ekv_config *config, ekv_variant variant)
 #endif
 #endif
 
-/* The CPU kernel's SIMD paths (>>reference). x86-64 with gcc/clang: AVX2+FMA+F16C code is
-   always compiled (target attributes) and chosen when the CPU has them, so the plain
-   `c++ -O2` build gets it; -mavx2 -mfma -mf16c (or -march=native) make it the only
-   path. AArch64: NEON, which every AArch64 CPU has. */
+/* The CPU kernel's SIMD paths (>>reference). x86-64 with gcc/clang: AVX2+FMA+F16C and
+   AVX-512F code is always compiled (target attributes) and chosen by what the CPU has
+   (cpuid), so the plain `c++ -O2` build gets it. AArch64: NEON, which every AArch64 CPU
+   has. */
 #if !defined(EKV_NO_SIMD) && (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #define EKV__SIMD_AVX2 1
 #include <immintrin.h>
-#if !(defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
-#define EKV__AVX2_AT_RUN_TIME 1
 #include <cpuid.h>
-#endif
 #elif !defined(EKV_NO_SIMD) && defined(__aarch64__) && defined(__ARM_NEON)
 #define EKV__SIMD_NEON 1
 #include <arm_neon.h>
@@ -3271,9 +3272,14 @@ EKV_DEF double ekv_validation_tolerance(int max_length)
                  int4 dequantized (scale and zero per group of 32); f32 is never decoded
      logits      logits[h * stride + j] = dot(q_h, row j) for the G heads of the group
      exp_sum     x[i] = exp(x[i] - max) for i < n, returns the sum (x[i] <= max, or NaN)
-     accumulate  acc_h += sum over j of p[h * stride + j] * row j, acc [G][D] */
+     accumulate  acc_h += sum over j of p[h * stride + j] * row j, acc [G][D]
+   int4_split: int4 rows whose head_dim is a multiple of 32 decode in split order - in
+   each group of 32 its 16 even elements, then its 16 odd ones (the low and the high
+   nibbles as they lie, no interleaving shuffles); the kernel then permutes q the same way
+   and puts the accumulators back in order (ekv__int4_order). */
 typedef struct ekv__cpu_path {
     const char *name;
+    int int4_split;
     void (*decode)(ekv_dtype dtype, const unsigned char *values, const unsigned char *scales,
                    int n, int D, float *out);
     void (*logits)(const float *q, int G, int D, const float *rows, int n, float *logits,
@@ -3355,7 +3361,7 @@ static void ekv__accumulate_portable(float *acc, int G, int D, const float *rows
                           rows + (size_t)j * (size_t)D, D);
 }
 
-static const ekv__cpu_path ekv__cpu_portable = {"portable", ekv__decode_portable,
+static const ekv__cpu_path ekv__cpu_portable = {"portable", 0, ekv__decode_portable,
                                                 ekv__logits_portable, ekv__exp_sum_portable,
                                                 ekv__accumulate_portable};
 
@@ -3401,16 +3407,15 @@ static EKV__AVX2 float ekv__sum_avx2(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-/* 32 values of an int4 group from 16 bytes (even element in the low nibble), times the
-   scale plus the zero (an f16 pair, converted by F16C): the product rounded, then the
-   sum, as ekv_dequantize_row does. */
+/* The 32 values of an int4 group from its 16 bytes (even element in the low nibble) in
+   split order (see ekv__cpu_path): q * scale + zero, as ekv_dequantize_row computes it,
+   with the f16 scale and zero converted by F16C. */
 static EKV__AVX2 void ekv__int4_group_avx2(const unsigned char *in, const uint16_t *pair,
                                            float *out)
 {
     const __m128i bytes = _mm_loadu_si128((const __m128i *)(const void *)in);
-    const __m128i low = _mm_and_si128(bytes, _mm_set1_epi8(15));
-    const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(15));
-    const __m128i first = _mm_unpacklo_epi8(low, high), second = _mm_unpackhi_epi8(low, high);
+    const __m128i even = _mm_and_si128(bytes, _mm_set1_epi8(15));
+    const __m128i odd = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(15));
     int32_t bits;
     __m128 scale_zero;
     __m256 s, z;
@@ -3421,10 +3426,10 @@ static EKV__AVX2 void ekv__int4_group_avx2(const unsigned char *in, const uint16
 #define EKV__INT4_EIGHT(source, at)                                                             \
     _mm256_storeu_ps(out + (at), _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(                \
                                                    _mm256_cvtepu8_epi32(source)), s), z))
-    EKV__INT4_EIGHT(first, 0);
-    EKV__INT4_EIGHT(_mm_srli_si128(first, 8), 8);
-    EKV__INT4_EIGHT(second, 16);
-    EKV__INT4_EIGHT(_mm_srli_si128(second, 8), 24);
+    EKV__INT4_EIGHT(even, 0);
+    EKV__INT4_EIGHT(_mm_srli_si128(even, 8), 8);
+    EKV__INT4_EIGHT(odd, 16);
+    EKV__INT4_EIGHT(_mm_srli_si128(odd, 8), 24);
 #undef EKV__INT4_EIGHT
 }
 
@@ -3472,8 +3477,8 @@ static EKV__AVX2 void ekv__decode_avx2(ekv_dtype dtype, const unsigned char *val
         for (; i + 16 <= count; i += 16) ekv__fp8_sixteen_avx2(values + i, out + i);
         break;
     case EKV_DTYPE_INT4: {
-        /* whole groups of 32 here; a partial last group (head_dim not a multiple of 32)
-           by the portable row code */
+        /* whole groups of 32 here, in split order; a head_dim that is not a multiple of
+           32 by the portable row code, in order (the kernel permutes only then) */
         const size_t row = ekv_dtype_row_bytes(dtype, D), scale = ekv_dtype_row_scale_bytes(dtype, D);
         for (j = 0; j < n; j++) {
             const unsigned char *in = values + (size_t)j * row;
@@ -3721,26 +3726,382 @@ static EKV__AVX2 void ekv__accumulate_avx2(float *acc, int G, int D, const float
     }
 }
 
-static const ekv__cpu_path ekv__cpu_avx2 = {"avx2", ekv__decode_avx2, ekv__logits_avx2,
+static const ekv__cpu_path ekv__cpu_avx2 = {"avx2", 1, ekv__decode_avx2, ekv__logits_avx2,
                                             ekv__exp_sum_avx2, ekv__accumulate_avx2};
 
-static int ekv__cpu_has_avx2(void)
+/* -- AVX-512 (x86-64): the same tiles 16 lanes wide, half the FMA instructions; int4
+   through a 16-entry table per group (vpermps) -- */
+#define EKV__AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+#if defined(__GNUC__) && !defined(__clang__)
+/* gcc 12.2's AVX-512 intrinsics start from a self-initialized "undefined" vector, which
+   -Wuninitialized reports in C++ once inlined (gcc bug 105593, fixed in 12.3 and 13) */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+/* the lower `count` lanes */
+static EKV__AVX512 __mmask16 ekv__mask_avx512(int count)
 {
-#if defined(EKV__AVX2_AT_RUN_TIME)
-    /* 0 unknown, 1 no, 2 yes; relaxed atomics: every thread computes the same answer */
-    static int known = 0;
+    return (__mmask16)((1u << count) - 1u);
+}
+
+/* The 8 sums of the lanes of v0..v7 in lanes 0..7: 512-bit shuffles only (gcc 12's
+   512-to-256-bit casts warn under -Wuninitialized in C++). */
+static EKV__AVX512 __m512 ekv__sum8_avx512(__m512 v0, __m512 v1, __m512 v2, __m512 v3, __m512 v4,
+                                           __m512 v5, __m512 v6, __m512 v7)
+{
+    /* halves: [v0 | v1] as two 256-bit sums, and so on */
+    const __m512 a = _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x44), _mm512_shuffle_f32x4(v0, v1, 0xee));
+    const __m512 b = _mm512_add_ps(_mm512_shuffle_f32x4(v2, v3, 0x44), _mm512_shuffle_f32x4(v2, v3, 0xee));
+    const __m512 c = _mm512_add_ps(_mm512_shuffle_f32x4(v4, v5, 0x44), _mm512_shuffle_f32x4(v4, v5, 0xee));
+    const __m512 d = _mm512_add_ps(_mm512_shuffle_f32x4(v6, v7, 0x44), _mm512_shuffle_f32x4(v6, v7, 0xee));
+    /* quarters: 128-bit lane i holds 4 partial sums of v_i (e) and of v_(4+i) (f) */
+    const __m512 e = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xdd));
+    const __m512 f = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x88), _mm512_shuffle_f32x4(c, d, 0xdd));
+    /* within each 128-bit lane i: sum v_i at 0 and sum v_(4+i) at 1 */
+    const __m512 g = _mm512_add_ps(_mm512_shuffle_ps(e, f, 0x88), _mm512_shuffle_ps(e, f, 0xdd));
+    const __m512 h = _mm512_add_ps(_mm512_shuffle_ps(g, g, 0x88), _mm512_shuffle_ps(g, g, 0xdd));
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 4, 8, 12, 1, 5, 9, 13), h);
+}
+
+/* The sum of the lanes of v (as the tiles do it, without gcc 12's warning casts). */
+static EKV__AVX512 float ekv__sum_avx512(__m512 v)
+{
+    const __m512 zero = _mm512_setzero_ps();
+    float lanes[16];
+    _mm512_storeu_ps(lanes, ekv__sum8_avx512(v, zero, zero, zero, zero, zero, zero, zero));
+    return lanes[0];
+}
+
+/* The 32 values of an int4 group in split order (see ekv__cpu_path): the group's 16
+   possible values, q * scale + zero as ekv_dequantize_row computes it, looked up by each
+   nibble (vpermps reads the low 4 bits of each index, so the low nibbles need no mask). */
+static EKV__AVX512 void ekv__int4_group_avx512(const unsigned char *in, const uint16_t *pair,
+                                               float *out)
+{
+    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)in));
+    const __m512 codes = _mm512_setr_ps(0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f, 7.0f, 8.0f, 9.0f,
+                                        10.0f, 11.0f, 12.0f, 13.0f, 14.0f, 15.0f);
+    int32_t bits;
+    __m128 scale_zero;
+    __m512 table;
+    memcpy(&bits, pair, sizeof bits);
+    scale_zero = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
+    table = _mm512_add_ps(_mm512_mul_ps(codes, _mm512_broadcastss_ps(scale_zero)),
+                          _mm512_broadcastss_ps(_mm_movehdup_ps(scale_zero)));
+    _mm512_storeu_ps(out, _mm512_permutexvar_ps(bytes, table));
+    _mm512_storeu_ps(out + 16, _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table));
+}
+
+/* 16 e4m3 codes as floats, as ekv__fp8_sixteen_avx2 does, in 32-bit lanes packed to f16
+   by vpmovdw. */
+static EKV__AVX512 __m512 ekv__fp8_sixteen_avx512(const unsigned char *in)
+{
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)in));
+    const __m512i magnitude = _mm512_and_si512(v, _mm512_set1_epi32(0x7f));
+    __m512i half = _mm512_or_si512(_mm512_slli_epi32(magnitude, 7),
+                                   _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0x80)), 8));
+    half = _mm512_mask_or_epi32(half, _mm512_cmpeq_epi32_mask(magnitude, _mm512_set1_epi32(0x7f)), half,
+                                _mm512_set1_epi32(0x7e00));
+    return _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(half)), _mm512_set1_ps(256.0f));
+}
+
+static EKV__AVX512 void ekv__decode_avx512(ekv_dtype dtype, const unsigned char *values,
+                                           const unsigned char *scales, int n, int D, float *out)
+{
+    const size_t count = (size_t)n * (size_t)D;
+    size_t i = 0;
+    int j;
+    switch (dtype) {
+    case EKV_DTYPE_F16:
+        for (; i + 16 <= count; i += 16)
+            _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256(
+                                          (const __m256i *)(const void *)(values + 2 * i))));
+        break;
+    case EKV_DTYPE_BF16:
+        for (; i + 16 <= count; i += 16)
+            _mm512_storeu_ps(out + i, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+                _mm256_loadu_si256((const __m256i *)(const void *)(values + 2 * i))), 16)));
+        break;
+    case EKV_DTYPE_INT8:
+        for (; i + 16 <= count; i += 16)
+            _mm512_storeu_ps(out + i, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                          _mm_loadu_si128((const __m128i *)(const void *)(values + i)))));
+        break;
+    case EKV_DTYPE_FP8:
+        for (; i + 16 <= count; i += 16) _mm512_storeu_ps(out + i, ekv__fp8_sixteen_avx512(values + i));
+        break;
+    case EKV_DTYPE_INT4: {
+        const size_t row = ekv_dtype_row_bytes(dtype, D), scale = ekv_dtype_row_scale_bytes(dtype, D);
+        for (j = 0; j < n; j++) {
+            const unsigned char *in = values + (size_t)j * row;
+            const uint16_t *pairs = (const uint16_t *)(const void *)(scales + (size_t)j * scale);
+            float *o = out + (size_t)j * (size_t)D;
+            int group;
+            if (D % EKV_INT4_GROUP != 0) {
+                ekv_dequantize_row(dtype, in, pairs, D, 1.0f, o);
+                continue;
+            }
+            for (group = 0; group < D / EKV_INT4_GROUP; group++)
+                ekv__int4_group_avx512(in + group * (EKV_INT4_GROUP / 2), pairs + 2 * group,
+                                       o + group * EKV_INT4_GROUP);
+        }
+        return;
+    }
+    default:
+        break;
+    }
+    if (i < count) {
+        const size_t bits = (size_t)ekv_dtype_info(dtype)->bits;
+        for (; i < count; i++) ekv__decode_portable(dtype, values + i * bits / 8, NULL, 1, 1, out + i);
+    }
+}
+
+/* As ekv__logits_avx2, 16 lanes: 4 rows x 2 heads, or 8 rows x 1 head. */
+static EKV__AVX512 void ekv__logits_avx512(const float *q, int G, int D, const float *rows, int n,
+                                           float *logits, size_t stride)
+{
+    const int full = D & ~15, rest = D - full;
+    const __mmask16 mask = ekv__mask_avx512(rest);
+    const size_t d_stride = (size_t)D;
+    int h = 0, j, d;
+    for (; h + 2 <= G; h += 2) {
+        const float *q0 = q + (size_t)h * d_stride, *q1 = q0 + d_stride;
+        float *out0 = logits + (size_t)h * stride, *out1 = out0 + stride;
+        for (j = 0; j + 4 <= n; j += 4) {
+            const float *r0 = rows + (size_t)j * d_stride, *r1 = r0 + d_stride, *r2 = r1 + d_stride,
+                        *r3 = r2 + d_stride;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0,
+                   b3 = a0, x, y0, y1, sums;
+            for (d = 0; d < full; d += 16) {
+                y0 = _mm512_loadu_ps(q0 + d);
+                y1 = _mm512_loadu_ps(q1 + d);
+                x = _mm512_loadu_ps(r0 + d); a0 = _mm512_fmadd_ps(y0, x, a0); b0 = _mm512_fmadd_ps(y1, x, b0);
+                x = _mm512_loadu_ps(r1 + d); a1 = _mm512_fmadd_ps(y0, x, a1); b1 = _mm512_fmadd_ps(y1, x, b1);
+                x = _mm512_loadu_ps(r2 + d); a2 = _mm512_fmadd_ps(y0, x, a2); b2 = _mm512_fmadd_ps(y1, x, b2);
+                x = _mm512_loadu_ps(r3 + d); a3 = _mm512_fmadd_ps(y0, x, a3); b3 = _mm512_fmadd_ps(y1, x, b3);
+            }
+            if (rest) {
+                y0 = _mm512_maskz_loadu_ps(mask, q0 + d);
+                y1 = _mm512_maskz_loadu_ps(mask, q1 + d);
+                x = _mm512_maskz_loadu_ps(mask, r0 + d); a0 = _mm512_fmadd_ps(y0, x, a0); b0 = _mm512_fmadd_ps(y1, x, b0);
+                x = _mm512_maskz_loadu_ps(mask, r1 + d); a1 = _mm512_fmadd_ps(y0, x, a1); b1 = _mm512_fmadd_ps(y1, x, b1);
+                x = _mm512_maskz_loadu_ps(mask, r2 + d); a2 = _mm512_fmadd_ps(y0, x, a2); b2 = _mm512_fmadd_ps(y1, x, b2);
+                x = _mm512_maskz_loadu_ps(mask, r3 + d); a3 = _mm512_fmadd_ps(y0, x, a3); b3 = _mm512_fmadd_ps(y1, x, b3);
+            }
+            sums = ekv__sum8_avx512(a0, a1, a2, a3, b0, b1, b2, b3);
+            _mm512_mask_storeu_ps(out0 + j, 0x000f, sums);
+            _mm512_mask_compressstoreu_ps(out1 + j, 0x00f0, sums);
+        }
+        for (; j < n; j++) {
+            const float *r = rows + (size_t)j * d_stride;
+            __m512 a = _mm512_setzero_ps(), b = a, x;
+            for (d = 0; d < full; d += 16) {
+                x = _mm512_loadu_ps(r + d);
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + d), x, a);
+                b = _mm512_fmadd_ps(_mm512_loadu_ps(q1 + d), x, b);
+            }
+            if (rest) {
+                x = _mm512_maskz_loadu_ps(mask, r + d);
+                a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, q0 + d), x, a);
+                b = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, q1 + d), x, b);
+            }
+            out0[j] = ekv__sum_avx512(a);
+            out1[j] = ekv__sum_avx512(b);
+        }
+    }
+    for (; h < G; h++) {
+        const float *qh = q + (size_t)h * d_stride;
+        float *out = logits + (size_t)h * stride;
+        for (j = 0; j + 8 <= n; j += 8) {
+            const float *r0 = rows + (size_t)j * d_stride, *r1 = r0 + d_stride, *r2 = r1 + d_stride,
+                        *r3 = r2 + d_stride, *r4 = r3 + d_stride, *r5 = r4 + d_stride,
+                        *r6 = r5 + d_stride, *r7 = r6 + d_stride;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
+                   a7 = a0, y;
+            for (d = 0; d < full; d += 16) {
+                y = _mm512_loadu_ps(qh + d);
+                a0 = _mm512_fmadd_ps(y, _mm512_loadu_ps(r0 + d), a0);
+                a1 = _mm512_fmadd_ps(y, _mm512_loadu_ps(r1 + d), a1);
+                a2 = _mm512_fmadd_ps(y, _mm512_loadu_ps(r2 + d), a2);
+                a3 = _mm512_fmadd_ps(y, _mm512_loadu_ps(r3 + d), a3);
+                a4 = _mm512_fmadd_ps(y, _mm512_loadu_ps(r4 + d), a4);
+                a5 = _mm512_fmadd_ps(y, _mm512_loadu_ps(r5 + d), a5);
+                a6 = _mm512_fmadd_ps(y, _mm512_loadu_ps(r6 + d), a6);
+                a7 = _mm512_fmadd_ps(y, _mm512_loadu_ps(r7 + d), a7);
+            }
+            if (rest) {
+                y = _mm512_maskz_loadu_ps(mask, qh + d);
+                a0 = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(mask, r0 + d), a0);
+                a1 = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(mask, r1 + d), a1);
+                a2 = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(mask, r2 + d), a2);
+                a3 = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(mask, r3 + d), a3);
+                a4 = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(mask, r4 + d), a4);
+                a5 = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(mask, r5 + d), a5);
+                a6 = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(mask, r6 + d), a6);
+                a7 = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(mask, r7 + d), a7);
+            }
+            _mm512_mask_storeu_ps(out + j, 0x00ff, ekv__sum8_avx512(a0, a1, a2, a3, a4, a5, a6, a7));
+        }
+        for (; j < n; j++) {
+            const float *r = rows + (size_t)j * d_stride;
+            __m512 a = _mm512_setzero_ps();
+            for (d = 0; d < full; d += 16)
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + d), _mm512_loadu_ps(r + d), a);
+            if (rest)
+                a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, qh + d), _mm512_maskz_loadu_ps(mask, r + d), a);
+            out[j] = ekv__sum_avx512(a);
+        }
+    }
+}
+
+static EKV__AVX512 __m512 ekv__exp_avx512(__m512 x)
+{
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EKV__LOG2E)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EKV__EXP_C1), x);
+    __m512 p = _mm512_set1_ps(EKV__EXP_P0);
+    __m512i two_n;
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EKV__EXP_C2), r);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EKV__EXP_P1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EKV__EXP_P2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EKV__EXP_P3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EKV__EXP_P4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EKV__EXP_P5));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    two_n = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    p = _mm512_mul_ps(p, _mm512_castsi512_ps(two_n));
+    /* below the lowest: 0; NaN compares false and stays */
+    return _mm512_maskz_mov_ps((__mmask16)~_mm512_cmp_ps_mask(x, _mm512_set1_ps(EKV__EXP_LOWEST), _CMP_LT_OQ), p);
+}
+
+static EKV__AVX512 float ekv__exp_sum_avx512(float *x, int n, float max)
+{
+    const __m512 m = _mm512_set1_ps(max);
+    __m512 sum = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 e = ekv__exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), m));
+        _mm512_storeu_ps(x + i, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    if (i < n) {
+        const __mmask16 mask = ekv__mask_avx512(n - i);
+        const __m512 e = ekv__exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, x + i), m));
+        _mm512_mask_storeu_ps(x + i, mask, e);
+        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(mask, e));
+    }
+    return ekv__sum_avx512(sum);
+}
+
+/* As ekv__accumulate_avx2, 16 lanes: 4 heads x 32 columns, or 1 head x 64 columns; a tail
+   narrower than 16 columns by masked loads and stores. */
+static EKV__AVX512 void ekv__accumulate_avx512(float *acc, int G, int D, const float *rows, int n,
+                                               const float *p, size_t stride)
+{
+    const size_t d_stride = (size_t)D;
+    int h = 0, j, d;
+    for (; h + 4 <= G; h += 4) {
+        float *c0 = acc + (size_t)h * d_stride, *c1 = c0 + d_stride, *c2 = c1 + d_stride,
+              *c3 = c2 + d_stride;
+        const float *w0 = p + (size_t)h * stride, *w1 = w0 + stride, *w2 = w1 + stride,
+                    *w3 = w2 + stride;
+        for (d = 0; d + 32 <= D; d += 32) {
+            __m512 a0 = _mm512_loadu_ps(c0 + d), b0 = _mm512_loadu_ps(c0 + d + 16);
+            __m512 a1 = _mm512_loadu_ps(c1 + d), b1 = _mm512_loadu_ps(c1 + d + 16);
+            __m512 a2 = _mm512_loadu_ps(c2 + d), b2 = _mm512_loadu_ps(c2 + d + 16);
+            __m512 a3 = _mm512_loadu_ps(c3 + d), b3 = _mm512_loadu_ps(c3 + d + 16);
+            for (j = 0; j < n; j++) {
+                const float *r = rows + (size_t)j * d_stride + (size_t)d;
+                const __m512 x = _mm512_loadu_ps(r), y = _mm512_loadu_ps(r + 16);
+                __m512 w = _mm512_set1_ps(w0[j]);
+                a0 = _mm512_fmadd_ps(w, x, a0); b0 = _mm512_fmadd_ps(w, y, b0);
+                w = _mm512_set1_ps(w1[j]);
+                a1 = _mm512_fmadd_ps(w, x, a1); b1 = _mm512_fmadd_ps(w, y, b1);
+                w = _mm512_set1_ps(w2[j]);
+                a2 = _mm512_fmadd_ps(w, x, a2); b2 = _mm512_fmadd_ps(w, y, b2);
+                w = _mm512_set1_ps(w3[j]);
+                a3 = _mm512_fmadd_ps(w, x, a3); b3 = _mm512_fmadd_ps(w, y, b3);
+            }
+            _mm512_storeu_ps(c0 + d, a0); _mm512_storeu_ps(c0 + d + 16, b0);
+            _mm512_storeu_ps(c1 + d, a1); _mm512_storeu_ps(c1 + d + 16, b1);
+            _mm512_storeu_ps(c2 + d, a2); _mm512_storeu_ps(c2 + d + 16, b2);
+            _mm512_storeu_ps(c3 + d, a3); _mm512_storeu_ps(c3 + d + 16, b3);
+        }
+        for (; d < D; d += 16) {
+            const __mmask16 mask = ekv__mask_avx512(D - d < 16 ? D - d : 16);
+            __m512 a0 = _mm512_maskz_loadu_ps(mask, c0 + d), a1 = _mm512_maskz_loadu_ps(mask, c1 + d);
+            __m512 a2 = _mm512_maskz_loadu_ps(mask, c2 + d), a3 = _mm512_maskz_loadu_ps(mask, c3 + d);
+            for (j = 0; j < n; j++) {
+                const __m512 x = _mm512_maskz_loadu_ps(mask, rows + (size_t)j * d_stride + (size_t)d);
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[j]), x, a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[j]), x, a1);
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(w2[j]), x, a2);
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(w3[j]), x, a3);
+            }
+            _mm512_mask_storeu_ps(c0 + d, mask, a0);
+            _mm512_mask_storeu_ps(c1 + d, mask, a1);
+            _mm512_mask_storeu_ps(c2 + d, mask, a2);
+            _mm512_mask_storeu_ps(c3 + d, mask, a3);
+        }
+    }
+    for (; h < G; h++) {
+        float *c = acc + (size_t)h * d_stride;
+        const float *w = p + (size_t)h * stride;
+        for (d = 0; d + 64 <= D; d += 64) {
+            __m512 a0 = _mm512_loadu_ps(c + d), a1 = _mm512_loadu_ps(c + d + 16);
+            __m512 a2 = _mm512_loadu_ps(c + d + 32), a3 = _mm512_loadu_ps(c + d + 48);
+            for (j = 0; j < n; j++) {
+                const float *r = rows + (size_t)j * d_stride + (size_t)d;
+                const __m512 weight = _mm512_set1_ps(w[j]);
+                a0 = _mm512_fmadd_ps(weight, _mm512_loadu_ps(r), a0);
+                a1 = _mm512_fmadd_ps(weight, _mm512_loadu_ps(r + 16), a1);
+                a2 = _mm512_fmadd_ps(weight, _mm512_loadu_ps(r + 32), a2);
+                a3 = _mm512_fmadd_ps(weight, _mm512_loadu_ps(r + 48), a3);
+            }
+            _mm512_storeu_ps(c + d, a0);
+            _mm512_storeu_ps(c + d + 16, a1);
+            _mm512_storeu_ps(c + d + 32, a2);
+            _mm512_storeu_ps(c + d + 48, a3);
+        }
+        for (; d < D; d += 16) {
+            const __mmask16 mask = ekv__mask_avx512(D - d < 16 ? D - d : 16);
+            __m512 a = _mm512_maskz_loadu_ps(mask, c + d);
+            for (j = 0; j < n; j++)
+                a = _mm512_fmadd_ps(_mm512_set1_ps(w[j]),
+                                    _mm512_maskz_loadu_ps(mask, rows + (size_t)j * d_stride + (size_t)d), a);
+            _mm512_mask_storeu_ps(c + d, mask, a);
+        }
+    }
+}
+
+static const ekv__cpu_path ekv__cpu_avx512 = {"avx512", 1, ekv__decode_avx512, ekv__logits_avx512,
+                                              ekv__exp_sum_avx512, ekv__accumulate_avx512};
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+/* What this CPU runs: 0 only portable C, 1 AVX2+FMA+F16C, 2 AVX-512F as well. Macros
+   answer when the build targets the CPU (-march), else cpuid, once; relaxed atomics: every
+   thread computes the same answer. */
+static int ekv__x86_level(void)
+{
+#if defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+    return 2;
+#else
+    static int known = 0; /* level + 1 once known */
     int answer = __atomic_load_n(&known, __ATOMIC_RELAXED);
     if (answer == 0) {
         unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-        /* __builtin_cpu_supports also checks that the OS saves the AVX registers; clang 14
-           knows no "f16c", hence cpuid's bit 29 of ecx */
+        /* __builtin_cpu_supports also checks that the OS saves the vector registers;
+           clang 14 knows no "f16c", hence cpuid's bit 29 of ecx */
         const int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
-        answer = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c ? 2 : 1;
+        const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+        answer = 1 + (avx2 ? (__builtin_cpu_supports("avx512f") ? 2 : 1) : 0);
         __atomic_store_n(&known, answer, __ATOMIC_RELAXED);
     }
-    return answer == 2;
-#else
-    return 1;
+    return answer - 1;
 #endif
 }
 #endif /* EKV__SIMD_AVX2 */
@@ -3931,19 +4292,47 @@ static void ekv__accumulate_neon(float *acc, int G, int D, const float *rows, in
     }
 }
 
-static const ekv__cpu_path ekv__cpu_neon = {"neon", ekv__decode_neon, ekv__logits_neon,
+static const ekv__cpu_path ekv__cpu_neon = {"neon", 0, ekv__decode_neon, ekv__logits_neon,
                                             ekv__exp_sum_neon, ekv__accumulate_neon};
 #endif /* EKV__SIMD_NEON */
 
-static const ekv__cpu_path *ekv__cpu_select(int portable)
+/* The paths this CPU runs, best first: the list ekv_cpu_paths names. */
+static int ekv__cpu_runnable(const ekv__cpu_path **paths)
+{
+    int count = 0;
+#if defined(EKV__SIMD_AVX2)
+    const int level = ekv__x86_level();
+    if (level >= 2) paths[count++] = &ekv__cpu_avx512;
+    if (level >= 1) paths[count++] = &ekv__cpu_avx2;
+#elif defined(EKV__SIMD_NEON)
+    paths[count++] = &ekv__cpu_neon;
+#endif
+    paths[count++] = &ekv__cpu_portable;
+    return count;
+}
+
+EKV_DEF const char *ekv_cpu_paths(void)
 {
 #if defined(EKV__SIMD_AVX2)
-    if (!portable && ekv__cpu_has_avx2()) return &ekv__cpu_avx2;
+    static const char *const names[3] = {"portable", "avx2, portable", "avx512, avx2, portable"};
+    return names[ekv__x86_level()];
 #elif defined(EKV__SIMD_NEON)
-    if (!portable) return &ekv__cpu_neon;
+    return "neon, portable";
+#else
+    return "portable";
 #endif
-    (void)portable;
-    return &ekv__cpu_portable;
+}
+
+/* The path `name` names (NULL or "": the best), or NULL when this CPU does not run it. */
+static const ekv__cpu_path *ekv__cpu_select(const char *name)
+{
+    const ekv__cpu_path *paths[4];
+    const int count = ekv__cpu_runnable(paths);
+    int i;
+    if (!name || !name[0]) return paths[0];
+    for (i = 0; i < count; i++)
+        if (strcmp(paths[i]->name, name) == 0) return paths[i];
+    return NULL;
 }
 
 /* -- threads -- */
@@ -4049,9 +4438,11 @@ static void ekv__run_workers(int workers, ekv__worker_fn function, void *context
 typedef struct ekv__cpu_job {
     const ekv_host_cache *cache;
     const ekv__cpu_path *path;
-    const float *q;          /* [batch][heads][D]: q times the softmax scale */
+    const float *q;          /* [batch][heads][D]: q times the softmax scale (int4 split
+                                order when int4_split) */
     float *out;
     int heads, group, head_dim;
+    int int4_split;          /* the path decodes this cache's rows in int4 split order */
     size_t items;
     int *item_pair;          /* [items]: b * kv_heads + g */
     size_t *first_item;      /* [batch * kv_heads]: the item of the pair's first piece */
@@ -4063,6 +4454,27 @@ typedef struct ekv__cpu_job {
     double *merge;           /* [workers][D] */
     size_t next;             /* the next item to take */
 } ekv__cpu_job;
+
+/* Between natural order and int4 split order (see ekv__cpu_path) in a row of D values, D
+   a multiple of 32: to_split puts element 2p of each group at p and 2p + 1 at 16 + p,
+   else puts them back. `spare` holds D floats. */
+static void ekv__int4_order(float *row, int D, float *spare, int to_split)
+{
+    int group, p;
+    memcpy(spare, row, (size_t)D * sizeof(float));
+    for (group = 0; group < D; group += EKV_INT4_GROUP)
+        for (p = 0; p < EKV_INT4_GROUP / 2; p++) {
+            float *split = row + group, *natural = row + group;
+            const float *from_split = spare + group, *from_natural = spare + group;
+            if (to_split) {
+                split[p] = from_natural[2 * p];
+                split[EKV_INT4_GROUP / 2 + p] = from_natural[2 * p + 1];
+            } else {
+                natural[2 * p] = from_split[p];
+                natural[2 * p + 1] = from_split[EKV_INT4_GROUP / 2 + p];
+            }
+        }
+}
 
 /* Rows [slot, slot + n) of K (which = 0) or V of (b, g) as floats: in place for f32, else
    decoded into `buffer`. */
@@ -4140,6 +4552,8 @@ static void ekv__cpu_piece(const ekv__cpu_job *job, size_t item, float *scratch)
         const float v_head = ekv__cache_head_scale(c, 1, b, g);
         for (i = 0; i < GD; i++) acc[i] *= v_head;
     }
+    if (job->int4_split)
+        for (h = 0; h < G; h++) ekv__int4_order(acc + (size_t)h * (size_t)D, D, rows, 0);
 }
 
 /* The pieces of (b, g) into its output rows, in double and in piece order: with M the
@@ -4187,8 +4601,8 @@ static void ekv__cpu_worker(void *context, int worker)
     }
 }
 
-static void ekv__cpu_plan(const ekv_host_cache *c, int heads, const ekv_cpu_options *options,
-                          ekv_cpu_plan *plan)
+static ekv_result ekv__cpu_plan(const ekv_host_cache *c, int heads, const ekv_cpu_options *options,
+                                ekv_cpu_plan *plan, const ekv__cpu_path **path, const char *function)
 {
     const double row = (double)(ekv_dtype_row_bytes(c->dtype, c->head_dim) +
                                 ekv_dtype_row_scale_bytes(c->dtype, c->head_dim));
@@ -4207,7 +4621,12 @@ static void ekv__cpu_plan(const ekv_host_cache *c, int heads, const ekv_cpu_opti
     if ((size_t)plan->threads > plan->items) plan->threads = plan->items ? (int)plan->items : 1;
     plan->partial_bytes = 2.0 * (double)plan->items * (double)(heads / c->kv_heads) *
                           (double)(c->head_dim + 2) * sizeof(float);
-    plan->path = ekv__cpu_select(options && options->portable)->name;
+    *path = ekv__cpu_select(options ? options->path : NULL);
+    if (!*path)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED, "%s: options.path '%s' is not a code path of this "
+                             "CPU: allowed %s", function, options->path, ekv_cpu_paths());
+    plan->path = (*path)->name;
+    return EKV_SUCCESS;
 }
 
 static ekv_result ekv__cpu_check(const ekv_host_cache *cache, const float *q, int heads,
@@ -4223,12 +4642,13 @@ static ekv_result ekv__cpu_check(const ekv_host_cache *cache, const float *q, in
 EKV_DEF ekv_result ekv_cpu_attention_plan(const ekv_host_cache *cache, int heads,
                                           const ekv_cpu_options *options, ekv_cpu_plan *plan)
 {
+    /* no query or output to check: the cache and heads are */
     static const float probe = 0.0f;
+    const ekv__cpu_path *path;
     ekv_result result = ekv__cpu_check(cache, &probe, heads, 0.0f, &probe, "ekv_cpu_attention_plan");
     if (result != EKV_SUCCESS) return result;
     if (!plan) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cpu_attention_plan: NULL plan");
-    ekv__cpu_plan(cache, heads, options, plan);
-    return EKV_SUCCESS;
+    return ekv__cpu_plan(cache, heads, options, plan, &path, "ekv_cpu_attention_plan");
 }
 
 EKV_DEF ekv_result ekv_cpu_attention_with(const ekv_host_cache *cache, const float *q,
@@ -4243,10 +4663,10 @@ EKV_DEF ekv_result ekv_cpu_attention_with(const ekv_host_cache *cache, const flo
     size_t pairs, i, item = 0, count;
     int b, g, s;
     if (result != EKV_SUCCESS) return result;
-    ekv__cpu_plan(cache, heads, options, &plan);
     memset(&job, 0, sizeof job);
+    result = ekv__cpu_plan(cache, heads, options, &plan, &job.path, fn);
+    if (result != EKV_SUCCESS) return result;
     job.cache = cache;
-    job.path = ekv__cpu_select(options && options->portable);
     job.out = out;
     job.heads = heads;
     job.group = heads / cache->kv_heads;
@@ -4273,6 +4693,11 @@ EKV_DEF ekv_result ekv_cpu_attention_with(const ekv_host_cache *cache, const flo
     }
     scale = (float)ekv_softmax_scale(softmax_scale, cache->head_dim);
     for (i = 0; i < count; i++) q_scaled[i] = q[i] * scale;
+    job.int4_split = job.path->int4_split && cache->dtype == EKV_DTYPE_INT4 &&
+                     cache->head_dim % EKV_INT4_GROUP == 0;
+    if (job.int4_split) /* worker 0's scratch is free until the workers start */
+        for (i = 0; i < count; i += (size_t)cache->head_dim)
+            ekv__int4_order(q_scaled + i, cache->head_dim, job.scratch, 1);
     job.q = q_scaled;
     for (b = 0; b < cache->batch; b++) {
         const int pieces = (cache->lengths[b] + EKV_CPU_SPLIT - 1) / EKV_CPU_SPLIT;
@@ -7848,7 +8273,7 @@ static ekv_result ekv__cycle_cpu_prepare(const ekv_config *c, ekv_report *report
     ekv__cpu_name(report->device.name, sizeof report->device.name);
     /* the most the kernel uses: its calls on short contexts use fewer */
     report->threads = ekv_cpu_threads(c->threads);
-    snprintf(report->cpu_path, sizeof report->cpu_path, "%s", ekv__cpu_select(0)->name);
+    snprintf(report->cpu_path, sizeof report->cpu_path, "%s", ekv__cpu_select(NULL)->name);
 #if defined(_SC_NPROCESSORS_ONLN)
     report->device.sm_count = (int)sysconf(_SC_NPROCESSORS_ONLN);
 #endif

@@ -2,7 +2,7 @@
    reference over the same stored cache: every storage dtype, with and without a pool
    bias, GQA groups 1..8 (odd ones too), head dims that are not multiples of the vector
    width, lengths around the split size, ragged batches with an empty sequence, on 1, 2
-   and 3 threads and on both code paths (SIMD where compiled in, portable C); the output
+   and 3 threads and on every code path this CPU runs (AVX-512, AVX2, NEON, portable C); the output
    bit for bit independent of the thread count; NaN in the cache shows in the output;
    the error does not grow on a 2M-token sequence (issue 16: one float sum over the
    sequence drifted past ekv_bench's 1e-4 there); the plan, thread count and tolerance
@@ -33,6 +33,20 @@ static double rel_l2(const float *out, const double *ref, size_t n)
         den += ref[i] * ref[i];
     }
     return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* The names in ekv_cpu_paths(), best first; returns how many. */
+static int path_names(char names[4][16])
+{
+    const char *p = ekv_cpu_paths();
+    int count = 0;
+    while (*p && count < 4) {
+        size_t n = strcspn(p, ",");
+        snprintf(names[count++], 16, "%.*s", (int)n, p);
+        p += n;
+        while (*p == ',' || *p == ' ') p++;
+    }
+    return count;
 }
 
 static int longest(const ekv_host_cache *c)
@@ -90,15 +104,18 @@ static int make_cache(const shape *s, const ekv_data *data, ekv_dtype dtype, int
     return 1;
 }
 
-/* One dtype, pooled or not: within the tolerance of its length on threads 1/2/3 (SIMD
-   path, bit for bit the same on every count) and 3 (portable path: slow under ASan, and
-   the thread logic is shared), and (when threads exist) really run on that many. */
+/* One dtype, pooled or not: within the tolerance of its length on threads 1/2/3 (best
+   path, bit for bit the same on every count) and 3 (every other path of this CPU: the
+   thread logic is shared, and the portable one is slow under ASan), and (when threads
+   exist) really run on that many. */
 static void check_cache(const shape *s, const ekv_data *data, ekv_dtype dtype, int pooled,
                         float *out, float *first, double *ref)
 {
     const size_t count = (size_t)s->batch * (size_t)s->heads * (size_t)s->head_dim;
     const int threaded = ekv_cpu_threads(3) == 3;
-    int portable, threads;
+    char paths[4][16];
+    const int path_count = path_names(paths);
+    int k, threads;
     ekv_host_cache cache;
     char name[160];
     snprintf(name, sizeof name, "%s %s%s: within the tolerance, threads 1/2/3 bitwise equal",
@@ -111,14 +128,14 @@ static void check_cache(const shape *s, const ekv_data *data, ekv_dtype dtype, i
     }
     CHECK(ekv_reference_attention_cache(&cache, data->q, s->heads, 0.0, ref) == EKV_SUCCESS,
           "%s", ekv_last_error());
-    for (portable = 0; portable < 2; portable++)
-        for (threads = portable ? 3 : 1; threads <= 3; threads++) {
+    for (k = 0; k < path_count; k++)
+        for (threads = k ? 3 : 1; threads <= 3; threads++) {
             ekv_cpu_options options;
             ekv_cpu_plan plan;
             double e;
             memset(&options, 0, sizeof options);
             options.threads = threads;
-            options.portable = portable;
+            options.path = paths[k];
             memset(out, 0xff, count * sizeof(float)); /* NaN: every value must be written */
             CHECK(ekv_cpu_attention_with(&cache, data->q, s->heads, 0.0f, &options, out) == EKV_SUCCESS,
                   "%s", ekv_last_error());
@@ -128,7 +145,7 @@ static void check_cache(const shape *s, const ekv_data *data, ekv_dtype dtype, i
             /* the floor of the tolerance at any length: the split keeps the error there */
             CHECK(e <= 1e-5 && e <= ekv_validation_tolerance(longest(&cache)),
                   "%s, %d threads: rel_l2 %.3e", plan.path, threads, e);
-            CHECK(!portable || strcmp(plan.path, "portable") == 0, "path %s", plan.path);
+            CHECK(strcmp(plan.path, paths[k]) == 0, "path %s, asked %s", plan.path, paths[k]);
             /* the shapes are big enough for 3 threads uncompressed (256 KB of KV each);
                pooled caches are 4x smaller and may get fewer */
             if (threaded && !pooled)
@@ -137,7 +154,7 @@ static void check_cache(const shape *s, const ekv_data *data, ekv_dtype dtype, i
                       ekv_cache_bytes_of(cache.dtype, cache.batch, cache.kv_heads, cache.head_dim,
                                          cache.lengths, 0).total);
             CHECK(plan.threads >= 1 && plan.threads <= threads, "plan threads %d", plan.threads);
-            if (portable)
+            if (k)
                 continue;
             if (threads == 1)
                 memcpy(first, out, count * sizeof(float));
@@ -182,8 +199,10 @@ static void test_nan_shows(void)
     float *out = (float *)malloc(count * sizeof(float));
     ekv_data data;
     ekv_host_cache cache;
-    int portable, h, d;
-    TEST_BEGIN("a NaN in K shows in the outputs of its (sequence, kv head) only");
+    char paths[4][16];
+    const int path_count = path_names(paths);
+    int k, h, d;
+    TEST_BEGIN("a NaN in K shows in the outputs of its (sequence, kv head) only, every path");
     if (!make_data(&s, 7, &data) || !make_cache(&s, &data, EKV_DTYPE_F32, 0, &cache)) {
         CHECK(0, "%s", ekv_last_error());
     } else {
@@ -191,10 +210,10 @@ static void test_nan_shows(void)
         /* sequence 0, kv head 1, slot 700: the second piece of that sequence */
         memcpy(cache.k + ((size_t)(0 * 2 + 1) * (size_t)cache.capacity + 700) * 64 * sizeof(float) + 5 * sizeof(float),
                &not_a_number, sizeof not_a_number);
-        for (portable = 0; portable < 2; portable++) {
+        for (k = 0; k < path_count; k++) {
             ekv_cpu_options options;
             memset(&options, 0, sizeof options);
-            options.portable = portable;
+            options.path = paths[k];
             options.threads = 2;
             CHECK(ekv_cpu_attention_with(&cache, data.q, s.heads, 0.0f, &options, out) == EKV_SUCCESS,
                   "%s", ekv_last_error());
@@ -202,7 +221,7 @@ static void test_nan_shows(void)
                 int nans = 0;
                 for (d = 0; d < s.head_dim; d++) nans += out[(size_t)h * 64 + (size_t)d] != out[(size_t)h * 64 + (size_t)d];
                 /* heads 2 and 3 read kv head 1 */
-                CHECK(h >= 2 ? nans == 64 : nans == 0, "portable %d head %d: %d NaN values", portable, h, nans);
+                CHECK(h >= 2 ? nans == 64 : nans == 0, "%s head %d: %d NaN values", paths[k], h, nans);
             }
             for (d = 0; d < s.heads * s.head_dim; d++)
                 CHECK(out[(size_t)s.heads * 64 + (size_t)d] == out[(size_t)s.heads * 64 + (size_t)d],
@@ -236,8 +255,8 @@ static uint16_t next_half(uint32_t *state, uint32_t *f32)
    split (one float sum over the sequence) by 2.3e-5, and by 2.6e-4 on ekv_bench's
    structured data at 2M tokens. The bound, 2e-6, is 5x the first and fails the second
    (the floor of the tolerance, 1e-5, would not show the growth here). The cache is
-   filled in place (no f32 copy of the data): 64 MB at f32. The portable path runs once
-   (on 2 threads), the SIMD path on 1 and 2: the portable one is slow under ASan. */
+   filled in place (no f32 copy of the data): 64 MB at f32. The best path runs on 1 and 2
+   threads, the others on 2 (the portable one is slow under ASan). */
 static void test_long_sequence(ekv_dtype dtype)
 {
     const int length = (1 << 21) + 3, D = 4, heads = 2;
@@ -246,7 +265,9 @@ static void test_long_sequence(ekv_dtype dtype)
     float q[2 * 4], out[2 * 4];
     double ref[2 * 4];
     size_t i;
-    int d, which, portable, threads;
+    char paths[4][16];
+    const int path_count = path_names(paths);
+    int d, which, k, threads;
     char name[96];
     snprintf(name, sizeof name, "%s, %d tokens: the error does not grow (<= 2e-6), threads and paths",
              ekv_dtype_name(dtype), length);
@@ -272,17 +293,17 @@ static void test_long_sequence(ekv_dtype dtype)
         }
     cache.lengths[0] = length;
     CHECK(ekv_reference_attention_cache(&cache, q, heads, 0.0, ref) == EKV_SUCCESS, "%s", ekv_last_error());
-    for (portable = 0; portable < 2; portable++)
-        for (threads = 1 + portable; threads <= 2; threads++) {
+    for (k = 0; k < path_count; k++)
+        for (threads = k ? 2 : 1; threads <= 2; threads++) {
             ekv_cpu_options options;
             double e;
             memset(&options, 0, sizeof options);
-            options.portable = portable;
+            options.path = paths[k];
             options.threads = threads;
             CHECK(ekv_cpu_attention_with(&cache, q, heads, 0.0f, &options, out) == EKV_SUCCESS, "%s",
                   ekv_last_error());
             e = rel_l2(out, ref, (size_t)(heads * D));
-            CHECK(e <= 2e-6, "portable %d, %d threads: rel_l2 %.3e", portable, threads, e);
+            CHECK(e <= 2e-6, "%s, %d threads: rel_l2 %.3e", paths[k], threads, e);
         }
     ekv_cache_free(&cache);
     TEST_END();
@@ -313,6 +334,13 @@ static void test_rules(void)
         CHECK(ekv_cpu_attention_with(&cache, NULL, 8, 0.0f, &options, q) == EKV_ERR_INVALID_ARG, "NULL q");
         CHECK(ekv_cpu_attention_with(&cache, data.q, 8, (float)HUGE_VAL, &options, q) == EKV_ERR_INVALID_ARG,
               "infinite scale");
+        options.path = "sse9";
+        CHECK(ekv_cpu_attention_plan(&cache, 8, &options, &plan) == EKV_ERR_UNSUPPORTED &&
+                  strstr(ekv_last_error(), "sse9") && strstr(ekv_last_error(), "portable"),
+              "an unknown path: %s", ekv_last_error());
+        options.path = "portable";
+        CHECK(ekv_cpu_attention_plan(&cache, 8, &options, &plan) == EKV_SUCCESS &&
+                  strcmp(plan.path, "portable") == 0, "the portable path is always there");
         ekv_cache_free(&cache);
         ekv_data_free(&data);
     } else {
