@@ -359,8 +359,8 @@ EKV_DEF ekv_result ekv_reference_attention(const ekv_data *data, double softmax_
 EKV_DEF ekv_result ekv_reference_attention_cache(const ekv_host_cache *cache, const float *q,
                                                  int heads, double softmax_scale,
                                                  double *out);
-/* The CPU backend's kernel: float, reads the stored form directly, on every online core
-   (ekv_cpu_attention_with below, default options). */
+/* The CPU backend's kernel: float, reads the stored form directly, on up to every online
+   core (ekv_cpu_attention_with below, default options). */
 EKV_DEF ekv_result ekv_cpu_attention(const ekv_host_cache *cache, const float *q, int heads,
                                      float softmax_scale, float *out);
 
@@ -628,8 +628,9 @@ EKV_DEF ekv_config ekv_config_default(void);
 EKV_DEF ekv_result ekv_config_validate(const ekv_config *config);
 /* The config with every "0 = default" field resolved: kv_heads (heads), softmax_scale
    (1/sqrt(head_dim)), compress_every (the compression ratio), threads (ekv_cpu_threads)
-   and, unless set, the paired baseline's dtype (f16 for quantized dtypes, else kv_dtype). Every entry point that
-   takes a config resolves it once; everything after reads the resolved values. */
+   and, unless set, the paired baseline's dtype (f16 for quantized dtypes, else
+   kv_dtype). Every entry point that takes a config resolves it once; everything after
+   reads the resolved values. */
 EKV_DEF ekv_config ekv_config_resolve(const ekv_config *config);
 
 /* A parsed command line: the base config plus the value lists of swept flags. */
@@ -3266,7 +3267,7 @@ EKV_DEF double ekv_validation_tolerance(int max_length)
 #define EKV__RESTRICT
 #endif
 
-/* One code path of the kernel (portable C, AVX2, NEON):
+/* One code path of the kernel (portable C, AVX2, AVX-512, NEON):
      decode      n rows of the stored form into floats, out[n][D]: int8 the integers (the
                  row scale is applied to logits and weights), fp8 without its head scale,
                  int4 dequantized (scale and zero per group of 32); f32 is never decoded
