@@ -3304,6 +3304,39 @@ static float ekv__dot_f32(const float *EKV__RESTRICT a, const float *EKV__RESTRI
     return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 
+/* The largest of x[0..n) (NaN skipped, -inf when none), in eight independent lanes: one
+   running max is a chain of dependent compares, 4 cycles each. */
+static float ekv__max_f32(const float *x, int n)
+{
+    float m[8], best;
+    int i, j;
+    for (j = 0; j < 8; j++) m[j] = -HUGE_VALF;
+    for (i = 0; i + 7 < n; i += 8)
+        for (j = 0; j < 8; j++) m[j] = x[i + j] > m[j] ? x[i + j] : m[j];
+    for (; i < n; i++) m[0] = x[i] > m[0] ? x[i] : m[0];
+    best = m[0];
+    for (j = 1; j < 8; j++) best = m[j] > best ? m[j] : best;
+    return best;
+}
+
+/* out = x * by (elementwise; out may be x), and x += plus: eight at a time as above, so
+   that the plain -O2 build vectorizes these per-slot passes over the logits too. */
+static void ekv__mul_f32(float *out, const float *x, const float *by, int n)
+{
+    int i, j;
+    for (i = 0; i + 7 < n; i += 8)
+        for (j = 0; j < 8; j++) out[i + j] = x[i + j] * by[i + j];
+    for (; i < n; i++) out[i] = x[i] * by[i];
+}
+
+static void ekv__add_f32(float *EKV__RESTRICT x, const float *EKV__RESTRICT plus, int n)
+{
+    int i, j;
+    for (i = 0; i + 7 < n; i += 8)
+        for (j = 0; j < 8; j++) x[i + j] += plus[i + j];
+    for (; i < n; i++) x[i] += plus[i];
+}
+
 /* acc += p * x */
 static void ekv__axpy_f32(float *EKV__RESTRICT acc, float p, const float *EKV__RESTRICT x, int n)
 {
@@ -3777,20 +3810,17 @@ static EKV__AVX512 float ekv__sum_avx512(__m512 v)
 
 /* The 32 values of an int4 group in split order (see ekv__cpu_path): the group's 16
    possible values, q * scale + zero as ekv_dequantize_row computes it, looked up by each
-   nibble (vpermps reads the low 4 bits of each index, so the low nibbles need no mask). */
-static EKV__AVX512 void ekv__int4_group_avx512(const unsigned char *in, const uint16_t *pair,
+   nibble (vpermps reads the low 4 bits of each index, so the low nibbles need no mask).
+   The scale and zero come as floats from memory: broadcasts from memory use the load
+   ports, not the shuffle port the lookups are bound by. */
+static EKV__AVX512 void ekv__int4_group_avx512(const unsigned char *in, const float *scale_zero,
                                                float *out)
 {
     const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)in));
     const __m512 codes = _mm512_setr_ps(0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f, 7.0f, 8.0f, 9.0f,
                                         10.0f, 11.0f, 12.0f, 13.0f, 14.0f, 15.0f);
-    int32_t bits;
-    __m128 scale_zero;
-    __m512 table;
-    memcpy(&bits, pair, sizeof bits);
-    scale_zero = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
-    table = _mm512_add_ps(_mm512_mul_ps(codes, _mm512_broadcastss_ps(scale_zero)),
-                          _mm512_broadcastss_ps(_mm_movehdup_ps(scale_zero)));
+    const __m512 table = _mm512_add_ps(_mm512_mul_ps(codes, _mm512_set1_ps(scale_zero[0])),
+                                       _mm512_set1_ps(scale_zero[1]));
     _mm512_storeu_ps(out, _mm512_permutexvar_ps(bytes, table));
     _mm512_storeu_ps(out + 16, _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table));
 }
@@ -3814,6 +3844,7 @@ static EKV__AVX512 void ekv__decode_avx512(ekv_dtype dtype, const unsigned char 
     const size_t count = (size_t)n * (size_t)D;
     size_t i = 0;
     int j;
+    float pair_floats[2 * 1024 / EKV_INT4_GROUP]; /* head_dim <= 1024 */
     switch (dtype) {
     case EKV_DTYPE_F16:
         for (; i + 16 <= count; i += 16)
@@ -3844,8 +3875,16 @@ static EKV__AVX512 void ekv__decode_avx512(ekv_dtype dtype, const unsigned char 
                 ekv_dequantize_row(dtype, in, pairs, D, 1.0f, o);
                 continue;
             }
+            /* the row's f16 scale and zero pairs as floats, 8 at a time by F16C */
+            for (group = 0; group + 4 <= D / EKV_INT4_GROUP; group += 4)
+                _mm256_storeu_ps(pair_floats + 2 * group, _mm256_cvtph_ps(_mm_loadu_si128(
+                                                              (const __m128i *)(const void *)(pairs + 2 * group))));
+            for (; group < D / EKV_INT4_GROUP; group++) {
+                pair_floats[2 * group] = ekv_f16_to_f32(pairs[2 * group]);
+                pair_floats[2 * group + 1] = ekv_f16_to_f32(pairs[2 * group + 1]);
+            }
             for (group = 0; group < D / EKV_INT4_GROUP; group++)
-                ekv__int4_group_avx512(in + group * (EKV_INT4_GROUP / 2), pairs + 2 * group,
+                ekv__int4_group_avx512(in + group * (EKV_INT4_GROUP / 2), pair_floats + 2 * group,
                                        o + group * EKV_INT4_GROUP);
         }
         return;
@@ -4518,17 +4557,14 @@ static void ekv__cpu_piece(const ekv__cpu_job *job, size_t item, float *scratch)
                           logits + block, EKV_CPU_SPLIT);
     }
     for (h = 0; h < G; h++) {
-        float *x = logits + (size_t)h * EKV_CPU_SPLIT, max = -HUGE_VALF;
-        if (k_scales)
-            for (j = 0; j < n; j++) x[j] *= k_scales[j];
+        float *x = logits + (size_t)h * EKV_CPU_SPLIT, max;
+        if (k_scales) ekv__mul_f32(x, x, k_scales, n);
         if (c->dtype == EKV_DTYPE_FP8) {
             const float k_head = ekv__cache_head_scale(c, 0, b, g);
             for (j = 0; j < n; j++) x[j] *= k_head;
         }
-        if (bias)
-            for (j = 0; j < n; j++) x[j] += bias[j];
-        for (j = 0; j < n; j++)
-            if (x[j] > max) max = x[j];
+        if (bias) ekv__add_f32(x, bias, n);
+        max = ekv__max_f32(x, n);
         if (max == -HUGE_VALF) max = 0.0f; /* every logit -inf: weights 0, the piece adds nothing */
         maxes[h] = max;
         sums[h] = job->path->exp_sum(x, n, max);
@@ -4541,9 +4577,8 @@ static void ekv__cpu_piece(const ekv__cpu_job *job, size_t item, float *scratch)
         size_t stride = EKV_CPU_SPLIT;
         if (v_scales) {
             for (h = 0; h < G; h++)
-                for (j = 0; j < m; j++)
-                    weights[(size_t)h * EKV__CPU_BLOCK + (size_t)j] =
-                        logits[(size_t)h * EKV_CPU_SPLIT + (size_t)(block + j)] * v_scales[block + j];
+                ekv__mul_f32(weights + (size_t)h * EKV__CPU_BLOCK,
+                             logits + (size_t)h * EKV_CPU_SPLIT + (size_t)block, v_scales + block, m);
             p = weights;
             stride = EKV__CPU_BLOCK;
         }
