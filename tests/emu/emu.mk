@@ -1,6 +1,8 @@
 # emu.mk - builds the CPU execution emulator's tests into $(BUILD)/emu and runs them:
-# plain, under ASan+UBSan, under TSan, plus the expected-failure programs (a race, an
-# out-of-bounds read) and the nvcc/clang++ source checks, through run_emu_tests.sh.
+# plain, under ASan+UBSan, under TSan, plus the expected-failure programs (races, an
+# out-of-bounds read, the planted bugs of planted_bugs.cpp) and the nvcc/clang++ source
+# checks, through run_emu_tests.sh. EMU_FMA is the one place for the flags that make the
+# host compiler contract a*b+c as nvcc does; the top Makefile's emulator builds use it too.
 #
 #     make test-emu                          (from the top Makefile, which includes this;
 #                                             its `make test` runs test-emu-suite)
@@ -12,12 +14,28 @@ BUILD ?= build
 EMU_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 EMU_OUT := $(BUILD)/emu
 EMU_HEADERS := $(wildcard $(EMU_DIR)/include/*.h)
-EMU_FLAGS := -std=c++17 -g -Wall -Wextra -Wpedantic -Werror -pthread -I$(EMU_DIR)/include
+
+# nvcc contracts a*b+c to one fused multiply-add by default (-fmad=true). A host compiler
+# does so with -ffp-contract=fast, but only for a target with an FMA instruction: plain
+# x86-64 has none, so there -mfma is added when this CPU has FMA (the binaries run where
+# they are built). g++ forms FMAs only from -O2 on, or with -fexpensive-optimizations,
+# which the -O1 sanitizer builds need. The first set of flags with which $(CXX) turns a
+# probe a*b+c into an fma instruction, warning-free, wins; none: no contraction, and
+# test_emu says so (SKIP). The probe runs once per make invocation.
+EMU_FMA_TARGET := $(if $(filter x86_64 amd64,$(shell uname -m)),$(if $(shell grep -qw fma /proc/cpuinfo 2>/dev/null && echo yes),-mfma,-none))
+EMU_FMA_PROBE = $(shell printf 'float f(float a, float b, float c) { return a * b + c; }\n' | \
+	$(CXX) -x c++ -O1 -Werror $(1) -S -o - - 2>/dev/null | grep -qi 'fma' && echo '$(1)')
+EMU_FMA := $(strip $(if $(filter -none,$(EMU_FMA_TARGET)),,$(or \
+	$(call EMU_FMA_PROBE,$(EMU_FMA_TARGET) -ffp-contract=fast -fexpensive-optimizations),\
+	$(call EMU_FMA_PROBE,$(EMU_FMA_TARGET) -ffp-contract=fast))))
+
+EMU_FLAGS := -std=c++17 -g -Wall -Wextra -Wpedantic -Werror -pthread $(EMU_FMA) -I$(EMU_DIR)/include
 EMU_ASAN := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 EMU_TSAN := -O1 -fsanitize=thread
 EMU_SUITE := $(EMU_DIR)/test_emu.cpp $(EMU_DIR)/sample_kernel.cu $(EMU_HEADERS)
 EMU_PROGRAMS := $(addprefix $(EMU_OUT)/,test_emu test_emu_asan test_emu_tsan \
-	race_missing_barrier_tsan race_syncwarp_only_tsan race_with_barrier_tsan oob_read_asan)
+	race_missing_barrier_tsan race_syncwarp_only_tsan race_with_barrier_tsan oob_read_asan \
+	planted_bugs planted_bugs_tsan)
 
 .PHONY: test-emu test-emu-suite
 test-emu: $(EMU_PROGRAMS)
@@ -50,3 +68,9 @@ $(EMU_OUT)/race_with_barrier_tsan: $(EMU_DIR)/race_missing_barrier.cpp $(EMU_HEA
 
 $(EMU_OUT)/oob_read_asan: $(EMU_DIR)/oob_read.cpp $(EMU_HEADERS) | $(EMU_OUT)
 	$(CXX) $(EMU_FLAGS) $(EMU_ASAN) -o $@ $<
+
+$(EMU_OUT)/planted_bugs: $(EMU_DIR)/planted_bugs.cpp $(EMU_HEADERS) | $(EMU_OUT)
+	$(CXX) $(EMU_FLAGS) -O1 -o $@ $<
+
+$(EMU_OUT)/planted_bugs_tsan: $(EMU_DIR)/planted_bugs.cpp $(EMU_HEADERS) | $(EMU_OUT)
+	$(CXX) $(EMU_FLAGS) $(EMU_TSAN) -o $@ $<
