@@ -15,19 +15,24 @@ EMU_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 EMU_OUT := $(BUILD)/emu
 EMU_HEADERS := $(wildcard $(EMU_DIR)/include/*.h)
 
-# nvcc contracts a*b+c to one fused multiply-add by default (-fmad=true). A host compiler
-# does so with -ffp-contract=fast, but only for a target with an FMA instruction: plain
-# x86-64 has none, so there -mfma is added when this CPU has FMA (the binaries run where
-# they are built). g++ forms FMAs only from -O2 on, or with -fexpensive-optimizations,
-# which the -O1 sanitizer builds need. The first set of flags with which $(CXX) turns a
-# probe a*b+c into an fma instruction, warning-free, wins; none: no contraction, and
-# test_emu says so (SKIP). The probe runs once per make invocation.
-EMU_FMA_TARGET := $(if $(filter x86_64 amd64,$(shell uname -m)),$(if $(shell grep -qw fma /proc/cpuinfo 2>/dev/null && echo yes),-mfma,-none))
-EMU_FMA_PROBE = $(shell printf 'float f(float a, float b, float c) { return a * b + c; }\n' | \
+# nvcc contracts a*b+c in kernels to one fused multiply-add by default (-fmad=true); host
+# code built for plain x86-64 is not contracted, since that target has no FMA instruction.
+# The emulator does the same: -ffp-contract=fast for the translation unit, and on x86-64,
+# when this CPU has FMA (the programs run where they are built), -DEKV_EMU_FMA, which gives
+# __global__ functions the FMA instructions (cuda_runtime.h, >>qualifiers). g++ forms FMAs
+# only from -O2 on, or with -fexpensive-optimizations, which the -O1 builds need. The first
+# set of flags with which $(CXX) turns a probe kernel's a*b+c into an fma instruction,
+# warning-free, wins; none (x86-64 without FMA): no contraction, and test_emu says so
+# (SKIP). The probe runs once per make invocation.
+EMU_FMA_X86 := $(filter x86_64 amd64 i386 i686,$(shell uname -m))
+EMU_FMA_CPU := $(if $(EMU_FMA_X86),$(shell grep -qw fma /proc/cpuinfo 2>/dev/null && echo yes),yes)
+EMU_FMA_DEFINE := $(if $(EMU_FMA_X86),-DEKV_EMU_FMA)
+EMU_FMA_KERNEL := $(if $(EMU_FMA_X86),__attribute__((target("fma"))))
+EMU_FMA_PROBE = $(shell printf '%s float f(float a, float b, float c) { return a * b + c; }\n' '$(EMU_FMA_KERNEL)' | \
 	$(CXX) -x c++ -O1 -Werror $(1) -S -o - - 2>/dev/null | grep -qi 'fma' && echo '$(1)')
-EMU_FMA := $(strip $(if $(filter -none,$(EMU_FMA_TARGET)),,$(or \
-	$(call EMU_FMA_PROBE,$(EMU_FMA_TARGET) -ffp-contract=fast -fexpensive-optimizations),\
-	$(call EMU_FMA_PROBE,$(EMU_FMA_TARGET) -ffp-contract=fast))))
+EMU_FMA := $(strip $(if $(EMU_FMA_CPU),$(or \
+	$(call EMU_FMA_PROBE,$(EMU_FMA_DEFINE) -ffp-contract=fast -fexpensive-optimizations),\
+	$(call EMU_FMA_PROBE,$(EMU_FMA_DEFINE) -ffp-contract=fast))))
 
 EMU_FLAGS := -std=c++17 -g -Wall -Wextra -Wpedantic -Werror -pthread $(EMU_FMA) -I$(EMU_DIR)/include
 EMU_ASAN := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all

@@ -65,7 +65,9 @@
 #include <link.h>
 #include <pthread.h>
 #include <sys/mman.h>
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 #include <unistd.h>
 
 /* Which sanitizer the program is built with: both change how blocks run (see the block
@@ -97,14 +99,23 @@ extern "C" void __tsan_ignore_thread_end(void);
 
 /* >>qualifiers ------------------------------------------------------------------------ */
 
+/* Kernels contract a * b + c into fused multiply-adds, as nvcc does by default
+   (-fmad=true); host code does not, as a host compiler for plain x86-64 does not. emu.mk
+   builds with -ffp-contract=fast and, where the CPU has FMA, -DEKV_EMU_FMA, which gives
+   kernels (only) the FMA instructions. A __device__ function contracts where it is inlined
+   into a kernel, which __forceinline__ makes sure of; one compiled out of line does not. */
+#if defined(EKV_EMU_FMA) && (defined(__x86_64__) || defined(__i386__))
+#define __global__ __attribute__((target("fma")))
+#else
 #define __global__
+#endif
 #define __device__
 #define __host__
 #define __constant__
 #define __managed__
 #define __grid_constant__
 #define __device_builtin__
-#define __forceinline__ inline
+#define __forceinline__ inline __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
@@ -425,10 +436,17 @@ constexpr int memory_clock_khz = 1500000;
 constexpr int memory_bus_bits = 256;
 constexpr int core_clock_khz = 1500000;
 
-/* How a launch runs its blocks (see the block runner). */
+/* How a launch runs its blocks (see the block runner). ThreadSanitizer judges races by
+   happens-before, not by overlap in time, so it reports races between blocks that run one
+   after another just as well; its vector clocks grow with the threads alive, which makes
+   one block at a time the faster default under it. */
 struct schedule {
     std::uint64_t seed = 1;
+#if defined(EKV_EMU_TSAN)
+    unsigned concurrent_blocks = 1;
+#else
     unsigned concurrent_blocks = 4;
+#endif
     bool sequential = false;
 };
 
@@ -706,7 +724,8 @@ struct tsan_ignore_scope {
 /* ---- the block runner: one fiber per CUDA thread, one OS thread per block ----
 
    Each block runs on an OS thread of its own, created for it, and each of its CUDA
-   threads is a fiber (ucontext) on that OS thread. A fiber runs until it waits at a
+   threads is a fiber on that OS thread (switched by switch_stack below on x86-64, by
+   ucontext elsewhere). A fiber runs until it waits at a
    barrier or a warp operation, or exits; then the block's scheduler picks the next ready
    fiber, at random from the launch's seed. Several blocks run at once, each on its own OS
    thread, in a random order drawn from the same seed.
@@ -786,7 +805,11 @@ struct thread_context {
 };
 
 struct fiber {
+#if defined(__x86_64__)
+    void *stack_pointer = nullptr; /* while it is not running */
+#else
     ucontext_t context;
+#endif
     thread_context where;
     fiber_state state = fiber_ready;
     bool started = false;
@@ -1026,7 +1049,11 @@ struct block_run {
     unsigned char *stacks = nullptr;
     size_t stacks_bytes = 0;
 
+#if defined(__x86_64__)
+    void *scheduler_stack_pointer = nullptr;
+#else
     ucontext_t scheduler;
+#endif
     void *scheduler_tsan = nullptr;
     void *scheduler_fake_stack = nullptr;
     const void *scheduler_stack_bottom = nullptr;
@@ -1066,6 +1093,31 @@ inline void abort_launch(const fiber &f, const std::string &reason)
     abort_launch(*f.where.block->launch, f.where.block_idx, reason);
 }
 
+#if defined(__x86_64__)
+/* Saves the callee-saved registers on the current stack and the stack pointer in *from,
+   then resumes the context whose stack pointer is `to`: a function call, to the compiler.
+   swapcontext would do the same plus a system call for the signal mask, each time. MXCSR
+   and the x87 control word are left alone: kernel code does not change them. */
+__attribute__((naked, noinline)) inline void switch_stack(void ** /* from */, void * /* to */)
+{
+    __asm__("pushq %rbp\n\t"
+            "pushq %rbx\n\t"
+            "pushq %r12\n\t"
+            "pushq %r13\n\t"
+            "pushq %r14\n\t"
+            "pushq %r15\n\t"
+            "movq %rsp, (%rdi)\n\t"
+            "movq %rsi, %rsp\n\t"
+            "popq %r15\n\t"
+            "popq %r14\n\t"
+            "popq %r13\n\t"
+            "popq %r12\n\t"
+            "popq %rbx\n\t"
+            "popq %rbp\n\t"
+            "ret\n\t");
+}
+#endif
+
 /* From a fiber: back to its block's scheduler until the scheduler resumes it. */
 inline void yield_to_scheduler(fiber &f)
 {
@@ -1077,7 +1129,11 @@ inline void yield_to_scheduler(fiber &f)
     __sanitizer_start_switch_fiber(f.state == fiber_exited ? nullptr : &f.asan_fake_stack, b.scheduler_stack_bottom,
                                    b.scheduler_stack_size);
 #endif
+#if defined(__x86_64__)
+    switch_stack(&f.stack_pointer, b.scheduler_stack_pointer);
+#else
     swapcontext(&f.context, &b.scheduler);
+#endif
 #if defined(EKV_EMU_ASAN)
     __sanitizer_finish_switch_fiber(f.asan_fake_stack, nullptr, nullptr);
 #endif
@@ -1095,7 +1151,11 @@ inline void resume_fiber(block_run &b, fiber &f)
 #if defined(EKV_EMU_ASAN)
     __sanitizer_start_switch_fiber(&b.scheduler_fake_stack, f.stack, f.stack_bytes);
 #endif
+#if defined(__x86_64__)
+    switch_stack(&b.scheduler_stack_pointer, f.stack_pointer);
+#else
     swapcontext(&b.scheduler, &f.context);
+#endif
 #if defined(EKV_EMU_ASAN)
     __sanitizer_finish_switch_fiber(b.scheduler_fake_stack, nullptr, nullptr);
 #endif
@@ -1167,6 +1227,19 @@ inline void report_stuck(block_run &b)
     abort_launch(*b.launch, b.index, reason);
 }
 
+#if defined(__x86_64__)
+/* A fiber's first switch_stack pops six zero registers and returns into fiber_main, whose
+   own return address is zero: the end of the stack for unwinders. */
+inline bool prepare_context(fiber &f)
+{
+    void **frame = reinterpret_cast<void **>(f.stack + f.stack_bytes) - 8;
+    for (int i = 0; i < 8; ++i) frame[i] = nullptr;
+    void (*entry)() = fiber_main;
+    std::memcpy(&frame[6], &entry, sizeof entry);
+    f.stack_pointer = frame;
+    return true;
+}
+#else
 /* Out of line: getcontext returns twice, which its caller's variables must not see. */
 __attribute__((noinline)) inline bool prepare_context(fiber &f)
 {
@@ -1181,6 +1254,7 @@ __attribute__((noinline)) inline bool prepare_context(fiber &f)
     f.context.uc_stack.ss_size = 0;
     return true;
 }
+#endif
 
 /* Runs one block on the calling OS thread (created for it). */
 inline void run_block(block_run &b)
@@ -1336,7 +1410,8 @@ inline cudaError_t run_grid(std::uintptr_t kernel, dim3 grid, dim3 block, size_t
     }();
     pthread_attr_t attributes;
     pthread_attr_init(&attributes);
-    pthread_attr_setstacksize(&attributes, (size_t(1) << 20) + tls_bytes * 2);
+    /* The scheduler needs little stack; glibc carves the static TLS out of it too. */
+    pthread_attr_setstacksize(&attributes, (size_t(256) << 10) + tls_bytes * 2);
 
     std::vector<worker_start> starts(static_cast<size_t>(concurrency));
     std::vector<pthread_t> ids(static_cast<size_t>(concurrency));
@@ -2764,19 +2839,31 @@ inline double __longlong_as_double(long long x) { double r; std::memcpy(&r, &x, 
 #define __cosf(x) (::cosf(x))
 #define __tanf(x) (::tanf(x))
 
+namespace ekv_emu {
+/* CUDA never merges the _rn additions and multiplications into a fused multiply-add, and
+   kernel code is compiled to contract (see >>qualifiers): their operands and products go
+   through a volatile, which no contraction crosses. */
+template <typename T>
+inline T uncontracted(T value)
+{
+    volatile T kept = value;
+    return kept;
+}
+} /* namespace ekv_emu */
+
 inline float __fdividef(float x, float y) { return x / y; }
 inline float __fdiv_rn(float x, float y) { return x / y; }
-inline float __fadd_rn(float x, float y) { return x + y; }
-inline float __fsub_rn(float x, float y) { return x - y; }
-inline float __fmul_rn(float x, float y) { return x * y; }
+inline float __fadd_rn(float x, float y) { return ekv_emu::uncontracted(x) + ekv_emu::uncontracted(y); }
+inline float __fsub_rn(float x, float y) { return ekv_emu::uncontracted(x) - ekv_emu::uncontracted(y); }
+inline float __fmul_rn(float x, float y) { return ekv_emu::uncontracted(x * y); }
 inline float __fmaf_rn(float x, float y, float z) { return std::fma(x, y, z); }
 inline float __frcp_rn(float x) { return 1.0f / x; }
 inline float __fsqrt_rn(float x) { return std::sqrt(x); }
 inline float __frsqrt_rn(float x) { return 1.0f / std::sqrt(x); }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
-inline double __dadd_rn(double x, double y) { return x + y; }
-inline double __dmul_rn(double x, double y) { return x * y; }
+inline double __dadd_rn(double x, double y) { return ekv_emu::uncontracted(x) + ekv_emu::uncontracted(y); }
+inline double __dmul_rn(double x, double y) { return ekv_emu::uncontracted(x * y); }
 inline double __fma_rn(double x, double y, double z) { return std::fma(x, y, z); }
 inline float __saturatef(float x) { return x >= 1.0f ? 1.0f : (x > 0.0f ? x : 0.0f); }
 
