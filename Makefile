@@ -1,6 +1,7 @@
 # ekv Makefile
 #   make          build build/ekv_bench (nvcc when present, else the C++ CPU build)
 #   make bench    build and run the default benchmark (GPU if present, else CPU backend)
+#   make bench-cpu  the CPU backend built for this machine, beside numpy (and PyTorch)
 #   make test     every test suite; closing line "N passed, N failed, N skipped"
 #   make emu      build/ekv_bench_emu: the CUDA code on the CPU execution emulator
 #   make clean
@@ -35,8 +36,9 @@ CXX_BENCH_FLAGS := -O2 -x c++
 CPU_BENCH_FLAGS := -O2 -Wall -Wextra -Werror -x c++
 SAN_BENCH_FLAGS := -O1 -g $(SAN) -Wall -Wextra -Werror -x c++
 EMU_BENCH_FLAGS := $(EMU_CXXFLAGS) -O2 -x c++
+NATIVE_BENCH_FLAGS := -O3 -march=native -pthread -x c++
 
-.PHONY: all bench test emu clean venv tools gpu-check FORCE test-tools test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
+.PHONY: all bench bench-cpu test emu clean venv tools gpu-check FORCE test-tools test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/ekv_bench
@@ -71,6 +73,14 @@ $(BUILD)/ekv_bench_emu: bench/main.cu $(CUDA_HEADERS) $(EMU_HEADERS) $(BUILD)/gi
 
 bench: $(BUILD)/ekv_bench
 	$(BUILD)/ekv_bench
+
+# The CPU backend at its best here (-O3 -march=native -pthread) beside numpy and PyTorch
+# on the same problems in one run (bench/peers_cpu.py: the table, and every row as JSONL)
+$(BUILD)/ekv_bench_native: bench/main.cu $(HEADERS) $(BUILD)/git_commit | $(BUILD)
+	$(CXX) $(NATIVE_BENCH_FLAGS) $(call ekv_identity,$(NATIVE_BENCH_FLAGS)) -o $@ bench/main.cu
+
+bench-cpu: $(BUILD)/ekv_bench_native venv
+	$(VPY) bench/peers_cpu.py --bench $(BUILD)/ekv_bench_native --out $(BUILD)/bench_cpu.jsonl
 
 venv: $(VENV)/.stamp $(VENV)/.ekv-stamp tools
 

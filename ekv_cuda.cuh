@@ -2011,10 +2011,11 @@ static ekv_result ekv_cuda__choose(const ekv_cuda_cache *c, int heads, const cha
    order 1 (tests/test_kernels_emu.cpp plants one). */
 EKV_CUDA_DEF double ekv_cuda_validation_tolerance(const ekv_cuda_kernel_info *kernel, int max_length)
 {
-    const double grow = 2e-7 * sqrt((double)(max_length > 0 ? max_length : 1));
-    double floor = 1e-5;
-    if (kernel && kernel->tensor_cores) floor = kernel->dtype == EKV_DTYPE_BF16 ? 2e-5 : 2e-3;
-    return grow > floor ? grow : floor;
+    /* ekv.h's one rule (max(1e-5, 2e-7 sqrt(length)), the CPU kernel's too), with the
+       tensor-core floor below which f16 fragments cannot go */
+    const double rule = ekv_validation_tolerance(max_length);
+    const double floor = kernel && kernel->tensor_cores ? (kernel->dtype == EKV_DTYPE_BF16 ? 2e-5 : 2e-3) : 0.0;
+    return rule > floor ? rule : floor;
 }
 
 EKV_CUDA_DEF ekv_result ekv_cuda_attention_kernel(const ekv_cuda_cache *cache, int heads,

@@ -2,9 +2,12 @@
 # run_emu_tests.sh - runs the emulator's test programs built by emu.mk and checks what each
 # must show: the test suite passes plain, under ASan+UBSan and under TSan (no report); the
 # EKV_EMU_* variables change the device; TSan reports a missing barrier and not a present
-# one; ASan reports a read past a cudaMalloc'd buffer; the sample kernel compiles with nvcc
-# and the headers compile warning-free with g++ and clang++. Prints PASS/FAIL/SKIP per check
-# and "N passed, N failed[, N skipped]"; exits 1 on any failure.
+# one; ASan reports a read past a cudaMalloc'd buffer; each planted bug of planted_bugs.cpp
+# (shared memory read before it is written, a shuffle from outside its mask, a divergent
+# barrier, a race between blocks) fails as it should while its fixed twin passes; the
+# sample kernel compiles with nvcc and the headers compile warning-free with g++ and
+# clang++. Prints PASS/FAIL/SKIP per check and "N passed, N failed[, N skipped]"; exits 1
+# on any failure.
 #
 #     sh tests/emu/run_emu_tests.sh build/emu        (after make -f tests/emu/emu.mk <binaries>)
 set -u
@@ -24,8 +27,10 @@ limited() {
     if command -v timeout >/dev/null 2>&1; then timeout "$@"; else shift; "$@"; fi
 }
 
-# The emulator's device comes from these; tests expect the defaults unless they set them.
-clean_env="env -u EKV_EMU_SM -u EKV_EMU_SMS -u EKV_EMU_MEMORY_BYTES -u EKV_EMU_DEVICES"
+# The emulator's device and schedule come from these; tests expect the defaults unless they
+# set them.
+clean_env="env -u EKV_EMU_SM -u EKV_EMU_SMS -u EKV_EMU_MEMORY_BYTES -u EKV_EMU_DEVICES -u EKV_EMU_SEED"
+clean_env="$clean_env -u EKV_EMU_CONCURRENT_BLOCKS -u EKV_EMU_SEQUENTIAL"
 
 # Runs "$@" with stdout+stderr in $log, sets $status. Some kernels map memory where TSan
 # does not expect it; then the run is repeated without address-space randomization.
@@ -54,12 +59,20 @@ else
     grep '^FAIL' "$logs/test_emu.log"
 fi
 
-# The deadlock diagnostic names the block and the threads.
-if grep -q 'block (1,0,0) of grid (3,1,1).*threads 0-31 wait at __syncthreads(); threads 32-63 have exited' \
+# The deadlock diagnostic names the block, the threads and where they wait.
+if grep -q 'block (1,0,0) of grid (3,1,1).*threads 0-31 wait at __syncthreads() ([^)]*test_emu.cpp:[0-9]*); threads 32-63 have exited' \
     "$logs/test_emu.log"; then
-    pass "a barrier not every thread reaches is reported with its block and threads"
+    pass "a barrier not every thread reaches is reported with its block, threads and line"
 else
-    fail "a barrier not every thread reaches is reported with its block and threads" "no such line in $logs/test_emu.log"
+    fail "a barrier not every thread reaches is reported with its block, threads and line" "no such line in $logs/test_emu.log"
+fi
+
+# So does the divergent-barrier diagnostic, with both calls.
+if grep -q 'divergent barrier, threads of the block wait at different calls: threads 0-31 at __syncthreads() at [^;]*test_emu.cpp:[0-9]*; threads 32-63 at __syncthreads() at [^;]*test_emu.cpp:[0-9]*$' \
+    "$logs/test_emu.log"; then
+    pass "threads at two __syncthreads calls are reported with both lines"
+else
+    fail "threads at two __syncthreads calls are reported with both lines" "no such line in $logs/test_emu.log"
 fi
 
 run_logged "$logs/test_emu_asan.log" "$out/test_emu_asan"
@@ -123,6 +136,41 @@ else
     fail "ASan reports a kernel reading past a cudaMalloc'd buffer" "exit $status, see $logs/oob_read.log"
 fi
 
+# ---- planted bugs: each must fail as it should; its fixed twin must pass ----
+
+planted_bug() { # KERNEL PROGRAM PATTERN WHAT: the bug fails and its output matches PATTERN
+    log="$logs/planted_$1_bug.log"
+    run_logged "$log" "$out/$2" "$1" bug
+    if [ "$status" -ne 0 ] && grep -q "$3" "$log"; then
+        pass "$1: $4"
+    else
+        fail "$1: $4" "exit $status, see $log"
+    fi
+    ok=yes
+    for build in planted_bugs planted_bugs_tsan; do
+        run_logged "$logs/planted_$1_fixed_$build.log" "$out/$build" "$1" fixed
+        if [ "$status" -ne 0 ] || grep -q 'ThreadSanitizer' "$logs/planted_$1_fixed_$build.log"; then
+            ok=no
+            fail "$1: the fixed kernel passes ($build)" "exit $status, see $logs/planted_$1_fixed_$build.log"
+        fi
+    done
+    [ $ok = yes ] && pass "$1: the fixed kernel passes, plain and under TSan with no report"
+}
+
+planted_bug shared-before-write planted_bugs 'block [1-9][0-9]*: total -*[0-9]*, expected' \
+    "a block reading static __shared__ memory before writing it gets the 0xff fill, not the last block's data"
+planted_bug dynamic-before-write planted_bugs 'block [1-9][0-9]*: total -*[0-9]*, expected' \
+    "the same in dynamic shared memory"
+planted_bug shuffle-outside-mask planted_bugs 'out\[15\] = -*nan, expected 15' \
+    "a shuffle from a lane outside the mask gives NaN, not the caller's value"
+planted_bug divergent-barrier planted_bugs 'divergent barrier.*threads 0-31 at __syncthreads() at [^;]*planted_bugs.cpp:[0-9]*; threads 32-63 at __syncthreads() at [^;]*planted_bugs.cpp:[0-9]*' \
+    "threads at two __syncthreads calls fail the launch, naming both"
+planted_bug race-between-blocks planted_bugs_tsan 'WARNING: ThreadSanitizer: data race' \
+    "TSan reports two blocks updating a counter without an atomic"
+if ! grep -q 'number_blocks' "$logs/planted_race-between-blocks_bug.log"; then
+    fail "race-between-blocks: the report names the kernel" "see $logs/planted_race-between-blocks_bug.log"
+fi
+
 # ---- source compatibility ----
 
 nvcc=${NVCC:-}
@@ -144,7 +192,7 @@ for compiler in g++ clang++; do
         continue
     fi
     ok=yes
-    for source in test_emu.cpp sample_kernel.cu race_missing_barrier.cpp oob_read.cpp; do
+    for source in test_emu.cpp sample_kernel.cu race_missing_barrier.cpp oob_read.cpp planted_bugs.cpp; do
         "$compiler" -std=c++17 -Wall -Wextra -Wpedantic -Werror -pthread -I"$here/include" -fsyntax-only \
             -x c++ "$here/$source" >>"$logs/$compiler.log" 2>&1 || ok=no
     done

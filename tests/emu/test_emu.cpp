@@ -1,9 +1,11 @@
 /* test_emu.cpp - the CPU execution emulator's own tests: indexing, barriers, shared and
-   dynamic shared memory, every warp operation (partial warps too), atomics under
-   contention, bit-exact fp16/bf16/fp8 conversions against independent references, memory,
-   streams, events, graphs, the fictitious device and its EKV_EMU_* overrides, launch
-   errors, and barriers that not every thread reaches (reported, no hang). Prints PASS/FAIL
-   per test and "N passed, N failed[, N skipped]"; exits 1 on any failure.
+   dynamic shared memory (0xff at the start of every block), every warp operation (partial
+   warps too; poison from lanes outside the mask), atomics under contention, the seeded block
+   order, fused multiply-add, bit-exact fp16/bf16/fp8 conversions against independent
+   references, memory, streams, events, graphs, the fictitious device and its EKV_EMU_*
+   overrides, launch errors, and barriers that not every thread reaches or that threads reach
+   at different calls (reported, no hang). Prints PASS/FAIL per test and
+   "N passed, N failed[, N skipped]"; exits 1 on any failure.
    `test_emu --device-info` prints the device the environment describes and exits.
 
        g++ -std=c++17 -O2 -Wall -Wextra -Werror -pthread -Itests/emu/include tests/emu/test_emu.cpp -x c++ tests/emu/sample_kernel.cu -o build/emu/test_emu
@@ -165,6 +167,17 @@ __global__ void shuffle_kernel(long long *out)
     r[13] = __half_as_ushort(pair.x) | (static_cast<long long>(__half_as_ushort(pair.y)) << 16);
 }
 
+/* Lanes 24-31 exit at once; the others read from lanes outside their mask or exited. */
+__global__ void shuffle_poison_kernel(int *out)
+{
+    const int lane = threadIdx.x % 32;
+    if (lane >= 24) return;
+    int *r = out + lane * 3;
+    r[0] = __shfl_down_sync(0xffffffffu, 100 + lane, 4);
+    r[1] = lane < 16 ? __shfl_xor_sync(0x0000ffffu, 200 + lane, 16) : __shfl_xor_sync(0x00ff0000u, 200 + lane, 1);
+    r[2] = __shfl_sync(0xffffffffu, 300 + lane, 30);
+}
+
 __global__ void warp_sum_kernel(const float *in, float *out)
 {
     float v = in[threadIdx.x];
@@ -231,17 +244,74 @@ __global__ void atomics_kernel(atomic_counters *c, int iterations)
 
 __global__ void add_to_counter(int *counter, int amount) { atomicAdd(counter, amount); }
 
+/* Static shared memory in a kernel, a template kernel and a device function: each thread
+   reads its word before writing it, and records whether it held the 0xff fill. */
+__device__ unsigned first_read_of_helper_word(unsigned t)
+{
+    __shared__ unsigned words[64];
+    const unsigned before = words[t];
+    words[t] = t;
+    return before;
+}
+
+__global__ void static_shared_first_reads(unsigned *out)
+{
+    __shared__ unsigned words[64];
+    __shared__ double scalar;
+    const unsigned t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+    out[3 * i] = words[t];
+    words[t] = i;
+    out[3 * i + 1] = first_read_of_helper_word(t);
+    unsigned long long bits = 0;
+    if (t == 0) {
+        std::memcpy(&bits, &scalar, sizeof bits);
+        scalar = double(i);
+    }
+    out[3 * i + 2] = t == 0 ? unsigned(bits >> 32) : 0xffffffffu;
+}
+
+template <int N>
+__global__ void static_shared_first_reads_template(unsigned *out)
+{
+    __shared__ unsigned words[N];
+    const unsigned t = threadIdx.x;
+    out[blockIdx.x * blockDim.x + t] = words[t];
+    words[t] = t + 1;
+}
+
+/* Thread 0 of each block takes the next ticket: the order in which blocks started. */
+__global__ void record_block_order(int *next, int *order)
+{
+    if (threadIdx.x == 0) order[atomicAdd(next, 1)] = int(blockIdx.x);
+}
+
+__global__ void barrier_in_two_branches(int *out)
+{
+    if (threadIdx.x < 32) __syncthreads();
+    else __syncthreads();
+    out[threadIdx.x] = 1;
+}
+
+__global__ void lane_waits_at_block_barrier(int *out)
+{
+    if (threadIdx.x == 5) __syncthreads();
+    else out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, int(threadIdx.x), 1);
+}
+
+/* a * b + c for each element, which nvcc contracts to one fused multiply-add, and the same
+   through the _rn intrinsics, which it never contracts. */
+__global__ void multiply_add(const float *a, const float *b, const float *c, float *out)
+{
+    const unsigned i = threadIdx.x;
+    out[i] = a[i] * b[i] + c[i];
+    out[blockDim.x + i] = __fadd_rn(__fmul_rn(a[i], b[i]), c[i]);
+}
+
 __global__ void early_exit_before_barrier(int *out)
 {
     if (blockIdx.x == 1 && threadIdx.x >= 32) return;
     __syncthreads();
     out[blockIdx.x * blockDim.x + threadIdx.x] = 1;
-}
-
-__global__ void lane_skips_shuffle(int *out)
-{
-    if (threadIdx.x == 5) return;
-    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, int(threadIdx.x), 1);
 }
 
 __global__ void mixed_barrier_kinds(int *out)
@@ -378,7 +448,8 @@ static std::string test_dynamic_shared_memory()
 
 /* Where a lane reads from, by the CUDA programming guide: within segments of `width`
    lanes; up or down out of the segment, or xor into a later segment, reads the caller's
-   own value. A lane that does not exist (partial warp) gives the caller's own value here. */
+   own value. A lane that does not exist (partial warp) is undefined: -1 here, for the
+   emulator's all-ones poison. */
 static int expected_source(int kind, int lane, int arg, int width, int lanes_in_warp)
 {
     const int base = lane - lane % width;
@@ -389,7 +460,7 @@ static int expected_source(int kind, int lane, int arg, int width, int lanes_in_
     case 2: source = lane + arg < base + width ? lane + arg : lane; break;
     default: source = (lane ^ arg) < base + width ? (lane ^ arg) : lane; break;
     }
-    return source < lanes_in_warp ? source : lane;
+    return source < lanes_in_warp ? source : -1;
 }
 
 static std::string test_shuffles()
@@ -409,18 +480,20 @@ static std::string test_shuffles()
         for (int c = 0; c < 9; ++c) {
             const int arg = cases[c].arg < 0 ? (lane * 7 + 3) % 32 : cases[c].arg;
             const int source = expected_source(cases[c].kind, lane, arg, cases[c].width, lanes);
-            REQUIRE_MSG(got[c] == 1000 * warp + source, "thread %d case %d: %lld, expected %d", t, c, got[c],
-                        1000 * warp + source);
+            const long long expected = source < 0 ? -1 : 1000 * warp + source;
+            REQUIRE_MSG(got[c] == expected, "thread %d case %d: %lld, expected %lld", t, c, got[c], expected);
         }
+        /* The poison is all one bits in every type: NaN for float and double. */
         const int xor1 = expected_source(3, lane, 1, 32, lanes), down1 = expected_source(2, lane, 1, 32, lanes);
         const int from31 = expected_source(0, lane, 31, 32, lanes), xor16 = expected_source(3, lane, 16, 32, lanes);
         const int xor2 = expected_source(3, lane, 2, 32, lanes);
-        REQUIRE(got[9] == __float_as_int(float(1000 * warp + xor1) + 0.5f));
-        REQUIRE(got[10] == __double_as_longlong(double(1000 * warp + down1) * 1.25));
-        REQUIRE(got[11] == static_cast<long long>(1000 * warp + from31) << 33);
-        REQUIRE(got[12] == 1000 * warp + xor16);
-        const long long pair = __half_as_ushort(__float2half(float(xor2))) |
-                               (static_cast<long long>(__half_as_ushort(__float2half(float(warp)))) << 16);
+        REQUIRE(got[9] == (xor1 < 0 ? -1 : __float_as_int(float(1000 * warp + xor1) + 0.5f)));
+        REQUIRE(got[10] == (down1 < 0 ? -1 : __double_as_longlong(double(1000 * warp + down1) * 1.25)));
+        REQUIRE(got[11] == (from31 < 0 ? -1 : static_cast<long long>(1000 * warp + from31) << 33));
+        REQUIRE(got[12] == (xor16 < 0 ? 0xffffffffll : 1000 * warp + xor16));
+        const long long pair = xor2 < 0 ? 0xffffffffll
+                                        : __half_as_ushort(__float2half(float(xor2))) |
+                                              (static_cast<long long>(__half_as_ushort(__float2half(float(warp)))) << 16);
         REQUIRE_MSG(got[13] == pair, "thread %d: half2 shuffle gave 0x%llx", t, got[13]);
     }
 
@@ -436,6 +509,23 @@ static std::string test_shuffles()
         float expected = 0.0f;
         for (int l = 0; l < 32; ++l) expected += values[w * 32 + l];
         for (int l = 0; l < 32; ++l) REQUIRE(total[w * 32 + l] == expected);
+    }
+    return "";
+}
+
+static std::string test_shuffle_poison()
+{
+    device_buffer<int> out(32 * 3);
+    REQUIRE(out.data != nullptr);
+    CUDA_OK(cudaMemset(out.data, 0, out.bytes()));
+    CUDA_OK(ekv_cuda_host_launch(shuffle_poison_kernel, dim3(1), dim3(32), 0, nullptr, out.data));
+    const std::vector<int> r = download(out);
+    REQUIRE(r.size() == out.count);
+    for (int lane = 0; lane < 24; ++lane) {
+        const int *got = &r[size_t(lane) * 3];
+        REQUIRE_MSG(got[0] == (lane < 20 ? 100 + lane + 4 : -1), "lane %d: down from an exited lane gave %d", lane, got[0]);
+        REQUIRE_MSG(got[1] == (lane < 16 ? -1 : 200 + (lane ^ 1)), "lane %d: xor outside the mask gave %d", lane, got[1]);
+        REQUIRE_MSG(got[2] == -1, "lane %d: read of exited lane 30 gave %d", lane, got[2]);
     }
     return "";
 }
@@ -466,6 +556,101 @@ static std::string test_votes_and_block_predicates()
         REQUIRE(got[11] == 0);
     }
     return "";
+}
+
+static std::string test_static_shared_memory_filled_per_block()
+{
+    constexpr int block = 64, blocks = 5;
+    device_buffer<unsigned> out(size_t(3) * block * blocks), out_template(size_t(block) * blocks);
+    REQUIRE(out.data && out_template.data);
+    for (int launch = 0; launch < 2; ++launch) {
+        CUDA_OK(cudaMemset(out.data, 0, out.bytes()));
+        CUDA_OK(cudaMemset(out_template.data, 0, out_template.bytes()));
+        CUDA_OK(ekv_cuda_host_launch(static_shared_first_reads, dim3(blocks), dim3(block), 0, nullptr, out.data));
+        CUDA_OK(ekv_cuda_host_launch(static_shared_first_reads_template<block>, dim3(blocks), dim3(block), 0, nullptr,
+                                     out_template.data));
+        const std::vector<unsigned> got = download(out), got_template = download(out_template);
+        REQUIRE(got.size() == out.count && got_template.size() == out_template.count);
+        for (size_t i = 0; i < got.size(); ++i)
+            REQUIRE_MSG(got[i] == 0xffffffffu, "launch %d, word %zu read 0x%08x before any write", launch, i, got[i]);
+        for (size_t i = 0; i < got_template.size(); ++i)
+            REQUIRE_MSG(got_template[i] == 0xffffffffu, "template kernel, launch %d, word %zu read 0x%08x", launch, i,
+                        got_template[i]);
+    }
+    return "";
+}
+
+/* The launch order of blocks comes from EKV_EMU_SEED; EKV_EMU_SEQUENTIAL=1 keeps grid order. */
+static std::string block_order(const char *seed, const char *sequential, std::vector<int> &order)
+{
+    constexpr int blocks = 24;
+    setenv("EKV_EMU_SEED", seed, 1);
+    setenv("EKV_EMU_SEQUENTIAL", sequential, 1);
+    setenv("EKV_EMU_CONCURRENT_BLOCKS", "1", 1);
+    CUDA_OK(cudaDeviceReset());
+    device_buffer<int> next(1), out(blocks);
+    REQUIRE(next.data && out.data);
+    CUDA_OK(cudaMemset(next.data, 0, next.bytes()));
+    CUDA_OK(ekv_cuda_host_launch(record_block_order, dim3(blocks), dim3(32), 0, nullptr, next.data, out.data));
+    order = download(out);
+    REQUIRE(order.size() == size_t(blocks));
+    return "";
+}
+
+static std::string test_block_order()
+{
+    std::vector<int> grid_order(24), first, again, other, sequential;
+    for (int b = 0; b < 24; ++b) grid_order[b] = b;
+    std::string failure = block_order("7", "0", first);
+    if (failure.empty()) failure = block_order("7", "0", again);
+    if (failure.empty()) failure = block_order("8", "0", other);
+    if (failure.empty()) failure = block_order("7", "1", sequential);
+    unsetenv("EKV_EMU_SEED");
+    unsetenv("EKV_EMU_SEQUENTIAL");
+    unsetenv("EKV_EMU_CONCURRENT_BLOCKS");
+    CUDA_OK(cudaDeviceReset());
+    if (!failure.empty()) return failure;
+    std::vector<int> sorted = first;
+    std::sort(sorted.begin(), sorted.end());
+    REQUIRE_MSG(sorted == grid_order, "seed 7 did not run every block once");
+    REQUIRE_MSG(first != grid_order, "seed 7 ran the blocks in grid order");
+    REQUIRE_MSG(first == again, "seed 7 gave two orders after a reset");
+    REQUIRE_MSG(first != other, "seeds 7 and 8 gave the same order");
+    REQUIRE_MSG(sequential == grid_order, "EKV_EMU_SEQUENTIAL=1 did not keep grid order");
+    return "";
+}
+
+/* nvcc contracts a * b + c in kernels to one fused multiply-add (-fmad=true, its default),
+   never across the _rn intrinsics, and host code built for plain x86-64 not at all.
+   emu.mk's EMU_FMA does the same here where the CPU has FMA. With these inputs a * b is
+   1 + 2^-11 + 2^-24, whose rounding to float loses the 2^-24 that only a fused operation
+   keeps: fused gives 2^-24, unfused 0. */
+static std::string test_multiply_add_contraction()
+{
+#if defined(EKV_EMU_FMA) || defined(__aarch64__) || defined(__ARM_FEATURE_FMA)
+    const float a = 1.0f + 0x1p-12f, c = -(1.0f + 0x1p-11f);
+    std::vector<float> as(32, a), cs(32, c);
+    device_buffer<float> da(32), dc(32), out(64);
+    REQUIRE(da.data && dc.data && out.data);
+    CUDA_OK(cudaMemcpy(da.data, as.data(), da.bytes(), cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dc.data, cs.data(), dc.bytes(), cudaMemcpyHostToDevice));
+    CUDA_OK(ekv_cuda_host_launch(multiply_add, dim3(1), dim3(32), 0, nullptr, da.data, da.data, dc.data, out.data));
+    const std::vector<float> got = download(out);
+    REQUIRE(got.size() == 64);
+    for (int i = 0; i < 32; ++i) {
+        REQUIRE_MSG(got[i] == 0x1p-24f, "kernel a * b + c gave %a, fused %a, unfused 0", double(got[i]), 0x1p-24);
+        REQUIRE_MSG(got[32 + i] == 0.0f, "kernel __fadd_rn(__fmul_rn(a, b), c) gave %a, expected 0 (no fusion)",
+                    double(got[32 + i]));
+    }
+#if defined(EKV_EMU_FMA)
+    volatile float host_a = a, host_c = c;
+    const float host = host_a * host_a + host_c;
+    REQUIRE_MSG(host == 0.0f, "host a * b + c gave %a: host code must not be contracted", double(host));
+#endif
+    return "";
+#else
+    return std::string(skip_prefix) + "no FMA instruction for the kernels (x86-64 without FMA), so nothing contracts";
+#endif
 }
 
 static std::string test_atomics_under_contention()
@@ -1149,7 +1334,8 @@ static std::string test_barrier_not_reached_is_reported()
     };
     const case_t cases[] = {
         {"threads 32-63 of block 1 exit before __syncthreads", early_exit_before_barrier, dim3(3), dim3(64)},
-        {"lane 5 exits before __shfl_xor_sync", lane_skips_shuffle, dim3(1), dim3(32)},
+        {"lane 5 waits at __syncthreads, its warp at __shfl_xor_sync", lane_waits_at_block_barrier, dim3(1), dim3(32)},
+        {"threads wait at two different __syncthreads calls", barrier_in_two_branches, dim3(2), dim3(64)},
         {"warp 1 meets at __syncwarp, warp 0 waits at __syncthreads", mixed_barrier_kinds, dim3(1), dim3(64)},
         {"lanes at __shfl_sync and __ballot_sync at once", divergent_warp_operations, dim3(1), dim3(32)},
         {"__trap in block 2", traps_in_block_two, dim3(4), dim3(8)},
@@ -1215,7 +1401,12 @@ int main(int argc, char **argv)
         {"block reduction with shared memory and __syncthreads", test_block_reduction},
         {"dynamic shared memory", test_dynamic_shared_memory},
         {"warp shuffles, partial warp included", test_shuffles},
+        {"shuffles from lanes outside the mask or exited give poison", test_shuffle_poison},
         {"ballot, any, all, activemask, reduce, __syncthreads_count/and/or", test_votes_and_block_predicates},
+        {"static shared memory holds 0xff bytes at the start of every block", test_static_shared_memory_filled_per_block},
+        {"blocks run in the seeded order, or in grid order with EKV_EMU_SEQUENTIAL=1", test_block_order},
+        {"kernels contract a * b + c to a fused multiply-add, not the _rn intrinsics, not host code",
+         test_multiply_add_contraction},
         {"atomics under contention", test_atomics_under_contention},
         {"kernel arguments and cache-hinted loads", test_kernel_arguments_and_cache_hints},
         {"fp16 conversions, exhaustive", test_half_conversions},
@@ -1230,7 +1421,7 @@ int main(int argc, char **argv)
         {"device description", test_device_description},
         {"EKV_EMU_* overrides", test_environment_overrides},
         {"invalid launch configurations", test_invalid_launch_configurations},
-        {"barrier not reached by every thread is reported", test_barrier_not_reached_is_reported},
+        {"barrier not reached by every thread, or divergent, is reported", test_barrier_not_reached_is_reported},
         {"a second translation unit (sample_kernel.cu)", test_second_translation_unit},
     };
     int passed = 0, failed = 0, skipped = 0;

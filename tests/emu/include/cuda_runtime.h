@@ -59,24 +59,78 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+#include <deque>
+#include <elf.h>
+#include <fcntl.h>
+#include <link.h>
 #include <pthread.h>
+#include <sys/mman.h>
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+#include <unistd.h>
+
+/* Which sanitizer the program is built with: both change how blocks run (see the block
+   runner) and ThreadSanitizer must be told about the fibers. */
+#if defined(__SANITIZE_THREAD__)
+#define EKV_EMU_TSAN 1
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define EKV_EMU_ASAN 1
+#endif
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer) && !defined(EKV_EMU_TSAN)
+#define EKV_EMU_TSAN 1
+#endif
+#if __has_feature(address_sanitizer) && !defined(EKV_EMU_ASAN)
+#define EKV_EMU_ASAN 1
+#endif
+#endif
+
+#if defined(EKV_EMU_TSAN)
+#include <sanitizer/tsan_interface.h>
+extern "C" void __tsan_ignore_thread_begin(void);
+extern "C" void __tsan_ignore_thread_end(void);
+#endif
+#if defined(EKV_EMU_ASAN)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 /* >>qualifiers ------------------------------------------------------------------------ */
 
+/* Kernels contract a * b + c into fused multiply-adds, as nvcc does by default
+   (-fmad=true); host code does not, as a host compiler for plain x86-64 does not. emu.mk
+   builds with -ffp-contract=fast and, where the CPU has FMA, -DEKV_EMU_FMA, which gives
+   kernels (only) the FMA instructions. A __device__ function contracts where it is inlined
+   into a kernel, which __forceinline__ makes sure of; one compiled out of line does not. */
+#if defined(EKV_EMU_FMA) && (defined(__x86_64__) || defined(__i386__))
+#define __global__ __attribute__((target("fma")))
+#else
 #define __global__
+#endif
 #define __device__
 #define __host__
 #define __constant__
 #define __managed__
 #define __grid_constant__
 #define __device_builtin__
-#define __forceinline__ inline
+#define __forceinline__ inline __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
-/* Static locals are shared by every thread of the block, and blocks run one after another,
-   so a function-local static behaves as CUDA shared memory. */
-#define __shared__ static
+/* Static shared memory: a thread_local static is one object per OS thread, and each block
+   runs on an OS thread of its own, its CUDA threads as fibers on it. Under AddressSanitizer
+   a plain static instead (ASan puts no redzones around thread_local variables), and blocks
+   run one at a time. The marker before it lets the runner find the variable in the symbol
+   table and fill it with 0xff bytes at the start of every block (see the block runner). */
+#define EKV_EMU_SHARED_MARKER_(n) __attribute__((used, unused)) static char ekv_emu_shared_marker_##n;
+#define EKV_EMU_SHARED_MARKER(n) EKV_EMU_SHARED_MARKER_(n)
+#if defined(EKV_EMU_ASAN)
+#define __shared__ EKV_EMU_SHARED_MARKER(__COUNTER__) static
+#else
+#define __shared__ EKV_EMU_SHARED_MARKER(__COUNTER__) static thread_local
+#endif
 
 /* >>vector-types ---------------------------------------------------------------------- */
 
@@ -382,12 +436,27 @@ constexpr int memory_clock_khz = 1500000;
 constexpr int memory_bus_bits = 256;
 constexpr int core_clock_khz = 1500000;
 
+/* How a launch runs its blocks (see the block runner). ThreadSanitizer judges races by
+   happens-before, not by overlap in time, so it reports races between blocks that run one
+   after another just as well; its vector clocks grow with the threads alive, which makes
+   one block at a time the faster default under it. */
+struct schedule {
+    std::uint64_t seed = 1;
+#if defined(EKV_EMU_TSAN)
+    unsigned concurrent_blocks = 1;
+#else
+    unsigned concurrent_blocks = 4;
+#endif
+    bool sequential = false;
+};
+
 struct device_config {
     int count = 1;
     int major = 9;
     int minor = 0;
     int sms = 4;
     size_t memory_bytes = size_t(1) << 30;
+    schedule plan;
 };
 
 /* Accepts a decimal number with an optional K, M or G suffix (powers of 1024). */
@@ -447,6 +516,19 @@ inline device_config read_device_config()
         if (parse_size(devices, &number) && number <= 16) config.count = int(number);
         else ignore_variable("EKV_EMU_DEVICES", devices, "a device count in [0, 16]");
     }
+    if (const char *seed = std::getenv("EKV_EMU_SEED")) {
+        if (parse_size(seed, &number)) config.plan.seed = number;
+        else ignore_variable("EKV_EMU_SEED", seed, "a non-negative integer");
+    }
+    if (const char *blocks = std::getenv("EKV_EMU_CONCURRENT_BLOCKS")) {
+        if (parse_size(blocks, &number) && number >= 1 && number <= 64) config.plan.concurrent_blocks = unsigned(number);
+        else ignore_variable("EKV_EMU_CONCURRENT_BLOCKS", blocks, "a block count in [1, 64]");
+    }
+    if (const char *sequential = std::getenv("EKV_EMU_SEQUENTIAL")) {
+        if (std::strcmp(sequential, "0") == 0 || std::strcmp(sequential, "1") == 0)
+            config.plan.sequential = sequential[0] == '1';
+        else ignore_variable("EKV_EMU_SEQUENTIAL", sequential, "0 or 1");
+    }
     return config;
 }
 
@@ -465,6 +547,7 @@ struct runtime_state {
     std::set<CUgraphExec_st *> graph_execs;
     std::map<std::uintptr_t, int> max_dynamic_shared; /* per kernel, set by cudaFuncSetAttribute */
     cudaError_t sticky_error = cudaSuccess;          /* a failed launch, until cudaDeviceReset */
+    std::uint64_t launches = 0; /* since the last reset: with the seed, picks the block order */
 };
 
 /* Never destroyed, so that runtime calls from static destructors still work; everything it
@@ -601,11 +684,66 @@ inline cudaError_t enqueue(cudaStream_t stream, std::function<cudaError_t()> ope
     return note(operation());
 }
 
-/* ---- the block runner: one OS thread per CUDA thread ---- */
+/* ---- sanitizer hooks ----
+
+   CUDA threads are fibers (see the block runner below), which AddressSanitizer and
+   ThreadSanitizer must be told about. For ThreadSanitizer each fiber is a thread of its
+   own, and the runner's bookkeeping is hidden from it: the only happens-before edges it
+   sees are the ones CUDA guarantees, made explicit with acquire and release. */
+
+inline void tsan_acquire(const void *address)
+{
+#if defined(EKV_EMU_TSAN)
+    __tsan_acquire(const_cast<void *>(address));
+#else
+    (void)address;
+#endif
+}
+
+inline void tsan_release(const void *address)
+{
+#if defined(EKV_EMU_TSAN)
+    __tsan_release(const_cast<void *>(address));
+#else
+    (void)address;
+#endif
+}
+
+/* ThreadSanitizer neither checks nor records the memory accesses made in its scope. */
+struct tsan_ignore_scope {
+#if defined(EKV_EMU_TSAN)
+    tsan_ignore_scope() { __tsan_ignore_thread_begin(); }
+    ~tsan_ignore_scope() { __tsan_ignore_thread_end(); }
+#else
+    tsan_ignore_scope() {}
+#endif
+    tsan_ignore_scope(const tsan_ignore_scope &) = delete;
+    tsan_ignore_scope &operator=(const tsan_ignore_scope &) = delete;
+};
+
+/* ---- the block runner: one fiber per CUDA thread, one OS thread per block ----
+
+   Each block runs on an OS thread of its own, created for it, and each of its CUDA
+   threads is a fiber on that OS thread (switched by switch_stack below on x86-64, by
+   ucontext elsewhere). A fiber runs until it waits at a
+   barrier or a warp operation, or exits; then the block's scheduler picks the next ready
+   fiber, at random from the launch's seed. Several blocks run at once, each on its own OS
+   thread, in a random order drawn from the same seed.
+
+   Static __shared__ variables are thread_local (see >>qualifiers), so each block has its
+   own; the block's fresh OS thread gives them fresh storage, which the runner fills with
+   0xff bytes before the first fiber starts, as it does dynamic shared memory. Under
+   AddressSanitizer they stay ordinary static variables, which keep their redzones; blocks
+   then run one at a time (in the same random order).
+
+   For ThreadSanitizer, fibers do not synchronize by switching: threads of a block
+   synchronize at __syncthreads, lanes of a warp at warp operations, the host with the
+   grid at the start and the end of a launch, and blocks with one another only through
+   the kernel's own atomics. */
 
 struct launch_abort {}; /* thrown through kernel code to end the threads of a failed launch */
 
-enum thread_status : unsigned char { status_running, status_block_barrier, status_warp_op, status_exited };
+enum fiber_state : unsigned char { fiber_ready, fiber_at_barrier, fiber_at_warp_op, fiber_exited };
 
 enum warp_op : int {
     op_shfl_idx, op_shfl_up, op_shfl_down, op_shfl_xor, op_ballot, op_any, op_all, op_syncwarp,
@@ -623,44 +761,81 @@ inline const char *warp_op_name(int op)
     return names[op];
 }
 
-enum slot_state : int { slot_idle, slot_posted, slot_done };
+/* What a lane reads from a lane that does not take part in its shuffle: undefined in
+   CUDA; here all one bits (NaN as a float or double, -1 as a signed integer). */
+constexpr unsigned long long poison_bits = ~0ull;
+
+/* Where a barrier was called from, for the divergent-barrier check and the diagnostics. */
+struct source_site {
+    const char *file = "";
+    int line = 0;
+};
+
+inline bool same_site(const source_site &a, const source_site &b)
+{
+    return a.line == b.line && std::strcmp(a.file, b.file) == 0;
+}
+
+inline std::string site_text(const source_site &site) { return std::string(site.file) + ":" + std::to_string(site.line); }
 
 /* One lane's side of a warp operation: what it brought and, once every lane of its group
-   has arrived, what it gets back. */
+   has arrived, what it gets back. The two sync bytes are ThreadSanitizer addresses. */
 struct lane_slot {
-    int state = slot_idle;
+    bool posted = false;
+    bool done = false;
     int op = 0;
     unsigned group = 0;
     unsigned long long value = 0;
     int arg = 0;
     int width = 32;
     unsigned long long result = 0;
+    char arrived_sync = 0; /* released by the lane when it arrives */
+    char leave_sync = 0;   /* released for the lane when its operation completes */
 };
 
-struct warp_state {
-    std::mutex mutex; /* guards `lanes`; per warp, so that warps do not synchronize each other */
-    std::condition_variable wake;
-    lane_slot lanes[32];
-};
-
-struct block_runner;
+struct block_run;
 
 struct thread_context {
     uint3 thread_idx{};
     uint3 block_idx{};
     dim3 block_dim{};
     dim3 grid_dim{};
-    block_runner *runner = nullptr;
     unsigned linear = 0; /* threadIdx.x + threadIdx.y * blockDim.x + ... */
+    block_run *block = nullptr;
 };
 
-inline thread_context &context()
-{
-    static thread_local thread_context current;
-    return current;
-}
+struct fiber {
+#if defined(__x86_64__)
+    void *stack_pointer = nullptr; /* while it is not running */
+#else
+    ucontext_t context;
+#endif
+    thread_context where;
+    fiber_state state = fiber_ready;
+    bool started = false;
+    unsigned char *stack = nullptr;
+    size_t stack_bytes = 0;
+    void *tsan_fiber = nullptr;
+    void *asan_fake_stack = nullptr;
+    const char *barrier_name = nullptr;
+    source_site barrier_site;
+    int barrier_result = 0;
+    lane_slot slot;
+};
 
-inline const thread_context &context_view() { return context(); }
+/* The fiber this OS thread is running, or null outside kernel code. */
+inline thread_local fiber *current_fiber = nullptr;
+
+/* Kernel code reads its indices here; ThreadSanitizer need not see the runner's records. */
+#if defined(EKV_EMU_TSAN)
+__attribute__((no_sanitize("thread")))
+#endif
+inline const thread_context &context_view()
+{
+    static const thread_context outside_kernels;
+    const fiber *f = current_fiber;
+    return f != nullptr ? f->where : outside_kernels;
+}
 
 inline unsigned popcount(unsigned x) { return unsigned(__builtin_popcount(x)); }
 
@@ -681,254 +856,603 @@ inline std::string id_ranges(const std::vector<unsigned> &ids)
     return text;
 }
 
-/* Shared by the threads of a launch.
+/* splitmix64: a seed and a counter give every launch and block its own stream. */
+inline std::uint64_t next_random(std::uint64_t &state)
+{
+    std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
 
-   Synchronization follows CUDA's guarantees and no more, so that ThreadSanitizer reports
-   what a GPU would get wrong: threads of a block synchronize only at __syncthreads (and
-   between blocks), lanes of a warp only at warp operations. Hence three kinds of locks: a
-   start gate, `block_mutex` for __syncthreads and the end of a block, and one mutex per
-   warp. The bookkeeping every thread touches is in relaxed atomics, which create no
-   happens-before edges.
+/* ---- static __shared__ variables: found in the symbol table, filled per block ----
 
-   `census` counts the threads executing kernel code in the current block (low half) and
-   those that have finished it (high half), in one word so that every change leaves an
-   exact snapshot. When the running count drops to zero while some threads have not
-   finished, each of those waits at a barrier or warp operation that can never complete:
-   the launch is stuck, and is ended with a diagnostic instead of hanging. */
-struct block_runner {
-    std::mutex start_mutex;
-    std::condition_variable start_wake;
-    bool started = false;
+   `__shared__` also declares a marker, `ekv_emu_shared_marker_N`, next to the variable.
+   The symbol table names both as locals of the same function (`_ZZ<function>E...`), so
+   the variables to fill are the function-local statics of the functions that hold a
+   marker. A stripped program has no symbol table: its static shared memory is not filled
+   (one notice on stderr). */
 
-    std::mutex block_mutex; /* guards the fields down to `error` */
-    std::condition_variable block_wake;
-    std::vector<const char *> waiting_at;
-    unsigned barrier_arrived = 0;
-    unsigned long long barrier_generation = 0;
-    int barrier_count = 0;
-    int barrier_result = 0;
-    unsigned long long blocks_done = 0;
-    bool stopped = false; /* a block ended after an abort: no thread starts another */
-    cudaError_t error = cudaSuccess;
+struct shared_object {
+    std::uintptr_t offset; /* from the module's TLS block (thread_local) or load address */
+    size_t size;
+};
 
-    std::vector<std::unique_ptr<warp_state>> warps;
-    std::unique_ptr<std::atomic<unsigned char>[]> status;
-    std::atomic<unsigned long long> census{0};
-    std::atomic<bool> aborted{false};
+struct shared_module {
+    std::uintptr_t load_address;
+    std::vector<shared_object> objects;
+};
 
-    unsigned threads = 0;
+inline bool read_exactly(int fd, void *out, size_t bytes, off_t where)
+{
+    unsigned char *cursor = static_cast<unsigned char *>(out);
+    while (bytes > 0) {
+        const ssize_t got = pread(fd, cursor, bytes, where);
+        if (got <= 0) return false;
+        cursor += got;
+        bytes -= size_t(got);
+        where += got;
+    }
+    return true;
+}
+
+/* The __shared__ variables of one ELF file; false when it has no symbol table. */
+inline bool find_shared_objects(const char *path, unsigned char symbol_type, std::vector<shared_object> &found)
+{
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    bool has_symbols = false;
+    ElfW(Ehdr) header;
+    if (read_exactly(fd, &header, sizeof header, 0) && std::memcmp(header.e_ident, ELFMAG, SELFMAG) == 0 &&
+        header.e_shentsize == sizeof(ElfW(Shdr))) {
+        std::vector<ElfW(Shdr)> sections(header.e_shnum);
+        if (read_exactly(fd, sections.data(), sections.size() * sizeof(ElfW(Shdr)), off_t(header.e_shoff))) {
+            for (const ElfW(Shdr) &table : sections) {
+                if (table.sh_type != SHT_SYMTAB || table.sh_link >= sections.size()) continue;
+                const ElfW(Shdr) &strings = sections[table.sh_link];
+                std::vector<ElfW(Sym)> symbols(table.sh_size / sizeof(ElfW(Sym)));
+                std::vector<char> names(strings.sh_size + 1, '\0');
+                if (!read_exactly(fd, symbols.data(), symbols.size() * sizeof(ElfW(Sym)), off_t(table.sh_offset)) ||
+                    !read_exactly(fd, names.data(), strings.sh_size, off_t(strings.sh_offset)))
+                    continue;
+                has_symbols = true;
+                static const char marker[] = "ekv_emu_shared_marker_";
+                std::vector<std::string> functions; /* "_ZZ<function>E" of each marker */
+                for (const ElfW(Sym) &symbol : symbols) {
+                    if (symbol.st_name >= strings.sh_size) continue;
+                    const std::string name(&names[symbol.st_name]);
+                    const size_t at = name.find(marker);
+                    if (name.compare(0, 3, "_ZZ") != 0 || at == std::string::npos) continue;
+                    size_t start = at;
+                    while (start > 0 && name[start - 1] >= '0' && name[start - 1] <= '9') --start;
+                    if (start > 3 && name[start - 1] == 'E') functions.push_back(name.substr(0, start));
+                }
+                std::sort(functions.begin(), functions.end());
+                functions.erase(std::unique(functions.begin(), functions.end()), functions.end());
+                for (const ElfW(Sym) &symbol : symbols) {
+                    if (ELF64_ST_TYPE(symbol.st_info) != symbol_type || symbol.st_size == 0 ||
+                        symbol.st_name >= strings.sh_size)
+                        continue;
+                    const char *name = &names[symbol.st_name];
+                    if (std::strncmp(name, "_ZZ", 3) != 0 || std::strstr(name, marker) != nullptr) continue;
+                    auto next = std::upper_bound(functions.begin(), functions.end(), std::string(name));
+                    if (next != functions.begin() && std::strncmp(name, (next - 1)->c_str(), (next - 1)->size()) == 0)
+                        found.push_back(shared_object{std::uintptr_t(symbol.st_value), size_t(symbol.st_size)});
+                }
+            }
+        }
+    }
+    close(fd);
+    return has_symbols;
+}
+
+#if defined(EKV_EMU_ASAN)
+constexpr unsigned char shared_symbol_type = STT_OBJECT;
+#else
+constexpr unsigned char shared_symbol_type = STT_TLS;
+#endif
+
+inline int collect_shared_module(struct dl_phdr_info *info, size_t, void *argument)
+{
+    auto *modules = static_cast<std::vector<shared_module> *>(argument);
+    const bool main_program = info->dlpi_name == nullptr || info->dlpi_name[0] == '\0';
+    shared_module module{std::uintptr_t(info->dlpi_addr), {}};
+    const bool has_symbols =
+        find_shared_objects(main_program ? "/proc/self/exe" : info->dlpi_name, shared_symbol_type, module.objects);
+    if (main_program && !has_symbols)
+        std::fprintf(stderr, "ekv emulator: the program has no symbol table; static __shared__ memory is not "
+                             "filled with 0xff bytes at each block\n");
+    if (!module.objects.empty()) modules->push_back(std::move(module));
+    return 0;
+}
+
+inline const std::vector<shared_module> &shared_modules()
+{
+    static const std::vector<shared_module> modules = [] {
+        std::vector<shared_module> found;
+        dl_iterate_phdr(collect_shared_module, &found);
+        return found;
+    }();
+    return modules;
+}
+
+inline int fill_shared_module(struct dl_phdr_info *info, size_t, void *)
+{
+    for (const shared_module &module : shared_modules()) {
+        if (module.load_address != std::uintptr_t(info->dlpi_addr)) continue;
+#if defined(EKV_EMU_ASAN)
+        unsigned char *base = reinterpret_cast<unsigned char *>(module.load_address);
+#else
+        unsigned char *base = static_cast<unsigned char *>(info->dlpi_tls_data);
+        if (base == nullptr) continue;
+#endif
+        for (const shared_object &object : module.objects) {
+            unsigned char *start = base + object.offset;
+            size_t size = object.size;
+#if defined(EKV_EMU_ASAN)
+            /* Clang's symbol sizes include the redzone that follows the variable. */
+            if (void *redzone = __asan_region_is_poisoned(start, size))
+                size = size_t(static_cast<unsigned char *>(redzone) - start);
+#endif
+            std::memset(start, 0xff, size);
+        }
+    }
+    return 0;
+}
+
+/* Fills this OS thread's static __shared__ variables with 0xff bytes. */
+inline void poison_static_shared()
+{
+    if (!shared_modules().empty()) dl_iterate_phdr(fill_shared_module, nullptr);
+}
+
+/* ---- launches and blocks ---- */
+
+/* Fibers in flight at most, over all the blocks that run at once. */
+constexpr unsigned fiber_budget = 4096;
+constexpr size_t fiber_stack_bytes = size_t(1) << 20;
+
+struct launch_run {
+    std::uintptr_t kernel = 0;
     dim3 grid, block;
-    unsigned char *dynamic_shared = nullptr;
+    unsigned threads = 0;
     size_t dynamic_bytes = 0;
     const std::function<void()> *body = nullptr;
-    std::uintptr_t kernel = 0;
+    schedule plan;
+    std::uint64_t launch_number = 0;
 
-    static constexpr unsigned long long one_exited = 1ull << 32;
+    std::atomic<bool> aborted{false};
+    std::atomic<int> error{cudaSuccess};
+    char finished_sync = 0; /* every fiber releases it on exit; the host acquires it */
+
+    std::mutex mutex; /* guards the two below; taken by schedulers and the host only */
+    std::condition_variable wake;
+    std::vector<unsigned> finished_workers;
+
+    bool is_aborted() const { return aborted.load(std::memory_order_relaxed); }
+};
+
+struct block_run {
+    launch_run *launch = nullptr;
+    uint3 index{};
+    std::vector<fiber> fibers;
+    std::deque<unsigned> ready; /* threads that can run */
+    unsigned exited = 0;
+    std::uint64_t random_state = 0;
+
+    unsigned barrier_arrived = 0;
+    int barrier_count = 0;
+    unsigned long long barrier_generation = 0;
+    char barrier_sync[2] = {0, 0}; /* by generation parity, for ThreadSanitizer */
+
+    unsigned char *dynamic_shared = nullptr;
+    unsigned char *stacks = nullptr;
+    size_t stacks_bytes = 0;
+
+#if defined(__x86_64__)
+    void *scheduler_stack_pointer = nullptr;
+#else
+    ucontext_t scheduler;
+#endif
+    void *scheduler_tsan = nullptr;
+    void *scheduler_fake_stack = nullptr;
+    const void *scheduler_stack_bottom = nullptr;
+    size_t scheduler_stack_size = 0;
 
     unsigned existing_lanes(unsigned warp) const
     {
+        const unsigned threads = launch->threads;
         const unsigned count = std::min(32u, threads - warp * 32u);
         return count == 32 ? 0xffffffffu : ((1u << count) - 1u);
     }
-
-    void set_status(unsigned thread, thread_status value) { status[thread].store(value, std::memory_order_relaxed); }
-    thread_status get_status(unsigned thread) const
+    fiber &lane(unsigned warp, unsigned l) { return fibers[warp * 32 + l]; }
+    void make_ready(fiber &f)
     {
-        return static_cast<thread_status>(status[thread].load(std::memory_order_relaxed));
-    }
-    bool is_aborted() const { return aborted.load(std::memory_order_relaxed); }
-
-    /* The caller blocks; true when that leaves the block stuck. */
-    bool stop_running()
-    {
-        const unsigned long long after = census.fetch_sub(1, std::memory_order_relaxed) - 1;
-        return (after & 0xffffffffu) == 0 && (after >> 32) < threads;
-    }
-    void resume_running(unsigned count) { census.fetch_add(count, std::memory_order_relaxed); }
-
-    /* Called with no lock held: every mutex is taken alone, so no lock order exists. */
-    void abort_launch(const thread_context &reporter, const std::string &reason)
-    {
-        if (aborted.exchange(true, std::memory_order_relaxed)) return;
-        const uint3 b = reporter.block_idx;
-        std::fprintf(stderr,
-                     "ekv emulator: launch failed: kernel %#llx, block (%u,%u,%u) of grid (%u,%u,%u), "
-                     "blockDim (%u,%u,%u): %s\n",
-                     static_cast<unsigned long long>(kernel), b.x, b.y, b.z, grid.x, grid.y, grid.z, block.x, block.y,
-                     block.z, reason.c_str());
-        {
-            std::lock_guard<std::mutex> lock(block_mutex);
-            error = cudaErrorLaunchFailure;
-        }
-        block_wake.notify_all();
-        for (auto &warp : warps) {
-            { std::lock_guard<std::mutex> lock(warp->mutex); }
-            warp->wake.notify_all();
-        }
-    }
-
-    /* Called with no lock held, while every unfinished thread waits and none can move. */
-    void report_stuck(const thread_context &reporter)
-    {
-        std::vector<std::pair<std::string, std::vector<unsigned>>> groups;
-        std::vector<unsigned> finished;
-        for (unsigned t = 0; t < threads; ++t) {
-            std::string what;
-            const thread_status s = get_status(t);
-            if (s == status_exited) {
-                finished.push_back(t);
-                continue;
-            } else if (s == status_block_barrier) {
-                std::lock_guard<std::mutex> lock(block_mutex);
-                what = std::string("wait at ") + waiting_at[t];
-            } else {
-                warp_state &w = *warps[t / 32];
-                std::lock_guard<std::mutex> lock(w.mutex);
-                char text[128];
-                std::snprintf(text, sizeof text, "wait at %s (warp %u, lanes 0x%08x)", warp_op_name(w.lanes[t % 32].op),
-                              t / 32, w.lanes[t % 32].group);
-                what = text;
-            }
-            auto match = std::find_if(groups.begin(), groups.end(), [&](const auto &g) { return g.first == what; });
-            if (match == groups.end()) groups.push_back({what, {t}});
-            else match->second.push_back(t);
-        }
-        std::string reason = "deadlock, a barrier or warp operation that not every thread reaches:";
-        for (const auto &group : groups) reason += " threads " + id_ranges(group.second) + " " + group.first + ";";
-        if (!finished.empty()) reason += " threads " + id_ranges(finished) + " have exited;";
-        reason.pop_back();
-        abort_launch(reporter, reason);
-    }
-
-    /* With block_mutex held, by the last thread to finish the block. */
-    void finish_block()
-    {
-        census.store(threads, std::memory_order_relaxed);
-        barrier_arrived = 0;
-        barrier_count = 0;
-        for (unsigned t = 0; t < threads; ++t) set_status(t, status_running);
-        /* Shared memory starts each block with garbage on a GPU; NaN bytes here. */
-        if (dynamic_shared != nullptr) std::memset(dynamic_shared, 0xff, dynamic_bytes);
-        stopped = is_aborted();
-        ++blocks_done;
-        block_wake.notify_all();
+        f.state = fiber_ready;
+        ready.push_back(f.where.linear);
     }
 };
 
-inline void run_thread_blocks(block_runner &r, unsigned linear)
+/* The first failure of a launch prints one line and ends the launch; the others are
+   consequences. Called from fibers and schedulers, with no lock held. */
+inline void abort_launch(launch_run &launch, uint3 block, const std::string &reason)
 {
-    thread_context &c = context();
-    c = thread_context();
-    c.runner = &r;
-    c.linear = linear;
-    c.thread_idx = uint3{linear % r.block.x, (linear / r.block.x) % r.block.y, linear / (r.block.x * r.block.y)};
-    c.block_dim = r.block;
-    c.grid_dim = r.grid;
-    {
-        std::unique_lock<std::mutex> lock(r.start_mutex);
-        r.start_wake.wait(lock, [&] { return r.started; });
-    }
-    if (r.is_aborted()) { /* not every thread could be started */
-        c = thread_context();
-        return;
-    }
-    const unsigned long long plane = static_cast<unsigned long long>(r.grid.x) * r.grid.y;
-    const unsigned long long blocks = plane * r.grid.z;
-    for (unsigned long long b = 0; b < blocks; ++b) {
-        c.block_idx = uint3{unsigned(b % r.grid.x), unsigned((b / r.grid.x) % r.grid.y), unsigned(b / plane)};
-        try {
-            (*r.body)();
-        } catch (const launch_abort &) {
-        } catch (...) {
-            r.abort_launch(c, "thread " + std::to_string(linear) + ": kernel code threw a C++ exception");
-        }
-        std::unique_lock<std::mutex> lock(r.block_mutex);
-        const unsigned long long done = r.blocks_done;
-        r.set_status(linear, status_exited);
-        const unsigned long long after =
-            r.census.fetch_add(block_runner::one_exited - 1, std::memory_order_relaxed) + block_runner::one_exited - 1;
-        if ((after >> 32) == r.threads) {
-            r.finish_block();
-        } else {
-            if ((after & 0xffffffffu) == 0) {
-                lock.unlock();
-                r.report_stuck(c);
-                lock.lock();
-            }
-            r.block_wake.wait(lock, [&] { return r.blocks_done != done; });
-        }
-        /* Not `aborted`: a thread that wakes late must not see an abort from the next block. */
-        if (r.stopped) break;
-    }
-    c = thread_context();
+    if (launch.aborted.exchange(true, std::memory_order_relaxed)) return;
+    launch.error.store(cudaErrorLaunchFailure, std::memory_order_relaxed);
+    std::fprintf(stderr,
+                 "ekv emulator: launch failed: kernel %#llx, block (%u,%u,%u) of grid (%u,%u,%u), blockDim (%u,%u,%u), "
+                 "EKV_EMU_SEED=%llu%s: %s\n",
+                 static_cast<unsigned long long>(launch.kernel), block.x, block.y, block.z, launch.grid.x,
+                 launch.grid.y, launch.grid.z, launch.block.x, launch.block.y, launch.block.z,
+                 static_cast<unsigned long long>(launch.plan.seed), launch.plan.sequential ? " (sequential)" : "",
+                 reason.c_str());
 }
 
-struct thread_start {
-    block_runner *runner;
-    unsigned linear;
+inline void abort_launch(const fiber &f, const std::string &reason)
+{
+    abort_launch(*f.where.block->launch, f.where.block_idx, reason);
+}
+
+#if defined(__x86_64__)
+/* Saves the callee-saved registers on the current stack and the stack pointer in *from,
+   then resumes the context whose stack pointer is `to`: a function call, to the compiler.
+   swapcontext would do the same plus a system call for the signal mask, each time. MXCSR
+   and the x87 control word are left alone: kernel code does not change them. */
+__attribute__((naked, noinline)) inline void switch_stack(void ** /* from */, void * /* to */)
+{
+    __asm__("pushq %rbp\n\t"
+            "pushq %rbx\n\t"
+            "pushq %r12\n\t"
+            "pushq %r13\n\t"
+            "pushq %r14\n\t"
+            "pushq %r15\n\t"
+            "movq %rsp, (%rdi)\n\t"
+            "movq %rsi, %rsp\n\t"
+            "popq %r15\n\t"
+            "popq %r14\n\t"
+            "popq %r13\n\t"
+            "popq %r12\n\t"
+            "popq %rbx\n\t"
+            "popq %rbp\n\t"
+            "ret\n\t");
+}
+#endif
+
+/* From a fiber: back to its block's scheduler until the scheduler resumes it. */
+inline void yield_to_scheduler(fiber &f)
+{
+    block_run &b = *f.where.block;
+#if defined(EKV_EMU_TSAN)
+    __tsan_switch_to_fiber(b.scheduler_tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+#if defined(EKV_EMU_ASAN)
+    __sanitizer_start_switch_fiber(f.state == fiber_exited ? nullptr : &f.asan_fake_stack, b.scheduler_stack_bottom,
+                                   b.scheduler_stack_size);
+#endif
+#if defined(__x86_64__)
+    switch_stack(&f.stack_pointer, b.scheduler_stack_pointer);
+#else
+    swapcontext(&f.context, &b.scheduler);
+#endif
+#if defined(EKV_EMU_ASAN)
+    __sanitizer_finish_switch_fiber(f.asan_fake_stack, nullptr, nullptr);
+#endif
+}
+
+/* From the scheduler: runs `f` until it waits or exits. */
+inline void resume_fiber(block_run &b, fiber &f)
+{
+    current_fiber = &f;
+#if defined(EKV_EMU_TSAN)
+    /* The first switch orders the launch's start before the thread; later ones order nothing. */
+    __tsan_switch_to_fiber(f.tsan_fiber, f.started ? __tsan_switch_to_fiber_no_sync : 0);
+#endif
+    f.started = true;
+#if defined(EKV_EMU_ASAN)
+    __sanitizer_start_switch_fiber(&b.scheduler_fake_stack, f.stack, f.stack_bytes);
+#endif
+#if defined(__x86_64__)
+    switch_stack(&b.scheduler_stack_pointer, f.stack_pointer);
+#else
+    swapcontext(&b.scheduler, &f.context);
+#endif
+#if defined(EKV_EMU_ASAN)
+    __sanitizer_finish_switch_fiber(b.scheduler_fake_stack, nullptr, nullptr);
+#endif
+    current_fiber = nullptr;
+}
+
+/* Lanes that wait at a warp operation look again at their group when a lane exits. */
+inline void wake_warp_waiters(block_run &b, unsigned warp)
+{
+    for (unsigned l = 0; l < 32; ++l) {
+        if ((b.existing_lanes(warp) & (1u << l)) == 0) continue;
+        fiber &other = b.lane(warp, l);
+        if (other.state == fiber_at_warp_op) b.make_ready(other);
+    }
+}
+
+inline void fiber_main()
+{
+    fiber &f = *current_fiber;
+    block_run &b = *f.where.block;
+    launch_run &launch = *b.launch;
+#if defined(EKV_EMU_ASAN)
+    __sanitizer_finish_switch_fiber(nullptr, &b.scheduler_stack_bottom, &b.scheduler_stack_size);
+#endif
+    if (!launch.is_aborted()) {
+        try {
+            (*launch.body)();
+        } catch (const launch_abort &) {
+        } catch (...) {
+            abort_launch(f, "thread " + std::to_string(f.where.linear) + ": kernel code threw a C++ exception");
+        }
+    }
+    tsan_release(&launch.finished_sync);
+    {
+        tsan_ignore_scope ignore;
+        f.state = fiber_exited;
+        ++b.exited;
+        wake_warp_waiters(b, f.where.linear / 32);
+    }
+    yield_to_scheduler(f); /* never resumed */
+}
+
+/* The diagnostic for a block whose unfinished threads all wait for one another. */
+inline void report_stuck(block_run &b)
+{
+    std::vector<std::pair<std::string, std::vector<unsigned>>> groups;
+    std::vector<unsigned> finished;
+    for (fiber &f : b.fibers) {
+        std::string what;
+        if (f.state == fiber_exited) {
+            finished.push_back(f.where.linear);
+            continue;
+        } else if (f.state == fiber_at_barrier) {
+            what = std::string("wait at ") + f.barrier_name + " (" + site_text(f.barrier_site) + ")";
+        } else {
+            char text[128];
+            std::snprintf(text, sizeof text, "wait at %s (warp %u, lanes 0x%08x)", warp_op_name(f.slot.op),
+                          f.where.linear / 32, f.slot.group);
+            what = text;
+        }
+        auto match = std::find_if(groups.begin(), groups.end(), [&](const auto &g) { return g.first == what; });
+        if (match == groups.end()) groups.push_back({what, {f.where.linear}});
+        else match->second.push_back(f.where.linear);
+    }
+    std::string reason = "deadlock, a barrier or warp operation that not every thread reaches:";
+    for (const auto &group : groups) reason += " threads " + id_ranges(group.second) + " " + group.first + ";";
+    if (!finished.empty()) reason += " threads " + id_ranges(finished) + " have exited;";
+    reason.pop_back();
+    abort_launch(*b.launch, b.index, reason);
+}
+
+#if defined(__x86_64__)
+/* A fiber's first switch_stack pops six zero registers and returns into fiber_main, whose
+   own return address is zero: the end of the stack for unwinders. */
+inline bool prepare_context(fiber &f)
+{
+    void **frame = reinterpret_cast<void **>(f.stack + f.stack_bytes) - 8;
+    for (int i = 0; i < 8; ++i) frame[i] = nullptr;
+    void (*entry)() = fiber_main;
+    std::memcpy(&frame[6], &entry, sizeof entry);
+    f.stack_pointer = frame;
+    return true;
+}
+#else
+/* Out of line: getcontext returns twice, which its caller's variables must not see. */
+__attribute__((noinline)) inline bool prepare_context(fiber &f)
+{
+    if (getcontext(&f.context) != 0) return false;
+    f.context.uc_stack.ss_sp = f.stack;
+    f.context.uc_stack.ss_size = f.stack_bytes;
+    f.context.uc_link = nullptr;
+    makecontext(&f.context, fiber_main, 0);
+    /* Nothing reads the stack size after makecontext but AddressSanitizer's swapcontext,
+       which would clear the shadow of the whole stack, live frames included, at every
+       switch; the fiber annotations tell it what it needs. */
+    f.context.uc_stack.ss_size = 0;
+    return true;
+}
+#endif
+
+/* Runs one block on the calling OS thread (created for it). */
+inline void run_block(block_run &b)
+{
+    tsan_ignore_scope ignore;
+    launch_run &launch = *b.launch;
+    const unsigned threads = launch.threads;
+    poison_static_shared();
+    if (launch.dynamic_bytes > 0) {
+        void *buffer = nullptr;
+        /* Exactly the launch's size, so that AddressSanitizer sees any overrun. */
+        if (posix_memalign(&buffer, 16, launch.dynamic_bytes) != 0) {
+            abort_launch(launch, b.index, "no host memory for the block's dynamic shared memory");
+            return;
+        }
+        b.dynamic_shared = static_cast<unsigned char *>(buffer);
+        std::memset(buffer, 0xff, launch.dynamic_bytes);
+    }
+    /* One mapping for every stack, each with an inaccessible page below it. */
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    const size_t slot_bytes = fiber_stack_bytes + page;
+    b.stacks_bytes = slot_bytes * threads;
+    void *stacks = mmap(nullptr, b.stacks_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (stacks == MAP_FAILED) {
+        std::free(b.dynamic_shared);
+        abort_launch(launch, b.index, "no address space for the block's thread stacks");
+        return;
+    }
+    b.stacks = static_cast<unsigned char *>(stacks);
+#if defined(EKV_EMU_TSAN)
+    b.scheduler_tsan = __tsan_get_current_fiber();
+#endif
+    b.fibers.resize(threads);
+    for (unsigned t = 0; t < threads; ++t) {
+        fiber &f = b.fibers[t];
+        f.where.linear = t;
+        f.where.thread_idx = uint3{t % launch.block.x, (t / launch.block.x) % launch.block.y,
+                                   t / (launch.block.x * launch.block.y)};
+        f.where.block_idx = b.index;
+        f.where.block_dim = launch.block;
+        f.where.grid_dim = launch.grid;
+        f.where.block = &b;
+        f.stack = b.stacks + t * slot_bytes + page;
+        f.stack_bytes = fiber_stack_bytes;
+        if (mprotect(f.stack, f.stack_bytes, PROT_READ | PROT_WRITE) != 0 || !prepare_context(f)) {
+            abort_launch(launch, b.index, "could not prepare the stack of thread " + std::to_string(t));
+            b.fibers.resize(t); /* none has started: nothing to unwind */
+            b.ready.clear();
+            break;
+        }
+#if defined(EKV_EMU_TSAN)
+        f.tsan_fiber = __tsan_create_fiber(0);
+#endif
+        b.ready.push_back(t);
+    }
+
+    while (b.fibers.size() == threads) {
+        if (launch.is_aborted()) /* the waiting threads leave by launch_abort */
+            for (fiber &f : b.fibers)
+                if (f.state == fiber_at_barrier || f.state == fiber_at_warp_op) b.make_ready(f);
+        if (b.ready.empty()) {
+            if (b.exited == b.fibers.size()) break;
+            report_stuck(b);
+            continue;
+        }
+        if (!launch.plan.sequential)
+            std::swap(b.ready.front(), b.ready[size_t(next_random(b.random_state) % b.ready.size())]);
+        const unsigned chosen = b.ready.front();
+        b.ready.pop_front();
+        resume_fiber(b, b.fibers[chosen]);
+    }
+
+#if defined(EKV_EMU_TSAN)
+    for (fiber &f : b.fibers) __tsan_destroy_fiber(f.tsan_fiber);
+#endif
+    munmap(b.stacks, b.stacks_bytes);
+    std::free(b.dynamic_shared);
+}
+
+struct worker_start {
+    launch_run *launch;
+    uint3 block;
+    std::uint64_t random_state;
+    unsigned worker;
 };
 
-inline void *thread_main(void *argument)
+inline void *worker_main(void *argument)
 {
-    const thread_start *start = static_cast<const thread_start *>(argument);
-    run_thread_blocks(*start->runner, start->linear);
+    const worker_start start = *static_cast<worker_start *>(argument);
+    launch_run &launch = *start.launch;
+    {
+        /* Allocated and freed here, unseen by ThreadSanitizer: kernel threads read it. */
+        tsan_ignore_scope ignore;
+        std::unique_ptr<block_run> run(new block_run());
+        run->launch = &launch;
+        run->index = start.block;
+        run->random_state = start.random_state;
+        run_block(*run);
+    }
+    {
+        std::lock_guard<std::mutex> lock(launch.mutex);
+        launch.finished_workers.push_back(start.worker);
+    }
+    launch.wake.notify_all();
     return nullptr;
 }
 
-/* Runs the whole grid: blocks one after another, each by the same pool of threads. */
-inline cudaError_t run_grid(std::uintptr_t kernel, dim3 grid, dim3 block, size_t dynamic_bytes,
-                            const std::function<void()> &body)
+/* Bytes of static TLS of the loaded modules: every thread carries it on its stack. */
+inline int add_tls_size(struct dl_phdr_info *info, size_t, void *total)
 {
-    /* Static shared memory is one object per kernel: launches must not overlap. */
+    for (int i = 0; i < info->dlpi_phnum; ++i)
+        if (info->dlpi_phdr[i].p_type == PT_TLS) *static_cast<size_t *>(total) += size_t(info->dlpi_phdr[i].p_memsz);
+    return 0;
+}
+
+/* Runs the whole grid: each block on a new OS thread, several at once. */
+inline cudaError_t run_grid(std::uintptr_t kernel, dim3 grid, dim3 block, size_t dynamic_bytes, const schedule &plan,
+                            std::uint64_t launch_number, const std::function<void()> &body)
+{
+    /* Static shared memory is one object per kernel under AddressSanitizer. */
     static std::mutex one_launch_at_a_time;
     std::lock_guard<std::mutex> serial(one_launch_at_a_time);
 
-    block_runner r;
-    r.kernel = kernel;
-    r.grid = grid;
-    r.block = block;
-    r.threads = block.x * block.y * block.z;
-    r.census.store(r.threads, std::memory_order_relaxed);
-    r.body = &body;
-    r.status.reset(new std::atomic<unsigned char>[r.threads]);
-    for (unsigned t = 0; t < r.threads; ++t) r.set_status(t, status_running);
-    r.waiting_at.assign(r.threads, nullptr);
-    for (unsigned w = 0; w < (r.threads + 31) / 32; ++w) r.warps.emplace_back(new warp_state());
-    if (dynamic_bytes > 0) {
-        void *buffer = nullptr;
-        /* Exactly the launch's size, so that AddressSanitizer sees any overrun. */
-        if (posix_memalign(&buffer, 16, dynamic_bytes) != 0) return cudaErrorMemoryAllocation;
-        r.dynamic_shared = static_cast<unsigned char *>(buffer);
-        r.dynamic_bytes = dynamic_bytes;
-        std::memset(buffer, 0xff, dynamic_bytes);
-    }
+    launch_run launch;
+    launch.kernel = kernel;
+    launch.grid = grid;
+    launch.block = block;
+    launch.threads = block.x * block.y * block.z;
+    launch.dynamic_bytes = dynamic_bytes;
+    launch.body = &body;
+    launch.plan = plan;
+    launch.launch_number = launch_number;
 
-    std::vector<thread_start> starts(r.threads);
-    std::vector<pthread_t> ids;
-    ids.reserve(r.threads);
+    const unsigned long long plane = static_cast<unsigned long long>(grid.x) * grid.y;
+    const unsigned long long blocks = plane * grid.z;
+    std::vector<unsigned long long> order(blocks);
+    for (unsigned long long i = 0; i < blocks; ++i) order[i] = i;
+    std::uint64_t random_state = plan.seed ^ (launch_number * 0xd1b54a32d192ed03ull);
+    if (!plan.sequential)
+        for (unsigned long long i = blocks; i > 1; --i) std::swap(order[i - 1], order[next_random(random_state) % i]);
+    unsigned long long concurrency = std::min<unsigned long long>(plan.concurrent_blocks, blocks);
+    concurrency = std::min<unsigned long long>(concurrency, std::max(1u, fiber_budget / launch.threads));
+#if defined(EKV_EMU_ASAN)
+    concurrency = 1;
+#endif
+    if (plan.sequential) concurrency = 1;
+
+    shared_modules(); /* read the symbol table here, not in the first block */
+    static const size_t tls_bytes = [] {
+        size_t total = 0;
+        dl_iterate_phdr(add_tls_size, &total);
+        return total;
+    }();
     pthread_attr_t attributes;
     pthread_attr_init(&attributes);
-    pthread_attr_setstacksize(&attributes, size_t(4) << 20);
-    for (unsigned t = 0; t < r.threads; ++t) {
-        starts[t] = thread_start{&r, t};
-        pthread_t id;
-        if (pthread_create(&id, &attributes, thread_main, &starts[t]) != 0) {
-            std::fprintf(stderr, "ekv emulator: could not start thread %u of %u for a launch\n", t, r.threads);
-            r.aborted.store(true, std::memory_order_relaxed);
-            r.error = cudaErrorLaunchOutOfResources;
-            break;
+    /* The scheduler needs little stack; glibc carves the static TLS out of it too. */
+    pthread_attr_setstacksize(&attributes, (size_t(256) << 10) + tls_bytes * 2);
+
+    std::vector<worker_start> starts(static_cast<size_t>(concurrency));
+    std::vector<pthread_t> ids(static_cast<size_t>(concurrency));
+    std::vector<unsigned> idle;
+    for (unsigned w = 0; w < concurrency; ++w) idle.push_back(unsigned(concurrency) - 1 - w);
+    cudaError_t start_error = cudaSuccess;
+    unsigned long long next = 0;
+    unsigned running = 0;
+    std::unique_lock<std::mutex> lock(launch.mutex);
+    while (running > 0 || (next < blocks && !launch.is_aborted() && start_error == cudaSuccess)) {
+        if (!idle.empty() && next < blocks && !launch.is_aborted() && start_error == cudaSuccess) {
+            const unsigned w = idle.back();
+            idle.pop_back();
+            const unsigned long long b = order[next++];
+            starts[w] = worker_start{&launch,
+                                     uint3{unsigned(b % grid.x), unsigned((b / grid.x) % grid.y), unsigned(b / plane)},
+                                     plan.seed ^ (launch_number * 0xd1b54a32d192ed03ull) ^ (b * 0x9e3779b97f4a7c15ull),
+                                     w};
+            if (pthread_create(&ids[w], &attributes, worker_main, &starts[w]) != 0) {
+                std::fprintf(stderr, "ekv emulator: could not start a thread for block %llu of a launch\n", b);
+                start_error = cudaErrorLaunchOutOfResources;
+                idle.push_back(w);
+                continue;
+            }
+            ++running;
+            continue;
         }
-        ids.push_back(id);
+        launch.wake.wait(lock, [&] { return !launch.finished_workers.empty(); });
+        std::vector<unsigned> finished;
+        finished.swap(launch.finished_workers);
+        lock.unlock();
+        for (unsigned w : finished) pthread_join(ids[w], nullptr);
+        lock.lock();
+        for (unsigned w : finished) idle.push_back(w);
+        running -= unsigned(finished.size());
     }
+    lock.unlock();
     pthread_attr_destroy(&attributes);
-    {
-        std::lock_guard<std::mutex> lock(r.start_mutex);
-        r.started = true;
-    }
-    r.start_wake.notify_all();
-    for (pthread_t id : ids) pthread_join(id, nullptr);
-    std::free(r.dynamic_shared);
-    return r.error;
+    tsan_acquire(&launch.finished_sync);
+    const cudaError_t error = cudaError_t(launch.error.load(std::memory_order_relaxed));
+    return error != cudaSuccess ? error : start_error;
 }
 
 /* A launch failure poisons the context until cudaDeviceReset, as on a GPU. */
@@ -945,6 +1469,7 @@ inline cudaError_t make_sticky(cudaError_t error)
 inline cudaError_t launch(std::uintptr_t kernel, dim3 grid, dim3 block, size_t dynamic_bytes, cudaStream_t stream,
                           std::function<void()> body)
 {
+    schedule plan;
     {
         runtime_state &s = state();
         std::lock_guard<std::mutex> lock(s.mutex);
@@ -956,51 +1481,77 @@ inline cudaError_t launch(std::uintptr_t kernel, dim3 grid, dim3 block, size_t d
         auto custom = s.max_dynamic_shared.find(kernel);
         const size_t limit = size_t(custom != s.max_dynamic_shared.end() ? custom->second : default_shared_per_block);
         if (dynamic_bytes > limit) return note(cudaErrorInvalidValue);
+        plan = device(s).plan;
     }
     auto shared_body = std::make_shared<std::function<void()>>(std::move(body));
-    return enqueue(stream, [=]() { return make_sticky(run_grid(kernel, grid, block, dynamic_bytes, *shared_body)); });
+    return enqueue(stream, [=]() {
+        std::uint64_t number;
+        {
+            runtime_state &s = state();
+            std::lock_guard<std::mutex> lock(s.mutex);
+            number = s.launches++;
+        }
+        return make_sticky(run_grid(kernel, grid, block, dynamic_bytes, plan, number, *shared_body));
+    });
 }
 
 /* ---- barriers and warp operations, called from kernel threads ---- */
 
-inline int block_barrier(int predicate, const char *name)
+inline int block_barrier(int predicate, const char *name, const source_site &site)
 {
-    thread_context &c = context();
-    block_runner *r = c.runner;
-    if (r == nullptr) return predicate != 0;
-    std::unique_lock<std::mutex> lock(r->block_mutex);
-    if (r->is_aborted()) throw launch_abort();
-    r->barrier_count += predicate != 0;
-    if (++r->barrier_arrived == r->threads) {
-        r->barrier_result = r->barrier_count;
-        r->barrier_count = 0;
-        r->barrier_arrived = 0;
-        ++r->barrier_generation;
-        for (unsigned t = 0; t < r->threads; ++t) r->set_status(t, status_running);
-        r->resume_running(r->threads - 1);
-        r->block_wake.notify_all();
-        return r->barrier_result;
+    fiber *f = current_fiber;
+    if (f == nullptr) return predicate != 0;
+    tsan_ignore_scope ignore;
+    block_run &b = *f->where.block;
+    if (b.launch->is_aborted()) throw launch_abort();
+    f->barrier_name = name;
+    f->barrier_site = site;
+    b.barrier_count += predicate != 0;
+    const unsigned long long generation = b.barrier_generation;
+    tsan_release(&b.barrier_sync[generation & 1]);
+    if (++b.barrier_arrived == b.fibers.size()) {
+        /* Every thread has arrived, but a GPU counts arrivals per barrier instruction: threads
+           waiting at different calls make undefined behaviour (a hang, or a mix-up). */
+        bool divergent = false;
+        for (const fiber &other : b.fibers)
+            if (!same_site(other.barrier_site, site) || std::strcmp(other.barrier_name, name) != 0) divergent = true;
+        std::vector<std::pair<std::string, std::vector<unsigned>>> sites;
+        for (const fiber &other : b.fibers) {
+            if (!divergent) break;
+            const std::string where = std::string(other.barrier_name) + " at " + site_text(other.barrier_site);
+            auto match = std::find_if(sites.begin(), sites.end(), [&](const auto &s) { return s.first == where; });
+            if (match == sites.end()) sites.push_back({where, {other.where.linear}});
+            else match->second.push_back(other.where.linear);
+        }
+        if (divergent) {
+            std::string reason = "divergent barrier, threads of the block wait at different calls:";
+            for (const auto &s : sites) reason += " threads " + id_ranges(s.second) + " at " + s.first + ";";
+            reason.pop_back();
+            abort_launch(*f, reason);
+            throw launch_abort();
+        }
+        const int result = b.barrier_count;
+        b.barrier_count = 0;
+        b.barrier_arrived = 0;
+        ++b.barrier_generation;
+        for (fiber &other : b.fibers) {
+            other.barrier_result = result;
+            if (other.state == fiber_at_barrier) b.make_ready(other);
+        }
+    } else {
+        f->state = fiber_at_barrier;
+        yield_to_scheduler(*f);
+        if (b.barrier_generation == generation) throw launch_abort(); /* woken by an abort */
     }
-    r->set_status(c.linear, status_block_barrier);
-    r->waiting_at[c.linear] = name;
-    const unsigned long long generation = r->barrier_generation;
-    if (r->stop_running()) {
-        lock.unlock();
-        r->report_stuck(c);
-        lock.lock();
-    }
-    r->block_wake.wait(lock, [&] { return r->barrier_generation != generation || r->is_aborted(); });
-    if (r->barrier_generation == generation) {
-        r->resume_running(1);
-        throw launch_abort();
-    }
-    /* Not overwritten before this thread reads it: the next barrier needs this thread. */
-    return r->barrier_result;
+    tsan_acquire(&b.barrier_sync[generation & 1]);
+    return f->barrier_result;
 }
 
-inline unsigned long long shuffle_source(const lane_slot *lanes, unsigned group, unsigned lane)
+/* The lane a shuffle reads from, by the CUDA programming guide; up or down out of the
+   segment of `width` lanes, or xor into a later one, reads the caller's own value. */
+inline unsigned long long shuffle_source(block_run &b, unsigned warp, unsigned participants, unsigned lane)
 {
-    const lane_slot &self = lanes[lane];
+    const lane_slot &self = b.lane(warp, lane).slot;
     const int width = (self.width >= 1 && self.width <= 32) ? self.width : 32;
     const int base = int(lane) & ~(width - 1);
     int source = int(lane);
@@ -1010,17 +1561,17 @@ inline unsigned long long shuffle_source(const lane_slot *lanes, unsigned group,
     case op_shfl_down: source = int(lane) + self.arg; if (source >= base + width) source = int(lane); break;
     default: source = int(lane) ^ self.arg; if (source < 0 || source >= base + width) source = int(lane); break;
     }
-    /* Reading a lane that does not take part is undefined in CUDA: the lane's own value. */
-    if (source < 0 || source > 31 || (group & (1u << source)) == 0) source = int(lane);
-    return lanes[source].value;
+    /* A lane outside the mask, exited or absent (partial warp): undefined in CUDA. */
+    if (source < 0 || source > 31 || (participants & (1u << source)) == 0) return poison_bits;
+    return b.lane(warp, unsigned(source)).slot.value;
 }
 
-inline unsigned long long reduce_group(const lane_slot *lanes, unsigned group, int op)
+inline unsigned long long reduce_group(const lane_slot *const *lanes, unsigned group, int op)
 {
     if (op == op_ballot || op == op_any || op == op_all || op == op_syncwarp) {
         unsigned votes = 0;
         for (unsigned l = 0; l < 32; ++l)
-            if ((group & (1u << l)) && lanes[l].value != 0) votes |= 1u << l;
+            if ((group & (1u << l)) && lanes[l]->value != 0) votes |= 1u << l;
         if (op == op_any) return votes != 0;
         if (op == op_all) return votes == group;
         return votes;
@@ -1029,7 +1580,7 @@ inline unsigned long long reduce_group(const lane_slot *lanes, unsigned group, i
     unsigned total = 0;
     for (unsigned l = 0; l < 32; ++l) {
         if ((group & (1u << l)) == 0) continue;
-        const unsigned v = unsigned(lanes[l].value);
+        const unsigned v = unsigned(lanes[l]->value);
         if (first) {
             total = v;
             first = false;
@@ -1049,103 +1600,114 @@ inline unsigned long long reduce_group(const lane_slot *lanes, unsigned group, i
     return total;
 }
 
-inline unsigned long long warp_exchange(int op, unsigned mask, unsigned long long value, int arg, int width)
+/* Completes the warp operation `lane` waits at when every lane of its group that has not
+   exited has arrived with the same group; the caller is one of them. False if not yet. */
+inline bool try_complete(block_run &b, unsigned warp, unsigned lane)
 {
-    thread_context &c = context();
-    block_runner *r = c.runner;
-    if (r == nullptr) { /* outside a kernel: a warp of one lane */
-        lane_slot solo;
-        solo.op = op;
-        solo.value = value;
-        solo.arg = arg;
-        solo.width = width;
-        return op <= op_shfl_xor ? value : reduce_group(&solo, 1u, op);
-    }
-    const unsigned warp = c.linear / 32, lane = c.linear % 32;
-    warp_state &w = *r->warps[warp];
-    std::unique_lock<std::mutex> lock(w.mutex);
-    if (r->is_aborted()) throw launch_abort();
-    const unsigned group = (mask | (1u << lane)) & r->existing_lanes(warp);
-    lane_slot &self = w.lanes[lane];
-    self.state = slot_posted;
-    self.op = op;
-    self.group = group;
-    self.value = value;
-    self.arg = arg;
-    self.width = width;
-
-    bool complete = true, same_op = true;
+    fiber &caller = b.lane(warp, lane);
+    const unsigned group = caller.slot.group;
+    unsigned participants = 0;
+    bool same_op = true;
     for (unsigned l = 0; l < 32; ++l) {
         if ((group & (1u << l)) == 0) continue;
-        const lane_slot &other = w.lanes[l];
-        if (other.state != slot_posted || other.group != group) complete = false;
-        else if (other.op != op) same_op = false;
+        const fiber &other = b.lane(warp, l);
+        if (other.state == fiber_exited) continue;
+        if (!other.slot.posted || other.slot.done || other.slot.group != group) return false;
+        if (other.slot.op != caller.slot.op) same_op = false;
+        participants |= 1u << l;
     }
-    if (complete && !same_op) {
+    if (!same_op) {
         std::string reason = "threads of warp " + std::to_string(warp) + " reached different warp operations:";
         for (int kind = op_shfl_idx; kind <= op_reduce_xor; ++kind) {
             std::vector<unsigned> ids;
             for (unsigned l = 0; l < 32; ++l)
-                if ((group & (1u << l)) && w.lanes[l].op == kind) ids.push_back(warp * 32 + l);
+                if ((participants & (1u << l)) && b.lane(warp, l).slot.op == kind) ids.push_back(warp * 32 + l);
             if (!ids.empty()) reason += " threads " + id_ranges(ids) + " at " + warp_op_name(kind) + ";";
         }
         reason.pop_back();
-        lock.unlock();
-        r->abort_launch(c, reason);
+        abort_launch(caller, reason);
         throw launch_abort();
     }
-    if (complete) {
-        unsigned long long results[32];
-        const unsigned long long combined = op > op_shfl_xor ? reduce_group(w.lanes, group, op) : 0;
-        for (unsigned l = 0; l < 32; ++l)
-            if (group & (1u << l)) results[l] = op > op_shfl_xor ? combined : shuffle_source(w.lanes, group, l);
-        for (unsigned l = 0; l < 32; ++l) {
-            if ((group & (1u << l)) == 0) continue;
-            w.lanes[l].result = results[l];
-            w.lanes[l].state = l == lane ? slot_idle : slot_done;
-            r->set_status(warp * 32 + l, status_running);
-        }
-        r->resume_running(popcount(group) - 1);
-        w.wake.notify_all();
-        return results[lane];
+    const int op = caller.slot.op;
+    const lane_slot *lanes[32] = {};
+    for (unsigned l = 0; l < 32; ++l)
+        if (participants & (1u << l)) lanes[l] = &b.lane(warp, l).slot;
+    const unsigned long long combined = op > op_shfl_xor ? reduce_group(lanes, participants, op) : 0;
+    unsigned long long results[32] = {};
+    for (unsigned l = 0; l < 32; ++l)
+        if (participants & (1u << l)) results[l] = op > op_shfl_xor ? combined : shuffle_source(b, warp, participants, l);
+    /* Every lane leaves after every lane arrived: the caller gathers the arrivals and passes
+       them on to each lane. */
+    for (unsigned l = 0; l < 32; ++l)
+        if (participants & (1u << l)) tsan_acquire(&b.lane(warp, l).slot.arrived_sync);
+    for (unsigned l = 0; l < 32; ++l) {
+        if ((participants & (1u << l)) == 0) continue;
+        fiber &other = b.lane(warp, l);
+        tsan_release(&other.slot.leave_sync);
+        other.slot.result = results[l];
+        other.slot.done = true;
+        if (other.state == fiber_at_warp_op) b.make_ready(other);
     }
-    r->set_status(c.linear, status_warp_op);
-    if (r->stop_running()) {
-        lock.unlock();
-        r->report_stuck(c);
-        lock.lock();
+    return true;
+}
+
+inline unsigned long long warp_exchange(int op, unsigned mask, unsigned long long value, int arg, int width)
+{
+    fiber *f = current_fiber;
+    if (f == nullptr) { /* outside a kernel: a warp of one lane */
+        lane_slot solo;
+        solo.op = op;
+        solo.value = value;
+        const lane_slot *lanes[32];
+        for (const lane_slot *&l : lanes) l = &solo;
+        return op <= op_shfl_xor ? value : reduce_group(lanes, 1u, op);
     }
-    w.wake.wait(lock, [&] { return self.state == slot_done || r->is_aborted(); });
-    if (self.state != slot_done) {
-        r->resume_running(1);
-        throw launch_abort();
+    tsan_ignore_scope ignore;
+    block_run &b = *f->where.block;
+    if (b.launch->is_aborted()) throw launch_abort();
+    const unsigned warp = f->where.linear / 32, lane = f->where.linear % 32;
+    lane_slot &self = f->slot;
+    self.posted = true;
+    self.done = false;
+    self.op = op;
+    self.group = (mask | (1u << lane)) & b.existing_lanes(warp);
+    self.value = value;
+    self.arg = arg;
+    self.width = width;
+    tsan_release(&self.arrived_sync);
+    while (!self.done && !try_complete(b, warp, lane)) {
+        f->state = fiber_at_warp_op;
+        yield_to_scheduler(*f);
+        if (!self.done && b.launch->is_aborted()) throw launch_abort();
     }
-    self.state = slot_idle;
+    tsan_acquire(&self.leave_sync);
+    self.posted = false;
+    self.done = false;
     return self.result;
 }
 
 /* Lanes of the caller's warp that exist and have not finished the kernel. */
 inline unsigned active_lanes()
 {
-    thread_context &c = context();
-    block_runner *r = c.runner;
-    if (r == nullptr) return 1u;
-    const unsigned warp = c.linear / 32;
+    fiber *f = current_fiber;
+    if (f == nullptr) return 1u;
+    tsan_ignore_scope ignore;
+    block_run &b = *f->where.block;
+    const unsigned warp = f->where.linear / 32;
     unsigned mask = 0;
     for (unsigned l = 0; l < 32; ++l)
-        if ((r->existing_lanes(warp) & (1u << l)) && r->get_status(warp * 32 + l) != status_exited) mask |= 1u << l;
+        if ((b.existing_lanes(warp) & (1u << l)) && b.lane(warp, l).state != fiber_exited) mask |= 1u << l;
     return mask;
 }
 
 inline void trap(const char *why)
 {
-    thread_context &c = context();
-    block_runner *r = c.runner;
-    if (r == nullptr) {
+    fiber *f = current_fiber;
+    if (f == nullptr) {
         std::fprintf(stderr, "ekv emulator: %s outside a kernel\n", why);
         std::abort();
     }
-    r->abort_launch(c, "thread " + std::to_string(c.linear) + ": " + why);
+    abort_launch(*f, "thread " + std::to_string(f->where.linear) + ": " + why);
     throw launch_abort();
 }
 
@@ -1427,6 +1989,7 @@ inline cudaError_t cudaDeviceReset()
     s.graph_execs.clear();
     s.max_dynamic_shared.clear();
     s.sticky_error = cudaSuccess;
+    s.launches = 0;
     s.configured = false;
     ekv_emu::last_error() = cudaSuccess;
     ekv_emu::current_device() = 0;
@@ -2093,15 +2656,27 @@ inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, T 
    cudaDeviceProp::warpSize alone). */
 inline int warpSize = 32;
 
-inline void __syncthreads() { ekv_emu::block_barrier(1, "__syncthreads()"); }
-inline int __syncthreads_count(int predicate) { return ekv_emu::block_barrier(predicate, "__syncthreads_count()"); }
-inline int __syncthreads_and(int predicate)
+/* The defaulted arguments name the caller's source line: threads that meet at different
+   __syncthreads calls are reported (a divergent barrier, undefined in CUDA). */
+#define EKV_EMU_CALLER const char *caller_file = __builtin_FILE(), int caller_line = __builtin_LINE()
+#define EKV_EMU_CALL_SITE (ekv_emu::source_site{caller_file, caller_line})
+inline void __syncthreads(EKV_EMU_CALLER) { ekv_emu::block_barrier(1, "__syncthreads()", EKV_EMU_CALL_SITE); }
+inline int __syncthreads_count(int predicate, EKV_EMU_CALLER)
 {
-    const int count = ekv_emu::block_barrier(predicate, "__syncthreads_and()");
+    return ekv_emu::block_barrier(predicate, "__syncthreads_count()", EKV_EMU_CALL_SITE);
+}
+inline int __syncthreads_and(int predicate, EKV_EMU_CALLER)
+{
+    const int count = ekv_emu::block_barrier(predicate, "__syncthreads_and()", EKV_EMU_CALL_SITE);
     const dim3 b = blockDim;
     return count == int(b.x * b.y * b.z);
 }
-inline int __syncthreads_or(int predicate) { return ekv_emu::block_barrier(predicate, "__syncthreads_or()") != 0; }
+inline int __syncthreads_or(int predicate, EKV_EMU_CALLER)
+{
+    return ekv_emu::block_barrier(predicate, "__syncthreads_or()", EKV_EMU_CALL_SITE) != 0;
+}
+#undef EKV_EMU_CALLER
+#undef EKV_EMU_CALL_SITE
 
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ekv_emu::warp_exchange(ekv_emu::op_syncwarp, mask, 0, 0, 32); }
 inline unsigned __activemask() { return ekv_emu::active_lanes(); }
@@ -2264,19 +2839,31 @@ inline double __longlong_as_double(long long x) { double r; std::memcpy(&r, &x, 
 #define __cosf(x) (::cosf(x))
 #define __tanf(x) (::tanf(x))
 
+namespace ekv_emu {
+/* CUDA never merges the _rn additions and multiplications into a fused multiply-add, and
+   kernel code is compiled to contract (see >>qualifiers): their operands and products go
+   through a volatile, which no contraction crosses. */
+template <typename T>
+inline T uncontracted(T value)
+{
+    volatile T kept = value;
+    return kept;
+}
+} /* namespace ekv_emu */
+
 inline float __fdividef(float x, float y) { return x / y; }
 inline float __fdiv_rn(float x, float y) { return x / y; }
-inline float __fadd_rn(float x, float y) { return x + y; }
-inline float __fsub_rn(float x, float y) { return x - y; }
-inline float __fmul_rn(float x, float y) { return x * y; }
+inline float __fadd_rn(float x, float y) { return ekv_emu::uncontracted(x) + ekv_emu::uncontracted(y); }
+inline float __fsub_rn(float x, float y) { return ekv_emu::uncontracted(x) - ekv_emu::uncontracted(y); }
+inline float __fmul_rn(float x, float y) { return ekv_emu::uncontracted(x * y); }
 inline float __fmaf_rn(float x, float y, float z) { return std::fma(x, y, z); }
 inline float __frcp_rn(float x) { return 1.0f / x; }
 inline float __fsqrt_rn(float x) { return std::sqrt(x); }
 inline float __frsqrt_rn(float x) { return 1.0f / std::sqrt(x); }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
-inline double __dadd_rn(double x, double y) { return x + y; }
-inline double __dmul_rn(double x, double y) { return x * y; }
+inline double __dadd_rn(double x, double y) { return ekv_emu::uncontracted(x) + ekv_emu::uncontracted(y); }
+inline double __dmul_rn(double x, double y) { return ekv_emu::uncontracted(x * y); }
 inline double __fma_rn(double x, double y, double z) { return std::fma(x, y, z); }
 inline float __saturatef(float x) { return x >= 1.0f ? 1.0f : (x > 0.0f ? x : 0.0f); }
 
@@ -2446,8 +3033,8 @@ inline void __trap() { ekv_emu::trap("__trap() called"); }
    outside a kernel. Replaces `extern __shared__` for code not compiled by nvcc. */
 inline unsigned char *ekv_cuda_host_dynamic_shared()
 {
-    ekv_emu::block_runner *r = ekv_emu::context().runner;
-    return r != nullptr ? r->dynamic_shared : nullptr;
+    const ekv_emu::fiber *f = ekv_emu::current_fiber;
+    return f != nullptr ? f->where.block->dynamic_shared : nullptr;
 }
 
 /* Replaces kernel<<<grid, block, dynamic_shared, stream>>>(args...): runs the whole grid
