@@ -19,8 +19,11 @@ HEADERS := ekv.h
 CUDA_HEADERS := $(HEADERS) $(wildcard ekv_cuda.cuh)
 EMU_INC := -Itests/emu/include
 EMU_HEADERS := $(wildcard tests/emu/include/*.h)
-# the one compiler line of every emulator build (tests and ekv_bench_emu)
-EMU_CXXFLAGS := -std=c++17 -g -pthread -DEKV_EMULATOR $(EMU_INC) -I. -Wall -Wextra -Werror
+# the emulator's own tests and EMU_FMA: the flags that contract a*b+c in kernels as nvcc
+# does (see tests/emu/emu.mk)
+-include tests/emu/emu.mk
+# the one compiler line of every emulator build (tests, ekv_bench_emu, libekv_emu.so)
+EMU_CXXFLAGS := -std=c++17 -g -pthread -DEKV_EMULATOR $(EMU_FMA) $(EMU_INC) -I. -Wall -Wextra -Werror
 EMU_CXX := $(CXX) $(EMU_CXXFLAGS)
 export BUILD
 
@@ -173,8 +176,6 @@ test-tools: $(BUILD)/t_test_json
 test-python: venv $(BUILD)/ekv_bench_cpu
 	@for t in $(wildcard tests/py/test_*.py); do \
 	  tests/run_suite.sh py-$$(basename $$t .py) $(VPY) $$t; done
-
--include tests/emu/emu.mk
 
 # ekv_cuda.cuh's kernels on the emulator: plain, ASan+UBSan, TSan (race = failure). The
 # implementation of both headers (every kernel) is compiled once per flavour

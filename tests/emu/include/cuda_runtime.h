@@ -1284,6 +1284,11 @@ inline void run_block(block_run &b)
         return;
     }
     b.stacks = static_cast<unsigned char *>(stacks);
+#if defined(EKV_EMU_ASAN)
+    /* The mapping may sit where an earlier block's stacks were: their frames' redzones
+       (threads end by a switch, never unwinding) would still be poisoned. */
+    __asan_unpoison_memory_region(b.stacks, b.stacks_bytes);
+#endif
 #if defined(EKV_EMU_TSAN)
     b.scheduler_tsan = __tsan_get_current_fiber();
 #endif
@@ -1329,6 +1334,9 @@ inline void run_block(block_run &b)
 
 #if defined(EKV_EMU_TSAN)
     for (fiber &f : b.fibers) __tsan_destroy_fiber(f.tsan_fiber);
+#endif
+#if defined(EKV_EMU_ASAN)
+    __asan_unpoison_memory_region(b.stacks, b.stacks_bytes); /* the frames left behind */
 #endif
     munmap(b.stacks, b.stacks_bytes);
     std::free(b.dynamic_shared);
