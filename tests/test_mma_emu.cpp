@@ -88,6 +88,12 @@ __global__ void mt_divergent_kernel(mt_fragments *f)
     if (lane < 16) ekv_emu_mma_m16n8k16(0, f->d[lane], f->a[lane], f->b[lane], f->c[lane]);
 }
 
+__global__ void mt_divergent_transpose_kernel(unsigned *out)
+{
+    const int lane = (int)threadIdx.x;
+    if (lane >= 8) out[lane] = ekv_emu_movmatrix_m8n8_trans_b16((unsigned)lane);
+}
+
 static uint64_t mt_state = 0x2545f4914f6cdd1dull;
 
 /* a value exact in both f16 and bf16: k/64 for k in [-128, 128] */
@@ -215,6 +221,18 @@ int main(void)
         if (e == cudaSuccess) e = cudaDeviceSynchronize();
         CHECK(e != cudaSuccess, "a divergent mma completed");
         cudaFree(f);
+        cudaDeviceReset();
+    }
+    TEST_END();
+    TEST_BEGIN("movmatrix from 24 lanes ends the launch with an error naming the instruction");
+    {
+        unsigned *out = NULL;
+        cudaError_t e;
+        CHECK(cudaMalloc((void **)&out, 32 * sizeof *out) == cudaSuccess, "cudaMalloc");
+        e = ekv_cuda_host_launch(mt_divergent_transpose_kernel, dim3(1), dim3(32), 0, 0, out);
+        if (e == cudaSuccess) e = cudaDeviceSynchronize();
+        CHECK(e != cudaSuccess, "a divergent movmatrix completed");
+        cudaFree(out);
         cudaDeviceReset();
     }
     TEST_END();

@@ -87,6 +87,19 @@ inline bool mma_fault_swap_a_rows()
     return fault != nullptr && std::strcmp(fault, "swap-a-rows") == 0;
 }
 
+/* .aligned: every thread of the warp executes the instruction. Asked after the first
+   exchange of the instruction, when every lane of the warp has either arrived or exited
+   and none that arrived can exit before the caller asks (the __syncwarp that follows). */
+inline void require_whole_warp(const char *instruction)
+{
+    if (active_lanes() != 0xffffffffu) {
+        char why[160];
+        std::snprintf(why, sizeof why, "%s from lanes 0x%08x: .aligned needs all 32 threads of the warp",
+                      instruction, active_lanes());
+        trap(why);
+    }
+}
+
 } /* namespace ekv_emu */
 
 /* mma.sync.aligned.m16n8k16.row.col.f32.T.T.f32 {d}, {a}, {b}, {c} with T = bf16 when `bf16`
@@ -100,6 +113,7 @@ inline void ekv_emu_mma_m16n8k16(int bf16, float d[4], const unsigned a[4], cons
     ekv_emu::mma_gather *area = reinterpret_cast<ekv_emu::mma_gather *>(static_cast<std::uintptr_t>(
         __shfl_sync(0xffffffffu, static_cast<unsigned long long>(reinterpret_cast<std::uintptr_t>(&mine)), 0)));
     float result[4];
+    ekv_emu::require_whole_warp("mma.sync.aligned.m16n8k16");
     for (int i = 0; i < 4; ++i) area->lanes[lane].a[i] = a[i];
     for (int i = 0; i < 2; ++i) area->lanes[lane].b[i] = b[i];
     __syncwarp();
@@ -121,6 +135,9 @@ inline unsigned ekv_emu_movmatrix_m8n8_trans_b16(unsigned a)
     /* d's element (row, col + h) is the source's (col + h, row): lane 4 (col + h) + row / 2,
        half row % 2 */
     const unsigned low = __shfl_sync(0xffffffffu, a, int(4 * col + row / 2));
+    /* between the two exchanges: no lane that took part in the first can exit before the
+       caller reaches the second */
+    ekv_emu::require_whole_warp("movmatrix.sync.aligned.m8n8");
     const unsigned high = __shfl_sync(0xffffffffu, a, int(4 * (col + 1) + row / 2));
     const unsigned shift = (row % 2) * 16;
     return ((low >> shift) & 0xffffu) | (((high >> shift) & 0xffffu) << 16);
