@@ -627,16 +627,32 @@ typedef struct ekv_paged_cache {
 
 /* 1 when P is a page size ekv supports (8, 16, 32, 64). */
 EKV_DEF int ekv_page_size_valid(int page_size);
+/* The P rows of kv head h in page `page` form block page x kv_heads + h of every array,
+   and slot t (of the page that holds it) is row t % P of that block. In 32 bits: a pool
+   holds fewer than 2^32 rows (ekv_paged_create), which keeps the kernels' lookup cheap.
+   The device's table (ekv_cuda_cache_upload_paged) holds these block numbers per
+   (sequence, kv head), so a kernel's lookup is one read, a shift and an add. */
+static EKV_HOST_DEVICE inline unsigned ekv_page_block(unsigned page, unsigned kv_heads, unsigned h)
+{
+    return page * kv_heads + h;
+}
+static EKV_HOST_DEVICE inline size_t ekv_page_block_row(unsigned block, unsigned page_shift,
+                                                        unsigned t)
+{
+    return (size_t)((block << page_shift) + (t & ((1u << page_shift) - 1u)));
+}
 /* Row of slot t of (sequence b, kv head h) in every array of a paged cache (see above). */
 static EKV_HOST_DEVICE inline size_t ekv_page_row(const int *block_table, int table_width,
                                                   int page_shift, int kv_heads, size_t b,
                                                   size_t h, size_t t)
 {
-    const size_t page = (size_t)block_table[b * (size_t)table_width + (t >> page_shift)];
-    return ((page * (size_t)kv_heads + h) << page_shift) + (t & (((size_t)1 << page_shift) - 1));
+    const int page = block_table[b * (size_t)table_width + (t >> page_shift)];
+    return ekv_page_block_row(ekv_page_block((unsigned)page, (unsigned)kv_heads, (unsigned)h),
+                              (unsigned)page_shift, (unsigned)t);
 }
 /* An empty paged cache: `pages` pages of `page_size` tokens, every sequence empty (no
-   pages), each able to grow to `capacity` slots. with_bias as ekv_cache_create. */
+   pages), each able to grow to `capacity` slots. with_bias as ekv_cache_create. A pool of
+   2^32 rows (pages x kv_heads x page_size) or more is EKV_ERR_OUT_OF_MEMORY. */
 EKV_DEF ekv_result ekv_paged_create(ekv_paged_cache *cache, ekv_dtype dtype, int batch,
                                     int kv_heads, int head_dim, int page_size, int pages,
                                     int capacity, int with_bias);
@@ -5858,6 +5874,7 @@ EKV_DEF ekv_result ekv_paged_create(ekv_paged_cache *cache, ekv_dtype dtype, int
     scale_bytes = ekv_dtype_row_scale_bytes(dtype, head_dim);
     cache->table_width = capacity / page_size + (capacity % page_size != 0);
     if (!ekv__mul_size((size_t)pages * (size_t)kv_heads, (size_t)page_size, &rows) ||
+        rows > 0xffffffffu ||
         !ekv__mul_size(rows, row_bytes, &cells) ||
         !ekv__mul_size((size_t)batch, (size_t)cache->table_width, &table) ||
         (rows > 0 && ((size_t)-1) / rows < sizeof(float) + scale_bytes))
