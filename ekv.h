@@ -856,6 +856,8 @@ typedef struct ekv_config {
     int decode_tokens;  /* decode steps of the inference cycle        [1, 65536]      */
     ekv_variant variant;
     int compress_every; /* anchor period N of the cycle; 0 = compression ratio        */
+    int page_size;      /* tokens per page of a paged cache (>>paged): 8, 16, 32, 64;
+                           0 = contiguous (the default)                               */
     /* data */
     ekv_data_kind data;
     char data_path[EKV_PATH_MAX]; /* .npy/.npz when data == EKV_DATA_FILE */
@@ -1180,7 +1182,8 @@ typedef struct ekv_workload {
     ekv_data data;
     double softmax_scale;
     ekv_compress_desc compress;
-    ekv_host_cache cache;
+    ekv_host_cache cache;      /* with --page-size: the paged cache's contents, gathered */
+    ekv_paged_cache paged;     /* --page-size > 0: the candidate cache in pages; else empty */
     ekv_host_cache baseline;   /* batch == 0 when not built */
     double *reference_full;    /* [batch][heads][head_dim], double over the original data */
     double *reference_cache;   /* same, over the stored candidate cache */
@@ -6901,6 +6904,7 @@ EKV_DEF ekv_config ekv_config_default(void)
     c.decode_tokens = 64;
     c.variant = EKV_VARIANT_ELASTIC;
     c.compress_every = 0;
+    c.page_size = 0;
     c.data = EKV_DATA_STRUCTURED;
     c.seed = 42;
     c.softmax_scale = 0.0;
@@ -7111,6 +7115,20 @@ static int ekv__parse_format(const char *text, int *value)
     *value = (int)f;
     return 0;
 }
+static int ekv__parse_page_size(const char *text, int *value)
+{
+    char *end = NULL;
+    long v;
+    if (!text[0]) return -1;
+    v = strtol(text, &end, 10);
+    if (*end || (v != 0 && !ekv_page_size_valid((int)v))) return -1;
+    *value = (int)v;
+    return 0;
+}
+static const char *ekv__page_size_allowed(void)
+{
+    return EKV_PAGE_SIZE_ALLOWED;
+}
 static const char *ekv__format_allowed(void)
 {
     static char text[64];
@@ -7158,6 +7176,8 @@ static const ekv__flag ekv__flags[] = {
      "sink tokens kept by window and topk, at most --seq (default 4, or --seq when shorter)"},
     {"--observe", NULL, EKV__FLAG_INT, EKV__OFF(observe), 1, 1024, 0, NULL, NULL,
      "queries whose attention scores topk (default 16)"},
+    {"--page-size", NULL, EKV__FLAG_ENUM, EKV__OFF(page_size), 0, 0, 0, ekv__parse_page_size, ekv__page_size_allowed,
+     "tokens per page of a paged cache read through block tables; 0 = contiguous (default 0)"},
     {"--layers", NULL, EKV__FLAG_INT, EKV__OFF(layers), 1, 256, EKV__CYCLE_ONLY, NULL, NULL,
      "layers of the inference cycle (default 1)"},
     {"--decode_tokens", "--decode-tokens", EKV__FLAG_INT, EKV__OFF(decode_tokens), 1, 65536, EKV__CYCLE_ONLY, NULL, NULL,
@@ -7313,6 +7333,14 @@ EKV_DEF ekv_result ekv_config_validate(const ekv_config *config)
     if (c->baseline_dtype_set && !c->paired_baseline)
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "--baseline-dtype needs --paired-baseline");
+    if (c->page_size != 0 && !ekv_page_size_valid(c->page_size))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "--page-size=%d is unknown: allowed %s",
+                             c->page_size, EKV_PAGE_SIZE_ALLOWED);
+    if (c->page_size != 0 && c->inference)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "--page-size=%d: the inference cycle keeps contiguous caches (paged "
+                             "attention runs without --inference): allowed --page-size=0",
+                             c->page_size);
     if (c->inference) return ekv__config_validate_cycle(c);
     return ekv__config_validate_memory(c);
 }
@@ -8785,6 +8813,7 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     ekv_json_key(j, "decode_tokens"); ekv_json_int(j, c->decode_tokens);
     ekv_json_key(j, "variant"); ekv_json_string(j, ekv_variant_name(c->variant));
     ekv_json_key(j, "compress_every"); ekv_json_int(j, c->compress_every);
+    ekv_json_key(j, "page_size"); ekv_json_int(j, c->page_size);
     ekv_json_key(j, "backend_requested"); ekv_json_string(j, ekv_backend_name(c->backend));
     ekv_json_key(j, "device"); ekv_json_int(j, c->device);
     ekv_json_key(j, "peak_bw_override_gbs");
@@ -9522,10 +9551,34 @@ EKV_DEF void ekv_workload_free(ekv_workload *w)
 {
     ekv_data_free(&w->data);
     ekv_cache_free(&w->cache);
+    ekv_paged_free(&w->paged);
     ekv_cache_free(&w->baseline);
     ekv__free(w->reference_full);
     ekv__free(w->reference_cache);
     memset(w, 0, sizeof *w);
+}
+
+/* --page-size: the built cache moves into a pool of exactly the pages its sequences need,
+   each admitted from the last to the first (so a sequence's pages are not where a
+   contiguous layout would put them), and the cache every reader on the host takes (CPU
+   kernel, references) is gathered back from those pages; the device backends read the
+   pages themselves (ekv_cuda_cache_upload_paged). */
+static ekv_result ekv__workload_page(ekv_workload *w, int page_size)
+{
+    ekv_host_cache gathered;
+    ekv_result r;
+    int b, pages = 0;
+    for (b = 0; b < w->cache.batch; b++) pages += (w->cache.lengths[b] + page_size - 1) / page_size;
+    r = ekv_paged_create(&w->paged, w->cache.dtype, w->cache.batch, w->cache.kv_heads,
+                         w->cache.head_dim, page_size, pages > 0 ? pages : 1, w->cache.capacity,
+                         w->cache.bias != NULL);
+    for (b = w->cache.batch - 1; r == EKV_SUCCESS && b >= 0; b--)
+        r = ekv_paged_admit(&w->paged, b, &w->cache, b);
+    if (r == EKV_SUCCESS) r = ekv_paged_gather(&w->paged, &gathered);
+    if (r != EKV_SUCCESS) return r;
+    ekv_cache_free(&w->cache);
+    w->cache = gathered;
+    return EKV_SUCCESS;
 }
 
 EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *config, ekv_workload *w)
@@ -9576,6 +9629,7 @@ EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *config, ekv_workload *
     r = ekv_data_check(&w->data, w->softmax_scale);
     if (r == EKV_SUCCESS)
         r = ekv_cache_build(&w->data, &w->compress, c->kv_dtype, w->softmax_scale, &w->cache);
+    if (r == EKV_SUCCESS && c->page_size > 0) r = ekv__workload_page(w, c->page_size);
     if (r == EKV_SUCCESS && c->paired_baseline) {
         ekv_compress_desc none = w->compress;
         none.policy = EKV_POLICY_NONE;

@@ -3644,8 +3644,8 @@ static int ekv_cuda__cold_copies(double bytes, double l2, int inner_loops, long 
     return (int)(up ? up : down);
 }
 
-static ekv_result ekv_cuda__timed_make(const ekv_host_cache *host, int copies, int heads,
-                                       ekv_cuda__timed *t)
+static ekv_result ekv_cuda__timed_make(const ekv_host_cache *host, const ekv_paged_cache *paged,
+                                       int copies, int heads, ekv_cuda__timed *t)
 {
     ekv_result result = EKV_SUCCESS;
     int i;
@@ -3653,7 +3653,8 @@ static ekv_result ekv_cuda__timed_make(const ekv_host_cache *host, int copies, i
     t->copies = (ekv_cuda_cache *)EKV_MALLOC((size_t)copies * sizeof(ekv_cuda_cache));
     if (!t->copies) return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "ekv_cuda_run: out of host memory");
     memset(t->copies, 0, (size_t)copies * sizeof(ekv_cuda_cache));
-    EKV_CUDA__TRY_EKV(ekv_cuda_cache_upload(host, &t->copies[0]));
+    if (paged) EKV_CUDA__TRY_EKV(ekv_cuda_cache_upload_paged(paged, &t->copies[0]));
+    else EKV_CUDA__TRY_EKV(ekv_cuda_cache_upload(host, &t->copies[0]));
     t->copy_count = 1;
     for (i = 1; i < copies; i++) {
         EKV_CUDA__TRY_EKV(ekv_cuda_cache_clone(&t->copies[0], &t->copies[i]));
@@ -3906,9 +3907,11 @@ EKV_CUDA_DEF ekv_result ekv_cuda_run(const ekv_config *config, const ekv_workloa
                      copies_candidate, candidate_block / 1048576.0, l2 / 1048576.0);
     }
 
-    EKV_CUDA__TRY_EKV(ekv_cuda__timed_make(&work->cache, copies_candidate, heads, &candidate));
+    /* --page-size: the kernels read the pages through the block table */
+    EKV_CUDA__TRY_EKV(ekv_cuda__timed_make(&work->cache, work->paged.page_size ? &work->paged : NULL,
+                                           copies_candidate, heads, &candidate));
     if (config->paired_baseline)
-        EKV_CUDA__TRY_EKV(ekv_cuda__timed_make(&work->baseline, copies_baseline, heads, &baseline));
+        EKV_CUDA__TRY_EKV(ekv_cuda__timed_make(&work->baseline, NULL, copies_baseline, heads, &baseline));
     EKV_CUDA__TRY(cudaMalloc((void **)&device_q, count * sizeof(float)));
     EKV_CUDA__TRY(cudaMalloc((void **)&device_out, count * sizeof(float)));
     if (workspace_bytes) EKV_CUDA__TRY(cudaMalloc(&workspace, workspace_bytes));
