@@ -4356,7 +4356,7 @@ static ekv_result ekv_cuda__cycle_loop(ekv_cuda__cycle *s, ekv_cycle_timing *tim
         }
         EKV_CUDA__TRY(cudaEventSynchronize(e[4 * m->layers]));
         if (timing) {
-            float ms;
+            float ms = 0.0f;
             for (l = 0; l < m->layers; l++)
                 for (p = 0; p < 4; p++) {
                     static const int phase_of[4] = {EKV_CYCLE_PHASE_PROJECTION, EKV_CYCLE_PHASE_APPEND,
