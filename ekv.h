@@ -32,6 +32,7 @@
        >>cache        the host cache (stored form), compression policies
        >>reference    CPU attention: double reference and the float CPU kernel
        >>cacheops     the elastic cache grown token by token and compressed in place
+      >>paged        the paged elastic cache: page pool, block tables, row rule
        >>accuracy     error metrics and attention statistics of the data
        >>abi          the C ABI for bindings: data and cache handles, plain arguments
      Part B, the benchmark (#define EKV_NO_BENCH leaves it out)
@@ -573,6 +574,119 @@ EKV_DEF ekv_result ekv_cache_observed_scores(const ekv_host_cache *cache, const 
 /* Bytes allocated for the stored form (the formula above). */
 EKV_DEF size_t ekv_cache_memory_bytes(const ekv_host_cache *cache);
 
+/* >>paged ================================================================== */
+
+/* The paged elastic cache: the stored bytes of the elastic cache (>>cacheops) in a pool of
+   fixed-size pages that sequences take as they grow and give back when compression shrinks
+   them or when they are retired, read through a block table (as serving engines page their
+   KV memory).
+
+   A page holds `page_size` (P) consecutive token slots of ONE sequence for EVERY kv head,
+   so one block table per sequence serves all of its kv heads (their lengths are the
+   sequence's). Page p, for each of the parallel arrays k, v, k_scales, v_scales (int8,
+   int4) and bias:
+
+       page p:  [kv head 0: slots 0..P-1][kv head 1: slots 0..P-1] ... [kv head H_kv-1: ...]
+
+   each slot one row of the array's contiguous-cache size (ekv_dtype_row_bytes values,
+   ekv_dtype_row_scale_bytes scales, a 4-byte bias), so a token costs exactly the bytes it
+   costs in a contiguous cache. fp8's scale is per (sequence, kv head), [batch][kv_heads]
+   floats in k_scales and v_scales as in the contiguous cache. Slot t of (b, h) is row
+       ((block_table[b][t / P] x kv_heads) + h) x P + t % P
+   of each array (ekv_page_row, the one rule the CPU side and the kernels share), where the
+   contiguous cache has row (b x kv_heads + h) x capacity + t: every array is indexed by the
+   same row, so a reader changes its row function and nothing else.
+
+   Pool accounting: every page is either free (on the free list, owner -1) or held by one
+   sequence, in exactly one entry of its block table; sequence b holds ceil(lengths[b] / P)
+   pages, entries [0, held) of its table, -1 after. ekv_paged_check verifies all of it.
+
+   The operations give stored bytes identical to the contiguous cache's operations on the
+   same inputs: append quantizes with the same rule (ekv_cache_append's); compress runs
+   ekv_cache_compress itself on the sequence gathered into a contiguous staging cache and
+   scatters the result back (a host reference, O(length) per sequence and anchor step like
+   the compression it wraps), then returns the pages past ceil(length / P) to the pool. */
+#define EKV_PAGE_SIZE_ALLOWED "0 (contiguous), 8, 16, 32, 64"
+
+typedef struct ekv_paged_cache {
+    ekv_dtype dtype;
+    int batch, kv_heads, head_dim;
+    int page_size, page_shift; /* P = 1 << page_shift tokens per page */
+    int pages;                 /* pages in the pool */
+    int table_width;           /* block table entries per sequence: ceil(capacity / P) */
+    int *lengths, *compressed; /* [batch], as in ekv_host_cache */
+    int *block_table;          /* [batch][table_width]: page of slots [i P, (i + 1) P), or -1 */
+    int *held;                 /* [batch]: pages held, = ceil(lengths[b] / P) */
+    int *owner;                /* [pages]: the sequence that holds the page, -1 when free */
+    int *free_pages;           /* [pages]: stack of free pages, free_count of them */
+    int free_count;
+    unsigned char *k, *v;               /* [pages][kv_heads][P] rows */
+    unsigned char *k_scales, *v_scales; /* int8, int4: per row as k; fp8: [batch][kv_heads] */
+    float *bias;                        /* [pages][kv_heads][P], or NULL (no pool policy) */
+} ekv_paged_cache;
+
+/* 1 when P is a page size ekv supports (8, 16, 32, 64). */
+EKV_DEF int ekv_page_size_valid(int page_size);
+/* The P rows of kv head h in page `page` form block page x kv_heads + h of every array,
+   and slot t (of the page that holds it) is row t % P of that block. In 32 bits: a pool
+   holds fewer than 2^32 rows (ekv_paged_create), which keeps the kernels' lookup cheap.
+   The device's table (ekv_cuda_cache_upload_paged) holds these block numbers per
+   (sequence, kv head), so a kernel's lookup is one read, a shift and an add. */
+static EKV_HOST_DEVICE inline unsigned ekv_page_block(unsigned page, unsigned kv_heads, unsigned h)
+{
+    return page * kv_heads + h;
+}
+static EKV_HOST_DEVICE inline size_t ekv_page_block_row(unsigned block, unsigned page_shift,
+                                                        unsigned t)
+{
+    return (size_t)((block << page_shift) + (t & ((1u << page_shift) - 1u)));
+}
+/* Row of slot t of (sequence b, kv head h) in every array of a paged cache (see above). */
+static EKV_HOST_DEVICE inline size_t ekv_page_row(const int *block_table, int table_width,
+                                                  int page_shift, int kv_heads, size_t b,
+                                                  size_t h, size_t t)
+{
+    const int page = block_table[b * (size_t)table_width + (t >> page_shift)];
+    return ekv_page_block_row(ekv_page_block((unsigned)page, (unsigned)kv_heads, (unsigned)h),
+                              (unsigned)page_shift, (unsigned)t);
+}
+/* An empty paged cache: `pages` pages of `page_size` tokens, every sequence empty (no
+   pages), each able to grow to `capacity` slots. with_bias as ekv_cache_create. A pool of
+   2^32 rows (pages x kv_heads x page_size) or more is EKV_ERR_OUT_OF_MEMORY. */
+EKV_DEF ekv_result ekv_paged_create(ekv_paged_cache *cache, ekv_dtype dtype, int batch,
+                                    int kv_heads, int head_dim, int page_size, int pages,
+                                    int capacity, int with_bias);
+EKV_DEF void ekv_paged_free(ekv_paged_cache *cache);
+/* Sequence b (empty) takes the contents of sequence `source_b` of a contiguous cache of the
+   same dtype and shape: its slots, lengths, compressed count and fp8 scales, in
+   ceil(length / P) pages from the pool. Too few free pages (or a table too narrow): an
+   error, and nothing is taken. */
+EKV_DEF ekv_result ekv_paged_admit(ekv_paged_cache *cache, int b, const ekv_host_cache *source,
+                                   int source_b);
+/* ekv_cache_append on the paged cache: a sequence whose last page is full (or that holds
+   none) takes a page first. Too few free pages for every active sequence that needs one,
+   or a sequence at capacity: an error, and nothing is written. */
+EKV_DEF ekv_result ekv_paged_append(ekv_paged_cache *cache, const float *k, const float *v,
+                                    const unsigned char *active);
+/* ekv_cache_compress on the paged cache (arguments as there); pages past the new
+   ceil(length / P) go back to the pool. */
+EKV_DEF ekv_result ekv_paged_compress(ekv_paged_cache *cache, const ekv_compress_desc *desc,
+                                      const float *q_observe, int heads, int observe,
+                                      double softmax_scale);
+/* Sequence b returns all of its pages; its length and compressed count become 0. */
+EKV_DEF ekv_result ekv_paged_retire(ekv_paged_cache *cache, int b);
+/* The contiguous cache with the same contents (capacity = table_width x P; `compressed`
+   copied): what the CPU kernel and the references read (they take contiguous caches). */
+EKV_DEF ekv_result ekv_paged_gather(const ekv_paged_cache *cache, ekv_host_cache *out);
+/* EKV_SUCCESS when the pool accounting holds (see above); else EKV_ERR_INTERNAL naming the
+   first page or sequence that breaks it. */
+EKV_DEF ekv_result ekv_paged_check(const ekv_paged_cache *cache);
+/* Pages held by sequences (pages - free_count). */
+EKV_DEF int ekv_paged_pages_used(const ekv_paged_cache *cache);
+/* Bytes one page stores (all kv heads, K and V, their per-row scales, bias if any). */
+EKV_DEF size_t ekv_paged_page_bytes(ekv_dtype dtype, int kv_heads, int head_dim, int page_size,
+                                    int with_bias);
+
 /* >>accuracy =============================================================== */
 
 typedef struct ekv_error_stats {
@@ -742,6 +856,8 @@ typedef struct ekv_config {
     int decode_tokens;  /* decode steps of the inference cycle        [1, 65536]      */
     ekv_variant variant;
     int compress_every; /* anchor period N of the cycle; 0 = compression ratio        */
+    int page_size;      /* tokens per page of a paged cache (>>paged): 8, 16, 32, 64;
+                           0 = contiguous (the default)                               */
     /* data */
     ekv_data_kind data;
     char data_path[EKV_PATH_MAX]; /* .npy/.npz when data == EKV_DATA_FILE */
@@ -1066,7 +1182,8 @@ typedef struct ekv_workload {
     ekv_data data;
     double softmax_scale;
     ekv_compress_desc compress;
-    ekv_host_cache cache;
+    ekv_host_cache cache;      /* with --page-size: the paged cache's contents, gathered */
+    ekv_paged_cache paged;     /* --page-size > 0: the candidate cache in pages; else empty */
     ekv_host_cache baseline;   /* batch == 0 when not built */
     double *reference_full;    /* [batch][heads][head_dim], double over the original data */
     double *reference_cache;   /* same, over the stored candidate cache */
@@ -5483,6 +5600,16 @@ EKV_DEF ekv_result ekv_cache_prefill(ekv_host_cache *cache, const float *k, cons
     return EKV_SUCCESS;
 }
 
+/* The one rule of an appended row, for the contiguous and the paged cache: an fp8 head
+   scale still 0 is set from this row (amax / 448), then the row is quantized. */
+static void ekv__append_row(ekv_dtype dtype, int head_dim, const float *x, float *head_scale,
+                            unsigned char *values, unsigned char *row_scale)
+{
+    if (head_scale && *head_scale == 0.0f)
+        *head_scale = ekv__amax(x, (size_t)head_dim) / EKV_FP8_MAX;
+    ekv_quantize_row(dtype, x, head_dim, head_scale ? *head_scale : 0.0f, values, row_scale);
+}
+
 EKV_DEF ekv_result ekv_cache_append(ekv_host_cache *cache, const float *k, const float *v,
                                     const unsigned char *active)
 {
@@ -5503,10 +5630,11 @@ EKV_DEF ekv_result ekv_cache_append(ekv_host_cache *cache, const float *k, const
             for (which = 0; which < 2; which++) {
                 const float *x = (which ? v : k) +
                                  ((size_t)b * (size_t)cache->kv_heads + (size_t)h) * (size_t)D;
-                float *head_scale = ekv__elastic_head_scale(cache, which, b, h);
-                if (head_scale && *head_scale == 0.0f)
-                    *head_scale = ekv__amax(x, (size_t)D) / EKV_FP8_MAX;
-                ekv__elastic_store(cache, which, b, h, cache->lengths[b], x);
+                const size_t row = ekv__elastic_row(cache, b, h, cache->lengths[b]);
+                ekv__append_row(cache->dtype, D, x, ekv__elastic_head_scale(cache, which, b, h),
+                                ekv__elastic_values(cache, which, row),
+                                ekv__elastic_row_scale(cache, which, row));
+                if (which == 0 && cache->bias) cache->bias[row] = 0.0f;
             }
         cache->lengths[b]++;
     }
@@ -5685,6 +5813,389 @@ done:
     ekv__free(scores);
     ekv__free(sum);
     ekv__free(row);
+    return result;
+}
+
+/* >>paged: the paged elastic cache: page pool, block tables ================== */
+
+EKV_DEF int ekv_page_size_valid(int page_size)
+{
+    return page_size == 8 || page_size == 16 || page_size == 32 || page_size == 64;
+}
+
+EKV_DEF size_t ekv_paged_page_bytes(ekv_dtype dtype, int kv_heads, int head_dim, int page_size,
+                                    int with_bias)
+{
+    if (!ekv_dtype_info(dtype) || kv_heads < 1 || head_dim < 1 || page_size < 1) return 0;
+    return (size_t)kv_heads * (size_t)page_size *
+           (2 * (ekv_dtype_row_bytes(dtype, head_dim) + ekv_dtype_row_scale_bytes(dtype, head_dim)) +
+            (with_bias ? sizeof(float) : 0));
+}
+
+EKV_DEF void ekv_paged_free(ekv_paged_cache *cache)
+{
+    if (!cache) return;
+    ekv__free(cache->lengths);
+    ekv__free(cache->compressed);
+    ekv__free(cache->block_table);
+    ekv__free(cache->held);
+    ekv__free(cache->owner);
+    ekv__free(cache->free_pages);
+    ekv__free(cache->k);
+    ekv__free(cache->v);
+    ekv__free(cache->k_scales);
+    ekv__free(cache->v_scales);
+    ekv__free(cache->bias);
+    memset(cache, 0, sizeof *cache);
+}
+
+EKV_DEF ekv_result ekv_paged_create(ekv_paged_cache *cache, ekv_dtype dtype, int batch,
+                                    int kv_heads, int head_dim, int page_size, int pages,
+                                    int capacity, int with_bias)
+{
+    const char *fn = "ekv_paged_create";
+    const ekv_dtype_traits *t = ekv_dtype_info(dtype);
+    size_t rows, row_bytes, scale_bytes, scales, cells, table;
+    int i;
+    if (!cache) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL cache", fn);
+    memset(cache, 0, sizeof *cache);
+    if (!t)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: unknown dtype %d: allowed %s", fn,
+                             (int)dtype, ekv_dtype_allowed());
+    if (!ekv_page_size_valid(page_size))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: page_size %d: allowed 8, 16, 32, 64", fn,
+                             page_size);
+    if (batch < 1 || kv_heads < 1 || head_dim < 1 || pages < 1 || capacity < 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: batch (%d), kv_heads (%d), head_dim (%d), pages (%d) and "
+                             "capacity (%d) must be positive", fn, batch, kv_heads, head_dim,
+                             pages, capacity);
+    if (t->paired_values && head_dim % 2 != 0)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED, "%s: head_dim %d must be even for %s", fn,
+                             head_dim, t->name);
+    row_bytes = ekv_dtype_row_bytes(dtype, head_dim);
+    scale_bytes = ekv_dtype_row_scale_bytes(dtype, head_dim);
+    cache->table_width = capacity / page_size + (capacity % page_size != 0);
+    if (!ekv__mul_size((size_t)pages * (size_t)kv_heads, (size_t)page_size, &rows) ||
+        rows > 0xffffffffu ||
+        !ekv__mul_size(rows, row_bytes, &cells) ||
+        !ekv__mul_size((size_t)batch, (size_t)cache->table_width, &table) ||
+        (rows > 0 && ((size_t)-1) / rows < sizeof(float) + scale_bytes))
+        return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: cache too large to address", fn);
+    scales = t->head_scale_bytes ? (size_t)batch * (size_t)kv_heads * (size_t)t->head_scale_bytes
+                                 : rows * scale_bytes;
+    cache->dtype = dtype;
+    cache->batch = batch;
+    cache->kv_heads = kv_heads;
+    cache->head_dim = head_dim;
+    cache->page_size = page_size;
+    for (cache->page_shift = 0; (1 << cache->page_shift) < page_size; cache->page_shift++) {
+    }
+    cache->pages = pages;
+    cache->lengths = (int *)ekv__alloc((size_t)batch, sizeof(int));
+    cache->compressed = (int *)ekv__alloc((size_t)batch, sizeof(int));
+    cache->held = (int *)ekv__alloc((size_t)batch, sizeof(int));
+    cache->block_table = (int *)ekv__alloc(table, sizeof(int));
+    cache->owner = (int *)ekv__alloc((size_t)pages, sizeof(int));
+    cache->free_pages = (int *)ekv__alloc((size_t)pages, sizeof(int));
+    cache->k = (unsigned char *)ekv__alloc(rows, row_bytes);
+    cache->v = (unsigned char *)ekv__alloc(rows, row_bytes);
+    if (scales) {
+        cache->k_scales = (unsigned char *)ekv__alloc(scales, 1);
+        cache->v_scales = (unsigned char *)ekv__alloc(scales, 1);
+    }
+    if (with_bias) cache->bias = (float *)ekv__alloc(rows, sizeof(float));
+    if (!cache->lengths || !cache->compressed || !cache->held || !cache->block_table ||
+        !cache->owner || !cache->free_pages || !cache->k || !cache->v ||
+        (scales && (!cache->k_scales || !cache->v_scales)) || (with_bias && !cache->bias)) {
+        ekv_paged_free(cache);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    for (i = 0; i < batch * cache->table_width; i++) cache->block_table[i] = -1;
+    /* a stack popped from the top: page 0 is taken first */
+    for (i = 0; i < pages; i++) {
+        cache->owner[i] = -1;
+        cache->free_pages[i] = pages - 1 - i;
+    }
+    cache->free_count = pages;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF int ekv_paged_pages_used(const ekv_paged_cache *cache)
+{
+    return cache ? cache->pages - cache->free_count : 0;
+}
+
+static ekv_result ekv__paged_valid(const ekv_paged_cache *cache, const char *fn)
+{
+    if (!cache || !cache->k || !cache->lengths || !cache->block_table || !cache->free_pages)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: the cache was not made by ekv_paged_create",
+                             fn);
+    return EKV_SUCCESS;
+}
+
+static size_t ekv__paged_row(const ekv_paged_cache *cache, int b, int h, int t)
+{
+    return ekv_page_row(cache->block_table, cache->table_width, cache->page_shift,
+                        cache->kv_heads, (size_t)b, (size_t)h, (size_t)t);
+}
+
+static int ekv__paged_pages_for(const ekv_paged_cache *cache, int length)
+{
+    return (length + cache->page_size - 1) >> cache->page_shift;
+}
+
+static void ekv__paged_take(ekv_paged_cache *cache, int b)
+{
+    const int page = cache->free_pages[--cache->free_count];
+    cache->owner[page] = b;
+    cache->block_table[(size_t)b * (size_t)cache->table_width + (size_t)cache->held[b]++] = page;
+}
+
+static void ekv__paged_give_back(ekv_paged_cache *cache, int b)
+{
+    int *entry = &cache->block_table[(size_t)b * (size_t)cache->table_width + (size_t)--cache->held[b]];
+    cache->owner[*entry] = -1;
+    cache->free_pages[cache->free_count++] = *entry;
+    *entry = -1;
+}
+
+/* Copies one slot's row of every array between a contiguous cache and a paged one. */
+static void ekv__paged_copy_slot(ekv_paged_cache *paged, ekv_host_cache *flat, int b, int flat_b,
+                                 int h, int t, int to_paged)
+{
+    const size_t row_bytes = ekv_dtype_row_bytes(paged->dtype, paged->head_dim);
+    const size_t scale_bytes = ekv_dtype_row_scale_bytes(paged->dtype, paged->head_dim);
+    const size_t page_row = ekv__paged_row(paged, b, h, t);
+    const size_t flat_row = ((size_t)flat_b * (size_t)flat->kv_heads + (size_t)h) *
+                                (size_t)flat->capacity + (size_t)t;
+    int which;
+    for (which = 0; which < 2; which++) {
+        unsigned char *pv = (which ? paged->v : paged->k) + page_row * row_bytes;
+        unsigned char *fv = (which ? flat->v : flat->k) + flat_row * row_bytes;
+        memcpy(to_paged ? pv : fv, to_paged ? fv : pv, row_bytes);
+        if (scale_bytes) {
+            unsigned char *ps = (which ? paged->v_scales : paged->k_scales) + page_row * scale_bytes;
+            unsigned char *fs = (which ? flat->v_scales : flat->k_scales) + flat_row * scale_bytes;
+            memcpy(to_paged ? ps : fs, to_paged ? fs : ps, scale_bytes);
+        }
+    }
+    if (to_paged && paged->bias) paged->bias[page_row] = flat->bias ? flat->bias[flat_row] : 0.0f;
+    if (!to_paged && flat->bias) flat->bias[flat_row] = paged->bias ? paged->bias[page_row] : 0.0f;
+}
+
+/* fp8's per-(sequence, kv head) scales, copied either way. */
+static void ekv__paged_copy_head_scales(ekv_paged_cache *paged, ekv_host_cache *flat, int b,
+                                        int flat_b, int to_paged)
+{
+    const size_t bytes = (size_t)paged->kv_heads * sizeof(float);
+    int which;
+    if (paged->dtype != EKV_DTYPE_FP8) return;
+    for (which = 0; which < 2; which++) {
+        unsigned char *p = (which ? paged->v_scales : paged->k_scales) + (size_t)b * bytes;
+        unsigned char *f = (which ? flat->v_scales : flat->k_scales) + (size_t)flat_b * bytes;
+        memcpy(to_paged ? p : f, to_paged ? f : p, bytes);
+    }
+}
+
+EKV_DEF ekv_result ekv_paged_admit(ekv_paged_cache *cache, int b, const ekv_host_cache *source,
+                                   int source_b)
+{
+    const char *fn = "ekv_paged_admit";
+    ekv_result result = ekv__paged_valid(cache, fn);
+    ekv_host_cache *flat = (ekv_host_cache *)source; /* only read: the copies go to the paged cache */
+    int length, need, h, t;
+    if (result != EKV_SUCCESS) return result;
+    if (!source || !source->k || !source->lengths || source_b < 0 || source_b >= source->batch)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: no source sequence %d", fn, source_b);
+    if (b < 0 || b >= cache->batch || cache->held[b] != 0 || cache->lengths[b] != 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: sequence %d is not an empty sequence of the cache (batch %d)",
+                             fn, b, cache->batch);
+    if (source->dtype != cache->dtype || source->kv_heads != cache->kv_heads ||
+        source->head_dim != cache->head_dim || (source->bias && !cache->bias))
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: the source's dtype, kv_heads, head_dim or bias differ from "
+                             "the paged cache's", fn);
+    length = source->lengths[source_b];
+    need = ekv__paged_pages_for(cache, length);
+    if (need > cache->table_width)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: %d slots exceed the capacity (%d pages of %d)",
+                             fn, length, cache->table_width, cache->page_size);
+    if (need > cache->free_count)
+        return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: sequence %d needs %d pages, %d free", fn,
+                             b, need, cache->free_count);
+    while (cache->held[b] < need) ekv__paged_take(cache, b);
+    for (h = 0; h < cache->kv_heads; h++)
+        for (t = 0; t < length; t++) ekv__paged_copy_slot(cache, flat, b, source_b, h, t, 1);
+    ekv__paged_copy_head_scales(cache, flat, b, source_b, 1);
+    cache->lengths[b] = length;
+    cache->compressed[b] = source->compressed ? source->compressed[source_b] : 0;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_paged_append(ekv_paged_cache *cache, const float *k, const float *v,
+                                    const unsigned char *active)
+{
+    const char *fn = "ekv_paged_append";
+    ekv_result result = ekv__paged_valid(cache, fn);
+    const size_t row_bytes = cache ? ekv_dtype_row_bytes(cache->dtype, cache->head_dim) : 0;
+    const size_t scale_bytes = cache ? ekv_dtype_row_scale_bytes(cache->dtype, cache->head_dim) : 0;
+    int b, h, which, need = 0;
+    if (result != EKV_SUCCESS) return result;
+    if (!k || !v) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL k or v", fn);
+    for (b = 0; b < cache->batch; b++) {
+        if (active && !active[b]) continue;
+        if (cache->lengths[b] >= cache->table_width * cache->page_size)
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "%s: sequence %d is full (capacity %d): compress or retire it",
+                                 fn, b, cache->table_width * cache->page_size);
+        need += cache->lengths[b] == cache->held[b] * cache->page_size;
+    }
+    if (need > cache->free_count)
+        return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: %d sequences need a page, %d free", fn,
+                             need, cache->free_count);
+    for (b = 0; b < cache->batch; b++) {
+        if (active && !active[b]) continue;
+        if (cache->lengths[b] == cache->held[b] * cache->page_size) ekv__paged_take(cache, b);
+        for (h = 0; h < cache->kv_heads; h++) {
+            const size_t row = ekv__paged_row(cache, b, h, cache->lengths[b]);
+            for (which = 0; which < 2; which++) {
+                const size_t head = (size_t)b * (size_t)cache->kv_heads + (size_t)h;
+                unsigned char *scales = which ? cache->v_scales : cache->k_scales;
+                ekv__append_row(cache->dtype, cache->head_dim,
+                                (which ? v : k) + head * (size_t)cache->head_dim,
+                                cache->dtype == EKV_DTYPE_FP8 ? (float *)(void *)scales + head : NULL,
+                                (which ? cache->v : cache->k) + row * row_bytes,
+                                scale_bytes ? scales + row * scale_bytes : NULL);
+            }
+            if (cache->bias) cache->bias[row] = 0.0f;
+        }
+        cache->lengths[b]++;
+    }
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_paged_gather(const ekv_paged_cache *cache, ekv_host_cache *out)
+{
+    const char *fn = "ekv_paged_gather";
+    ekv_paged_cache *paged = (ekv_paged_cache *)cache; /* only read: the copies go to `out` */
+    ekv_result result = ekv__paged_valid(cache, fn);
+    int b, h, t;
+    if (result != EKV_SUCCESS) return result;
+    if (!out) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL output cache", fn);
+    result = ekv__cache_alloc(out, cache->dtype, cache->batch, cache->kv_heads, cache->head_dim,
+                              cache->table_width * cache->page_size, cache->bias != NULL, 1, fn);
+    if (result != EKV_SUCCESS) return result;
+    for (b = 0; b < cache->batch; b++) {
+        for (h = 0; h < cache->kv_heads; h++)
+            for (t = 0; t < cache->lengths[b]; t++) ekv__paged_copy_slot(paged, out, b, b, h, t, 0);
+        ekv__paged_copy_head_scales(paged, out, b, b, 0);
+        out->lengths[b] = cache->lengths[b];
+        out->compressed[b] = cache->compressed[b];
+    }
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_paged_compress(ekv_paged_cache *cache, const ekv_compress_desc *desc,
+                                      const float *q_observe, int heads, int observe,
+                                      double softmax_scale)
+{
+    const char *fn = "ekv_paged_compress";
+    ekv_host_cache staging;
+    ekv_result result = ekv__paged_valid(cache, fn);
+    int b, h, t;
+    if (result != EKV_SUCCESS) return result;
+    if ((result = ekv_paged_gather(cache, &staging)) != EKV_SUCCESS) return result;
+    result = ekv_cache_compress(&staging, desc, q_observe, heads, observe, softmax_scale);
+    if (result == EKV_SUCCESS)
+        for (b = 0; b < cache->batch; b++) {
+            /* slots before the old compressed count never change */
+            for (h = 0; h < cache->kv_heads; h++)
+                for (t = cache->compressed[b]; t < staging.lengths[b]; t++)
+                    ekv__paged_copy_slot(cache, &staging, b, b, h, t, 1);
+            cache->lengths[b] = staging.lengths[b];
+            cache->compressed[b] = staging.compressed[b];
+            while (cache->held[b] > ekv__paged_pages_for(cache, cache->lengths[b]))
+                ekv__paged_give_back(cache, b);
+        }
+    ekv_cache_free(&staging);
+    return result;
+}
+
+EKV_DEF ekv_result ekv_paged_retire(ekv_paged_cache *cache, int b)
+{
+    const char *fn = "ekv_paged_retire";
+    ekv_result result = ekv__paged_valid(cache, fn);
+    if (result != EKV_SUCCESS) return result;
+    if (b < 0 || b >= cache->batch)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: sequence %d outside [0, %d)", fn, b,
+                             cache->batch);
+    while (cache->held[b] > 0) ekv__paged_give_back(cache, b);
+    cache->lengths[b] = cache->compressed[b] = 0;
+    if (cache->dtype == EKV_DTYPE_FP8) {
+        /* a new sequence sets its own scales (ekv_cache_append's rule for a zero scale) */
+        memset(cache->k_scales + (size_t)b * (size_t)cache->kv_heads * sizeof(float), 0,
+               (size_t)cache->kv_heads * sizeof(float));
+        memset(cache->v_scales + (size_t)b * (size_t)cache->kv_heads * sizeof(float), 0,
+               (size_t)cache->kv_heads * sizeof(float));
+    }
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_paged_check(const ekv_paged_cache *cache)
+{
+    const char *fn = "ekv_paged_check";
+    ekv_result result = ekv__paged_valid(cache, fn);
+    unsigned char *seen;
+    int i, b, counted = 0;
+    if (result != EKV_SUCCESS) return result;
+    if (cache->free_count < 0 || cache->free_count > cache->pages)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: free count %d outside [0, %d]", fn,
+                             cache->free_count, cache->pages);
+    seen = (unsigned char *)ekv__alloc((size_t)cache->pages, 1);
+    if (!seen) return EKV_ERR_OUT_OF_MEMORY;
+    for (i = 0; i < cache->free_count && result == EKV_SUCCESS; i++) {
+        const int page = cache->free_pages[i];
+        if (page < 0 || page >= cache->pages || seen[page] || cache->owner[page] != -1)
+            result = ekv_set_error(EKV_ERR_INVALID_ARG,
+                                   "%s: free list entry %d (page %d) is out of range, listed "
+                                   "twice or owned", fn, i, page);
+        else seen[page] = 1, counted++;
+    }
+    for (b = 0; b < cache->batch && result == EKV_SUCCESS; b++) {
+        const int *table = cache->block_table + (size_t)b * (size_t)cache->table_width;
+        if (cache->lengths[b] < 0 || cache->compressed[b] < 0 ||
+            cache->compressed[b] > cache->lengths[b] ||
+            cache->held[b] != ekv__paged_pages_for(cache, cache->lengths[b]) ||
+            cache->held[b] > cache->table_width) {
+            result = ekv_set_error(EKV_ERR_INVALID_ARG,
+                                   "%s: sequence %d holds %d pages for %d slots (compressed %d)",
+                                   fn, b, cache->held[b], cache->lengths[b], cache->compressed[b]);
+            break;
+        }
+        for (i = 0; i < cache->table_width && result == EKV_SUCCESS; i++) {
+            const int page = table[i];
+            if (i >= cache->held[b]) {
+                if (page != -1)
+                    result = ekv_set_error(EKV_ERR_INVALID_ARG,
+                                           "%s: sequence %d entry %d names page %d past its %d "
+                                           "pages", fn, b, i, page, cache->held[b]);
+            } else if (page < 0 || page >= cache->pages || seen[page] || cache->owner[page] != b) {
+                result = ekv_set_error(EKV_ERR_INVALID_ARG,
+                                       "%s: sequence %d entry %d: page %d is out of range, free, "
+                                       "shared or owned by another", fn, b, i, page);
+            } else {
+                seen[page] = 1;
+                counted++;
+            }
+        }
+    }
+    if (result == EKV_SUCCESS && counted != cache->pages)
+        result = ekv_set_error(EKV_ERR_INVALID_ARG,
+                               "%s: %d pages leaked (neither free nor held)", fn,
+                               cache->pages - counted);
+    ekv__free(seen);
     return result;
 }
 
@@ -6393,6 +6904,7 @@ EKV_DEF ekv_config ekv_config_default(void)
     c.decode_tokens = 64;
     c.variant = EKV_VARIANT_ELASTIC;
     c.compress_every = 0;
+    c.page_size = 0;
     c.data = EKV_DATA_STRUCTURED;
     c.seed = 42;
     c.softmax_scale = 0.0;
@@ -6603,6 +7115,20 @@ static int ekv__parse_format(const char *text, int *value)
     *value = (int)f;
     return 0;
 }
+static int ekv__parse_page_size(const char *text, int *value)
+{
+    char *end = NULL;
+    long v;
+    if (!text[0]) return -1;
+    v = strtol(text, &end, 10);
+    if (*end || (v != 0 && !ekv_page_size_valid((int)v))) return -1;
+    *value = (int)v;
+    return 0;
+}
+static const char *ekv__page_size_allowed(void)
+{
+    return EKV_PAGE_SIZE_ALLOWED;
+}
 static const char *ekv__format_allowed(void)
 {
     static char text[64];
@@ -6650,6 +7176,8 @@ static const ekv__flag ekv__flags[] = {
      "sink tokens kept by window and topk, at most --seq (default 4, or --seq when shorter)"},
     {"--observe", NULL, EKV__FLAG_INT, EKV__OFF(observe), 1, 1024, 0, NULL, NULL,
      "queries whose attention scores topk (default 16)"},
+    {"--page-size", NULL, EKV__FLAG_ENUM, EKV__OFF(page_size), 0, 0, 0, ekv__parse_page_size, ekv__page_size_allowed,
+     "tokens per page of a paged cache read through block tables; 0 = contiguous (default 0)"},
     {"--layers", NULL, EKV__FLAG_INT, EKV__OFF(layers), 1, 256, EKV__CYCLE_ONLY, NULL, NULL,
      "layers of the inference cycle (default 1)"},
     {"--decode_tokens", "--decode-tokens", EKV__FLAG_INT, EKV__OFF(decode_tokens), 1, 65536, EKV__CYCLE_ONLY, NULL, NULL,
@@ -6805,6 +7333,14 @@ EKV_DEF ekv_result ekv_config_validate(const ekv_config *config)
     if (c->baseline_dtype_set && !c->paired_baseline)
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "--baseline-dtype needs --paired-baseline");
+    if (c->page_size != 0 && !ekv_page_size_valid(c->page_size))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "--page-size=%d is unknown: allowed %s",
+                             c->page_size, EKV_PAGE_SIZE_ALLOWED);
+    if (c->page_size != 0 && c->inference)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "--page-size=%d: the inference cycle keeps contiguous caches (paged "
+                             "attention runs without --inference): allowed --page-size=0",
+                             c->page_size);
     if (c->inference) return ekv__config_validate_cycle(c);
     return ekv__config_validate_memory(c);
 }
@@ -8277,6 +8813,7 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     ekv_json_key(j, "decode_tokens"); ekv_json_int(j, c->decode_tokens);
     ekv_json_key(j, "variant"); ekv_json_string(j, ekv_variant_name(c->variant));
     ekv_json_key(j, "compress_every"); ekv_json_int(j, c->compress_every);
+    ekv_json_key(j, "page_size"); ekv_json_int(j, c->page_size);
     ekv_json_key(j, "backend_requested"); ekv_json_string(j, ekv_backend_name(c->backend));
     ekv_json_key(j, "device"); ekv_json_int(j, c->device);
     ekv_json_key(j, "peak_bw_override_gbs");
@@ -9014,10 +9551,34 @@ EKV_DEF void ekv_workload_free(ekv_workload *w)
 {
     ekv_data_free(&w->data);
     ekv_cache_free(&w->cache);
+    ekv_paged_free(&w->paged);
     ekv_cache_free(&w->baseline);
     ekv__free(w->reference_full);
     ekv__free(w->reference_cache);
     memset(w, 0, sizeof *w);
+}
+
+/* --page-size: the built cache moves into a pool of exactly the pages its sequences need,
+   each admitted from the last to the first (so a sequence's pages are not where a
+   contiguous layout would put them), and the cache every reader on the host takes (CPU
+   kernel, references) is gathered back from those pages; the device backends read the
+   pages themselves (ekv_cuda_cache_upload_paged). */
+static ekv_result ekv__workload_page(ekv_workload *w, int page_size)
+{
+    ekv_host_cache gathered;
+    ekv_result r;
+    int b, pages = 0;
+    for (b = 0; b < w->cache.batch; b++) pages += (w->cache.lengths[b] + page_size - 1) / page_size;
+    r = ekv_paged_create(&w->paged, w->cache.dtype, w->cache.batch, w->cache.kv_heads,
+                         w->cache.head_dim, page_size, pages > 0 ? pages : 1, w->cache.capacity,
+                         w->cache.bias != NULL);
+    for (b = w->cache.batch - 1; r == EKV_SUCCESS && b >= 0; b--)
+        r = ekv_paged_admit(&w->paged, b, &w->cache, b);
+    if (r == EKV_SUCCESS) r = ekv_paged_gather(&w->paged, &gathered);
+    if (r != EKV_SUCCESS) return r;
+    ekv_cache_free(&w->cache);
+    w->cache = gathered;
+    return EKV_SUCCESS;
 }
 
 EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *config, ekv_workload *w)
@@ -9068,6 +9629,7 @@ EKV_DEF ekv_result ekv_workload_prepare(const ekv_config *config, ekv_workload *
     r = ekv_data_check(&w->data, w->softmax_scale);
     if (r == EKV_SUCCESS)
         r = ekv_cache_build(&w->data, &w->compress, c->kv_dtype, w->softmax_scale, &w->cache);
+    if (r == EKV_SUCCESS && c->page_size > 0) r = ekv__workload_page(w, c->page_size);
     if (r == EKV_SUCCESS && c->paired_baseline) {
         ekv_compress_desc none = w->compress;
         none.policy = EKV_POLICY_NONE;

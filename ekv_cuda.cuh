@@ -98,10 +98,22 @@ typedef struct ekv_cuda_cache {
     int sm;                             /* major * 10 + minor of that device; 0 = ask */
     void *allocation;                   /* one device block holding all of the above   */
     size_t allocation_bytes;
+    /* paged (ekv_cuda_cache_upload_paged; all 0 / NULL for a contiguous cache): rows are
+       [pages][kv_heads][page_size] as ekv.h >>paged lays them out, read through the device
+       copy of the block table; capacity = table_width x page_size */
+    int page_size, page_shift, table_width, pages;
+    int *block_table; /* device [batch][kv_heads][table_width]: ekv_page_block numbers, 0
+                         where no page is held; table_width covers capacity +
+                         EKV_CUDA__TABLE_PAD_TOKENS */
 } ekv_cuda_cache;
 
 /* Uploads `host` to the current device. On failure nothing stays allocated. */
 EKV_CUDA_DEF ekv_result ekv_cuda_cache_upload(const ekv_host_cache *host, ekv_cuda_cache *cache);
+/* Uploads a paged cache (ekv.h >>paged): its whole pool, block tables and lengths; the
+   kernels read the rows through the table. The tensor-core kernel takes 16 tokens per step
+   from one page, so where it runs (ekv_cuda_attention_kernel) page size 8 is
+   EKV_ERR_UNSUPPORTED at attention time; 16, 32 and 64 run everywhere. */
+EKV_CUDA_DEF ekv_result ekv_cuda_cache_upload_paged(const ekv_paged_cache *host, ekv_cuda_cache *cache);
 /* A second device copy of `src` (device-to-device); cold timing rotates among such copies. */
 EKV_CUDA_DEF ekv_result ekv_cuda_cache_clone(const ekv_cuda_cache *src, ekv_cuda_cache *copy);
 /* Device bytes an upload of `host` allocates. */
@@ -417,6 +429,10 @@ static ekv_result ekv_cuda__launch(const char *name, const char *file, int line,
    checks that statement against the SASS. */
 
 #define EKV_CUDA__WARPS 4
+/* Tokens past a sequence's capacity that a kernel may look up (its loads there are
+   predicated off): the device block table of a paged cache has entries for them (block 0,
+   an address inside the pool), so a lookup needs no clamp. Each kernel asserts its reach. */
+#define EKV_CUDA__TABLE_PAD_TOKENS 512
 #define EKV_CUDA__THREADS (EKV_CUDA__WARPS * 32)
 #define EKV_CUDA__MERGE_THREADS 128
 /* Query heads the CUDA-core kernel holds in registers when the group is above 1: q and the
@@ -473,7 +489,9 @@ typedef struct ekv_cuda__attention_params {
     float *out;         /* final output when splits == 1                 */
     float *partial_acc; /* [batch * heads][splits][head_dim], splits > 1 */
     float *partial_ml;  /* [batch * heads][splits][2]: max (base 2), sum  */
+    const int *block_table; /* paged cache: [batch][table_width]; NULL = contiguous */
     int heads, kv_heads, capacity, group, head_tiles, splits, tokens_per_split;
+    int page_shift, table_width;
     float q_scale; /* softmax_scale * log2(e): logits come out in base 2 */
 } ekv_cuda__attention_params;
 
@@ -488,10 +506,26 @@ typedef struct ekv_cuda__merge_params {
    into addresses here and nowhere else, so that a paged cache (a block table per sequence)
    changes this function, not the kernels. The tensor-core kernel asks once per step of 16
    tokens and takes the step's other rows as the next 15 (a paged cache keeps that true
-   with pages of a multiple of 16 tokens and steps aligned to them). */
+   with pages of a multiple of 16 tokens and steps aligned to them: splits are whole pages).
+   PAGED is a template argument, so that the contiguous kernels compile exactly as before
+   and the paged ones are their own instantiations (ekv_cuda__attention_paged_kernel,
+   ekv_cuda__attention_mma_paged_kernel), each with its own row in the static model.
+   Paged: one 4-byte read of the (sequence, kv head)'s table (L1-resident, shared by the
+   lanes of a page) per row asked for, then ekv.h's ekv_page_block_row: the table holds
+   block numbers, so no division and no kv head enter. Kernels ask for rows past the
+   length too (their loads are predicated off): the table has entries up to
+   EKV_CUDA__TABLE_PAD_TOKENS past the capacity, and every entry without a page holds
+   block 0, so the address stays inside the pool without a clamp. */
+template <bool PAGED>
 static __device__ __forceinline__ size_t ekv_cuda__kv_row(const ekv_cuda__attention_params &p,
                                                           size_t head_index, size_t t)
 {
+    if (PAGED) {
+        /* 32-bit: head_index < 2^31 (the launch grid), t < capacity + a step */
+        const int block = __ldg(p.block_table + (unsigned)head_index * (unsigned)p.table_width +
+                                ((unsigned)t >> p.page_shift));
+        return ekv_page_block_row((unsigned)block, (unsigned)p.page_shift, (unsigned)t);
+    }
     return head_index * (size_t)p.capacity + t;
 }
 
@@ -801,9 +835,8 @@ EKV_CUDA__UNROLL
    f32 tiles; the 16-bit and quantized GQA tiles are for GPUs and builds without the
    tensor-core kernel, where they compile (elsewhere they are empty: see
    ekv_cuda__tensor_cores). */
-template <int DTYPE, int HEAD_DIM, int GROUP_TILE>
-__global__ void __launch_bounds__(EKV_CUDA__THREADS, 4)
-    ekv_cuda__attention_kernel(ekv_cuda__attention_params p)
+template <int DTYPE, int HEAD_DIM, int GROUP_TILE, bool PAGED>
+static __device__ __forceinline__ void ekv_cuda__attention_body(ekv_cuda__attention_params p)
 {
 #if defined(__CUDA_ARCH__)
     if (ekv_cuda__tensor_cores(DTYPE, __CUDA_ARCH__)) return; /* never launched here */
@@ -820,6 +853,7 @@ __global__ void __launch_bounds__(EKV_CUDA__THREADS, 4)
         WARP_STEP = IN_FLIGHT * ROWS_PER_WARP,
         CTA_STEP = EKV_CUDA__WARPS * WARP_STEP
     };
+    static_assert(CTA_STEP + 16 <= EKV_CUDA__TABLE_PAD_TOKENS, "a paged lookup may pass the table");
     __shared__ float shared_acc[EKV_CUDA__WARPS][GROUP_TILE][HEAD_DIM];
     __shared__ float shared_max[EKV_CUDA__WARPS][GROUP_TILE];
     __shared__ float shared_sum[EKV_CUDA__WARPS][GROUP_TILE];
@@ -890,7 +924,7 @@ EKV_CUDA__UNROLL
         for (u = 0; u < IN_FLIGHT; u++) {
             const int t = t0 + u * ROWS_PER_WARP + row_lane;
             const bool valid = t < end;
-            const size_t row = ekv_cuda__kv_row(p, head_index, (size_t)t);
+            const size_t row = ekv_cuda__kv_row<PAGED>(p, head_index, (size_t)t);
             const size_t scale_row = DTYPE == EKV_DTYPE_INT4 ? row * pairs_per_row + pair : row;
             k_chunk[u] = storage::load(k_values + row * ROW_BYTES, p.k_scales, scale_row, valid);
             v_chunk[u] = storage::load(v_values + row * ROW_BYTES, p.v_scales, scale_row, valid);
@@ -1280,7 +1314,7 @@ struct ekv_cuda__mma_step {
    and reads as zeros. `first` is t0 as a size_t, computed so that the compiler sees it
    grow by a constant per step and advances the addresses instead of recomputing them;
    k_first, v_first: the thread's K and V chunks (first element of head_dim). */
-template <int DTYPE, int HEAD_DIM, int HEADS>
+template <int DTYPE, int HEAD_DIM, int HEADS, bool PAGED>
 static __device__ __forceinline__ void ekv_cuda__mma_load_k(const ekv_cuda__attention_params &p,
                                                             size_t head_index, size_t first, int t0,
                                                             int end, int k_first,
@@ -1289,7 +1323,7 @@ static __device__ __forceinline__ void ekv_cuda__mma_load_k(const ekv_cuda__atte
     typedef ekv_cuda__fragments<DTYPE> frag;
     typedef ekv_cuda__mma_shape<DTYPE, HEAD_DIM, HEADS> shape;
     const int g = ((int)threadIdx.x % 32) / 4;
-    const size_t row = ekv_cuda__kv_row(p, head_index, first) + (size_t)g; /* token t0 + g */
+    const size_t row = ekv_cuda__kv_row<PAGED>(p, head_index, first) + (size_t)g; /* token t0 + g */
     const unsigned *k_groups = reinterpret_cast<const unsigned *>(p.k_scales) + row * (HEAD_DIM / 32) + k_first / 32;
     const unsigned char *k_values = p.k + row * shape::ROW_BYTES + (size_t)k_first * frag::bits / 8;
     int r, j;
@@ -1306,7 +1340,7 @@ EKV_CUDA__UNROLL
     }
 }
 
-template <int DTYPE, int HEAD_DIM, int HEADS>
+template <int DTYPE, int HEAD_DIM, int HEADS, bool PAGED>
 static __device__ __forceinline__ void ekv_cuda__mma_load_v(const ekv_cuda__attention_params &p,
                                                             size_t head_index, size_t first, int t0,
                                                             int end, int v_first,
@@ -1315,7 +1349,7 @@ static __device__ __forceinline__ void ekv_cuda__mma_load_v(const ekv_cuda__atte
     typedef ekv_cuda__fragments<DTYPE> frag;
     typedef ekv_cuda__mma_shape<DTYPE, HEAD_DIM, HEADS> shape;
     const int c = (int)threadIdx.x % 4, g = ((int)threadIdx.x % 32) / 4;
-    const size_t row = ekv_cuda__kv_row(p, head_index, first) + (size_t)(2 * c); /* token t0 + 2c */
+    const size_t row = ekv_cuda__kv_row<PAGED>(p, head_index, first) + (size_t)(2 * c); /* token t0 + 2c */
     const unsigned *v_groups = reinterpret_cast<const unsigned *>(p.v_scales) + row * (HEAD_DIM / 32) + v_first / 32;
     const unsigned char *v_values = p.v + row * shape::ROW_BYTES + (size_t)v_first * frag::bits / 8;
     int r;
@@ -1363,9 +1397,8 @@ EKV_CUDA__UNROLL
    warps per SM), and per KV byte at most about 4 issued instructions, 2 FP32/FP16 and 1
    integer/logic instruction, and 2048 FMA per 33 bytes on the tensor pipe (H200 at 90%:
    16.5 bytes per clock per SM). tests/sass_model.py checks each against the SASS. */
-template <int DTYPE, int HEAD_DIM, int HEADS>
-__global__ void __launch_bounds__(EKV_CUDA__THREADS, 4)
-    ekv_cuda__attention_mma_kernel(ekv_cuda__attention_params p)
+template <int DTYPE, int HEAD_DIM, int HEADS, bool PAGED>
+static __device__ __forceinline__ void ekv_cuda__attention_mma_body(ekv_cuda__attention_params p)
 {
 #if defined(__CUDA_ARCH__)
     if (!ekv_cuda__tensor_cores(DTYPE, __CUDA_ARCH__)) return; /* never launched here */
@@ -1381,6 +1414,7 @@ __global__ void __launch_bounds__(EKV_CUDA__THREADS, 4)
         ROW_BYTES = shape::ROW_BYTES, CTA_STEP = shape::CTA_STEP,
         EXCHANGE = SLICES > 1 ? 2 : 1 /* partial S^T, by step parity */
     };
+    static_assert(CTA_STEP + 16 <= EKV_CUDA__TABLE_PAD_TOKENS, "a paged lookup may pass the table");
     __shared__ float shared_acc[STREAMS][HEADS][HEAD_DIM];
     __shared__ float shared_max[STREAMS][HEADS];
     __shared__ float shared_sum[STREAMS][HEADS];
@@ -1453,8 +1487,8 @@ EKV_CUDA__UNROLL
             for (r = 0; r < 4; r++) o[n][i][r] = 0.0f;
     }
 
-    ekv_cuda__mma_load_k<DTYPE, HEAD_DIM, HEADS>(p, head_index, first, begin + stream * 16, end, k_first, cur);
-    ekv_cuda__mma_load_v<DTYPE, HEAD_DIM, HEADS>(p, head_index, first, begin + stream * 16, end, v_first, cur);
+    ekv_cuda__mma_load_k<DTYPE, HEAD_DIM, HEADS, PAGED>(p, head_index, first, begin + stream * 16, end, k_first, cur);
+    ekv_cuda__mma_load_v<DTYPE, HEAD_DIM, HEADS, PAGED>(p, head_index, first, begin + stream * 16, end, v_first, cur);
     /* Software-pipelined by halves: the next step's K loads go out as soon as QK has used
        this step's K registers, its V loads as soon as PV has used V's, so one step of
        loads is always in flight behind the work and the registers hold one step. */
@@ -1519,7 +1553,7 @@ EKV_CUDA__UNROLL
             bias[r] = t0 + g + 8 * r < end ? cur.bias[r] * EKV_CUDA__LOG2E : -INFINITY;
             v_log_scale[r] = frag::row_scale ? __log2f(__uint_as_float(cur.v_scale[r])) : 0.0f;
         }
-        ekv_cuda__mma_load_k<DTYPE, HEAD_DIM, HEADS>(p, head_index, first + (size_t)(it + 1) * CTA_STEP,
+        ekv_cuda__mma_load_k<DTYPE, HEAD_DIM, HEADS, PAGED>(p, head_index, first + (size_t)(it + 1) * CTA_STEP,
                                                      t0 + CTA_STEP, end, k_first, cur);
 EKV_CUDA__UNROLL
         for (n = 0; n < N_TILES; n++)
@@ -1609,7 +1643,7 @@ EKV_CUDA__UNROLL
                     }
             }
         }
-        ekv_cuda__mma_load_v<DTYPE, HEAD_DIM, HEADS>(p, head_index, first + (size_t)(it + 1) * CTA_STEP,
+        ekv_cuda__mma_load_v<DTYPE, HEAD_DIM, HEADS, PAGED>(p, head_index, first + (size_t)(it + 1) * CTA_STEP,
                                                      t0 + CTA_STEP, end, v_first, cur);
     }
     /* sums over the token rows g; O^T needs none (the mma summed the tokens) */
@@ -1671,69 +1705,128 @@ __global__ void __launch_bounds__(EKV_CUDA__MERGE_THREADS)
     }
 }
 
+/* The attention kernels: the bodies above over a contiguous cache, and over a paged one
+   (rows through the block table; see ekv_cuda__kv_row). The parameters stay in kernel
+   parameter space; the bodies are inlined into each. */
+template <int DTYPE, int HEAD_DIM, int GROUP_TILE>
+__global__ void __launch_bounds__(EKV_CUDA__THREADS, 4)
+    ekv_cuda__attention_kernel(ekv_cuda__attention_params p)
+{
+    ekv_cuda__attention_body<DTYPE, HEAD_DIM, GROUP_TILE, false>(p);
+}
+
+template <int DTYPE, int HEAD_DIM, int GROUP_TILE>
+__global__ void __launch_bounds__(EKV_CUDA__THREADS, 4)
+    ekv_cuda__attention_paged_kernel(ekv_cuda__attention_params p)
+{
+    ekv_cuda__attention_body<DTYPE, HEAD_DIM, GROUP_TILE, true>(p);
+}
+
+template <int DTYPE, int HEAD_DIM, int HEADS>
+__global__ void __launch_bounds__(EKV_CUDA__THREADS, 4)
+    ekv_cuda__attention_mma_kernel(ekv_cuda__attention_params p)
+{
+    ekv_cuda__attention_mma_body<DTYPE, HEAD_DIM, HEADS, false>(p);
+}
+
+template <int DTYPE, int HEAD_DIM, int HEADS>
+__global__ void __launch_bounds__(EKV_CUDA__THREADS, 4)
+    ekv_cuda__attention_mma_paged_kernel(ekv_cuda__attention_params p)
+{
+    ekv_cuda__attention_mma_body<DTYPE, HEAD_DIM, HEADS, true>(p);
+}
+
 typedef void (*ekv_cuda__attention_fn)(ekv_cuda__attention_params);
+
+/* The paged tensor-core kernel of a shape, or NULL for the two shapes whose table lookup
+   spills at 128 registers (int4 at head dim 128 with 8 heads: the dispatcher takes the
+   16-head tile; fp8 at head dim 256: not served paged). Not instantiated, so not built. */
+template <int DTYPE, int HEAD_DIM, int HEADS> struct ekv_cuda__mma_paged {
+    static ekv_cuda__attention_fn get() { return ekv_cuda__attention_mma_paged_kernel<DTYPE, HEAD_DIM, HEADS>; }
+};
+template <> struct ekv_cuda__mma_paged<EKV_DTYPE_INT4, 128, EKV_CUDA__MMA_HEADS_SMALL> {
+    static ekv_cuda__attention_fn get() { return NULL; }
+};
+template <> struct ekv_cuda__mma_paged<EKV_DTYPE_FP8, 256, EKV_CUDA__MMA_HEADS_SMALL> {
+    static ekv_cuda__attention_fn get() { return NULL; }
+};
 
 /* The kernels for (dtype, head dim, tile), the whole compile-time cost of this header:
    CUDA cores 6 dtypes x 3 head dims x (tile 1, EKV_CUDA__GROUP_TILE), tensor cores 5
    dtypes x 3 head dims x (8, 16 heads). On each architecture ekv_cuda__tensor_cores leaves
    one of the two paths of a dtype empty, so each build compiles the loops of one. */
 template <int DTYPE>
-static ekv_cuda__attention_fn ekv_cuda__cuda_core_kernel(int head_dim, int tile)
+static ekv_cuda__attention_fn ekv_cuda__cuda_core_kernel(int head_dim, int tile, int paged)
 {
+    enum { T = EKV_CUDA__GROUP_TILE };
     switch (head_dim) {
     case 64:
+        if (paged) return tile == 1 ? ekv_cuda__attention_paged_kernel<DTYPE, 64, 1>
+                                    : ekv_cuda__attention_paged_kernel<DTYPE, 64, T>;
         return tile == 1 ? ekv_cuda__attention_kernel<DTYPE, 64, 1>
-                         : ekv_cuda__attention_kernel<DTYPE, 64, EKV_CUDA__GROUP_TILE>;
+                         : ekv_cuda__attention_kernel<DTYPE, 64, T>;
     case 128:
+        if (paged) return tile == 1 ? ekv_cuda__attention_paged_kernel<DTYPE, 128, 1>
+                                    : ekv_cuda__attention_paged_kernel<DTYPE, 128, T>;
         return tile == 1 ? ekv_cuda__attention_kernel<DTYPE, 128, 1>
-                         : ekv_cuda__attention_kernel<DTYPE, 128, EKV_CUDA__GROUP_TILE>;
+                         : ekv_cuda__attention_kernel<DTYPE, 128, T>;
     case 256:
+        if (paged) return tile == 1 ? ekv_cuda__attention_paged_kernel<DTYPE, 256, 1>
+                                    : ekv_cuda__attention_paged_kernel<DTYPE, 256, T>;
         return tile == 1 ? ekv_cuda__attention_kernel<DTYPE, 256, 1>
-                         : ekv_cuda__attention_kernel<DTYPE, 256, EKV_CUDA__GROUP_TILE>;
+                         : ekv_cuda__attention_kernel<DTYPE, 256, T>;
     default:
         return NULL;
     }
 }
 
 template <int DTYPE>
-static ekv_cuda__attention_fn ekv_cuda__mma_kernel(int head_dim, int heads)
+static ekv_cuda__attention_fn ekv_cuda__mma_kernel(int head_dim, int heads, int paged)
 {
-    const int small = heads == EKV_CUDA__MMA_HEADS_SMALL;
+    enum { SMALL = EKV_CUDA__MMA_HEADS_SMALL, LARGE = EKV_CUDA__MMA_HEADS_LARGE };
+    const int small = heads == SMALL;
     switch (head_dim) {
     case 64:
-        return small ? ekv_cuda__attention_mma_kernel<DTYPE, 64, EKV_CUDA__MMA_HEADS_SMALL>
-                     : ekv_cuda__attention_mma_kernel<DTYPE, 64, EKV_CUDA__MMA_HEADS_LARGE>;
+        if (paged) return small ? ekv_cuda__mma_paged<DTYPE, 64, SMALL>::get()
+                                : ekv_cuda__mma_paged<DTYPE, 64, LARGE>::get();
+        return small ? ekv_cuda__attention_mma_kernel<DTYPE, 64, SMALL>
+                     : ekv_cuda__attention_mma_kernel<DTYPE, 64, LARGE>;
     case 128:
-        return small ? ekv_cuda__attention_mma_kernel<DTYPE, 128, EKV_CUDA__MMA_HEADS_SMALL>
-                     : ekv_cuda__attention_mma_kernel<DTYPE, 128, EKV_CUDA__MMA_HEADS_LARGE>;
+        if (paged) return small ? ekv_cuda__mma_paged<DTYPE, 128, SMALL>::get()
+                                : ekv_cuda__mma_paged<DTYPE, 128, LARGE>::get();
+        return small ? ekv_cuda__attention_mma_kernel<DTYPE, 128, SMALL>
+                     : ekv_cuda__attention_mma_kernel<DTYPE, 128, LARGE>;
     case 256:
-        return small ? ekv_cuda__attention_mma_kernel<DTYPE, 256, EKV_CUDA__MMA_HEADS_SMALL> : NULL;
+        if (!small) return NULL;
+        return paged ? ekv_cuda__mma_paged<DTYPE, 256, SMALL>::get()
+                     : ekv_cuda__attention_mma_kernel<DTYPE, 256, SMALL>;
     default:
         return NULL;
     }
 }
 
-/* (path, dtype, head dim, tile) -> kernel; NULL for a head dim without kernels (and f32 on
+/* (path, dtype, head dim, tile, paged) -> kernel; NULL for a head dim without kernels (and f32 on
    tensor cores). */
-static ekv_cuda__attention_fn ekv_cuda__kernel_for(int tensor_cores, ekv_dtype dtype, int head_dim, int tile)
+static ekv_cuda__attention_fn ekv_cuda__kernel_for(int tensor_cores, ekv_dtype dtype, int head_dim, int tile,
+                                                   int paged)
 {
     if (tensor_cores) {
         switch (dtype) {
-        case EKV_DTYPE_F16: return ekv_cuda__mma_kernel<EKV_DTYPE_F16>(head_dim, tile);
-        case EKV_DTYPE_BF16: return ekv_cuda__mma_kernel<EKV_DTYPE_BF16>(head_dim, tile);
-        case EKV_DTYPE_INT8: return ekv_cuda__mma_kernel<EKV_DTYPE_INT8>(head_dim, tile);
-        case EKV_DTYPE_INT4: return ekv_cuda__mma_kernel<EKV_DTYPE_INT4>(head_dim, tile);
-        case EKV_DTYPE_FP8: return ekv_cuda__mma_kernel<EKV_DTYPE_FP8>(head_dim, tile);
+        case EKV_DTYPE_F16: return ekv_cuda__mma_kernel<EKV_DTYPE_F16>(head_dim, tile, paged);
+        case EKV_DTYPE_BF16: return ekv_cuda__mma_kernel<EKV_DTYPE_BF16>(head_dim, tile, paged);
+        case EKV_DTYPE_INT8: return ekv_cuda__mma_kernel<EKV_DTYPE_INT8>(head_dim, tile, paged);
+        case EKV_DTYPE_INT4: return ekv_cuda__mma_kernel<EKV_DTYPE_INT4>(head_dim, tile, paged);
+        case EKV_DTYPE_FP8: return ekv_cuda__mma_kernel<EKV_DTYPE_FP8>(head_dim, tile, paged);
         default: return NULL;
         }
     }
     switch (dtype) {
-    case EKV_DTYPE_F32: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_F32>(head_dim, tile);
-    case EKV_DTYPE_F16: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_F16>(head_dim, tile);
-    case EKV_DTYPE_BF16: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_BF16>(head_dim, tile);
-    case EKV_DTYPE_INT8: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_INT8>(head_dim, tile);
-    case EKV_DTYPE_INT4: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_INT4>(head_dim, tile);
-    case EKV_DTYPE_FP8: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_FP8>(head_dim, tile);
+    case EKV_DTYPE_F32: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_F32>(head_dim, tile, paged);
+    case EKV_DTYPE_F16: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_F16>(head_dim, tile, paged);
+    case EKV_DTYPE_BF16: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_BF16>(head_dim, tile, paged);
+    case EKV_DTYPE_INT8: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_INT8>(head_dim, tile, paged);
+    case EKV_DTYPE_INT4: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_INT4>(head_dim, tile, paged);
+    case EKV_DTYPE_FP8: return ekv_cuda__cuda_core_kernel<EKV_DTYPE_FP8>(head_dim, tile, paged);
     default: return NULL;
     }
 }
@@ -1764,10 +1857,12 @@ EKV_CUDA_DEF ekv_result ekv_cuda_device_select(int device)
 
 /* >>cache (implementation) ================================================= */
 
-/* Byte sizes of the five buffers of a cache; each starts 256-byte aligned in the block. */
+/* Byte sizes of the buffers of a cache (the block table only when paged); each starts
+   256-byte aligned in the block. */
 typedef struct ekv_cuda__layout {
-    size_t values, scales, bias, lengths;
-    size_t k_offset, v_offset, k_scales_offset, v_scales_offset, bias_offset, lengths_offset;
+    size_t values, scales, bias, lengths, table;
+    size_t k_offset, v_offset, k_scales_offset, v_scales_offset, bias_offset, lengths_offset,
+        table_offset;
     size_t total;
 } ekv_cuda__layout;
 
@@ -1776,24 +1871,58 @@ static size_t ekv_cuda__align(size_t n)
     return (n + 255u) & ~(size_t)255u;
 }
 
-static ekv_cuda__layout ekv_cuda__layout_of(ekv_dtype dtype, int batch, int kv_heads, int head_dim,
-                                            int capacity, int has_bias)
+/* `rows` rows of every array (contiguous: batch x kv_heads x capacity; paged: pages x
+   kv_heads x page_size), scales as each cache keeps them, a block table of `table_entries`. */
+static ekv_cuda__layout ekv_cuda__layout_rows(ekv_dtype dtype, size_t rows, size_t scales, int batch,
+                                              int head_dim, int has_bias, size_t table_entries)
 {
     ekv_cuda__layout l;
-    const size_t rows = (size_t)batch * (size_t)kv_heads * (size_t)capacity;
     memset(&l, 0, sizeof l);
     l.values = rows * ekv_dtype_row_bytes(dtype, head_dim);
-    l.scales = ekv_cache_scales_bytes(dtype, batch, kv_heads, head_dim, capacity);
+    l.scales = scales;
     l.bias = has_bias ? rows * sizeof(float) : 0;
     l.lengths = (size_t)batch * sizeof(int);
+    l.table = table_entries * sizeof(int);
     l.k_offset = 0;
     l.v_offset = l.k_offset + ekv_cuda__align(l.values);
     l.k_scales_offset = l.v_offset + ekv_cuda__align(l.values);
     l.v_scales_offset = l.k_scales_offset + ekv_cuda__align(l.scales);
     l.bias_offset = l.v_scales_offset + ekv_cuda__align(l.scales);
     l.lengths_offset = l.bias_offset + ekv_cuda__align(l.bias);
-    l.total = l.lengths_offset + ekv_cuda__align(l.lengths);
+    l.table_offset = l.lengths_offset + ekv_cuda__align(l.lengths);
+    l.total = l.table_offset + ekv_cuda__align(l.table);
     return l;
+}
+
+static ekv_cuda__layout ekv_cuda__layout_of(ekv_dtype dtype, int batch, int kv_heads, int head_dim,
+                                            int capacity, int has_bias)
+{
+    return ekv_cuda__layout_rows(dtype, (size_t)batch * (size_t)kv_heads * (size_t)capacity,
+                                 ekv_cache_scales_bytes(dtype, batch, kv_heads, head_dim, capacity),
+                                 batch, head_dim, has_bias, 0);
+}
+
+/* A paged cache's per-row scales are per pool row; fp8's stay per (sequence, kv head). */
+static ekv_cuda__layout ekv_cuda__layout_paged(ekv_dtype dtype, int batch, int kv_heads, int head_dim,
+                                               int pages, int page_size, int table_width,
+                                               int has_bias)
+{
+    const size_t rows = (size_t)pages * (size_t)kv_heads * (size_t)page_size;
+    const ekv_dtype_traits *t = ekv_dtype_info(dtype);
+    const size_t scales = t && t->head_scale_bytes
+                              ? (size_t)batch * (size_t)kv_heads * (size_t)t->head_scale_bytes
+                              : rows * ekv_dtype_row_scale_bytes(dtype, head_dim);
+    return ekv_cuda__layout_rows(dtype, rows, scales, batch, head_dim, has_bias,
+                                 (size_t)batch * (size_t)kv_heads * (size_t)table_width);
+}
+
+static ekv_cuda__layout ekv_cuda__layout_of_cache(const ekv_cuda_cache *c)
+{
+    if (c->block_table)
+        return ekv_cuda__layout_paged(c->dtype, c->batch, c->kv_heads, c->head_dim, c->pages,
+                                      c->page_size, c->table_width, c->bias != NULL);
+    return ekv_cuda__layout_of(c->dtype, c->batch, c->kv_heads, c->head_dim, c->capacity,
+                               c->bias != NULL);
 }
 
 static void ekv_cuda__cache_point(ekv_cuda_cache *c, const ekv_cuda__layout *l)
@@ -1805,6 +1934,7 @@ static void ekv_cuda__cache_point(ekv_cuda_cache *c, const ekv_cuda__layout *l)
     c->v_scales = l->scales ? base + l->v_scales_offset : NULL;
     c->bias = l->bias ? (float *)(void *)(base + l->bias_offset) : NULL;
     c->lengths = (int *)(void *)(base + l->lengths_offset);
+    c->block_table = l->table ? (int *)(void *)(base + l->table_offset) : NULL;
     c->allocation_bytes = l->total;
 }
 
@@ -1882,6 +2012,64 @@ done:
     return result;
 }
 
+EKV_CUDA_DEF ekv_result ekv_cuda_cache_upload_paged(const ekv_paged_cache *host, ekv_cuda_cache *cache)
+{
+    const char *fn = "ekv_cuda_cache_upload_paged";
+    ekv_cuda__layout l;
+    ekv_result result = EKV_SUCCESS;
+    int *blocks = NULL, b, h, i;
+    memset(cache, 0, sizeof *cache);
+    if ((result = ekv_paged_check(host)) != EKV_SUCCESS) return result;
+    if (ekv_cache_scales_bytes(host->dtype, 1, 1, host->head_dim, 1) && (!host->k_scales || !host->v_scales))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: %s cache without scales", fn,
+                             ekv_dtype_name(host->dtype));
+    l = ekv_cuda__layout_paged(host->dtype, host->batch, host->kv_heads, host->head_dim, host->pages,
+                               host->page_size,
+                               host->table_width + EKV_CUDA__TABLE_PAD_TOKENS / host->page_size,
+                               host->bias != NULL);
+    cache->dtype = host->dtype;
+    cache->batch = host->batch;
+    cache->kv_heads = host->kv_heads;
+    cache->head_dim = host->head_dim;
+    cache->capacity = host->table_width * host->page_size;
+    cache->page_size = host->page_size;
+    cache->page_shift = host->page_shift;
+    cache->table_width = host->table_width + EKV_CUDA__TABLE_PAD_TOKENS / host->page_size;
+    cache->pages = host->pages;
+    EKV_CUDA__TRY_EKV(ekv_cuda__current_device(&cache->device, &cache->sm));
+    EKV_CUDA__TRY(cudaMalloc(&cache->allocation, l.total));
+    ekv_cuda__cache_point(cache, &l);
+    EKV_CUDA__TRY(cudaMemcpy(cache->k, host->k, l.values, cudaMemcpyHostToDevice));
+    EKV_CUDA__TRY(cudaMemcpy(cache->v, host->v, l.values, cudaMemcpyHostToDevice));
+    if (l.scales) {
+        EKV_CUDA__TRY(cudaMemcpy(cache->k_scales, host->k_scales, l.scales, cudaMemcpyHostToDevice));
+        EKV_CUDA__TRY(cudaMemcpy(cache->v_scales, host->v_scales, l.scales, cudaMemcpyHostToDevice));
+    }
+    if (l.bias) EKV_CUDA__TRY(cudaMemcpy(cache->bias, host->bias, l.bias, cudaMemcpyHostToDevice));
+    EKV_CUDA__TRY(cudaMemcpy(cache->lengths, host->lengths, l.lengths, cudaMemcpyHostToDevice));
+    /* the table per (sequence, kv head), of block numbers (ekv_page_block) */
+    blocks = (int *)EKV_MALLOC(l.table);
+    if (!blocks) {
+        result = ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+        goto done;
+    }
+    for (b = 0; b < host->batch; b++)
+        for (h = 0; h < host->kv_heads; h++)
+            for (i = 0; i < cache->table_width; i++) {
+                const int page = i < host->table_width
+                                     ? host->block_table[(size_t)b * (size_t)host->table_width + (size_t)i]
+                                     : -1;
+                blocks[((size_t)b * (size_t)host->kv_heads + (size_t)h) * (size_t)cache->table_width +
+                       (size_t)i] =
+                    page < 0 ? 0 : (int)ekv_page_block((unsigned)page, (unsigned)host->kv_heads, (unsigned)h);
+            }
+    EKV_CUDA__TRY(cudaMemcpy(cache->block_table, blocks, l.table, cudaMemcpyHostToDevice));
+done:
+    EKV_FREE(blocks);
+    if (result != EKV_SUCCESS) ekv_cuda_cache_free(cache);
+    return result;
+}
+
 EKV_CUDA_DEF ekv_result ekv_cuda_cache_clone(const ekv_cuda_cache *src, ekv_cuda_cache *copy)
 {
     ekv_cuda__layout l;
@@ -1889,8 +2077,7 @@ EKV_CUDA_DEF ekv_result ekv_cuda_cache_clone(const ekv_cuda_cache *src, ekv_cuda
     memset(copy, 0, sizeof *copy);
     if (!src || !src->allocation)
         return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cuda_cache_clone: the source is not uploaded");
-    l = ekv_cuda__layout_of(src->dtype, src->batch, src->kv_heads, src->head_dim, src->capacity,
-                            src->bias != NULL);
+    l = ekv_cuda__layout_of_cache(src);
     *copy = *src;
     copy->allocation = NULL;
     EKV_CUDA__TRY(cudaMalloc(&copy->allocation, l.total));
@@ -1969,7 +2156,9 @@ static ekv_result ekv_cuda__choose(const ekv_cuda_cache *c, int heads, const cha
     const int group = heads / c->kv_heads;
     const int mma_heads = group <= EKV_CUDA__MMA_HEADS_SMALL || c->head_dim > EKV_CUDA__MMA_LARGE_MAX_DIM
                               ? EKV_CUDA__MMA_HEADS_SMALL : EKV_CUDA__MMA_HEADS_LARGE;
-    ekv_cuda__attention_fn mma = ekv_cuda__kernel_for(1, c->dtype, c->head_dim, mma_heads);
+    const int paged = c->block_table != NULL;
+    /* the contiguous kernel decides the path, the paged one (if paged) runs it */
+    ekv_cuda__attention_fn mma = ekv_cuda__kernel_for(1, c->dtype, c->head_dim, mma_heads, 0);
     ekv_result result;
     memset(choice, 0, sizeof *choice);
     if (mma) {
@@ -1979,22 +2168,46 @@ static ekv_result ekv_cuda__choose(const ekv_cuda_cache *c, int heads, const cha
             EKV_SUCCESS)
             return result;
         if (ekv_cuda__tensor_cores(c->dtype, attributes.ptxVersion * 10)) {
-            choice->kernel = mma;
             choice->tensor_cores = 1;
             choice->tile = mma_heads;
+            choice->kernel = paged ? ekv_cuda__kernel_for(1, c->dtype, c->head_dim, mma_heads, 1) : mma;
+            if (!choice->kernel && c->head_dim <= EKV_CUDA__MMA_LARGE_MAX_DIM) {
+                choice->tile = EKV_CUDA__MMA_HEADS_LARGE;
+                choice->kernel = ekv_cuda__kernel_for(1, c->dtype, c->head_dim, choice->tile, 1);
+            }
+            if (!choice->kernel)
+                return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                                     "%s: a paged %s cache at head dim %d has no tensor-core kernel "
+                                     "(its table lookup would spill registers): use a contiguous "
+                                     "cache (--page-size=0) or another head dim", fn,
+                                     ekv_dtype_name(c->dtype), c->head_dim);
         }
     }
     if (!choice->kernel) {
         choice->tile = group == 1 ? 1 : EKV_CUDA__GROUP_TILE;
-        choice->kernel = ekv_cuda__kernel_for(0, c->dtype, c->head_dim, choice->tile);
+        choice->kernel = ekv_cuda__kernel_for(0, c->dtype, c->head_dim, choice->tile,
+                                              c->block_table != NULL);
     }
     choice->head_tiles = (group + choice->tile - 1) / choice->tile;
+    if (choice->tensor_cores && c->block_table && c->page_size % 16 != 0)
+        return ekv_set_error(EKV_ERR_UNSUPPORTED,
+                             "%s: page size %d: the tensor-core kernel (%s here) reads 16 tokens "
+                             "of one page per step: use page size 16, 32 or 64", fn, c->page_size,
+                             ekv_dtype_name(c->dtype));
     if ((long long)c->kv_heads * choice->head_tiles > 65535 || (long long)c->batch * heads > 2147483647LL)
         return ekv_set_error(EKV_ERR_UNSUPPORTED,
                              "%s: kv_heads x head tiles (%d x %d) exceeds 65535 or batch x heads "
                              "exceeds 2^31 - 1 (the launch grid's limits)", fn, c->kv_heads,
                              choice->head_tiles);
     return EKV_SUCCESS;
+}
+
+static const char *ekv_cuda__kernel_name(const ekv_cuda__choice *choice, const ekv_cuda_cache *c)
+{
+    if (c->block_table)
+        return choice->tensor_cores ? "ekv_cuda__attention_mma_paged_kernel"
+                                    : "ekv_cuda__attention_paged_kernel";
+    return choice->tensor_cores ? "ekv_cuda__attention_mma_kernel" : "ekv_cuda__attention_kernel";
 }
 
 /* Tolerance of a kernel against the double reference over the same stored cache. Both
@@ -2029,7 +2242,7 @@ EKV_CUDA_DEF ekv_result ekv_cuda_attention_kernel(const ekv_cuda_cache *cache, i
     if ((result = ekv_cuda__check_shape(cache, heads, fn)) != EKV_SUCCESS) return result;
     if ((result = ekv_cuda__choose(cache, heads, fn, &choice)) != EKV_SUCCESS) return result;
     snprintf(info->name, sizeof info->name, "%s<%s, %d, %d>",
-             choice.tensor_cores ? "ekv_cuda__attention_mma_kernel" : "ekv_cuda__attention_kernel",
+             ekv_cuda__kernel_name(&choice, cache),
              ekv_dtype_name(cache->dtype), cache->head_dim, choice.tile);
     info->dtype = cache->dtype;
     info->tensor_cores = choice.tensor_cores;
@@ -2045,11 +2258,14 @@ EKV_CUDA_DEF size_t ekv_cuda_attention_workspace_bytes(const ekv_cuda_cache *cac
            ((size_t)cache->head_dim + 2) * sizeof(float);
 }
 
-/* Slots per split for `splits` parts of the capacity, and the parts that are not empty. */
-static void ekv_cuda__split_shape(int capacity, int splits, int *tokens_per_split, int *used)
+/* Slots per split for `splits` parts of the capacity, and the parts that are not empty; a
+   paged cache's splits are whole pages (the tensor-core kernel's steps stay in one page). */
+static void ekv_cuda__split_shape(int capacity, int page_size, int splits, int *tokens_per_split,
+                                  int *used)
 {
     int per = (capacity + splits - 1) / splits;
     if (per < 1) per = 1;
+    if (page_size > 0) per = (per + page_size - 1) / page_size * page_size;
     *tokens_per_split = per;
     *used = (capacity + per - 1) / per;
 }
@@ -2089,7 +2305,7 @@ EKV_CUDA_DEF ekv_result ekv_cuda_attention_plan_make(const ekv_cuda_cache *cache
         if (want > EKV_CUDA_MAX_SPLITS) want = EKV_CUDA_MAX_SPLITS;
         splits = want < 1 ? 1 : (int)want;
     }
-    ekv_cuda__split_shape(cache->capacity, splits, &per, &used);
+    ekv_cuda__split_shape(cache->capacity, cache->page_size, splits, &per, &used);
     plan->splits = used;
     plan->workspace_bytes = ekv_cuda_attention_workspace_bytes(cache, heads, used);
     return EKV_SUCCESS;
@@ -2128,7 +2344,7 @@ EKV_CUDA_DEF ekv_result ekv_cuda_attention(const ekv_cuda_cache *cache, const fl
         return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: plan->splits %d outside [1, %d]", fn, splits,
                              EKV_CUDA_MAX_SPLITS);
     memset(&p, 0, sizeof p);
-    ekv_cuda__split_shape(cache->capacity, splits, &p.tokens_per_split, &used);
+    ekv_cuda__split_shape(cache->capacity, cache->page_size, splits, &p.tokens_per_split, &used);
     p.splits = used;
     if (p.splits > 1) {
         const size_t need = ekv_cuda_attention_workspace_bytes(cache, heads, p.splits);
@@ -2148,6 +2364,9 @@ EKV_CUDA_DEF ekv_result ekv_cuda_attention(const ekv_cuda_cache *cache, const fl
     p.v_scales = cache->v_scales;
     p.bias = cache->bias;
     p.lengths = cache->lengths;
+    p.block_table = cache->block_table;
+    p.page_shift = cache->page_shift;
+    p.table_width = cache->table_width;
     p.q = q;
     p.out = out;
     p.heads = heads;
@@ -2156,8 +2375,7 @@ EKV_CUDA_DEF ekv_result ekv_cuda_attention(const ekv_cuda_cache *cache, const fl
     p.group = heads / cache->kv_heads;
     p.head_tiles = choice.head_tiles;
     p.q_scale = softmax_scale * EKV_CUDA__LOG2E;
-    result = EKV_CUDA__LAUNCH(choice.tensor_cores ? "ekv_cuda__attention_mma_kernel"
-                                                  : "ekv_cuda__attention_kernel",
+    result = EKV_CUDA__LAUNCH(ekv_cuda__kernel_name(&choice, cache),
                               choice.kernel,
                               dim3((unsigned)p.splits, (unsigned)(cache->kv_heads * p.head_tiles),
                                    (unsigned)cache->batch),
@@ -3426,8 +3644,8 @@ static int ekv_cuda__cold_copies(double bytes, double l2, int inner_loops, long 
     return (int)(up ? up : down);
 }
 
-static ekv_result ekv_cuda__timed_make(const ekv_host_cache *host, int copies, int heads,
-                                       ekv_cuda__timed *t)
+static ekv_result ekv_cuda__timed_make(const ekv_host_cache *host, const ekv_paged_cache *paged,
+                                       int copies, int heads, ekv_cuda__timed *t)
 {
     ekv_result result = EKV_SUCCESS;
     int i;
@@ -3435,7 +3653,8 @@ static ekv_result ekv_cuda__timed_make(const ekv_host_cache *host, int copies, i
     t->copies = (ekv_cuda_cache *)EKV_MALLOC((size_t)copies * sizeof(ekv_cuda_cache));
     if (!t->copies) return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "ekv_cuda_run: out of host memory");
     memset(t->copies, 0, (size_t)copies * sizeof(ekv_cuda_cache));
-    EKV_CUDA__TRY_EKV(ekv_cuda_cache_upload(host, &t->copies[0]));
+    if (paged) EKV_CUDA__TRY_EKV(ekv_cuda_cache_upload_paged(paged, &t->copies[0]));
+    else EKV_CUDA__TRY_EKV(ekv_cuda_cache_upload(host, &t->copies[0]));
     t->copy_count = 1;
     for (i = 1; i < copies; i++) {
         EKV_CUDA__TRY_EKV(ekv_cuda_cache_clone(&t->copies[0], &t->copies[i]));
@@ -3541,7 +3760,7 @@ static double ekv_cuda__partial_bytes(const ekv_host_cache *c, int heads, int sp
     double per_launch = 0.0;
     int b, per, used;
     if (splits <= 1) return 0.0;
-    ekv_cuda__split_shape(c->capacity, splits, &per, &used);
+    ekv_cuda__split_shape(c->capacity, 0, splits, &per, &used);
     for (b = 0; b < c->batch; b++) {
         const int busy = (c->lengths[b] + per - 1) / per;
         per_launch += (double)heads * ((double)busy * c->head_dim + 2.0 * used) * sizeof(float);
@@ -3688,9 +3907,11 @@ EKV_CUDA_DEF ekv_result ekv_cuda_run(const ekv_config *config, const ekv_workloa
                      copies_candidate, candidate_block / 1048576.0, l2 / 1048576.0);
     }
 
-    EKV_CUDA__TRY_EKV(ekv_cuda__timed_make(&work->cache, copies_candidate, heads, &candidate));
+    /* --page-size: the kernels read the pages through the block table */
+    EKV_CUDA__TRY_EKV(ekv_cuda__timed_make(&work->cache, work->paged.page_size ? &work->paged : NULL,
+                                           copies_candidate, heads, &candidate));
     if (config->paired_baseline)
-        EKV_CUDA__TRY_EKV(ekv_cuda__timed_make(&work->baseline, copies_baseline, heads, &baseline));
+        EKV_CUDA__TRY_EKV(ekv_cuda__timed_make(&work->baseline, NULL, copies_baseline, heads, &baseline));
     EKV_CUDA__TRY(cudaMalloc((void **)&device_q, count * sizeof(float)));
     EKV_CUDA__TRY(cudaMalloc((void **)&device_out, count * sizeof(float)));
     if (workspace_bytes) EKV_CUDA__TRY(cudaMalloc(&workspace, workspace_bytes));
@@ -4135,7 +4356,7 @@ static ekv_result ekv_cuda__cycle_loop(ekv_cuda__cycle *s, ekv_cycle_timing *tim
         }
         EKV_CUDA__TRY(cudaEventSynchronize(e[4 * m->layers]));
         if (timing) {
-            float ms;
+            float ms = 0.0f;
             for (l = 0; l < m->layers; l++)
                 for (p = 0; p < 4; p++) {
                     static const int phase_of[4] = {EKV_CYCLE_PHASE_PROJECTION, EKV_CYCLE_PHASE_APPEND,

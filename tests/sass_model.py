@@ -425,6 +425,33 @@ KERNEL_FAMILIES = [
         rare_vote_branches=True,
     ),
 ]
+
+
+def paged(family, table_reads):
+    """The same kernel reading a paged cache (ekv_cuda__attention_paged_kernel,
+    ekv_cuda__attention_mma_paged_kernel): its rows come through the block table, one
+    4-byte table read per lane for each row lookup (ekv_cuda__kv_row<true>): per step
+    of rows on CUDA cores; on tensor cores K's and V's lookups of a step are the same
+    read (the compiler keeps one)."""
+    name = family["pattern"].pattern.replace("attention_kernel", "attention_paged_kernel") \
+        .replace("attention_mma_kernel", "attention_mma_paged_kernel")
+    base_label, base_iteration, base_decode = family["label"], family["iteration"], family["decode"]
+
+    def iteration(facts, k):
+        it = dict(base_iteration(facts, k))
+        it["ldg_lane_bytes"] += 32 * 4 * table_reads(it)
+        return it
+    # a path of its own: its load-ahead threshold, and tables that pair kernels by path
+    # keep pairing the contiguous ones
+    return dict(family, family=family["family"].replace("_kernel<", "_paged_kernel<"),
+                label=lambda k: base_label(k) + " paged",
+                decode=lambda m: dict(base_decode(m), path=base_decode(m)["path"] + " paged"),
+                pattern=re.compile(name),
+                iteration=iteration)
+
+
+KERNEL_FAMILIES += [paged(KERNEL_FAMILIES[0], lambda it: it["in_flight_steps"]),
+                    paged(KERNEL_FAMILIES[1], lambda it: 1)]
 ATTENTION_LIKE = re.compile(r"attention|attn", re.I)
 
 
