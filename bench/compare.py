@@ -81,6 +81,7 @@ WORKLOAD_KEYS = (
     "policy", "recent", "sinks", "observe", "data", "seed", "softmax_scale", "hot",
     "inference", "layers", "decode_tokens", "compress_every", "variant",
     "gqa_mode",  # peers (bench/peers.py): enable_gqa or expanded K/V read different bytes
+    "page_size",  # 0 = contiguous; results from before --page-size have none: contiguous
 )
 # keys that apply only to some workloads (see the module docstring)
 POLICY_ONLY = {"sinks": ("window", "topk"), "observe": ("topk",)}
@@ -170,6 +171,8 @@ def workload(record):
     if not isinstance(configuration, dict):
         configuration = {}
     keys = {name: canonical(configuration.get(name)) for name in WORKLOAD_KEYS}
+    if configuration.get("page_size") is None:
+        keys["page_size"] = canonical(0)
     variant = cycle_variant(record)
     if variant is None:
         for name in CYCLE_ONLY:

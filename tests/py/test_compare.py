@@ -249,6 +249,20 @@ def test_keys_a_workload_does_not_use_are_ignored():
     assert "1 only in BASE" in out and "1 only in NEW" in out, out
 
 
+def test_page_size_is_a_workload_key_and_absent_means_contiguous():
+    rng = random.Random(15)
+    old = result(samples(rng), policy="stride")
+    old["configuration"].pop("page_size", None)  # a result from before --page-size
+    base = [old, result(samples(rng), policy="window", page_size=16)]
+    new = [result(samples(rng), policy="stride", page_size=0),
+           result(samples(rng), policy="window", page_size=0)]
+    code, out, err = run(write_jsonl(path("page_base.jsonl"), base),
+                         write_jsonl(path("page_new.jsonl"), new))
+    assert code == 0, err
+    assert len(rows(out)) == 1 and "policy=stride" not in out.split("only in")[-1], out
+    assert "1 only in BASE" in out and "1 only in NEW" in out, out
+
+
 def test_cycle_compression_keys_apply_to_elastic_only():
     rng = random.Random(14)
 
