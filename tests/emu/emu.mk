@@ -24,12 +24,12 @@ EMU_HEADERS := $(wildcard $(EMU_DIR)/include/*.h)
 # set of flags with which $(CXX) turns a probe kernel's a*b+c into an fma instruction,
 # warning-free, wins; none (x86-64 without FMA): no contraction, and test_emu says so
 # (SKIP). The probe runs once per make invocation.
-EMU_FMA_X86 := $(filter x86_64 amd64 i386 i686,$(shell uname -m))
-EMU_FMA_CPU := $(if $(EMU_FMA_X86),$(shell grep -qw fma /proc/cpuinfo 2>/dev/null && echo yes),yes)
+EMU_FMA_X86 := $(filter x86_64 amd64 i386 i686,$(shell uname -m 2>/dev/null))
+EMU_FMA_CPU := $(if $(EMU_FMA_X86),$(shell { grep -qw fma /proc/cpuinfo && echo yes; } 2>/dev/null),yes)
 EMU_FMA_DEFINE := $(if $(EMU_FMA_X86),-DEKV_EMU_FMA)
 EMU_FMA_KERNEL := $(if $(EMU_FMA_X86),__attribute__((target("fma"))))
-EMU_FMA_PROBE = $(shell printf '%s float f(float a, float b, float c) { return a * b + c; }\n' '$(EMU_FMA_KERNEL)' | \
-	$(CXX) -x c++ -O1 -Werror $(1) -S -o - - 2>/dev/null | grep -qi 'fma' && echo '$(1)')
+EMU_FMA_PROBE = $(shell { printf '%s float f(float a, float b, float c) { return a * b + c; }\n' '$(EMU_FMA_KERNEL)' | \
+	$(CXX) -x c++ -O1 -Werror $(1) -S -o - - | grep -qi 'fma' && echo '$(1)'; } 2>/dev/null)
 EMU_FMA := $(strip $(if $(EMU_FMA_CPU),$(or \
 	$(call EMU_FMA_PROBE,$(EMU_FMA_DEFINE) -ffp-contract=fast -fexpensive-optimizations),\
 	$(call EMU_FMA_PROBE,$(EMU_FMA_DEFINE) -ffp-contract=fast))))
