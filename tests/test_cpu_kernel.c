@@ -2,7 +2,9 @@
    reference over the same stored cache: every storage dtype, with and without a pool
    bias, GQA groups 1..8 (odd ones too), head dims that are not multiples of the vector
    width, lengths around the split size, ragged batches with an empty sequence, on 1, 2
-   and 3 threads and on every code path this CPU runs (AVX-512, AVX2, NEON, portable C); the output
+   and 3 threads and on every code path this CPU runs (AVX-512, AVX2, NEON, portable C; the
+   shapes reach AVX2's int8 and int4 tiles that read the stored rows - head dims that are
+   multiples of 8 and 32 and not, groups of 4 and others, odd rows at a block's end); the output
    bit for bit independent of the thread count; NaN in the cache shows in the output;
    the error does not grow on a 2M-token sequence (issue 16: one float sum over the
    sequence drifted past ekv_bench's 1e-4 there); the plan, thread count and tolerance
