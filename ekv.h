@@ -44,7 +44,8 @@
        >>workload     everything a backend needs, prepared on the host
        >>timing       the clock, the one ABAB timing loop of every backend, progress
        >>cpu          the CPU backend
-       >>cycle        the inference cycle: its driver, the CPU backend, results
+       >>cycle        the inference cycle: its driver, the CPU backend, results, the paged
+                      serving simulation (pages in use, the batch a memory budget fits)
        >>dispatch     one configuration as ekv_bench runs it: device or CPU, fall-back
        >>abibench     the C ABI's benchmark: ekv_bench's flags in, JSON objects out
 
@@ -10330,8 +10331,9 @@ done:
 /* Shared by both backends: the seeded model (weights and inputs), the projection that
    both the decode step and nocache's recompute use (so that their k and v agree bit for
    bit), the capacity of each variant's cache, the memory estimate, the assembly of a
-   ekv_cycle_result from raw timings, and the JSON and table of the cycle. The CPU
-   backend's decode loop follows; ekv_cuda.cuh (>>cycle) has the device one. */
+   ekv_cycle_result from raw timings, the serving simulation (--page-size), and the JSON
+   and table of the cycle. The CPU backend's decode loop follows; ekv_cuda.cuh (>>cycle)
+   has the device one. */
 
 
 static const char *const ekv__phase_names[EKV_CYCLE_PHASES] = {"projection", "append", "compress",
