@@ -44,7 +44,8 @@
        >>workload     everything a backend needs, prepared on the host
        >>timing       the clock, the one ABAB timing loop of every backend, progress
        >>cpu          the CPU backend
-       >>cycle        the inference cycle: its driver, the CPU backend, results
+       >>cycle        the inference cycle: its driver, the CPU backend, results, the paged
+                      serving simulation (pages in use, the batch a memory budget fits)
        >>dispatch     one configuration as ekv_bench runs it: device or CPU, fall-back
        >>abibench     the C ABI's benchmark: ekv_bench's flags in, JSON objects out
 
@@ -683,6 +684,18 @@ EKV_DEF ekv_result ekv_paged_gather(const ekv_paged_cache *cache, ekv_host_cache
 EKV_DEF ekv_result ekv_paged_check(const ekv_paged_cache *cache);
 /* Pages held by sequences (pages - free_count). */
 EKV_DEF int ekv_paged_pages_used(const ekv_paged_cache *cache);
+/* A pool without storage: the block tables, owners and free list of ekv_paged_create
+   (k, v, scales and bias NULL; dtype, kv_heads and head_dim 0), for accounting what a
+   pool of `pages` pages holds (the inference cycle's serving simulation, ekv_serve_run):
+   the same take and give-back code and the same ekv_paged_check as a cache with storage. */
+EKV_DEF ekv_result ekv_paged_pool_create(ekv_paged_cache *cache, int batch, int page_size,
+                                         int pages, int capacity);
+/* Sequence b of a pool without storage holds `length` slots from now on: it takes pages
+   from the pool while it holds fewer than ceil(length / P) and gives back those past it
+   (a cache with storage grows by ekv_paged_append and shrinks by ekv_paged_compress, which
+   write the rows: an error here). Too few free pages: EKV_ERR_OUT_OF_MEMORY and nothing
+   is taken; a length beyond the capacity: EKV_ERR_INVALID_ARG. */
+EKV_DEF ekv_result ekv_paged_resize(ekv_paged_cache *cache, int b, int length);
 /* Bytes one page stores (all kv heads, K and V, their per-row scales, bias if any). */
 EKV_DEF size_t ekv_paged_page_bytes(ekv_dtype dtype, int kv_heads, int head_dim, int page_size,
                                     int with_bias);
@@ -858,6 +871,9 @@ typedef struct ekv_config {
     int compress_every; /* anchor period N of the cycle; 0 = compression ratio        */
     int page_size;      /* tokens per page of a paged cache (>>paged): 8, 16, 32, 64;
                            0 = contiguous (the default)                               */
+    double memory_budget_gb; /* the cycle's serving simulation (ekv_serve_simulate): the
+                           pages' memory in GB (1e9 bytes) whose largest batch per
+                           variant is reported; 0 = none (the default)                */
     /* data */
     ekv_data_kind data;
     char data_path[EKV_PATH_MAX]; /* .npy/.npz when data == EKV_DATA_FILE */
@@ -1088,6 +1104,8 @@ typedef struct ekv_cycle_result {
     double speedup, speedup_ci_lo, speedup_ci_hi; /* median(baseline)/median(variant) */
 } ekv_cycle_result;
 
+typedef struct ekv_serve_result ekv_serve_result; /* the cycle's serving simulation (>>cycle) */
+
 typedef struct ekv_report {
     ekv_config config;
     ekv_backend backend;            /* CUDA, CPU or EMULATOR: what actually ran */
@@ -1116,6 +1134,7 @@ typedef struct ekv_report {
     /* inference cycle: cycles[0..cycle_count) */
     ekv_cycle_result *cycles;
     int cycle_count;
+    ekv_serve_result *serve;        /* the cycle's serving simulation (--page-size), or NULL */
     char notice[256];               /* e.g. "no GPU: ran on the CPU backend" */
 } ekv_report;
 
@@ -1379,6 +1398,76 @@ EKV_DEF int ekv_cycle_anchor(const ekv_cycle_model *model, ekv_variant variant, 
 /* Slots of the variant's caches, and their storage dtype. */
 EKV_DEF int ekv_cycle_capacity(const ekv_config *config, ekv_variant variant);
 EKV_DEF ekv_dtype ekv_cycle_dtype(const ekv_config *config, ekv_variant variant);
+
+/* The serving simulation (--inference with --page-size=P): the pages the cycle's caches
+   hold in a pool of P-token pages (ekv_paged_pool_create: the pool code of >>paged,
+   without storage) while sequences of different lengths are admitted, decoded and
+   retired, per variant; host-side accounting that every backend reports alike.
+   Sequence i's prompt is ekv_serve_prompt_length(config, i): uniform in [seq - seq/2,
+   seq + seq/2] (integer division), drawn from --seed and i alone, so that a batch of B
+   is the first B sequences whatever else runs. A run of B sequences (ekv_serve_run):
+   each admitted in turn (the pages of its prompt; elastic: then the prefill's elastic
+   step, which gives pages back), then decode_tokens steps in lockstep, each sequence
+   appending a slot (a page when its last is full) and elastic compressing at the cycle's
+   anchor steps (pages back to the pool), then every sequence retired, the accounting
+   checked (ekv_paged_check) at the end and after retiring. A page of a variant is P
+   tokens of every cache it keeps for a sequence (ekv_serve_page_bytes): one block table
+   per sequence for all layers, as serving engines page every layer with one table. */
+#define EKV_SERVE_VARIANTS 6
+#define EKV_SERVE_POOL_PAGES_MAX (1 << 22) /* a pool's pages: its bookkeeping stays small */
+
+typedef struct ekv_serve_figures {
+    int batch;                                 /* sequences run together */
+    int pool_pages;                            /* pages in the pool */
+    int pages_in_use_peak, pages_free_at_peak; /* the most pages held at once; free then */
+    int pages_in_use_end, pages_free_end;      /* after the last decode step, before retiring */
+} ekv_serve_figures;
+
+typedef struct ekv_serve_variant {
+    ekv_variant variant;
+    ekv_dtype kv_dtype;
+    double page_bytes;         /* ekv_serve_page_bytes */
+    ekv_serve_figures serving; /* --batch sequences in the pages a contiguous cache of
+                                  capacity (longest prompt + decode_tokens) reserves */
+    int has_budget;
+    ekv_serve_figures budget;  /* --memory-budget's pages: batch = the largest that fits */
+} ekv_serve_variant;
+
+struct ekv_serve_result {
+    int page_size, decode_tokens, prompt_min, prompt_max, batch;
+    uint64_t seed;
+    double memory_budget_gb;   /* 0 = none */
+    int count;                 /* variants: six, four with one layer (no pair to share) */
+    ekv_serve_variant variants[EKV_SERVE_VARIANTS];
+};
+
+/* The prompt lengths' range [lo, hi] and sequence `index`'s draw from it. */
+EKV_DEF void ekv_serve_prompt_range(const ekv_config *config, int *lo, int *hi);
+EKV_DEF int ekv_serve_prompt_length(const ekv_config *config, int index);
+/* Bytes one page of the variant stores: cache, int8, elastic: P tokens of every layer's
+   cache (ekv_paged_page_bytes, pool's bias for elastic pool); shared, int8-shared: of
+   every pair's cache; nocache: P tokens of its stored inputs (f32, every layer) and of
+   the one layer's k and v it recomputes into. fp8's per-sequence scales are not paged
+   and not counted. */
+EKV_DEF double ekv_serve_page_bytes(const ekv_config *config, ekv_variant variant);
+/* Pages --memory-budget holds for the variant: floor(GB x 1e9 / page bytes). */
+EKV_DEF double ekv_serve_budget_pages(const ekv_config *config, ekv_variant variant);
+/* The variants the simulation reports, in ekv_variant order; returns their count. */
+EKV_DEF int ekv_serve_variants(const ekv_config *config, ekv_variant *variants);
+/* One run of the first `batch` sequences in a pool of `pool_pages` pages (see above):
+   *fits = 1 and the figures when every admission and append found its pages, *fits = 0
+   when one did not (figures up to there). An error only for bad arguments, memory or
+   broken accounting. */
+EKV_DEF ekv_result ekv_serve_run(const ekv_config *config, ekv_variant variant, int pool_pages,
+                                 int batch, int *fits, ekv_serve_figures *out);
+/* The largest batch whose run fits in `pool_pages` pages, found by runs of more and more
+   sequences (doubling, then halving the gap) until one more does not fit; out = that
+   run's figures (batch 0 when not even one fits). A batch that fits implies every
+   smaller one does: sequence i holds the same pages at every step whatever else runs. */
+EKV_DEF ekv_result ekv_serve_max_batch(const ekv_config *config, ekv_variant variant,
+                                       int pool_pages, ekv_serve_figures *out);
+/* Every reported variant's serving run and, with --memory-budget, its largest batch. */
+EKV_DEF ekv_result ekv_serve_simulate(const ekv_config *config, ekv_serve_result *out);
 
 /* >>dispatch =============================================================== */
 
@@ -6203,14 +6292,65 @@ EKV_DEF void ekv_paged_free(ekv_paged_cache *cache)
     memset(cache, 0, sizeof *cache);
 }
 
+/* The pool's bookkeeping (tables, owners, free list), shared by a cache and a pool
+   without storage. */
+static ekv_result ekv__paged_pool_init(ekv_paged_cache *cache, int batch, int page_size,
+                                       int pages, int capacity, const char *fn)
+{
+    size_t table;
+    int i;
+    if (!ekv_page_size_valid(page_size))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: page_size %d: allowed 8, 16, 32, 64", fn,
+                             page_size);
+    if (batch < 1 || pages < 1 || capacity < 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: batch (%d), pages (%d) and capacity (%d) must be positive", fn,
+                             batch, pages, capacity);
+    cache->table_width = capacity / page_size + (capacity % page_size != 0);
+    if (!ekv__mul_size((size_t)batch, (size_t)cache->table_width, &table))
+        return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: block tables too large to address", fn);
+    cache->batch = batch;
+    cache->page_size = page_size;
+    for (cache->page_shift = 0; (1 << cache->page_shift) < page_size; cache->page_shift++) {
+    }
+    cache->pages = pages;
+    cache->lengths = (int *)ekv__alloc((size_t)batch, sizeof(int));
+    cache->compressed = (int *)ekv__alloc((size_t)batch, sizeof(int));
+    cache->held = (int *)ekv__alloc((size_t)batch, sizeof(int));
+    cache->block_table = (int *)ekv__alloc(table, sizeof(int));
+    cache->owner = (int *)ekv__alloc((size_t)pages, sizeof(int));
+    cache->free_pages = (int *)ekv__alloc((size_t)pages, sizeof(int));
+    if (!cache->lengths || !cache->compressed || !cache->held || !cache->block_table ||
+        !cache->owner || !cache->free_pages) {
+        ekv_paged_free(cache);
+        return EKV_ERR_OUT_OF_MEMORY;
+    }
+    for (i = 0; i < batch * cache->table_width; i++) cache->block_table[i] = -1;
+    /* a stack popped from the top: page 0 is taken first */
+    for (i = 0; i < pages; i++) {
+        cache->owner[i] = -1;
+        cache->free_pages[i] = pages - 1 - i;
+    }
+    cache->free_count = pages;
+    return EKV_SUCCESS;
+}
+
+EKV_DEF ekv_result ekv_paged_pool_create(ekv_paged_cache *cache, int batch, int page_size,
+                                         int pages, int capacity)
+{
+    if (!cache) return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_paged_pool_create: NULL pool");
+    memset(cache, 0, sizeof *cache);
+    return ekv__paged_pool_init(cache, batch, page_size, pages, capacity, "ekv_paged_pool_create");
+}
+
 EKV_DEF ekv_result ekv_paged_create(ekv_paged_cache *cache, ekv_dtype dtype, int batch,
                                     int kv_heads, int head_dim, int page_size, int pages,
                                     int capacity, int with_bias)
 {
     const char *fn = "ekv_paged_create";
     const ekv_dtype_traits *t = ekv_dtype_info(dtype);
-    size_t rows, row_bytes, scale_bytes, scales, cells, table;
-    int i;
+    size_t rows, row_bytes, scale_bytes, scales, cells;
+    ekv_result result;
     if (!cache) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL cache", fn);
     memset(cache, 0, sizeof *cache);
     if (!t)
@@ -6229,29 +6369,18 @@ EKV_DEF ekv_result ekv_paged_create(ekv_paged_cache *cache, ekv_dtype dtype, int
                              head_dim, t->name);
     row_bytes = ekv_dtype_row_bytes(dtype, head_dim);
     scale_bytes = ekv_dtype_row_scale_bytes(dtype, head_dim);
-    cache->table_width = capacity / page_size + (capacity % page_size != 0);
     if (!ekv__mul_size((size_t)pages * (size_t)kv_heads, (size_t)page_size, &rows) ||
         rows > 0xffffffffu ||
         !ekv__mul_size(rows, row_bytes, &cells) ||
-        !ekv__mul_size((size_t)batch, (size_t)cache->table_width, &table) ||
         (rows > 0 && ((size_t)-1) / rows < sizeof(float) + scale_bytes))
         return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: cache too large to address", fn);
     scales = t->head_scale_bytes ? (size_t)batch * (size_t)kv_heads * (size_t)t->head_scale_bytes
                                  : rows * scale_bytes;
+    if ((result = ekv__paged_pool_init(cache, batch, page_size, pages, capacity, fn)) != EKV_SUCCESS)
+        return result;
     cache->dtype = dtype;
-    cache->batch = batch;
     cache->kv_heads = kv_heads;
     cache->head_dim = head_dim;
-    cache->page_size = page_size;
-    for (cache->page_shift = 0; (1 << cache->page_shift) < page_size; cache->page_shift++) {
-    }
-    cache->pages = pages;
-    cache->lengths = (int *)ekv__alloc((size_t)batch, sizeof(int));
-    cache->compressed = (int *)ekv__alloc((size_t)batch, sizeof(int));
-    cache->held = (int *)ekv__alloc((size_t)batch, sizeof(int));
-    cache->block_table = (int *)ekv__alloc(table, sizeof(int));
-    cache->owner = (int *)ekv__alloc((size_t)pages, sizeof(int));
-    cache->free_pages = (int *)ekv__alloc((size_t)pages, sizeof(int));
     cache->k = (unsigned char *)ekv__alloc(rows, row_bytes);
     cache->v = (unsigned char *)ekv__alloc(rows, row_bytes);
     if (scales) {
@@ -6259,19 +6388,11 @@ EKV_DEF ekv_result ekv_paged_create(ekv_paged_cache *cache, ekv_dtype dtype, int
         cache->v_scales = (unsigned char *)ekv__alloc(scales, 1);
     }
     if (with_bias) cache->bias = (float *)ekv__alloc(rows, sizeof(float));
-    if (!cache->lengths || !cache->compressed || !cache->held || !cache->block_table ||
-        !cache->owner || !cache->free_pages || !cache->k || !cache->v ||
-        (scales && (!cache->k_scales || !cache->v_scales)) || (with_bias && !cache->bias)) {
+    if (!cache->k || !cache->v || (scales && (!cache->k_scales || !cache->v_scales)) ||
+        (with_bias && !cache->bias)) {
         ekv_paged_free(cache);
         return EKV_ERR_OUT_OF_MEMORY;
     }
-    for (i = 0; i < batch * cache->table_width; i++) cache->block_table[i] = -1;
-    /* a stack popped from the top: page 0 is taken first */
-    for (i = 0; i < pages; i++) {
-        cache->owner[i] = -1;
-        cache->free_pages[i] = pages - 1 - i;
-    }
-    cache->free_count = pages;
     return EKV_SUCCESS;
 }
 
@@ -6280,12 +6401,21 @@ EKV_DEF int ekv_paged_pages_used(const ekv_paged_cache *cache)
     return cache ? cache->pages - cache->free_count : 0;
 }
 
-static ekv_result ekv__paged_valid(const ekv_paged_cache *cache, const char *fn)
+/* A pool made by ekv_paged_create (need_storage) or either create function. */
+static ekv_result ekv__paged_valid_as(const ekv_paged_cache *cache, const char *fn, int need_storage)
 {
-    if (!cache || !cache->k || !cache->lengths || !cache->block_table || !cache->free_pages)
+    if (!cache || !cache->lengths || !cache->block_table || !cache->free_pages)
         return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: the cache was not made by ekv_paged_create",
                              fn);
+    if (need_storage && !cache->k)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: a pool without storage (ekv_paged_pool_create) holds no rows", fn);
     return EKV_SUCCESS;
+}
+
+static ekv_result ekv__paged_valid(const ekv_paged_cache *cache, const char *fn)
+{
+    return ekv__paged_valid_as(cache, fn, 1);
 }
 
 static size_t ekv__paged_row(const ekv_paged_cache *cache, int b, int h, int t)
@@ -6480,14 +6610,14 @@ EKV_DEF ekv_result ekv_paged_compress(ekv_paged_cache *cache, const ekv_compress
 EKV_DEF ekv_result ekv_paged_retire(ekv_paged_cache *cache, int b)
 {
     const char *fn = "ekv_paged_retire";
-    ekv_result result = ekv__paged_valid(cache, fn);
+    ekv_result result = ekv__paged_valid_as(cache, fn, 0);
     if (result != EKV_SUCCESS) return result;
     if (b < 0 || b >= cache->batch)
         return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: sequence %d outside [0, %d)", fn, b,
                              cache->batch);
     while (cache->held[b] > 0) ekv__paged_give_back(cache, b);
     cache->lengths[b] = cache->compressed[b] = 0;
-    if (cache->dtype == EKV_DTYPE_FP8) {
+    if (cache->dtype == EKV_DTYPE_FP8 && cache->k_scales) {
         /* a new sequence sets its own scales (ekv_cache_append's rule for a zero scale) */
         memset(cache->k_scales + (size_t)b * (size_t)cache->kv_heads * sizeof(float), 0,
                (size_t)cache->kv_heads * sizeof(float));
@@ -6497,10 +6627,37 @@ EKV_DEF ekv_result ekv_paged_retire(ekv_paged_cache *cache, int b)
     return EKV_SUCCESS;
 }
 
+EKV_DEF ekv_result ekv_paged_resize(ekv_paged_cache *cache, int b, int length)
+{
+    const char *fn = "ekv_paged_resize";
+    ekv_result result = ekv__paged_valid_as(cache, fn, 0);
+    int need;
+    if (result != EKV_SUCCESS) return result;
+    if (cache->k)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "%s: a cache with storage grows by ekv_paged_append and shrinks by "
+                             "ekv_paged_compress", fn);
+    if (b < 0 || b >= cache->batch)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: sequence %d outside [0, %d)", fn, b,
+                             cache->batch);
+    if (length < 0 || length > cache->table_width * cache->page_size)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: %d slots outside [0, %d]", fn, length,
+                             cache->table_width * cache->page_size);
+    need = ekv__paged_pages_for(cache, length);
+    if (need - cache->held[b] > cache->free_count)
+        return ekv_set_error(EKV_ERR_OUT_OF_MEMORY, "%s: sequence %d needs %d more pages, %d free",
+                             fn, b, need - cache->held[b], cache->free_count);
+    while (cache->held[b] < need) ekv__paged_take(cache, b);
+    while (cache->held[b] > need) ekv__paged_give_back(cache, b);
+    cache->lengths[b] = length;
+    if (cache->compressed[b] > length) cache->compressed[b] = length;
+    return EKV_SUCCESS;
+}
+
 EKV_DEF ekv_result ekv_paged_check(const ekv_paged_cache *cache)
 {
     const char *fn = "ekv_paged_check";
-    ekv_result result = ekv__paged_valid(cache, fn);
+    ekv_result result = ekv__paged_valid_as(cache, fn, 0);
     unsigned char *seen;
     int i, b, counted = 0;
     if (result != EKV_SUCCESS) return result;
@@ -7259,6 +7416,7 @@ EKV_DEF ekv_config ekv_config_default(void)
     c.variant = EKV_VARIANT_ELASTIC;
     c.compress_every = 0;
     c.page_size = 0;
+    c.memory_budget_gb = 0.0;
     c.data = EKV_DATA_STRUCTURED;
     c.seed = 42;
     c.softmax_scale = 0.0;
@@ -7317,6 +7475,8 @@ static ekv_result ekv__host_memory_check(double need, const char *what)
                          ekv_format_bytes(have, have_text, sizeof have_text));
 }
 
+static ekv_result ekv__config_validate_serve(const ekv_config *c); /* >>cycle */
+
 static ekv_result ekv__config_validate_cycle(const ekv_config *c)
 {
     char what[256];
@@ -7356,6 +7516,10 @@ static ekv_result ekv__config_validate_cycle(const ekv_config *c)
         return ekv_set_error(EKV_ERR_INVALID_ARG,
                              "--seq=%d plus --decode_tokens=%d exceeds %d tokens", c->seq_len,
                              c->decode_tokens, 1 << 24);
+    {
+        const ekv_result paging = ekv__config_validate_serve(c);
+        if (paging != EKV_SUCCESS) return paging;
+    }
     snprintf(what, sizeof what,
              "--inference with --layers=%d --batch=%d --seq=%d --decode_tokens=%d --heads=%d "
              "--dim=%d", c->layers, c->batch, c->seq_len, c->decode_tokens, c->heads, c->head_dim);
@@ -7483,6 +7647,11 @@ static const char *ekv__page_size_allowed(void)
 {
     return EKV_PAGE_SIZE_ALLOWED;
 }
+static const char *ekv__memory_budget_allowed(void)
+{
+    return "a number of GB in (0, 1e6] that holds one sequence of every variant, with "
+           "--inference and --page-size=8, 16, 32 or 64";
+}
 static const char *ekv__format_allowed(void)
 {
     static char text[64];
@@ -7531,7 +7700,12 @@ static const ekv__flag ekv__flags[] = {
     {"--observe", NULL, EKV__FLAG_INT, EKV__OFF(observe), 1, 1024, 0, NULL, NULL,
      "queries whose attention scores topk (default 16)"},
     {"--page-size", NULL, EKV__FLAG_ENUM, EKV__OFF(page_size), 0, 0, 0, ekv__parse_page_size, ekv__page_size_allowed,
-     "tokens per page of a paged cache read through block tables; 0 = contiguous (default 0)"},
+     "tokens per page of a paged cache read through block tables; 0 = contiguous (default 0); "
+     "with --inference the serving simulation's page size"},
+    {"--memory-budget", NULL, EKV__FLAG_NUMBER, EKV__OFF(memory_budget_gb), 0, 0, EKV__CYCLE_ONLY, NULL,
+     ekv__memory_budget_allowed,
+     "GB (1e9 bytes) of KV pages, (0, 1e6], for the cycle's serving simulation (with --inference "
+     "--page-size): the largest batch per variant that fits"},
     {"--layers", NULL, EKV__FLAG_INT, EKV__OFF(layers), 1, 256, EKV__CYCLE_ONLY, NULL, NULL,
      "layers of the inference cycle (default 1)"},
     {"--decode_tokens", "--decode-tokens", EKV__FLAG_INT, EKV__OFF(decode_tokens), 1, 65536, EKV__CYCLE_ONLY, NULL, NULL,
@@ -7690,11 +7864,13 @@ EKV_DEF ekv_result ekv_config_validate(const ekv_config *config)
     if (c->page_size != 0 && !ekv_page_size_valid(c->page_size))
         return ekv_set_error(EKV_ERR_INVALID_ARG, "--page-size=%d is unknown: allowed %s",
                              c->page_size, EKV_PAGE_SIZE_ALLOWED);
-    if (c->page_size != 0 && c->inference)
-        return ekv_set_error(EKV_ERR_UNSUPPORTED,
-                             "--page-size=%d: the inference cycle keeps contiguous caches (paged "
-                             "attention runs without --inference): allowed --page-size=0",
-                             c->page_size);
+    if (!(c->memory_budget_gb >= 0.0 && c->memory_budget_gb <= 1e6))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "--memory-budget=%g is out of range: allowed %s",
+                             c->memory_budget_gb, ekv__memory_budget_allowed());
+    if (c->memory_budget_gb > 0.0 && !c->inference)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--memory-budget is a setting of the inference cycle, which runs only "
+                             "with --inference: add --inference or omit --memory-budget");
     if (c->inference) return ekv__config_validate_cycle(c);
     return ekv__config_validate_memory(c);
 }
@@ -7725,8 +7901,10 @@ EKV_DEF void ekv_cli_print_help(FILE *out)
         else
             snprintf(name, sizeof name, "%s=%s", f->name,
                      f->kind == EKV__FLAG_TEXT ? "TEXT" : (f->kind == EKV__FLAG_ENUM ? "NAME" : "N"));
-        fprintf(out, "  %-22s %s%s%s%s\n", name, f->help, f->allowed ? "; one of " : "",
-                f->allowed ? f->allowed() : "", ekv__flag_sweepable(f) ? " [list]" : "");
+        /* a number flag's allowed values are for its error messages; its help says them */
+        const int names = f->allowed && f->kind == EKV__FLAG_ENUM;
+        fprintf(out, "  %-22s %s%s%s%s\n", name, f->help, names ? "; one of " : "",
+                names ? f->allowed() : "", ekv__flag_sweepable(f) ? " [list]" : "");
     }
     fprintf(out, "\nExit status: 0 success, 1 runtime failure (e.g. validation), 2 bad input.\n");
 }
@@ -7818,13 +7996,16 @@ static ekv_result ekv__parse_value(ekv_cli *cli, const ekv__flag *f, const char 
         char *end;
         double v = strtod(value, &end);
         if (value[0] == '\0' || *end != '\0' || v != v)
-            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s='%s' is not a number", f->name, value);
+            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s='%s' is not a number%s%s", f->name, value,
+                                 f->allowed ? ": allowed " : "", f->allowed ? f->allowed() : "");
         if (v > DBL_MAX || v < -DBL_MAX)
             return ekv_set_error(EKV_ERR_INVALID_ARG, "%s=%s is out of range: a finite number is "
-                                 "needed", f->name, value);
+                                 "needed%s%s", f->name, value, f->allowed ? "; allowed " : "",
+                                 f->allowed ? f->allowed() : "");
         if (!(f->options & EKV__ZERO_OK) && !(v > 0.0))
-            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s=%s must be a positive number",
-                                 f->name, value);
+            return ekv_set_error(EKV_ERR_INVALID_ARG, "%s=%s must be a positive number%s%s",
+                                 f->name, value, f->allowed ? ": allowed " : "",
+                                 f->allowed ? f->allowed() : "");
         memcpy((char *)c + f->offset, &v, sizeof v);
         return EKV_SUCCESS;
     }
@@ -8941,6 +9122,7 @@ EKV_DEF void ekv_report_free(ekv_report *report)
         ekv__free(report->cycles[i].series);
     }
     ekv__free(report->cycles);
+    ekv__free(report->serve);
     memset(report, 0, sizeof *report);
 }
 
@@ -9168,6 +9350,9 @@ EKV_DEF void ekv_report_write_json(const ekv_report *r, ekv_json *j)
     ekv_json_key(j, "variant"); ekv_json_string(j, ekv_variant_name(c->variant));
     ekv_json_key(j, "compress_every"); ekv_json_int(j, c->compress_every);
     ekv_json_key(j, "page_size"); ekv_json_int(j, c->page_size);
+    ekv_json_key(j, "memory_budget_gb");
+    if (c->memory_budget_gb > 0.0) ekv_json_number(j, c->memory_budget_gb);
+    else ekv_json_null(j);
     ekv_json_key(j, "backend_requested"); ekv_json_string(j, ekv_backend_name(c->backend));
     ekv_json_key(j, "device"); ekv_json_int(j, c->device);
     ekv_json_key(j, "peak_bw_override_gbs");
@@ -10500,8 +10685,9 @@ done:
 /* Shared by both backends: the seeded model (weights and inputs), the projection that
    both the decode step and nocache's recompute use (so that their k and v agree bit for
    bit), the capacity of each variant's cache, the memory estimate, the assembly of a
-   ekv_cycle_result from raw timings, and the JSON and table of the cycle. The CPU
-   backend's decode loop follows; ekv_cuda.cuh (>>cycle) has the device one. */
+   ekv_cycle_result from raw timings, the serving simulation (--page-size), and the JSON
+   and table of the cycle. The CPU backend's decode loop follows; ekv_cuda.cuh (>>cycle)
+   has the device one. */
 
 
 static const char *const ekv__phase_names[EKV_CYCLE_PHASES] = {"projection", "append", "compress",
@@ -10551,27 +10737,39 @@ EKV_DEF int ekv_cycle_anchor(const ekv_cycle_model *m, ekv_variant v, int step)
            step % m->compress_every == 0;
 }
 
+/* Whether the variant runs its elastic step after step t of a sequence's life (t = 0:
+   the prefill's, over the prompt; then the anchor steps, as ekv_cycle_anchor), and that
+   step's effect on one sequence's length and compressed count: what
+   ekv_cycle_capacity and the serving simulation follow a sequence with. */
+static int ekv__cycle_elastic_at(const ekv_config *c, ekv_variant v, int t)
+{
+    return v == EKV_VARIANT_ELASTIC && c->policy != EKV_POLICY_NONE &&
+           (t == 0 || t % c->compress_every == 0);
+}
+
+static void ekv__cycle_elastic_lengths(const ekv_config *c, int *length, int *compressed)
+{
+    const ekv_compress_region r =
+        ekv_compress_region_of(*length, *compressed, c->recent, c->sinks, c->compression);
+    if (r.old > 0) {
+        *compressed = r.first + r.budget;
+        *length = *compressed + r.recent;
+    }
+}
+
 /* Slots the cache of `v` needs: prompt + steps, or for elastic the largest length the
    sequence of prefill, elastic step, appends and anchor steps reaches (at least the
    prompt, which prefill writes before compressing). */
 EKV_DEF int ekv_cycle_capacity(const ekv_config *c, ekv_variant v)
 {
     int length = c->seq_len, compressed = 0, most = c->seq_len, t;
-    const int every = c->compress_every;
     if (v != EKV_VARIANT_ELASTIC || c->policy == EKV_POLICY_NONE) return c->seq_len + c->decode_tokens;
     for (t = 0; t <= c->decode_tokens; t++) {
         if (t > 0) {
             length++;
             if (length > most) most = length;
         }
-        if (t == 0 || t % every == 0) {
-            const ekv_compress_region r =
-                ekv_compress_region_of(length, compressed, c->recent, c->sinks, c->compression);
-            if (r.old > 0) {
-                compressed = r.first + r.budget;
-                length = compressed + r.recent;
-            }
-        }
+        if (ekv__cycle_elastic_at(c, v, t)) ekv__cycle_elastic_lengths(c, &length, &compressed);
     }
     return most;
 }
@@ -10624,6 +10822,286 @@ EKV_DEF double ekv_cycle_memory_estimate(const ekv_config *config, ekv_variant v
     }
     /* a variant and the cache it is compared with live together */
     return ekv__cycle_model_bytes(c) + most + ekv__cycle_state_bytes(c, EKV_VARIANT_CACHE);
+}
+
+/* ---- the serving simulation (see ekv_serve_run) ---- */
+
+EKV_DEF void ekv_serve_prompt_range(const ekv_config *c, int *lo, int *hi)
+{
+    *lo = c->seq_len - c->seq_len / 2;
+    *hi = c->seq_len + c->seq_len / 2;
+}
+
+EKV_DEF int ekv_serve_prompt_length(const ekv_config *c, int index)
+{
+    ekv_rng rng;
+    int lo, hi;
+    ekv_serve_prompt_range(c, &lo, &hi);
+    /* a stream per sequence, so that its draw does not depend on how many come before */
+    ekv_rng_seed(&rng, (c->seed ^ 0x5e4e5e4e5e4e5e4eULL) + (uint64_t)index * 0x9e3779b97f4a7c15ULL);
+    return lo + (int)ekv_rng_below(&rng, (uint64_t)(hi - lo + 1));
+}
+
+EKV_DEF double ekv_serve_page_bytes(const ekv_config *config, ekv_variant v)
+{
+    const ekv_config c = ekv_config_resolve(config);
+    const ekv_dtype dtype = ekv_cycle_dtype(&c, v);
+    if (!c.page_size || (unsigned)v >= EKV_VARIANT_ALL) return 0.0;
+    if (v == EKV_VARIANT_NOCACHE)
+        return (double)c.page_size * 4.0 * c.heads * c.head_dim * c.layers +
+               (double)ekv_paged_page_bytes(dtype, c.kv_heads, c.head_dim, c.page_size, 0);
+    return (double)ekv_cycle_cache_count(v, c.layers) *
+           (double)ekv_paged_page_bytes(dtype, c.kv_heads, c.head_dim, c.page_size,
+                                        v == EKV_VARIANT_ELASTIC && c.policy == EKV_POLICY_POOL);
+}
+
+EKV_DEF double ekv_serve_budget_pages(const ekv_config *c, ekv_variant v)
+{
+    const double page = ekv_serve_page_bytes(c, v);
+    return page > 0.0 ? floor(c->memory_budget_gb * 1e9 / page) : 0.0;
+}
+
+EKV_DEF int ekv_serve_variants(const ekv_config *c, ekv_variant *variants)
+{
+    int i, count = 0;
+    for (i = 0; i < 6; i++)
+        if (c->layers >= 2 || !ekv__cycle_is_shared(ekv__cycle_variants[i]))
+            variants[count++] = ekv__cycle_variants[i];
+    return count;
+}
+
+static void ekv__serve_note(const ekv_paged_cache *pool, ekv_serve_figures *f)
+{
+    const int used = ekv_paged_pages_used(pool);
+    if (used > f->pages_in_use_peak) {
+        f->pages_in_use_peak = used;
+        f->pages_free_at_peak = pool->free_count;
+    }
+}
+
+EKV_DEF ekv_result ekv_serve_run(const ekv_config *config, ekv_variant v, int pool_pages, int batch,
+                                 int *fits, ekv_serve_figures *out)
+{
+    const char *fn = "ekv_serve_run";
+    ekv_config c;
+    ekv_paged_cache pool;
+    int *length = NULL, *compressed = NULL;
+    int lo, hi, i, t, short_of_pages = 0;
+    ekv_result r;
+    if (!config || !fits || !out || (unsigned)v >= EKV_VARIANT_ALL || batch < 1 || pool_pages < 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL argument, variant all, or a batch (%d) "
+                             "or pool (%d pages) below 1", fn, batch, pool_pages);
+    c = ekv_config_resolve(config);
+    *fits = 0;
+    memset(out, 0, sizeof *out);
+    out->batch = batch;
+    out->pool_pages = pool_pages;
+    out->pages_free_at_peak = pool_pages;
+    ekv_serve_prompt_range(&c, &lo, &hi);
+    if ((r = ekv_paged_pool_create(&pool, batch, c.page_size, pool_pages, hi + c.decode_tokens)) !=
+        EKV_SUCCESS)
+        return r;
+    length = (int *)ekv__alloc((size_t)batch, sizeof(int));
+    compressed = (int *)ekv__alloc((size_t)batch, sizeof(int));
+    if (!length || !compressed) {
+        r = EKV_ERR_OUT_OF_MEMORY;
+        goto done;
+    }
+/* a resize that finds too few free pages ends the run: it does not fit */
+#define EKV__SERVE_RESIZE(b)                                                         \
+    do {                                                                            \
+        r = ekv_paged_resize(&pool, (b), length[(b)]);                              \
+        if (r == EKV_ERR_OUT_OF_MEMORY) short_of_pages = 1;                         \
+        if (r != EKV_SUCCESS) goto done;                                            \
+    } while (0)
+    for (i = 0; i < batch; i++) {
+        length[i] = ekv_serve_prompt_length(&c, i);
+        EKV__SERVE_RESIZE(i);
+        ekv__serve_note(&pool, out);
+        if (ekv__cycle_elastic_at(&c, v, 0)) {
+            ekv__cycle_elastic_lengths(&c, &length[i], &compressed[i]);
+            EKV__SERVE_RESIZE(i);
+        }
+    }
+    for (t = 1; t <= c.decode_tokens; t++) {
+        for (i = 0; i < batch; i++) {
+            length[i]++;
+            EKV__SERVE_RESIZE(i);
+        }
+        ekv__serve_note(&pool, out);
+        if (ekv__cycle_elastic_at(&c, v, t))
+            for (i = 0; i < batch; i++) {
+                ekv__cycle_elastic_lengths(&c, &length[i], &compressed[i]);
+                EKV__SERVE_RESIZE(i);
+            }
+    }
+#undef EKV__SERVE_RESIZE
+    out->pages_in_use_end = ekv_paged_pages_used(&pool);
+    out->pages_free_end = pool.free_count;
+    if ((r = ekv_paged_check(&pool)) != EKV_SUCCESS) goto done;
+    for (i = 0; i < batch && r == EKV_SUCCESS; i++) r = ekv_paged_retire(&pool, i);
+    if (r == EKV_SUCCESS) r = ekv_paged_check(&pool);
+    if (r == EKV_SUCCESS && pool.free_count != pool_pages)
+        r = ekv_set_error(EKV_ERR_INVALID_ARG, "%s: %d pages held after every sequence retired", fn,
+                          pool_pages - pool.free_count);
+    if (r == EKV_SUCCESS) *fits = 1;
+done:
+    if (short_of_pages) r = EKV_SUCCESS; /* *fits stays 0 */
+    ekv_paged_free(&pool);
+    ekv__free(length);
+    ekv__free(compressed);
+    return r;
+}
+
+EKV_DEF ekv_result ekv_serve_max_batch(const ekv_config *config, ekv_variant v, int pool_pages,
+                                       ekv_serve_figures *out)
+{
+    ekv_serve_figures probe_figures;
+    int good = 0, bad, probe = 1, fits;
+    ekv_result r;
+    if (!out || pool_pages < 1)
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_serve_max_batch: NULL figures or a pool of "
+                             "%d pages", pool_pages);
+    memset(out, 0, sizeof *out);
+    out->pool_pages = out->pages_free_at_peak = out->pages_free_end = pool_pages;
+    /* each sequence holds a page at least, so pool_pages + 1 never fits */
+    bad = pool_pages + 1;
+    for (;;) {
+        if ((r = ekv_serve_run(config, v, pool_pages, probe, &fits, &probe_figures)) != EKV_SUCCESS)
+            return r;
+        if (!fits) {
+            bad = probe;
+            break;
+        }
+        good = probe;
+        *out = probe_figures;
+        if (probe == pool_pages) break;
+        probe = probe > pool_pages / 2 ? pool_pages : 2 * probe;
+    }
+    while (bad - good > 1) {
+        const int middle = good + (bad - good) / 2;
+        if ((r = ekv_serve_run(config, v, pool_pages, middle, &fits, &probe_figures)) != EKV_SUCCESS)
+            return r;
+        if (fits) {
+            good = middle;
+            *out = probe_figures;
+        } else {
+            bad = middle;
+        }
+    }
+    return EKV_SUCCESS;
+}
+
+/* Pages a contiguous cache reserves per sequence: its capacity, the longest prompt plus
+   the decode steps, in pages. */
+static int ekv__serve_contiguous_pages(const ekv_config *c)
+{
+    int lo, hi;
+    ekv_serve_prompt_range(c, &lo, &hi);
+    return (hi + c->decode_tokens + c->page_size - 1) / c->page_size;
+}
+
+EKV_DEF ekv_result ekv_serve_simulate(const ekv_config *config, ekv_serve_result *out)
+{
+    const char *fn = "ekv_serve_simulate";
+    ekv_config c;
+    ekv_variant list[EKV_SERVE_VARIANTS];
+    int i, fits;
+    ekv_result r;
+    if (!config || !out) return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: NULL argument", fn);
+    c = ekv_config_resolve(config);
+    memset(out, 0, sizeof *out);
+    if (!ekv_page_size_valid(c.page_size))
+        return ekv_set_error(EKV_ERR_INVALID_ARG, "%s: --page-size=%d: allowed 8, 16, 32, 64", fn,
+                             c.page_size);
+    out->page_size = c.page_size;
+    out->decode_tokens = c.decode_tokens;
+    out->batch = c.batch;
+    out->seed = c.seed;
+    out->memory_budget_gb = c.memory_budget_gb;
+    ekv_serve_prompt_range(&c, &out->prompt_min, &out->prompt_max);
+    out->count = ekv_serve_variants(&c, list);
+    for (i = 0; i < out->count; i++) {
+        ekv_serve_variant *y = &out->variants[i];
+        y->variant = list[i];
+        y->kv_dtype = ekv_cycle_dtype(&c, list[i]);
+        y->page_bytes = ekv_serve_page_bytes(&c, list[i]);
+        r = ekv_serve_run(&c, list[i], c.batch * ekv__serve_contiguous_pages(&c), c.batch, &fits,
+                          &y->serving);
+        if (r == EKV_SUCCESS && !fits)
+            r = ekv_set_error(EKV_ERR_INVALID_ARG, "%s: --batch=%d does not fit the pages a contiguous "
+                              "cache reserves for it (%s)", fn, c.batch, ekv_variant_name(list[i]));
+        if (r != EKV_SUCCESS) return r;
+        if (c.memory_budget_gb > 0.0) {
+            const double pages = ekv_serve_budget_pages(&c, list[i]);
+            if (!(pages >= 1.0 && pages <= EKV_SERVE_POOL_PAGES_MAX))
+                return ekv_set_error(EKV_ERR_INVALID_ARG, "--memory-budget=%g: %.0f pages for "
+                                     "--variant=%s: allowed 1..%d", c.memory_budget_gb, pages,
+                                     ekv_variant_name(list[i]), EKV_SERVE_POOL_PAGES_MAX);
+            y->has_budget = 1;
+            if ((r = ekv_serve_max_batch(&c, list[i], (int)pages, &y->budget)) != EKV_SUCCESS)
+                return r;
+            if (y->budget.batch < 1)
+                return ekv_set_error(EKV_ERR_INVALID_ARG, "--memory-budget=%g GB holds no sequence of "
+                                     "--variant=%s", c.memory_budget_gb, ekv_variant_name(list[i]));
+        }
+    }
+    return EKV_SUCCESS;
+}
+
+/* The serving simulation's settings, for ekv_config_validate: a page size for the pool,
+   pools small enough to keep (EKV_SERVE_POOL_PAGES_MAX), and a budget that holds the
+   first sequence of every variant (its pages at its largest, from a run of it alone). */
+static ekv_result ekv__config_validate_serve(const ekv_config *c)
+{
+    ekv_variant list[EKV_SERVE_VARIANTS];
+    int lo, hi, i, count, need[EKV_SERVE_VARIANTS], fits;
+    double pages[EKV_SERVE_VARIANTS], least_gb = 0.0;
+    ekv_result r;
+    if (c->memory_budget_gb > 0.0 && c->page_size == 0)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--memory-budget=%g needs the serving simulation's page size: allowed "
+                             "with --page-size=8, 16, 32 or 64", c->memory_budget_gb);
+    if (c->page_size == 0) return EKV_SUCCESS;
+    ekv_serve_prompt_range(c, &lo, &hi);
+    if ((long long)hi + c->decode_tokens > (1LL << 24))
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--seq=%d: the serving simulation's longest prompt (%d = 1.5 x --seq) "
+                             "plus --decode_tokens=%d exceeds %d tokens", c->seq_len, hi,
+                             c->decode_tokens, 1 << 24);
+    if ((double)c->batch * ekv__serve_contiguous_pages(c) > EKV_SERVE_POOL_PAGES_MAX)
+        return ekv_set_error(EKV_ERR_INVALID_ARG,
+                             "--page-size=%d: --batch=%d sequences of up to %d tokens are %.0f pages, "
+                             "more than the serving simulation's %d: allowed a larger --page-size or "
+                             "a smaller --batch or --seq", c->page_size, c->batch,
+                             hi + c->decode_tokens,
+                             (double)c->batch * ekv__serve_contiguous_pages(c), EKV_SERVE_POOL_PAGES_MAX);
+    if (c->memory_budget_gb == 0.0) return EKV_SUCCESS;
+    count = ekv_serve_variants(c, list);
+    for (i = 0; i < count; i++) {
+        ekv_serve_figures alone;
+        pages[i] = ekv_serve_budget_pages(c, list[i]);
+        if (pages[i] > EKV_SERVE_POOL_PAGES_MAX)
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "--memory-budget=%g gives --variant=%s a pool of %.0f pages of %d "
+                                 "tokens, more than the serving simulation's %d: allowed a smaller "
+                                 "budget or a larger --page-size", c->memory_budget_gb,
+                                 ekv_variant_name(list[i]), pages[i], c->page_size,
+                                 EKV_SERVE_POOL_PAGES_MAX);
+        r = ekv_serve_run(c, list[i], ekv__serve_contiguous_pages(c), 1, &fits, &alone);
+        if (r != EKV_SUCCESS) return r;
+        need[i] = alone.pages_in_use_peak;
+        if (need[i] * ekv_serve_page_bytes(c, list[i]) * 1e-9 > least_gb)
+            least_gb = need[i] * ekv_serve_page_bytes(c, list[i]) * 1e-9;
+    }
+    for (i = 0; i < count; i++)
+        if (pages[i] < need[i])
+            return ekv_set_error(EKV_ERR_INVALID_ARG,
+                                 "--memory-budget=%g holds %.0f pages of %d tokens for --variant=%s, "
+                                 "too few for one sequence (%d pages at its largest): allowed at "
+                                 "least %.6g GB (every variant's first sequence)", c->memory_budget_gb,
+                                 pages[i], c->page_size, ekv_variant_name(list[i]), need[i], least_gb);
+    return EKV_SUCCESS;
 }
 
 /* Called by ekv_config_validate when config->inference is set. */
@@ -11320,6 +11798,12 @@ EKV_DEF ekv_result ekv_cycle_run_on(const ekv_config *config, const ekv_cycle_ba
         return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_cycle_run: the config does not ask for "
                                                   "--inference");
     if ((r = backend->prepare(c, report)) != EKV_SUCCESS) return r;
+    /* host-side accounting, the same for every backend */
+    if (c->page_size > 0) {
+        if (!(report->serve = (ekv_serve_result *)ekv__alloc(1, sizeof(ekv_serve_result))))
+            return EKV_ERR_OUT_OF_MEMORY;
+        if ((r = ekv_serve_simulate(c, report->serve)) != EKV_SUCCESS) return r;
+    }
     report->cycles = (ekv_cycle_result *)ekv__alloc((size_t)count, sizeof(ekv_cycle_result));
     reference = (float *)ekv__alloc(last, sizeof(float));
     if (!report->cycles || !reference) {
@@ -11353,7 +11837,63 @@ EKV_DEF ekv_result ekv_cycle_run(const ekv_config *config, ekv_report *report)
     return ekv_cycle_run_on(config, &ekv__cycle_cpu_backend, report);
 }
 
-static void ekv__cycle_json_one(const ekv_cycle_result *y, ekv_json *j)
+static void ekv__serve_json_figures(ekv_json *j, const ekv_serve_figures *f)
+{
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "batch"); ekv_json_int(j, f->batch);
+    ekv_json_key(j, "pool_pages"); ekv_json_int(j, f->pool_pages);
+    ekv_json_key(j, "pages_in_use_peak"); ekv_json_int(j, f->pages_in_use_peak);
+    ekv_json_key(j, "pages_free_at_peak"); ekv_json_int(j, f->pages_free_at_peak);
+    ekv_json_key(j, "pages_in_use_end"); ekv_json_int(j, f->pages_in_use_end);
+    ekv_json_key(j, "pages_free_end"); ekv_json_int(j, f->pages_free_end);
+    ekv_json_object_end(j);
+}
+
+/* "paging": the serving simulation (null without --page-size). */
+static void ekv__serve_json(const ekv_serve_result *s, ekv_json *j)
+{
+    int i;
+    ekv_json_key(j, "paging");
+    if (!s) {
+        ekv_json_null(j);
+        return;
+    }
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "page_size"); ekv_json_int(j, s->page_size);
+    ekv_json_key(j, "memory_budget_gb");
+    if (s->memory_budget_gb > 0.0) ekv_json_number(j, s->memory_budget_gb); else ekv_json_null(j);
+    ekv_json_key(j, "batch"); ekv_json_int(j, s->batch);
+    ekv_json_key(j, "decode_tokens"); ekv_json_int(j, s->decode_tokens);
+    ekv_json_key(j, "prompt_lengths");
+    ekv_json_object_begin(j);
+    ekv_json_key(j, "distribution"); ekv_json_string(j, "uniform");
+    ekv_json_key(j, "min"); ekv_json_int(j, s->prompt_min);
+    ekv_json_key(j, "max"); ekv_json_int(j, s->prompt_max);
+    ekv_json_key(j, "seed"); ekv_json_number(j, (double)s->seed);
+    ekv_json_object_end(j);
+    ekv_json_key(j, "variants");
+    ekv_json_array_begin(j);
+    for (i = 0; i < s->count; i++) {
+        const ekv_serve_variant *y = &s->variants[i];
+        ekv_json_object_begin(j);
+        ekv_json_key(j, "variant"); ekv_json_string(j, ekv_variant_name(y->variant));
+        ekv_json_key(j, "kv_dtype"); ekv_json_string(j, ekv_dtype_name(y->kv_dtype));
+        ekv_json_key(j, "page_bytes"); ekv_json_number(j, y->page_bytes);
+        ekv_json_key(j, "serving"); ekv__serve_json_figures(j, &y->serving);
+        ekv_json_key(j, "max_batch");
+        if (y->has_budget) ekv_json_int(j, y->budget.batch); else ekv_json_null(j);
+        ekv_json_key(j, "budget");
+        if (y->has_budget) ekv__serve_json_figures(j, &y->budget); else ekv_json_null(j);
+        ekv_json_object_end(j);
+    }
+    ekv_json_array_end(j);
+    ekv_json_object_end(j);
+}
+
+/* One variant's object; `with_paging` adds the run's "paging" (a single variant's cycle,
+   whose object is the whole of inference_cycle). */
+static void ekv__cycle_json_one(const ekv_cycle_result *y, const ekv_report *report,
+                                int with_paging, ekv_json *j)
 {
     int p, l, i;
     ekv_json_object_begin(j);
@@ -11452,6 +11992,7 @@ static void ekv__cycle_json_one(const ekv_cycle_result *y, ekv_json *j)
         ekv_json_object_end(j);
     }
     ekv_json_array_end(j);
+    if (with_paging) ekv__serve_json(report->serve, j);
     ekv_json_object_end(j);
 }
 
@@ -11465,16 +12006,49 @@ EKV_DEF void ekv_cycle_write_json(const ekv_report *report, ekv_json *j)
         return;
     }
     if (report->cycle_count == 1) {
-        ekv__cycle_json_one(&report->cycles[0], j);
+        ekv__cycle_json_one(&report->cycles[0], report, 1, j);
         return;
     }
     ekv_json_object_begin(j);
     ekv_json_key(j, "variant"); ekv_json_string(j, ekv_variant_name(EKV_VARIANT_ALL));
     ekv_json_key(j, "variants");
     ekv_json_array_begin(j);
-    for (i = 0; i < report->cycle_count; i++) ekv__cycle_json_one(&report->cycles[i], j);
+    for (i = 0; i < report->cycle_count; i++) ekv__cycle_json_one(&report->cycles[i], report, 0, j);
     ekv_json_array_end(j);
+    ekv__serve_json(report->serve, j);
     ekv_json_object_end(j);
+}
+
+/* The serving simulation's block of the cycle's text: a line per variant for the run of
+   --batch, and one for the largest batch of --memory-budget. */
+static void ekv__serve_print(const ekv_serve_result *s, FILE *out)
+{
+    int i;
+    fprintf(out, "paging     pages of %d tokens; prompts uniform in [%d, %d] (seeded), %d decode steps, "
+                 "admitted, decoded in lockstep, retired\n",
+            s->page_size, s->prompt_min, s->prompt_max, s->decode_tokens);
+    fprintf(out, "  --batch=%d in the %d pages a contiguous cache of %d slots reserves:\n", s->batch,
+            s->variants[0].serving.pool_pages,
+            s->variants[0].serving.pool_pages / s->batch * s->page_size);
+    fprintf(out, "  %-11s %-5s %10s  %11s %12s  %10s %9s\n", "variant", "dtype", "page KB",
+            "in use peak", "free at peak", "in use end", "free end");
+    for (i = 0; i < s->count; i++) {
+        const ekv_serve_variant *y = &s->variants[i];
+        fprintf(out, "  %-11s %-5s %10.4g  %11d %12d  %10d %9d\n", ekv_variant_name(y->variant),
+                ekv_dtype_name(y->kv_dtype), y->page_bytes * 1e-3, y->serving.pages_in_use_peak,
+                y->serving.pages_free_at_peak, y->serving.pages_in_use_end, y->serving.pages_free_end);
+    }
+    if (s->memory_budget_gb <= 0.0) return;
+    fprintf(out, "  --memory-budget=%g GB: the largest batch of each variant (sequences admitted until "
+                 "one more does not fit):\n", s->memory_budget_gb);
+    fprintf(out, "  %-11s %-5s %10s  %10s %9s  %11s %12s\n", "variant", "dtype", "page KB",
+            "pool pages", "max batch", "in use peak", "free at peak");
+    for (i = 0; i < s->count; i++) {
+        const ekv_serve_variant *y = &s->variants[i];
+        fprintf(out, "  %-11s %-5s %10.4g  %10d %9d  %11d %12d\n", ekv_variant_name(y->variant),
+                ekv_dtype_name(y->kv_dtype), y->page_bytes * 1e-3, y->budget.pool_pages,
+                y->budget.batch, y->budget.pages_in_use_peak, y->budget.pages_free_at_peak);
+    }
 }
 
 EKV_DEF void ekv_cycle_print_table(const ekv_report *report, FILE *out)
@@ -11546,6 +12120,7 @@ EKV_DEF void ekv_cycle_print_table(const ekv_report *report, FILE *out)
             fprintf(out, "  %s\n", phrase);
         }
     }
+    if (report->serve) ekv__serve_print(report->serve, out);
     if ((elastic && c->compression > 1) || shared)
         fprintf(out, "note       the cycle's inputs and weights are random: its attention has no sinks, "
                      "recency or heavy hitters and spreads over every token, so compression loses "

@@ -149,7 +149,18 @@ BAD = [
     (["--page-size=12"], "--page-size"),
     (["--page-size=abc"], "--page-size"),
     (["--page-size=128"], "--page-size"),
-    (["--page-size=16", "--inference", "--decode_tokens=2"], "--page-size"),
+    # the inference cycle's serving simulation: --memory-budget (GB of pages)
+    (["--inference", "--page-size=16", "--memory-budget=abc"], "--memory-budget"),
+    (["--inference", "--page-size=16", "--memory-budget="], "--memory-budget"),
+    (["--inference", "--page-size=16", "--memory-budget=0"], "--memory-budget"),
+    (["--inference", "--page-size=16", "--memory-budget=-2"], "--memory-budget"),
+    (["--inference", "--page-size=16", "--memory-budget=nan"], "--memory-budget"),
+    (["--inference", "--page-size=16", "--memory-budget=2e6"], "--memory-budget"),
+    (["--memory-budget=1"], "--memory-budget"),
+    (["--page-size=16", "--memory-budget=1"], "--memory-budget"),
+    (["--inference", "--memory-budget=1"], "--memory-budget"),
+    (["--inference", "--page-size=16", "--memory-budget=1e-6"], "--memory-budget"),
+    (["--inference", "--page-size=8", "--memory-budget=1000", "--heads=1"], "--memory-budget"),
 ]
 if "--backend=emulator" not in EXTRA:
     BAD.append((["--backend=cuda"], "--backend"))
@@ -983,6 +994,77 @@ differ = [k for k in pairs if k not in missing and
            or page_results[(k[0], k[1], 0)]["error_total"] != page_results[(k[0], k[1], 16)]["error_total"])]
 report("--page-size=16 gives the contiguous outputs for every dtype x policy (30 pairs)",
        not missing and not differ, f"missing {missing[:4]} differ {differ[:4]}")
+
+# issue 17: the inference cycle's serving simulation. --page-size on the cycle reports,
+# per variant, the pages of --batch sequences in the pages a contiguous cache reserves,
+# and --memory-budget the largest batch that fits; the figures add up and order as the
+# stored bytes say; the text gives a line per variant; without --page-size "paging" is null.
+SERVE_BASE = ["--inference", "--seq=64", "--decode_tokens=8", "--layers=2", "--batch=3", "--heads=4",
+              "--kv-heads=2", "--recent=2"] + FAST + EXTRA
+SERVE = SERVE_BASE + ["--page-size=16"]
+code, out, err = run(SERVE + ["--variant=all", "--memory-budget=0.002", "--json"])
+try:
+    d = json.loads(out)
+    p = d["inference_cycle"]["paging"]
+    ys = {y["variant"]: y for y in p["variants"]}
+    width = (96 + 8 + 15) // 16
+    ok_sum = all(y[k]["pages_in_use_peak"] + y[k]["pages_free_at_peak"] == y[k]["pool_pages"]
+                 and y[k]["pages_in_use_end"] + y[k]["pages_free_end"] == y[k]["pool_pages"]
+                 and y[k]["pages_in_use_end"] <= y[k]["pages_in_use_peak"] <= y[k]["pool_pages"]
+                 for y in ys.values() for k in ("serving", "budget"))
+    ok_pool = all(y["budget"]["pool_pages"] == int(0.002e9 // y["page_bytes"])
+                  and y["max_batch"] == y["budget"]["batch"] >= 1
+                  and y["serving"]["batch"] == 3 and y["serving"]["pool_pages"] == 3 * width
+                  for y in ys.values())
+    cache = ys["cache"]
+    ok_order = (all(ys[v]["max_batch"] >= cache["max_batch"] for v in ("int8", "shared", "int8-shared", "elastic"))
+                and ys["elastic"]["max_batch"] > cache["max_batch"]
+                and ys["shared"]["page_bytes"] * 2 == cache["page_bytes"]
+                and ys["elastic"]["serving"]["pages_in_use_end"] < cache["serving"]["pages_in_use_end"])
+    report("cycle --page-size --memory-budget: JSON paging per variant, in use + free = pool, batches ordered",
+           code == 0 and sorted(ys) == sorted(["nocache", "cache", "int8", "shared", "int8-shared", "elastic"])
+           and p["page_size"] == 16 and p["memory_budget_gb"] == 0.002 and p["decode_tokens"] == 8
+           and p["prompt_lengths"] == {"distribution": "uniform", "min": 32, "max": 96, "seed": 42}
+           and d["configuration"]["memory_budget_gb"] == 0.002 and d["configuration"]["page_size"] == 16
+           and ok_sum and ok_pool and ok_order and jq_ok(out),
+           f"exit {code} {err[-300:]} sum {ok_sum} pool {ok_pool} order {ok_order} {json.dumps(p)[:400]}")
+except (ValueError, KeyError, TypeError) as e:
+    report("cycle --page-size --memory-budget JSON", False, f"{e} exit {code} {err[-300:]}")
+code2, out2, err2 = run(SERVE + ["--variant=elastic", "--memory-budget=0.002", "--json"])
+code3, out3, err3 = run(SERVE_BASE + ["--variant=elastic", "--json"])
+try:
+    single = json.loads(out2)["inference_cycle"]
+    report("cycle --page-size: a single variant's inference_cycle carries the same paging; null without",
+           code2 == 0 and code3 == 0 and single["variant"] == "elastic" and single["paging"] == p
+           and json.loads(out3)["inference_cycle"]["paging"] is None
+           and json.loads(out3)["configuration"]["memory_budget_gb"] is None,
+           f"{err2[-200:]} {err3[-200:]}")
+except (ValueError, KeyError, TypeError, NameError) as e:
+    report("cycle --page-size single variant JSON", False, f"{e} {err2[-200:]} {err3[-200:]}")
+code, out, err = run(SERVE + ["--variant=cache", "--memory-budget=0.002"])
+block = out.split("\npaging ", 1)[-1]
+report("cycle --page-size text: a line per variant for the run and for the budget",
+       code == 0 and "\npaging " in out and "--memory-budget=0.002 GB" in block
+       and all(len(re.findall(r"^  " + re.escape(v) + r" ", block, re.M)) == 2
+               for v in ("nocache", "cache", "int8", "shared", "int8-shared", "elastic")),
+       f"exit {code} {err[-200:]} {out[-1500:]}")
+
+# the README's example of the serving simulation, run as written there: its paging block
+# (exact accounting, the same on every machine and backend) is what the command prints
+readme_text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+example = re.search(r"^    \$ ekv_bench (--inference [^\n]*--memory-budget=[^\n]*)\n    \.\.\.\n((?:    [^\n]*\n)+)",
+                    readme_text, re.M)
+if example is None:
+    report("README: the serving simulation's example command", False, "no example found")
+elif "--backend=emulator" in EXTRA:
+    skip("README: the serving simulation's example", "its cycle is long on the emulator; the "
+         "paging figures are host accounting, the same on every backend (test_cycle_emu)")
+else:
+    code, out, err = run(example.group(1).split() + EXTRA)
+    shown = "".join(l[4:] + "\n" for l in example.group(2).splitlines())
+    printed = out[out.find("paging "):]
+    report("README: the serving simulation's example prints the paging block shown there",
+           code == 0 and printed.startswith(shown), f"exit {code} {err[-200:]}\n{printed}\n---\n{shown}")
 
 # 7. the README defines what each policy keeps and says that --data needs the shape flags
 readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()

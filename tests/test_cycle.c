@@ -6,7 +6,12 @@
    cycles run (fewer observed queries than --observe at first); paired baseline; the JSON
    of the cycle; bad combinations give the documented errors (sharing with one layer);
    total and phases are both medians (a made-up backend); the progress the driver
-   reports over the variants and the progress meter's lines.
+   reports over the variants and the progress meter's lines. The serving simulation
+   (--page-size, --memory-budget; issue 17): each variant's largest batch against the
+   test's own lockstep run through the page pool (that batch fits, one more does not,
+   the accounting exact by ekv_paged_check after every step); int8, shared, int8-shared
+   and elastic fit at least cache's batch; pages in use and free add up to the pool; the
+   JSON and the validation of --memory-budget.
 
    Build: cc -std=c99 -pedantic -Wall -Wextra -Werror -O1 -I. tests/test_cycle.c tests/ekv_impl.c -lm \
               -o build/test_cycle */
@@ -458,6 +463,234 @@ static void test_bad_combinations(void)
     TEST_END();
 }
 
+/* ---- the serving simulation (issue 17) ---- */
+
+static ekv_config serve_config(ekv_dtype dtype, ekv_policy policy, int page_size, double budget_gb)
+{
+    ekv_config c = small_config(EKV_VARIANT_CACHE);
+    c.seq_len = 40;
+    c.decode_tokens = 12;
+    c.kv_dtype = dtype;
+    c.policy = policy;
+    c.compression = policy == EKV_POLICY_NONE ? 1 : 3;
+    c.compress_every = 4;
+    c.recent = 2;
+    c.page_size = page_size;
+    c.memory_budget_gb = budget_gb;
+    return ekv_config_resolve(&c);
+}
+
+/* The test's own run of the first `batch` sequences in a pool of `pages` pages: its own
+   lockstep loop over the pool of >>paged, elastic's lengths from ekv_compress_region_of,
+   ekv_paged_check after every step. Returns 1 when it fits, 0 when a page is missing, -1
+   when the accounting breaks; *peak and *end receive the pages in use. */
+static int own_run(const ekv_config *c, ekv_variant v, int pages, int batch, int *peak, int *end)
+{
+    ekv_paged_cache pool;
+    int *len = (int *)calloc((size_t)batch, sizeof(int)), *comp = (int *)calloc((size_t)batch, sizeof(int));
+    int i, t, lo, hi, fits = 1;
+    const int elastic = v == EKV_VARIANT_ELASTIC && c->policy != EKV_POLICY_NONE;
+    ekv_serve_prompt_range(c, &lo, &hi);
+    *peak = *end = 0;
+    if (ekv_paged_pool_create(&pool, batch, c->page_size, pages, hi + c->decode_tokens) != EKV_SUCCESS) {
+        free(len);
+        free(comp);
+        return -1;
+    }
+    for (t = 0; t <= c->decode_tokens && fits == 1; t++) {
+        for (i = 0; i < batch && fits == 1; i++) {
+            len[i] = t == 0 ? ekv_serve_prompt_length(c, i) : len[i] + 1;
+            if (t == 0 && (len[i] < lo || len[i] > hi)) fits = -1;
+            else if (ekv_paged_resize(&pool, i, len[i]) != EKV_SUCCESS) fits = 0;
+            else if (t == 0 && ekv_paged_pages_used(&pool) > *peak) *peak = ekv_paged_pages_used(&pool);
+            if (fits == 1 && t == 0 && elastic) {
+                const ekv_compress_region r = ekv_compress_region_of(len[i], comp[i], c->recent, c->sinks,
+                                                                     c->compression);
+                if (r.old > 0) comp[i] = r.first + r.budget, len[i] = comp[i] + r.recent;
+                if (ekv_paged_resize(&pool, i, len[i]) != EKV_SUCCESS) fits = -1;
+            }
+        }
+        if (fits == 1 && ekv_paged_pages_used(&pool) > *peak) *peak = ekv_paged_pages_used(&pool);
+        if (fits == 1 && t > 0 && elastic && t % c->compress_every == 0)
+            for (i = 0; i < batch && fits == 1; i++) {
+                const ekv_compress_region r = ekv_compress_region_of(len[i], comp[i], c->recent, c->sinks,
+                                                                     c->compression);
+                if (r.old > 0) comp[i] = r.first + r.budget, len[i] = comp[i] + r.recent;
+                if (ekv_paged_resize(&pool, i, len[i]) != EKV_SUCCESS) fits = -1;
+            }
+        if (fits == 1 && (ekv_paged_check(&pool) != EKV_SUCCESS ||
+                          ekv_paged_pages_used(&pool) + pool.free_count != pages))
+            fits = -1;
+    }
+    *end = ekv_paged_pages_used(&pool);
+    for (i = 0; i < batch && fits == 1; i++)
+        if (ekv_paged_retire(&pool, i) != EKV_SUCCESS) fits = -1;
+    if (fits == 1 && (ekv_paged_check(&pool) != EKV_SUCCESS || pool.free_count != pages)) fits = -1;
+    ekv_paged_free(&pool);
+    free(len);
+    free(comp);
+    return fits;
+}
+
+static const ekv_serve_variant *find_serve(const ekv_serve_result *s, ekv_variant v)
+{
+    int i;
+    for (i = 0; i < s->count; i++)
+        if (s->variants[i].variant == v) return &s->variants[i];
+    return NULL;
+}
+
+static void test_serving_simulation(void)
+{
+    static const struct { ekv_dtype dtype; ekv_policy policy; int page_size; double gb; } cases[] = {
+        {EKV_DTYPE_F16, EKV_POLICY_STRIDE, 16, 0.004},
+        {EKV_DTYPE_F32, EKV_POLICY_POOL, 8, 0.002},
+        {EKV_DTYPE_INT8, EKV_POLICY_WINDOW, 32, 0.003},
+        {EKV_DTYPE_F16, EKV_POLICY_NONE, 16, 0.0025},
+    };
+    size_t k;
+    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        const ekv_config c = serve_config(cases[k].dtype, cases[k].policy, cases[k].page_size, cases[k].gb);
+        ekv_serve_result s;
+        char name[160];
+        int i;
+        snprintf(name, sizeof name, "serving: largest batch per variant = the test's own count (%s %s P=%d %g GB)",
+                 ekv_dtype_name(c.kv_dtype), ekv_policy_name(c.policy), c.page_size, c.memory_budget_gb);
+        TEST_BEGIN(name);
+        CHECK(ekv_config_validate(&c) == EKV_SUCCESS, "%s", ekv_last_error());
+        CHECK(ekv_serve_simulate(&c, &s) == EKV_SUCCESS, "%s", ekv_last_error());
+        CHECK(s.count == 6 && s.page_size == c.page_size && s.prompt_min == 20 && s.prompt_max == 60,
+              "count %d range [%d, %d]", s.count, s.prompt_min, s.prompt_max);
+        for (i = 0; i < s.count; i++) {
+            const ekv_serve_variant *y = &s.variants[i];
+            const char *v = ekv_variant_name(y->variant);
+            const int pages = (int)ekv_serve_budget_pages(&c, y->variant);
+            int peak, end, peak1, end1;
+            CHECK(y->has_budget && y->budget.pool_pages == pages && pages > 0, "%s: pool %d vs %d", v,
+                  y->budget.pool_pages, pages);
+            CHECK(y->budget.batch >= 1, "%s: max batch %d", v, y->budget.batch);
+            CHECK(own_run(&c, y->variant, pages, y->budget.batch, &peak, &end) == 1, "%s: batch %d does not fit",
+                  v, y->budget.batch);
+            CHECK(peak == y->budget.pages_in_use_peak && end == y->budget.pages_in_use_end,
+                  "%s: peak %d/%d end %d/%d", v, peak, y->budget.pages_in_use_peak, end, y->budget.pages_in_use_end);
+            CHECK(own_run(&c, y->variant, pages, y->budget.batch + 1, &peak1, &end1) == 0,
+                  "%s: batch %d + 1 also fits", v, y->budget.batch);
+            CHECK(y->budget.pages_in_use_peak + y->budget.pages_free_at_peak == pages &&
+                      y->budget.pages_in_use_end + y->budget.pages_free_end == pages &&
+                      y->serving.pages_in_use_peak + y->serving.pages_free_at_peak == y->serving.pool_pages &&
+                      y->serving.pages_in_use_end + y->serving.pages_free_end == y->serving.pool_pages,
+                  "%s: in use + free != pool", v);
+            CHECK(y->budget.pages_in_use_end <= y->budget.pages_in_use_peak &&
+                      y->budget.pages_in_use_peak <= pages,
+                  "%s: end %d peak %d pool %d", v, y->budget.pages_in_use_end, y->budget.pages_in_use_peak, pages);
+            /* the serving run of --batch in the contiguous reservation: ceil((60 + 12) / P) per sequence */
+            CHECK(y->serving.batch == c.batch &&
+                      y->serving.pool_pages == c.batch * ((60 + 12 + c.page_size - 1) / c.page_size),
+                  "%s: serving pool %d", v, y->serving.pool_pages);
+            CHECK(own_run(&c, y->variant, y->serving.pool_pages, c.batch, &peak, &end) == 1 &&
+                      peak == y->serving.pages_in_use_peak && end == y->serving.pages_in_use_end,
+                  "%s: serving peak %d/%d end %d/%d", v, peak, y->serving.pages_in_use_peak, end,
+                  y->serving.pages_in_use_end);
+        }
+        {
+            const int cache = find_serve(&s, EKV_VARIANT_CACHE)->budget.batch;
+            const ekv_variant smaller[4] = {EKV_VARIANT_INT8, EKV_VARIANT_SHARED, EKV_VARIANT_INT8_SHARED,
+                                            EKV_VARIANT_ELASTIC};
+            for (i = 0; i < 4; i++)
+                CHECK(find_serve(&s, smaller[i])->budget.batch >= cache, "%s fits %d, cache %d",
+                      ekv_variant_name(smaller[i]), find_serve(&s, smaller[i])->budget.batch, cache);
+            /* int8 and shared store fewer bytes a token than f16/f32 cache: strictly more */
+            if (c.kv_dtype != EKV_DTYPE_INT8)
+                CHECK(find_serve(&s, EKV_VARIANT_INT8)->budget.batch > cache, "int8 no larger");
+            CHECK(find_serve(&s, EKV_VARIANT_SHARED)->budget.batch > cache, "shared no larger");
+            if (c.policy != EKV_POLICY_NONE)
+                CHECK(find_serve(&s, EKV_VARIANT_ELASTIC)->budget.batch > cache &&
+                          find_serve(&s, EKV_VARIANT_ELASTIC)->serving.pages_in_use_end <
+                              find_serve(&s, EKV_VARIANT_CACHE)->serving.pages_in_use_end,
+                      "elastic: batch %d vs %d, pages at the end %d vs %d",
+                      find_serve(&s, EKV_VARIANT_ELASTIC)->budget.batch, cache,
+                      find_serve(&s, EKV_VARIANT_ELASTIC)->serving.pages_in_use_end,
+                      find_serve(&s, EKV_VARIANT_CACHE)->serving.pages_in_use_end);
+        }
+        TEST_END();
+    }
+
+    TEST_BEGIN("serving: prompts seeded, in range, independent of the batch; one layer reports four variants");
+    {
+        ekv_config c = serve_config(EKV_DTYPE_F16, EKV_POLICY_STRIDE, 16, 0.0);
+        ekv_serve_result s;
+        ekv_variant list[EKV_SERVE_VARIANTS];
+        int i, differ = 0, first = ekv_serve_prompt_length(&c, 0);
+        for (i = 0; i < 200; i++) {
+            const int p = ekv_serve_prompt_length(&c, i);
+            CHECK(p >= 20 && p <= 60 && p == ekv_serve_prompt_length(&c, i), "prompt %d: %d", i, p);
+            differ |= p != first;
+        }
+        CHECK(differ, "every prompt the same length");
+        c.seed = 7;
+        for (i = 0, differ = 0; i < 20; i++) {
+            ekv_config d = c;
+            d.seed = 42;
+            differ |= ekv_serve_prompt_length(&c, i) != ekv_serve_prompt_length(&d, i);
+        }
+        CHECK(differ, "--seed does not move the prompts");
+        c.layers = 1;
+        CHECK(ekv_serve_variants(&c, list) == 4, "one layer");
+        CHECK(ekv_serve_simulate(&c, &s) == EKV_SUCCESS && s.count == 4 && !s.variants[0].has_budget,
+              "%s", ekv_last_error());
+    }
+    TEST_END();
+
+    TEST_BEGIN("serving: --memory-budget's errors name the flag (no page size, too small, too large, no --inference)");
+    {
+        ekv_config c = serve_config(EKV_DTYPE_F16, EKV_POLICY_STRIDE, 16, 1e-6);
+        CHECK(ekv_config_validate(&c) == EKV_ERR_INVALID_ARG && strstr(ekv_last_error(), "--memory-budget") &&
+                  strstr(ekv_last_error(), "too few for one sequence") && strstr(ekv_last_error(), "allowed at least"),
+              "too small: %s", ekv_last_error());
+        c.memory_budget_gb = 0.004;
+        c.page_size = 0;
+        CHECK(ekv_config_validate(&c) == EKV_ERR_INVALID_ARG && strstr(ekv_last_error(), "--memory-budget") &&
+                  strstr(ekv_last_error(), "--page-size"), "no page size: %s", ekv_last_error());
+        c.page_size = 8;
+        c.memory_budget_gb = 1e5;
+        CHECK(ekv_config_validate(&c) == EKV_ERR_INVALID_ARG && strstr(ekv_last_error(), "--memory-budget"),
+              "too large a pool: %s", ekv_last_error());
+        c.memory_budget_gb = -1.0;
+        CHECK(ekv_config_validate(&c) == EKV_ERR_INVALID_ARG && strstr(ekv_last_error(), "--memory-budget"),
+              "negative: %s", ekv_last_error());
+        c.memory_budget_gb = 0.004;
+        c.inference = 0;
+        CHECK(ekv_config_validate(&c) == EKV_ERR_INVALID_ARG && strstr(ekv_last_error(), "--inference"),
+              "without --inference: %s", ekv_last_error());
+    }
+    TEST_END();
+
+    TEST_BEGIN("serving: a cycle run with --page-size reports the simulation in its JSON, null without");
+    {
+        ekv_config c = serve_config(EKV_DTYPE_F16, EKV_POLICY_STRIDE, 16, 0.004);
+        ekv_report r;
+        ekv_json j;
+        c.variant = EKV_VARIANT_ELASTIC;
+        c.reps = 2;
+        c.warmup = 0;
+        CHECK(ekv_cycle_run(&c, &r) == EKV_SUCCESS, "%s", ekv_last_error());
+        CHECK(r.serve != NULL && r.serve->count == 6 && r.serve->variants[5].budget.batch > 0, "no simulation");
+        ekv_json_init(&j, 0);
+        ekv_report_write_json(&r, &j);
+        CHECK(!j.failed && strstr(j.buffer, "\"paging\":{\"page_size\":16,\"memory_budget_gb\":0.004,") &&
+                  strstr(j.buffer, "\"max_batch\":") && strstr(j.buffer, "\"pages_free_at_peak\":") &&
+                  strstr(j.buffer, "\"prompt_lengths\":{\"distribution\":\"uniform\",\"min\":20,\"max\":60,"),
+              "JSON: %.300s", j.buffer ? strstr(j.buffer, "\"paging\"") : "");
+        ekv_json_free(&j);
+        ekv_report_free(&r);
+        c.page_size = 0;
+        c.memory_budget_gb = 0.0;
+        CHECK(ekv_cycle_run(&c, &r) == EKV_SUCCESS && r.serve == NULL, "%s", ekv_last_error());
+        ekv_report_free(&r);
+    }
+    TEST_END();
+}
+
 int main(void)
 {
     test_all_variants();
@@ -467,5 +700,6 @@ int main(void)
     test_bad_combinations();
     test_statistic_and_progress();
     test_progress_meter();
+    test_serving_simulation();
     return ekv_test_finish();
 }

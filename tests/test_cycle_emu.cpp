@@ -5,9 +5,10 @@
    tolerance for that cache (ekv_cuda_validation_tolerance; the emulator's cuBLAS
    stand-in sums in the CPU projection's order, so k and v are the same floats); nocache
    agrees with cache on the device; ekv_cuda_cycle_run fills the series, the agreement and
-   the memory figures; a cycle larger than the device's free memory is refused; the CPU
+   the memory figures; a cycle larger than the device's free memory (an emulated device
+   of 4 MiB) passes host validation and is refused by the device check; the CPU
    and the device, run through the one cycle driver of ekv.h, give reports equal in every
-   field but the timings.
+   field but the timings, the serving simulation's paging figures (--page-size) included.
 
    Build: g++ -std=c++17 -O1 -pthread -DEKV_EMULATOR -Itests/emu/include -I. \
               tests/test_cycle_emu.cpp tests/ekv_impl_emu.cpp -o build/test_cycle_emu */
@@ -224,24 +225,47 @@ int main(int argc, char **argv)
         if (!quick) compare_reports("cycle driver: CPU and emulator reports agree but for timings (elastic topk)", a);
     }
     {
+        /* an emulated device of 4 MiB, so that a cycle the host has room for (validation
+           passes) exceeds the device's free memory: the device check must refuse it */
         ekv_config big = tiny(EKV_VARIANT_CACHE);
         ekv_report r;
         size_t free_bytes = 0, total = 0;
         memset(&r, 0, sizeof r);
-        TEST_BEGIN("emu cycle: a cycle beyond the device's free memory is refused");
+        TEST_BEGIN("emu cycle: a cycle beyond the device's free memory is refused by the device check");
+        setenv("EKV_EMU_MEMORY_BYTES", "4M", 1);
+        cudaDeviceReset();
         cudaMemGetInfo(&free_bytes, &total);
-        big.layers = 64;
-        big.heads = 64;
-        big.head_dim = 128;
-        big.seq_len = 65536;
-        if (ekv_cycle_memory_estimate(&big, big.variant) > (double)free_bytes &&
-            ekv_config_validate(&big) == EKV_SUCCESS) {
-            CHECK(ekv_cuda_cycle_run(&big, &r) == EKV_ERR_OUT_OF_MEMORY, "refused: %s", ekv_last_error());
-            CHECK(strstr(ekv_last_error(), "--layers") != NULL, "%s", ekv_last_error());
-        } else {
-            printf("  (host validation refused it first: %s)\n", ekv_last_error());
-        }
+        CHECK(total == ((size_t)4 << 20) && free_bytes == total, "emulated device: %zu of %zu bytes free",
+              free_bytes, total);
+        big.seq_len = 8192;
+        CHECK(ekv_cycle_memory_estimate(&big, big.variant) > 0.9 * (double)free_bytes,
+              "the cycle (%.0f bytes) fits the device", ekv_cycle_memory_estimate(&big, big.variant));
+        CHECK(ekv_config_validate(&big) == EKV_SUCCESS, "host validation refused it: %s", ekv_last_error());
+        CHECK(ekv_cuda_cycle_run(&big, &r) == EKV_ERR_OUT_OF_MEMORY, "not refused: %s", ekv_last_error());
+        CHECK(strstr(ekv_last_error(), "of device memory") != NULL && strstr(ekv_last_error(), "--layers") != NULL,
+              "not the device check's message: %s", ekv_last_error());
         ekv_report_free(&r);
+        unsetenv("EKV_EMU_MEMORY_BYTES");
+        cudaDeviceReset();
+        TEST_END();
+    }
+    if (!quick) {
+        /* the serving simulation is host accounting through the one driver: the same
+           figures whichever backend runs the cycle (its kernels run above: not under TSan) */
+        ekv_config a = tiny(EKV_VARIANT_ELASTIC);
+        ekv_report cpu, dev;
+        memset(&cpu, 0, sizeof cpu);
+        memset(&dev, 0, sizeof dev);
+        a.page_size = 8;
+        a.memory_budget_gb = 0.0002;
+        TEST_BEGIN("emu cycle: --page-size --memory-budget: the emulator reports the CPU's paging figures");
+        CHECK(ekv_cycle_run(&a, &cpu) == EKV_SUCCESS, "cpu: %s", ekv_last_error());
+        CHECK(ekv_cuda_cycle_run(&a, &dev) == EKV_SUCCESS, "device: %s", ekv_last_error());
+        CHECK(cpu.serve && dev.serve && memcmp(cpu.serve, dev.serve, sizeof *cpu.serve) == 0 &&
+                  cpu.serve->count == 6 && cpu.serve->variants[5].budget.batch > 0,
+              "paging figures differ or are missing");
+        ekv_report_free(&cpu);
+        ekv_report_free(&dev);
         TEST_END();
     }
     return ekv_test_finish();

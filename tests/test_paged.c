@@ -6,7 +6,9 @@
    small pool, after every step the accounting checked by a test-side tally of the block
    tables (no page leaked, shared or held twice, used + free = total) and by
    ekv_paged_check, the contents against a contiguous shadow cache; (c) ekv_paged_check
-   fails on planted corruptions, a full pool refuses and writes nothing, bad arguments.
+   fails on planted corruptions, a full pool refuses and writes nothing, bad arguments;
+   (d) a pool without storage (ekv_paged_pool_create) grows and shrinks by
+   ekv_paged_resize under the same accounting, refuses what it cannot hold.
    Inputs are fresh random data each run; the seed is printed (rerun with --seed=N).
 
    Build: cc -std=c99 -O2 -Wall -Wextra -I. -o build/test_paged tests/test_paged.c tests/ekv_impl.c -lm */
@@ -439,6 +441,45 @@ static void test_check_and_errors(void)
     TEST_END();
 }
 
+/* (d) the pool without storage that the cycle's serving simulation counts pages with. */
+static void test_pool_without_storage(void)
+{
+    ekv_paged_cache pool, cache;
+    int i, step;
+    TEST_BEGIN("pool without storage: resize takes and gives back pages, accounting exact, refusals");
+    CHECK(ekv_paged_pool_create(&pool, 3, 16, 10, 100) == EKV_SUCCESS, "%s", ekv_last_error());
+    if (!pool.block_table) return;
+    CHECK(pool.k == NULL && pool.table_width == 7, "storage %p, width %d", (void *)pool.k, pool.table_width);
+    for (step = 0; step < 400; step++) {
+        const int b = (int)ekv_rng_below(&test_rng, 3), length = (int)ekv_rng_below(&test_rng, 113); /* 7 pages of 16 */
+        const int need = (length + 15) / 16, before = pool.free_count, held = pool.held[b];
+        const ekv_result r = ekv_paged_resize(&pool, b, length);
+        if (need - held > before) {
+            CHECK(r == EKV_ERR_OUT_OF_MEMORY && pool.free_count == before && pool.held[b] == held,
+                  "step %d: %d pages over the free %d taken or not refused", step, need - held, before);
+        } else {
+            CHECK(r == EKV_SUCCESS && pool.lengths[b] == length && pool.held[b] == need &&
+                      pool.free_count == before - (need - held),
+                  "step %d: %s", step, ekv_last_error());
+        }
+        CHECK(ekv_paged_check(&pool) == EKV_SUCCESS, "step %d: %s", step, ekv_last_error());
+        CHECK(tally(&pool) == NULL, "step %d: %s", step, tally(&pool));
+        if (step % 50 == 49) CHECK(ekv_paged_retire(&pool, b) == EKV_SUCCESS && pool.held[b] == 0, "retire");
+    }
+    CHECK(ekv_paged_resize(&pool, 0, 113) == EKV_ERR_INVALID_ARG, "beyond the 7 pages of the table");
+    CHECK(ekv_paged_resize(&pool, 3, 1) == EKV_ERR_INVALID_ARG, "sequence 3 of 3");
+    for (i = 0; i < 3; i++) CHECK(ekv_paged_retire(&pool, i) == EKV_SUCCESS, "%s", ekv_last_error());
+    CHECK(pool.free_count == 10 && ekv_paged_check(&pool) == EKV_SUCCESS, "all back: %d free", pool.free_count);
+    CHECK(ekv_paged_append(&pool, NULL, NULL, NULL) == EKV_ERR_INVALID_ARG &&
+              strstr(ekv_last_error(), "without storage") != NULL,
+          "append on a pool without storage: %s", ekv_last_error());
+    ekv_paged_free(&pool);
+    CHECK(ekv_paged_create(&cache, EKV_DTYPE_F16, 1, 1, 64, 16, 4, 64, 0) == EKV_SUCCESS, "%s", ekv_last_error());
+    CHECK(ekv_paged_resize(&cache, 0, 5) == EKV_ERR_INVALID_ARG, "resize of a cache with storage");
+    ekv_paged_free(&cache);
+    TEST_END();
+}
+
 int main(int argc, char **argv)
 {
     int i;
@@ -452,5 +493,6 @@ int main(int argc, char **argv)
     test_admit_gather();
     test_pool_stress();
     test_check_and_errors();
+    test_pool_without_storage();
     return ekv_test_finish();
 }
