@@ -4051,6 +4051,12 @@ typedef struct ekv__cpu_path {
                         size_t stride);
     void (*accumulate_int8)(float *acc, int G, int D, const int8_t *rows, int n, const float *p,
                             size_t stride);
+    /* the same from f16 rows (exact conversions in registers, no float block between),
+       head_dim a multiple of 8; NULL where the path decodes them first */
+    void (*logits_f16)(const float *q, int G, int D, const uint16_t *rows, int n, float *logits,
+                       size_t stride);
+    void (*accumulate_f16)(float *acc, int G, int D, const uint16_t *rows, int n, const float *p,
+                           size_t stride);
     /* the same from int4 rows and their (scale, zero) pairs, in split order, head_dim a
        multiple of 32; `spare` holds n * D / 16 floats */
     void (*logits_int4)(const float *q, int G, int D, const unsigned char *rows,
@@ -4168,7 +4174,7 @@ static void ekv__accumulate_portable(float *acc, int G, int D, const float *rows
 static const ekv__cpu_path ekv__cpu_portable = {"portable", 0, ekv__decode_portable,
                                                 ekv__logits_portable, ekv__exp_sum_portable,
                                                 ekv__accumulate_portable, NULL, NULL,
-                                                NULL, NULL};
+                                                NULL, NULL, NULL, NULL};
 
 /* exp(x) for x <= 0 by 2^n * e^r, |r| <= ln2/2, with the classic single-precision
    minimax polynomial (Cephes expf; about 1 ulp); x below -87.3 (2^-126) gives 0, -inf
@@ -4537,130 +4543,143 @@ static EKV__AVX2 __m256 ekv__int8_eight_avx2(const int8_t *in)
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)in)));
 }
 
-/* ekv__logits_avx2 on int8 rows, each row converted once for 4 heads: tiles of 2 rows x 4
-   heads (8 dot products, 8 lanes wide, summed across lanes together as there); the
-   logits of a tile leave as 4 pairs, one per head. Heads past a multiple of 4 by tiles of
-   4 rows x 1 head. D is a multiple of 8. */
-static EKV__AVX2 void ekv__logits_int8_avx2(const float *q, int G, int D, const int8_t *rows, int n,
-                                            float *logits, size_t stride)
+/* 8 f16 values as floats (exact) */
+static EKV__AVX2 __m256 ekv__f16_eight_avx2(const uint16_t *in)
 {
-    const size_t d_stride = (size_t)D;
-    int h = 0, j, d;
-    for (; h + 4 <= G; h += 4) {
-        const float *q0 = q + (size_t)h * d_stride, *q1 = q0 + d_stride, *q2 = q1 + d_stride,
-                    *q3 = q2 + d_stride;
-        float *out0 = logits + (size_t)h * stride, *out1 = out0 + stride, *out2 = out1 + stride,
-              *out3 = out2 + stride;
-        for (j = 0; j < n; j += 2) {
-            /* an odd last row is paired with itself; its second logits are not stored */
-            const int8_t *r0 = rows + (size_t)j * d_stride, *r1 = j + 1 < n ? r0 + d_stride : r0;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0,
-                   b3 = a0, x, y, sums;
-            __m128 low, high;
-            for (d = 0; d < D; d += 8) {
-                x = ekv__int8_eight_avx2(r0 + d);
-                y = ekv__int8_eight_avx2(r1 + d);
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), x, a0);
-                b0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), y, b0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + d), x, a1);
-                b1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + d), y, b1);
-                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + d), x, a2);
-                b2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + d), y, b2);
-                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + d), x, a3);
-                b3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + d), y, b3);
-            }
-            /* lanes: head 0 rows j, j+1; head 1 rows j, j+1; ... */
-            sums = ekv__sum8_avx2(a0, b0, a1, b1, a2, b2, a3, b3);
-            low = _mm256_castps256_ps128(sums);
-            high = _mm256_extractf128_ps(sums, 1);
-            if (j + 1 < n) {
-                _mm_storel_pi((__m64 *)(void *)(out0 + j), low);
-                _mm_storeh_pi((__m64 *)(void *)(out1 + j), low);
-                _mm_storel_pi((__m64 *)(void *)(out2 + j), high);
-                _mm_storeh_pi((__m64 *)(void *)(out3 + j), high);
-            } else {
-                _mm_store_ss(out0 + j, low);
-                _mm_store_ss(out1 + j, _mm_movehl_ps(low, low));
-                _mm_store_ss(out2 + j, high);
-                _mm_store_ss(out3 + j, _mm_movehl_ps(high, high));
-            }
-        }
-    }
-    for (; h < G; h++) {
-        const float *qh = q + (size_t)h * d_stride;
-        float *out = logits + (size_t)h * stride;
-        for (j = 0; j < n; j++) {
-            const int8_t *r = rows + (size_t)j * d_stride;
-            __m256 a = _mm256_setzero_ps();
-            for (d = 0; d < D; d += 8)
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + d), ekv__int8_eight_avx2(r + d), a);
-            out[j] = ekv__sum_avx2(a);
-        }
-    }
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)in));
 }
 
-/* ekv__accumulate_avx2 on int8 rows, each value converted once for 4 heads: tiles of 4
-   heads x 16 columns, or 1 head x 8 columns. D is a multiple of 8. */
-static EKV__AVX2 void ekv__accumulate_int8_avx2(float *acc, int G, int D, const int8_t *rows, int n,
-                                                const float *p, size_t stride)
-{
-    const size_t d_stride = (size_t)D;
-    int h = 0, j, d;
-    for (; h + 4 <= G; h += 4) {
-        float *c0 = acc + (size_t)h * d_stride, *c1 = c0 + d_stride, *c2 = c1 + d_stride,
-              *c3 = c2 + d_stride;
-        const float *w0 = p + (size_t)h * stride, *w1 = w0 + stride, *w2 = w1 + stride,
-                    *w3 = w2 + stride;
-        for (d = 0; d + 16 <= D; d += 16) {
-            __m256 a0 = _mm256_loadu_ps(c0 + d), b0 = _mm256_loadu_ps(c0 + d + 8);
-            __m256 a1 = _mm256_loadu_ps(c1 + d), b1 = _mm256_loadu_ps(c1 + d + 8);
-            __m256 a2 = _mm256_loadu_ps(c2 + d), b2 = _mm256_loadu_ps(c2 + d + 8);
-            __m256 a3 = _mm256_loadu_ps(c3 + d), b3 = _mm256_loadu_ps(c3 + d + 8);
-            for (j = 0; j < n; j++) {
-                const int8_t *r = rows + (size_t)j * d_stride + (size_t)d;
-                const __m256 x = ekv__int8_eight_avx2(r), y = ekv__int8_eight_avx2(r + 8);
-                __m256 w = _mm256_broadcast_ss(w0 + j);
-                a0 = _mm256_fmadd_ps(w, x, a0); b0 = _mm256_fmadd_ps(w, y, b0);
-                w = _mm256_broadcast_ss(w1 + j);
-                a1 = _mm256_fmadd_ps(w, x, a1); b1 = _mm256_fmadd_ps(w, y, b1);
-                w = _mm256_broadcast_ss(w2 + j);
-                a2 = _mm256_fmadd_ps(w, x, a2); b2 = _mm256_fmadd_ps(w, y, b2);
-                w = _mm256_broadcast_ss(w3 + j);
-                a3 = _mm256_fmadd_ps(w, x, a3); b3 = _mm256_fmadd_ps(w, y, b3);
-            }
-            _mm256_storeu_ps(c0 + d, a0); _mm256_storeu_ps(c0 + d + 8, b0);
-            _mm256_storeu_ps(c1 + d, a1); _mm256_storeu_ps(c1 + d + 8, b1);
-            _mm256_storeu_ps(c2 + d, a2); _mm256_storeu_ps(c2 + d + 8, b2);
-            _mm256_storeu_ps(c3 + d, a3); _mm256_storeu_ps(c3 + d + 8, b3);
-        }
-        for (; d < D; d += 8) {
-            __m256 a0 = _mm256_loadu_ps(c0 + d), a1 = _mm256_loadu_ps(c1 + d);
-            __m256 a2 = _mm256_loadu_ps(c2 + d), a3 = _mm256_loadu_ps(c3 + d);
-            for (j = 0; j < n; j++) {
-                const __m256 x = ekv__int8_eight_avx2(rows + (size_t)j * d_stride + (size_t)d);
-                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + j), x, a0);
-                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + j), x, a1);
-                a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(w2 + j), x, a2);
-                a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(w3 + j), x, a3);
-            }
-            _mm256_storeu_ps(c0 + d, a0);
-            _mm256_storeu_ps(c1 + d, a1);
-            _mm256_storeu_ps(c2 + d, a2);
-            _mm256_storeu_ps(c3 + d, a3);
-        }
-    }
-    for (; h < G; h++) {
-        float *c = acc + (size_t)h * d_stride;
-        const float *w = p + (size_t)h * stride;
-        for (d = 0; d < D; d += 8) {
-            __m256 a = _mm256_loadu_ps(c + d);
-            for (j = 0; j < n; j++)
-                a = _mm256_fmadd_ps(_mm256_broadcast_ss(w + j),
-                                    ekv__int8_eight_avx2(rows + (size_t)j * d_stride + (size_t)d), a);
-            _mm256_storeu_ps(c + d, a);
-        }
-    }
+/* ekv__logits_avx2 on int8 or f16 rows (EIGHT: 8 stored values as floats, exact), each
+   row converted once for 4 heads: tiles of 2 rows x 4 heads (8 dot products, 8 lanes
+   wide, summed across lanes together as there); the
+   logits of a tile leave as 4 pairs, one per head. Heads past a multiple of 4 by tiles of
+   4 rows x 1 head. D is a multiple of 8. */
+#define EKV__LOGITS_TILES_AVX2(NAME, TYPE, EIGHT)          \
+static EKV__AVX2 void NAME(const float *q, int G, int D, const TYPE *rows, int n,                  \
+                                            float *logits, size_t stride)                          \
+{                                                                                                  \
+    const size_t d_stride = (size_t)D;                                                             \
+    int h = 0, j, d;                                                                               \
+    for (; h + 4 <= G; h += 4) {                                                                   \
+        const float *q0 = q + (size_t)h * d_stride, *q1 = q0 + d_stride, *q2 = q1 + d_stride,      \
+                    *q3 = q2 + d_stride;                                                           \
+        float *out0 = logits + (size_t)h * stride, *out1 = out0 + stride, *out2 = out1 + stride,   \
+              *out3 = out2 + stride;                                                               \
+        for (j = 0; j < n; j += 2) {                                                               \
+            /* an odd last row is paired with itself; its second logits are not stored */          \
+            const TYPE *r0 = rows + (size_t)j * d_stride, *r1 = j + 1 < n ? r0 + d_stride : r0;    \
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, \
+                   b3 = a0, x, y, sums;                                                            \
+            __m128 low, high;                                                                      \
+            for (d = 0; d < D; d += 8) {                                                           \
+                x = EIGHT(r0 + d);                                                                 \
+                y = EIGHT(r1 + d);                                                                 \
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), x, a0);                              \
+                b0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), y, b0);                              \
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + d), x, a1);                              \
+                b1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + d), y, b1);                              \
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + d), x, a2);                              \
+                b2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + d), y, b2);                              \
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + d), x, a3);                              \
+                b3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + d), y, b3);                              \
+            }                                                                                      \
+            /* lanes: head 0 rows j, j+1; head 1 rows j, j+1; ... */                               \
+            sums = ekv__sum8_avx2(a0, b0, a1, b1, a2, b2, a3, b3);                                 \
+            low = _mm256_castps256_ps128(sums);                                                    \
+            high = _mm256_extractf128_ps(sums, 1);                                                 \
+            if (j + 1 < n) {                                                                       \
+                _mm_storel_pi((__m64 *)(void *)(out0 + j), low);                                   \
+                _mm_storeh_pi((__m64 *)(void *)(out1 + j), low);                                   \
+                _mm_storel_pi((__m64 *)(void *)(out2 + j), high);                                  \
+                _mm_storeh_pi((__m64 *)(void *)(out3 + j), high);                                  \
+            } else {                                                                               \
+                _mm_store_ss(out0 + j, low);                                                       \
+                _mm_store_ss(out1 + j, _mm_movehl_ps(low, low));                                   \
+                _mm_store_ss(out2 + j, high);                                                      \
+                _mm_store_ss(out3 + j, _mm_movehl_ps(high, high));                                 \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    for (; h < G; h++) {                                                                           \
+        const float *qh = q + (size_t)h * d_stride;                                                \
+        float *out = logits + (size_t)h * stride;                                                  \
+        for (j = 0; j < n; j++) {                                                                  \
+            const TYPE *r = rows + (size_t)j * d_stride;                                           \
+            __m256 a = _mm256_setzero_ps();                                                        \
+            for (d = 0; d < D; d += 8)                                                             \
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + d), EIGHT(r + d), a);                     \
+            out[j] = ekv__sum_avx2(a);                                                             \
+        }                                                                                          \
+    }                                                                                              \
 }
+EKV__LOGITS_TILES_AVX2(ekv__logits_int8_avx2, int8_t, ekv__int8_eight_avx2)
+EKV__LOGITS_TILES_AVX2(ekv__logits_f16_avx2, uint16_t, ekv__f16_eight_avx2)
+
+/* ekv__accumulate_avx2 on int8 or f16 rows, each value converted once for 4 heads: tiles of 4
+   heads x 16 columns, or 1 head x 8 columns. D is a multiple of 8. */
+#define EKV__ACCUMULATE_TILES_AVX2(NAME, TYPE, EIGHT)      \
+static EKV__AVX2 void NAME(float *acc, int G, int D, const TYPE *rows, int n,                   \
+                                                const float *p, size_t stride)                  \
+{                                                                                               \
+    const size_t d_stride = (size_t)D;                                                          \
+    int h = 0, j, d;                                                                            \
+    for (; h + 4 <= G; h += 4) {                                                                \
+        float *c0 = acc + (size_t)h * d_stride, *c1 = c0 + d_stride, *c2 = c1 + d_stride,       \
+              *c3 = c2 + d_stride;                                                              \
+        const float *w0 = p + (size_t)h * stride, *w1 = w0 + stride, *w2 = w1 + stride,         \
+                    *w3 = w2 + stride;                                                          \
+        for (d = 0; d + 16 <= D; d += 16) {                                                     \
+            __m256 a0 = _mm256_loadu_ps(c0 + d), b0 = _mm256_loadu_ps(c0 + d + 8);              \
+            __m256 a1 = _mm256_loadu_ps(c1 + d), b1 = _mm256_loadu_ps(c1 + d + 8);              \
+            __m256 a2 = _mm256_loadu_ps(c2 + d), b2 = _mm256_loadu_ps(c2 + d + 8);              \
+            __m256 a3 = _mm256_loadu_ps(c3 + d), b3 = _mm256_loadu_ps(c3 + d + 8);              \
+            for (j = 0; j < n; j++) {                                                           \
+                const TYPE *r = rows + (size_t)j * d_stride + (size_t)d;                        \
+                const __m256 x = EIGHT(r), y = EIGHT(r + 8);                                    \
+                __m256 w = _mm256_broadcast_ss(w0 + j);                                         \
+                a0 = _mm256_fmadd_ps(w, x, a0); b0 = _mm256_fmadd_ps(w, y, b0);                 \
+                w = _mm256_broadcast_ss(w1 + j);                                                \
+                a1 = _mm256_fmadd_ps(w, x, a1); b1 = _mm256_fmadd_ps(w, y, b1);                 \
+                w = _mm256_broadcast_ss(w2 + j);                                                \
+                a2 = _mm256_fmadd_ps(w, x, a2); b2 = _mm256_fmadd_ps(w, y, b2);                 \
+                w = _mm256_broadcast_ss(w3 + j);                                                \
+                a3 = _mm256_fmadd_ps(w, x, a3); b3 = _mm256_fmadd_ps(w, y, b3);                 \
+            }                                                                                   \
+            _mm256_storeu_ps(c0 + d, a0); _mm256_storeu_ps(c0 + d + 8, b0);                     \
+            _mm256_storeu_ps(c1 + d, a1); _mm256_storeu_ps(c1 + d + 8, b1);                     \
+            _mm256_storeu_ps(c2 + d, a2); _mm256_storeu_ps(c2 + d + 8, b2);                     \
+            _mm256_storeu_ps(c3 + d, a3); _mm256_storeu_ps(c3 + d + 8, b3);                     \
+        }                                                                                       \
+        for (; d < D; d += 8) {                                                                 \
+            __m256 a0 = _mm256_loadu_ps(c0 + d), a1 = _mm256_loadu_ps(c1 + d);                  \
+            __m256 a2 = _mm256_loadu_ps(c2 + d), a3 = _mm256_loadu_ps(c3 + d);                  \
+            for (j = 0; j < n; j++) {                                                           \
+                const __m256 x = EIGHT(rows + (size_t)j * d_stride + (size_t)d);                \
+                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + j), x, a0);                       \
+                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + j), x, a1);                       \
+                a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(w2 + j), x, a2);                       \
+                a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(w3 + j), x, a3);                       \
+            }                                                                                   \
+            _mm256_storeu_ps(c0 + d, a0);                                                       \
+            _mm256_storeu_ps(c1 + d, a1);                                                       \
+            _mm256_storeu_ps(c2 + d, a2);                                                       \
+            _mm256_storeu_ps(c3 + d, a3);                                                       \
+        }                                                                                       \
+    }                                                                                           \
+    for (; h < G; h++) {                                                                        \
+        float *c = acc + (size_t)h * d_stride;                                                  \
+        const float *w = p + (size_t)h * stride;                                                \
+        for (d = 0; d < D; d += 8) {                                                            \
+            __m256 a = _mm256_loadu_ps(c + d);                                                  \
+            for (j = 0; j < n; j++)                                                             \
+                a = _mm256_fmadd_ps(_mm256_broadcast_ss(w + j),                                 \
+                                    EIGHT(rows + (size_t)j * d_stride + (size_t)d), a);         \
+            _mm256_storeu_ps(c + d, a);                                                         \
+        }                                                                                       \
+    }                                                                                           \
+}
+EKV__ACCUMULATE_TILES_AVX2(ekv__accumulate_int8_avx2, int8_t, ekv__int8_eight_avx2)
+EKV__ACCUMULATE_TILES_AVX2(ekv__accumulate_f16_avx2, uint16_t, ekv__f16_eight_avx2)
 
 /* The count f16 (scale, zero) halves of int4 rows as floats, once per block: the tiles
    then broadcast them from memory. */
@@ -4834,6 +4853,7 @@ static EKV__AVX2 void ekv__accumulate_int4_avx2(float *acc, int G, int D, const 
 static const ekv__cpu_path ekv__cpu_avx2 = {"avx2", 1, ekv__decode_avx2, ekv__logits_avx2,
                                             ekv__exp_sum_avx2, ekv__accumulate_avx2,
                                             ekv__logits_int8_avx2, ekv__accumulate_int8_avx2,
+                                            ekv__logits_f16_avx2, ekv__accumulate_f16_avx2,
                                             ekv__logits_int4_avx2, ekv__accumulate_int4_avx2};
 
 /* -- AVX-512 (x86-64): the same tiles 16 lanes wide, half the FMA instructions; int4
@@ -5191,7 +5211,7 @@ static EKV__AVX512 void ekv__accumulate_avx512(float *acc, int G, int D, const f
 
 static const ekv__cpu_path ekv__cpu_avx512 = {"avx512", 1, ekv__decode_avx512, ekv__logits_avx512,
                                               ekv__exp_sum_avx512, ekv__accumulate_avx512,
-                                              NULL, NULL, NULL, NULL};
+                                              NULL, NULL, NULL, NULL, NULL, NULL};
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
@@ -5408,7 +5428,7 @@ static void ekv__accumulate_neon(float *acc, int G, int D, const float *rows, in
 
 static const ekv__cpu_path ekv__cpu_neon = {"neon", 0, ekv__decode_neon, ekv__logits_neon,
                                             ekv__exp_sum_neon, ekv__accumulate_neon, NULL, NULL,
-                                            NULL, NULL};
+                                            NULL, NULL, NULL, NULL};
 #endif /* EKV__SIMD_NEON */
 
 /* The paths this CPU runs, best first: the list ekv_cpu_paths names. */
@@ -5611,6 +5631,12 @@ static const int8_t *ekv__cpu_int8_rows(const ekv_host_cache *c, int which, int 
     return (const int8_t *)(const void *)ekv__cache_values(c, which, b, g, slot);
 }
 
+/* f16 rows from `slot` of K (which = 0) or V of (b, g), as stored (paths with logits_f16) */
+static const uint16_t *ekv__cpu_f16_rows(const ekv_host_cache *c, int which, int b, int g, int slot)
+{
+    return (const uint16_t *)(const void *)ekv__cache_values(c, which, b, g, slot);
+}
+
 /* the (scale, zero) pairs of int4 rows from `slot`, as stored */
 static const uint16_t *ekv__cpu_int4_pairs(const ekv_host_cache *c, int which, int b, int g, int slot)
 {
@@ -5638,6 +5664,7 @@ static void ekv__cpu_piece(const ekv__cpu_job *job, size_t item, float *scratch)
                                 ? (const float *)(const void *)ekv__cache_row_scale(c, 1, b, g, first)
                                 : NULL;
     const int int8_direct = k_scales && job->path->logits_int8 && D % 8 == 0;
+    const int f16_direct = c->dtype == EKV_DTYPE_F16 && job->path->logits_f16 && D % 8 == 0;
     const int int4_direct = job->int4_split && job->path->logits_int4;
     int h, j, block;
     size_t i;
@@ -5646,6 +5673,9 @@ static void ekv__cpu_piece(const ekv__cpu_job *job, size_t item, float *scratch)
         if (int8_direct)
             job->path->logits_int8(q, G, D, ekv__cpu_int8_rows(c, 0, b, g, first + block), m,
                                    logits + block, EKV_CPU_SPLIT);
+        else if (f16_direct)
+            job->path->logits_f16(q, G, D, ekv__cpu_f16_rows(c, 0, b, g, first + block), m,
+                                  logits + block, EKV_CPU_SPLIT);
         else if (int4_direct)
             job->path->logits_int4(q, G, D, ekv__cache_values(c, 0, b, g, first + block),
                                    ekv__cpu_int4_pairs(c, 0, b, g, first + block), m, rows,
@@ -5670,7 +5700,7 @@ static void ekv__cpu_piece(const ekv__cpu_job *job, size_t item, float *scratch)
     memset(acc, 0, GD * sizeof(float));
     for (block = 0; block < n; block += EKV__CPU_BLOCK) {
         const int m = n - block < EKV__CPU_BLOCK ? n - block : EKV__CPU_BLOCK;
-        const float *values = int8_direct || int4_direct
+        const float *values = int8_direct || int4_direct || f16_direct
                                   ? NULL
                                   : ekv__cpu_rows(job, 1, b, g, first + block, m, rows);
         const float *p = logits + block;
@@ -5685,6 +5715,9 @@ static void ekv__cpu_piece(const ekv__cpu_job *job, size_t item, float *scratch)
         if (int8_direct)
             job->path->accumulate_int8(acc, G, D, ekv__cpu_int8_rows(c, 1, b, g, first + block), m,
                                        p, stride);
+        else if (f16_direct)
+            job->path->accumulate_f16(acc, G, D, ekv__cpu_f16_rows(c, 1, b, g, first + block), m,
+                                      p, stride);
         else if (int4_direct)
             job->path->accumulate_int4(acc, G, D, ekv__cache_values(c, 1, b, g, first + block),
                                        ekv__cpu_int4_pairs(c, 1, b, g, first + block), m, rows,
