@@ -41,7 +41,7 @@ SAN_BENCH_FLAGS := -O1 -g $(SAN) -Wall -Wextra -Werror -x c++
 EMU_BENCH_FLAGS := $(EMU_CXXFLAGS) -O2 -x c++
 NATIVE_BENCH_FLAGS := -O3 -march=native -pthread -x c++
 
-.PHONY: all bench bench-cpu test emu clean venv tools gpu-check FORCE test-tools test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
+.PHONY: all bench bench-cpu test test-programs emu clean venv tools gpu-check FORCE test-tools test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/ekv_bench
@@ -232,8 +232,20 @@ test-gpu: | $(BUILD)
 	  tests/run_suite.sh gpu-cache $(BUILD)/test_cache_gpu; \
 	else echo "SKIP gpu: no nvcc"; echo "gpu 0 0 1" >> $(BUILD)/logs/summary.txt; fi
 
+# Every program the suites below run, built first and in parallel (TEST_JOBS, default the
+# online cores): the suites then run one at a time, their timings undisturbed. -k and the
+# ignored status leave a failing build to fail again, named, before the suite that needs it.
+TEST_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+TEST_PROGRAMS := $(addprefix $(BUILD)/t_,$(C_TESTS)) $(addprefix $(BUILD)/asan_,$(C_TESTS)) \
+	$(BUILD)/ekv_bench_cpu $(BUILD)/ekv_bench_cpu_san $(BUILD)/ekv_bench $(EMU_PROGRAMS) \
+	$(foreach t,$(EMU_TESTS),$(BUILD)/emu/$(t) $(BUILD)/emu/$(t)_asan $(BUILD)/emu/$(t)_tsan) \
+	$(BUILD)/ekv_bench_emu $(BUILD)/libekv_emu.so
+
+test-programs: $(TEST_PROGRAMS)
+
 test: venv
 	@rm -f $(BUILD)/logs/summary.txt
+	@-$(MAKE) --no-print-directory -k -j$(TEST_JOBS) test-programs
 	@$(MAKE) --no-print-directory test-build test-core test-cli test-python test-examples test-tools
 	@$(MAKE) --no-print-directory test-emu-suite test-kernels-emu test-static test-gpu
 	@tests/run_suite.sh gpu-check-dry tests/test_gpu_check.sh
