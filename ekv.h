@@ -10990,8 +10990,9 @@ EKV_DEF ekv_result ekv_serve_max_batch(const ekv_config *config, ekv_variant v, 
                                        ekv_serve_figures *out)
 {
     ekv_serve_figures probe_figures;
-    int good = 0, bad, probe = 1, fits;
+    int good = 0, bad, probe = 1, fits = 0;
     ekv_result r;
+    memset(&probe_figures, 0, sizeof probe_figures); /* set by ekv_serve_run; gcc -O3 cannot see it */
     if (!out || pool_pages < 1)
         return ekv_set_error(EKV_ERR_INVALID_ARG, "ekv_serve_max_batch: NULL figures or a pool of "
                              "%d pages", pool_pages);
