@@ -2,6 +2,7 @@
 #   make          build build/ekv_bench (nvcc when present, else the C++ CPU build)
 #   make bench    build and run the default benchmark (GPU if present, else CPU backend)
 #   make bench-cpu  the CPU backend built for this machine, beside numpy (and PyTorch)
+#   make bench-cpu-tiles  the CPU kernel's functions: compute (L1) against memory (streaming)
 #   make test     every test suite; closing line "N passed, N failed, N skipped"
 #   make emu      build/ekv_bench_emu: the CUDA code on the CPU execution emulator
 #   make clean
@@ -41,7 +42,7 @@ SAN_BENCH_FLAGS := -O1 -g $(SAN) -Wall -Wextra -Werror -x c++
 EMU_BENCH_FLAGS := $(EMU_CXXFLAGS) -O2 -x c++
 NATIVE_BENCH_FLAGS := -O3 -march=native -pthread -x c++
 
-.PHONY: all bench bench-cpu test test-programs emu clean venv tools gpu-check FORCE test-tools test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
+.PHONY: all bench bench-cpu bench-cpu-tiles test test-programs emu clean venv tools gpu-check FORCE test-tools test-build test-core test-cli test-python test-examples test-static test-gpu test-kernels-emu test-examples
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/ekv_bench
@@ -84,6 +85,14 @@ $(BUILD)/ekv_bench_native: bench/main.cu $(HEADERS) $(BUILD)/git_commit | $(BUIL
 
 bench-cpu: $(BUILD)/ekv_bench_native venv
 	$(VPY) bench/peers_cpu.py --bench $(BUILD)/ekv_bench_native --out $(BUILD)/bench_cpu.jsonl
+
+# Where the CPU kernel's time goes: its functions on one thread, on a block in L1 and
+# streaming from memory, next to this core's multiply-add peak (bench/cpu_tiles.c)
+$(BUILD)/cpu_tiles: bench/cpu_tiles.c $(HEADERS) | $(BUILD)
+	$(CXX) -O3 -march=native -Wall -Wextra -Werror -x c++ -o $@ bench/cpu_tiles.c
+
+bench-cpu-tiles: $(BUILD)/cpu_tiles
+	$(BUILD)/cpu_tiles
 
 venv: $(VENV)/.stamp $(VENV)/.ekv-stamp tools
 
@@ -170,8 +179,9 @@ test-examples: venv
 	@tests/run_suite.sh examples tests/test_examples.sh
 
 # make tools and the jq checks where jq cannot be installed (stand-ins on the PATH)
-test-tools: $(BUILD)/t_test_json
+test-tools: $(BUILD)/t_test_json $(BUILD)/cpu_tiles
 	@tests/run_suite.sh tools sh tests/test_tools.sh $(BUILD)/t_test_json
+	@tests/run_suite.sh cpu-tiles sh tests/test_cpu_tiles.sh $(BUILD)/cpu_tiles
 
 test-python: venv $(BUILD)/ekv_bench_cpu
 	@for t in $(wildcard tests/py/test_*.py); do \
@@ -237,7 +247,7 @@ test-gpu: | $(BUILD)
 # ignored status leave a failing build to fail again, named, before the suite that needs it.
 TEST_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 TEST_PROGRAMS := $(addprefix $(BUILD)/t_,$(C_TESTS)) $(addprefix $(BUILD)/asan_,$(C_TESTS)) \
-	$(BUILD)/ekv_bench_cpu $(BUILD)/ekv_bench_cpu_san $(BUILD)/ekv_bench $(EMU_PROGRAMS) \
+	$(BUILD)/ekv_bench_cpu $(BUILD)/ekv_bench_cpu_san $(BUILD)/ekv_bench $(BUILD)/cpu_tiles $(EMU_PROGRAMS) \
 	$(foreach t,$(EMU_TESTS),$(BUILD)/emu/$(t) $(BUILD)/emu/$(t)_asan $(BUILD)/emu/$(t)_tsan) \
 	$(BUILD)/ekv_bench_emu $(BUILD)/libekv_emu.so
 
