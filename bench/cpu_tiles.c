@@ -46,6 +46,10 @@ typedef struct tiles {
     float *spare;   /* decoded rows or int4 (scale, zero) floats */
 } tiles;
 
+/* scores and weighted_sum pick a path's function by the rule of ekv__cpu_piece in ekv.h
+   (int8, f16 and int4 read straight from the stored rows where the path has functions
+   for them, f32 in place, anything else decoded into floats first): a change there
+   belongs here too, or these times are of code the kernel does not run. */
 static void scores(const tiles *t, const unsigned char *k, const unsigned char *scales)
 {
     const ekv__cpu_path *p = t->path;
