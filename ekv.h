@@ -5611,36 +5611,59 @@ static void ekv__int4_order(float *row, int D, float *spare, int to_split)
         }
 }
 
-/* Rows [slot, slot + n) of K (which = 0) or V of (b, g) as floats: in place for f32, else
-   decoded into `buffer`. */
-static const float *ekv__cpu_rows(const ekv__cpu_job *job, int which, int b, int g, int slot,
-                                  int n, float *buffer)
+/* Whether `path` reads int4 rows of this head_dim in its split order (see ekv__cpu_path);
+   q and the accumulators are then permuted alike. */
+static int ekv__cpu_int4_split(const ekv__cpu_path *path, ekv_dtype dtype, int D)
 {
-    const ekv_host_cache *c = job->cache;
-    const unsigned char *values = ekv__cache_values(c, which, b, g, slot);
-    if (c->dtype == EKV_DTYPE_F32) return (const float *)(const void *)values;
-    job->path->decode(c->dtype, values, ekv__cache_row_scale(c, which, b, g, slot), n,
-                      c->head_dim, buffer);
-    return buffer;
+    return path->int4_split && dtype == EKV_DTYPE_INT4 && D % EKV_INT4_GROUP == 0;
 }
 
-/* int8 rows from `slot` of K (which = 0) or V of (b, g), as stored (paths with
-   logits_int8 read them without decoding) */
-static const int8_t *ekv__cpu_int8_rows(const ekv_host_cache *c, int which, int b, int g, int slot)
+/* The one rule for which of a path's functions reads a block of n stored rows (`values`,
+   their row scales `scales`): int8, f16 and int4 (split order) straight from the stored
+   form where the path has functions for them, f32 in place, anything else decoded into
+   `spare` (n * D floats) first. int8 rows give the integers (the row scales are the
+   caller's), the others their values. bench/cpu_tiles.c times these two, so that its times
+   are of the code the kernel runs. */
+static void ekv__cpu_block_logits(const ekv__cpu_path *path, ekv_dtype dtype, int int4_split,
+                                  const float *q, int G, int D, const unsigned char *values,
+                                  const unsigned char *scales, int n, float *spare,
+                                  float *logits, size_t stride)
 {
-    return (const int8_t *)(const void *)ekv__cache_values(c, which, b, g, slot);
+    if (dtype == EKV_DTYPE_INT8 && path->logits_int8 && D % 8 == 0)
+        path->logits_int8(q, G, D, (const int8_t *)(const void *)values, n, logits, stride);
+    else if (dtype == EKV_DTYPE_F16 && path->logits_f16 && D % 8 == 0)
+        path->logits_f16(q, G, D, (const uint16_t *)(const void *)values, n, logits, stride);
+    else if (int4_split && path->logits_int4)
+        path->logits_int4(q, G, D, values, (const uint16_t *)(const void *)scales, n, spare,
+                          logits, stride);
+    else if (dtype == EKV_DTYPE_F32)
+        path->logits(q, G, D, (const float *)(const void *)values, n, logits, stride);
+    else {
+        path->decode(dtype, values, scales, n, D, spare);
+        path->logits(q, G, D, spare, n, logits, stride);
+    }
 }
 
-/* f16 rows from `slot` of K (which = 0) or V of (b, g), as stored (paths with logits_f16) */
-static const uint16_t *ekv__cpu_f16_rows(const ekv_host_cache *c, int which, int b, int g, int slot)
+/* acc[h] += sum_j p[h * stride + j] * row j, for the rows ekv__cpu_block_logits reads, by
+   the same rule */
+static void ekv__cpu_block_accumulate(const ekv__cpu_path *path, ekv_dtype dtype, int int4_split,
+                                      float *acc, int G, int D, const unsigned char *values,
+                                      const unsigned char *scales, int n, float *spare,
+                                      const float *p, size_t stride)
 {
-    return (const uint16_t *)(const void *)ekv__cache_values(c, which, b, g, slot);
-}
-
-/* the (scale, zero) pairs of int4 rows from `slot`, as stored */
-static const uint16_t *ekv__cpu_int4_pairs(const ekv_host_cache *c, int which, int b, int g, int slot)
-{
-    return (const uint16_t *)(const void *)ekv__cache_row_scale(c, which, b, g, slot);
+    if (dtype == EKV_DTYPE_INT8 && path->accumulate_int8 && D % 8 == 0)
+        path->accumulate_int8(acc, G, D, (const int8_t *)(const void *)values, n, p, stride);
+    else if (dtype == EKV_DTYPE_F16 && path->accumulate_f16 && D % 8 == 0)
+        path->accumulate_f16(acc, G, D, (const uint16_t *)(const void *)values, n, p, stride);
+    else if (int4_split && path->accumulate_int4)
+        path->accumulate_int4(acc, G, D, values, (const uint16_t *)(const void *)scales, n, spare,
+                              p, stride);
+    else if (dtype == EKV_DTYPE_F32)
+        path->accumulate(acc, G, D, (const float *)(const void *)values, n, p, stride);
+    else {
+        path->decode(dtype, values, scales, n, D, spare);
+        path->accumulate(acc, G, D, spare, n, p, stride);
+    }
 }
 
 static void ekv__cpu_piece(const ekv__cpu_job *job, size_t item, float *scratch)
@@ -5663,25 +5686,13 @@ static void ekv__cpu_piece(const ekv__cpu_job *job, size_t item, float *scratch)
     const float *v_scales = c->dtype == EKV_DTYPE_INT8
                                 ? (const float *)(const void *)ekv__cache_row_scale(c, 1, b, g, first)
                                 : NULL;
-    const int int8_direct = k_scales && job->path->logits_int8 && D % 8 == 0;
-    const int f16_direct = c->dtype == EKV_DTYPE_F16 && job->path->logits_f16 && D % 8 == 0;
-    const int int4_direct = job->int4_split && job->path->logits_int4;
     int h, j, block;
     size_t i;
     for (block = 0; block < n; block += EKV__CPU_BLOCK) {
         const int m = n - block < EKV__CPU_BLOCK ? n - block : EKV__CPU_BLOCK;
-        if (int8_direct)
-            job->path->logits_int8(q, G, D, ekv__cpu_int8_rows(c, 0, b, g, first + block), m,
-                                   logits + block, EKV_CPU_SPLIT);
-        else if (f16_direct)
-            job->path->logits_f16(q, G, D, ekv__cpu_f16_rows(c, 0, b, g, first + block), m,
-                                  logits + block, EKV_CPU_SPLIT);
-        else if (int4_direct)
-            job->path->logits_int4(q, G, D, ekv__cache_values(c, 0, b, g, first + block),
-                                   ekv__cpu_int4_pairs(c, 0, b, g, first + block), m, rows,
-                                   logits + block, EKV_CPU_SPLIT);
-        else
-            job->path->logits(q, G, D, ekv__cpu_rows(job, 0, b, g, first + block, m, rows), m,
+        ekv__cpu_block_logits(job->path, c->dtype, job->int4_split, q, G, D,
+                              ekv__cache_values(c, 0, b, g, first + block),
+                              ekv__cache_row_scale(c, 0, b, g, first + block), m, rows,
                               logits + block, EKV_CPU_SPLIT);
     }
     for (h = 0; h < G; h++) {
@@ -5700,9 +5711,6 @@ static void ekv__cpu_piece(const ekv__cpu_job *job, size_t item, float *scratch)
     memset(acc, 0, GD * sizeof(float));
     for (block = 0; block < n; block += EKV__CPU_BLOCK) {
         const int m = n - block < EKV__CPU_BLOCK ? n - block : EKV__CPU_BLOCK;
-        const float *values = int8_direct || int4_direct || f16_direct
-                                  ? NULL
-                                  : ekv__cpu_rows(job, 1, b, g, first + block, m, rows);
         const float *p = logits + block;
         size_t stride = EKV_CPU_SPLIT;
         if (v_scales) {
@@ -5712,18 +5720,10 @@ static void ekv__cpu_piece(const ekv__cpu_job *job, size_t item, float *scratch)
             p = weights;
             stride = EKV__CPU_BLOCK;
         }
-        if (int8_direct)
-            job->path->accumulate_int8(acc, G, D, ekv__cpu_int8_rows(c, 1, b, g, first + block), m,
-                                       p, stride);
-        else if (f16_direct)
-            job->path->accumulate_f16(acc, G, D, ekv__cpu_f16_rows(c, 1, b, g, first + block), m,
-                                      p, stride);
-        else if (int4_direct)
-            job->path->accumulate_int4(acc, G, D, ekv__cache_values(c, 1, b, g, first + block),
-                                       ekv__cpu_int4_pairs(c, 1, b, g, first + block), m, rows,
-                                       p, stride);
-        else
-            job->path->accumulate(acc, G, D, values, m, p, stride);
+        ekv__cpu_block_accumulate(job->path, c->dtype, job->int4_split, acc, G, D,
+                                  ekv__cache_values(c, 1, b, g, first + block),
+                                  ekv__cache_row_scale(c, 1, b, g, first + block), m, rows, p,
+                                  stride);
     }
     if (c->dtype == EKV_DTYPE_FP8) {
         const float v_head = ekv__cache_head_scale(c, 1, b, g);
@@ -5870,8 +5870,7 @@ EKV_DEF ekv_result ekv_cpu_attention_with(const ekv_host_cache *cache, const flo
     }
     scale = (float)ekv_softmax_scale(softmax_scale, cache->head_dim);
     for (i = 0; i < count; i++) q_scaled[i] = q[i] * scale;
-    job.int4_split = job.path->int4_split && cache->dtype == EKV_DTYPE_INT4 &&
-                     cache->head_dim % EKV_INT4_GROUP == 0;
+    job.int4_split = ekv__cpu_int4_split(job.path, cache->dtype, cache->head_dim);
     if (job.int4_split) /* worker 0's scratch is free until the workers start */
         for (i = 0; i < count; i += (size_t)cache->head_dim)
             ekv__int4_order(q_scaled + i, cache->head_dim, job.scratch, 1);

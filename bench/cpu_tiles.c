@@ -46,44 +46,20 @@ typedef struct tiles {
     float *spare;   /* decoded rows or int4 (scale, zero) floats */
 } tiles;
 
-/* scores and weighted_sum pick a path's function by the rule of ekv__cpu_piece in ekv.h
-   (int8, f16 and int4 read straight from the stored rows where the path has functions
-   for them, f32 in place, anything else decoded into floats first): a change there
-   belongs here too, or these times are of code the kernel does not run. */
+/* scores and weighted_sum go through ekv.h's ekv__cpu_block_logits and
+   ekv__cpu_block_accumulate, the functions ekv__cpu_piece calls, so the path function
+   timed is the one the kernel runs for this dtype. */
 static void scores(const tiles *t, const unsigned char *k, const unsigned char *scales)
 {
-    const ekv__cpu_path *p = t->path;
-    if (t->dtype == EKV_DTYPE_INT8 && p->logits_int8)
-        p->logits_int8(t->q, t->G, t->D, (const int8_t *)(const void *)k, TILE_ROWS, t->logits, TILE_ROWS);
-    else if (t->dtype == EKV_DTYPE_F16 && p->logits_f16)
-        p->logits_f16(t->q, t->G, t->D, (const uint16_t *)(const void *)k, TILE_ROWS, t->logits, TILE_ROWS);
-    else if (t->dtype == EKV_DTYPE_INT4 && p->int4_split && p->logits_int4)
-        p->logits_int4(t->q, t->G, t->D, k, (const uint16_t *)(const void *)scales, TILE_ROWS, t->spare,
-                       t->logits, TILE_ROWS);
-    else if (t->dtype == EKV_DTYPE_F32)
-        p->logits(t->q, t->G, t->D, (const float *)(const void *)k, TILE_ROWS, t->logits, TILE_ROWS);
-    else {
-        p->decode(t->dtype, k, scales, TILE_ROWS, t->D, t->spare);
-        p->logits(t->q, t->G, t->D, t->spare, TILE_ROWS, t->logits, TILE_ROWS);
-    }
+    ekv__cpu_block_logits(t->path, t->dtype, ekv__cpu_int4_split(t->path, t->dtype, t->D), t->q,
+                          t->G, t->D, k, scales, TILE_ROWS, t->spare, t->logits, TILE_ROWS);
 }
 
 static void weighted_sum(const tiles *t, const unsigned char *v, const unsigned char *scales)
 {
-    const ekv__cpu_path *p = t->path;
-    if (t->dtype == EKV_DTYPE_INT8 && p->accumulate_int8)
-        p->accumulate_int8(t->acc, t->G, t->D, (const int8_t *)(const void *)v, TILE_ROWS, t->weights, TILE_ROWS);
-    else if (t->dtype == EKV_DTYPE_F16 && p->accumulate_f16)
-        p->accumulate_f16(t->acc, t->G, t->D, (const uint16_t *)(const void *)v, TILE_ROWS, t->weights, TILE_ROWS);
-    else if (t->dtype == EKV_DTYPE_INT4 && p->int4_split && p->accumulate_int4)
-        p->accumulate_int4(t->acc, t->G, t->D, v, (const uint16_t *)(const void *)scales, TILE_ROWS, t->spare,
-                           t->weights, TILE_ROWS);
-    else if (t->dtype == EKV_DTYPE_F32)
-        p->accumulate(t->acc, t->G, t->D, (const float *)(const void *)v, TILE_ROWS, t->weights, TILE_ROWS);
-    else {
-        p->decode(t->dtype, v, scales, TILE_ROWS, t->D, t->spare);
-        p->accumulate(t->acc, t->G, t->D, t->spare, TILE_ROWS, t->weights, TILE_ROWS);
-    }
+    ekv__cpu_block_accumulate(t->path, t->dtype, ekv__cpu_int4_split(t->path, t->dtype, t->D),
+                              t->acc, t->G, t->D, v, scales, TILE_ROWS, t->spare, t->weights,
+                              TILE_ROWS);
 }
 
 /* Value d of stored row j as the functions read it: int8 the integer (its row scale is
@@ -119,7 +95,7 @@ static double check(const tiles *t, const ekv_host_cache *c, const float *q_natu
         }
         if (top > 0.0 && err / top > worst) worst = err / top;
         memcpy(acc, t->acc + (size_t)h * (size_t)D, (size_t)D * sizeof(float));
-        if (t->dtype == EKV_DTYPE_INT4 && t->path->int4_split) ekv__int4_order(acc, D, row, 0);
+        if (ekv__cpu_int4_split(t->path, t->dtype, D)) ekv__int4_order(acc, D, row, 0);
         top = err = 0.0;
         for (d = 0; d < D; d++) {
             double s = 0.0;
@@ -254,7 +230,7 @@ int main(int argc, char **argv)
         t.spare = (float *)malloc((size_t)TILE_ROWS * (size_t)D * sizeof(float) + 64);
         memcpy(q_natural, data.q, (size_t)G * (size_t)D * sizeof(float));
         memcpy(t.q, q_natural, (size_t)G * (size_t)D * sizeof(float));
-        if (t.dtype == EKV_DTYPE_INT4 && path->int4_split)
+        if (ekv__cpu_int4_split(path, t.dtype, D))
             for (h = 0; h < G; h++) ekv__int4_order(t.q + (size_t)h * (size_t)D, D, t.spare, 1);
         ekv_rng_seed(&rng, 2000 + (uint64_t)i);
         for (h = 0; h < G * TILE_ROWS; h++) t.weights[h] = (float)ekv_rng_uniform(&rng) / TILE_ROWS;
