@@ -4991,9 +4991,10 @@ static EKV__AVX512 void ekv__decode_avx512(ekv_dtype dtype, const unsigned char 
     }
 }
 
-/* As ekv__logits_avx2, 16 lanes: 4 rows x 2 heads, or 8 rows x 1 head. */
-static EKV__AVX512 void ekv__logits_avx512(const float *q, int G, int D, const float *rows, int n,
-                                           float *logits, size_t stride)
+/* As ekv__logits_avx2, 16 lanes: 4 rows x 2 heads, or 8 rows x 1 head; any head_dim (a
+   masked tail). ekv__logits_avx512 runs it where its 2 x 4 tiles do not fit. */
+static EKV__AVX512 void ekv__logits_pairs_avx512(const float *q, int G, int D, const float *rows,
+                                                 int n, float *logits, size_t stride)
 {
     const int full = D & ~15, rest = D - full;
     const __mmask16 mask = ekv__mask_avx512(rest);
@@ -5209,9 +5210,293 @@ static EKV__AVX512 void ekv__accumulate_avx512(float *acc, int G, int D, const f
     }
 }
 
+/* The 16 lanes of v as 8: the upper 256 bits added to the lower. */
+static EKV__AVX512 __m256 ekv__fold_avx512(__m512 v)
+{
+    return _mm256_add_ps(_mm512_castps512_ps256(v),
+                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+/* 16 int8 values as floats (exact) */
+static EKV__AVX512 __m512 ekv__int8_sixteen_avx512(const int8_t *in)
+{
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)in)));
+}
+
+/* 16 f16 values as floats (exact) */
+static EKV__AVX512 __m512 ekv__f16_sixteen_avx512(const uint16_t *in)
+{
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)in));
+}
+
+/* ekv__logits_int8_avx2's tiles of 2 rows x 4 heads, 16 lanes wide: each row converted
+   once for 4 heads, the 8 dot products folded to 8 lanes and summed as there. Heads past a
+   multiple of 4, or a head_dim not a multiple of 16, go to NARROW (AVX2's function for
+   int8 and f16, ekv__logits_pairs_avx512 for f32). */
+#define EKV__LOGITS_TILES_AVX512(NAME, TYPE, SIXTEEN, NARROW)                                      \
+static EKV__AVX512 void NAME(const float *q, int G, int D, const TYPE *rows, int n,                \
+                             float *logits, size_t stride)                                         \
+{                                                                                                  \
+    const size_t d_stride = (size_t)D;                                                             \
+    const int tiled = D % 16 == 0 ? G & ~3 : 0;                                                    \
+    int h, j, d;                                                                                   \
+    for (h = 0; h < tiled; h += 4) {                                                               \
+        const float *q0 = q + (size_t)h * d_stride, *q1 = q0 + d_stride, *q2 = q1 + d_stride,      \
+                    *q3 = q2 + d_stride;                                                           \
+        float *out0 = logits + (size_t)h * stride, *out1 = out0 + stride, *out2 = out1 + stride,   \
+              *out3 = out2 + stride;                                                               \
+        for (j = 0; j < n; j += 2) {                                                               \
+            /* an odd last row is paired with itself; its second logits are not stored */          \
+            const TYPE *r0 = rows + (size_t)j * d_stride, *r1 = j + 1 < n ? r0 + d_stride : r0;    \
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, \
+                   b3 = a0, x, y;                                                                  \
+            __m256 sums;                                                                           \
+            __m128 low, high;                                                                      \
+            for (d = 0; d < D; d += 16) {                                                          \
+                x = SIXTEEN(r0 + d);                                                               \
+                y = SIXTEEN(r1 + d);                                                               \
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + d), x, a0);                              \
+                b0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + d), y, b0);                              \
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q1 + d), x, a1);                              \
+                b1 = _mm512_fmadd_ps(_mm512_loadu_ps(q1 + d), y, b1);                              \
+                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q2 + d), x, a2);                              \
+                b2 = _mm512_fmadd_ps(_mm512_loadu_ps(q2 + d), y, b2);                              \
+                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q3 + d), x, a3);                              \
+                b3 = _mm512_fmadd_ps(_mm512_loadu_ps(q3 + d), y, b3);                              \
+            }                                                                                      \
+            /* lanes: head 0 rows j, j+1; head 1 rows j, j+1; ... */                               \
+            sums = ekv__sum8_avx2(ekv__fold_avx512(a0), ekv__fold_avx512(b0),                      \
+                                  ekv__fold_avx512(a1), ekv__fold_avx512(b1),                      \
+                                  ekv__fold_avx512(a2), ekv__fold_avx512(b2),                      \
+                                  ekv__fold_avx512(a3), ekv__fold_avx512(b3));                     \
+            low = _mm256_castps256_ps128(sums);                                                    \
+            high = _mm256_extractf128_ps(sums, 1);                                                 \
+            if (j + 1 < n) {                                                                       \
+                _mm_storel_pi((__m64 *)(void *)(out0 + j), low);                                   \
+                _mm_storeh_pi((__m64 *)(void *)(out1 + j), low);                                   \
+                _mm_storel_pi((__m64 *)(void *)(out2 + j), high);                                  \
+                _mm_storeh_pi((__m64 *)(void *)(out3 + j), high);                                  \
+            } else {                                                                               \
+                _mm_store_ss(out0 + j, low);                                                       \
+                _mm_store_ss(out1 + j, _mm_movehl_ps(low, low));                                   \
+                _mm_store_ss(out2 + j, high);                                                      \
+                _mm_store_ss(out3 + j, _mm_movehl_ps(high, high));                                 \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    if (tiled < G)                                                                                 \
+        NARROW(q + (size_t)tiled * d_stride, G - tiled, D, rows, n, logits + (size_t)tiled * stride, \
+               stride);                                                                            \
+}
+/* 16 floats */
+static EKV__AVX512 __m512 ekv__f32_sixteen_avx512(const float *in)
+{
+    return _mm512_loadu_ps(in);
+}
+
+EKV__LOGITS_TILES_AVX512(ekv__logits_avx512, float, ekv__f32_sixteen_avx512,
+                         ekv__logits_pairs_avx512)
+EKV__LOGITS_TILES_AVX512(ekv__logits_int8_avx512, int8_t, ekv__int8_sixteen_avx512,
+                         ekv__logits_int8_avx2)
+EKV__LOGITS_TILES_AVX512(ekv__logits_f16_avx512, uint16_t, ekv__f16_sixteen_avx512,
+                         ekv__logits_f16_avx2)
+
+/* ekv__accumulate_int8_avx2's tiles of 4 heads x 32 columns, 16 lanes wide: each value
+   converted once for 4 heads. Heads past a multiple of 4, or a head_dim not a multiple of
+   32, go to the AVX2 function (NARROW). */
+#define EKV__ACCUMULATE_TILES_AVX512(NAME, TYPE, SIXTEEN, NARROW)                                 \
+static EKV__AVX512 void NAME(float *acc, int G, int D, const TYPE *rows, int n, const float *p,  \
+                             size_t stride)                                                      \
+{                                                                                                \
+    const size_t d_stride = (size_t)D;                                                           \
+    const int tiled = D % 32 == 0 ? G & ~3 : 0;                                                  \
+    int h, j, d;                                                                                 \
+    for (h = 0; h < tiled; h += 4) {                                                             \
+        float *c0 = acc + (size_t)h * d_stride, *c1 = c0 + d_stride, *c2 = c1 + d_stride,        \
+              *c3 = c2 + d_stride;                                                               \
+        const float *w0 = p + (size_t)h * stride, *w1 = w0 + stride, *w2 = w1 + stride,          \
+                    *w3 = w2 + stride;                                                           \
+        for (d = 0; d < D; d += 32) {                                                            \
+            __m512 a0 = _mm512_loadu_ps(c0 + d), b0 = _mm512_loadu_ps(c0 + d + 16);              \
+            __m512 a1 = _mm512_loadu_ps(c1 + d), b1 = _mm512_loadu_ps(c1 + d + 16);              \
+            __m512 a2 = _mm512_loadu_ps(c2 + d), b2 = _mm512_loadu_ps(c2 + d + 16);              \
+            __m512 a3 = _mm512_loadu_ps(c3 + d), b3 = _mm512_loadu_ps(c3 + d + 16);              \
+            for (j = 0; j < n; j++) {                                                            \
+                const TYPE *r = rows + (size_t)j * d_stride + (size_t)d;                         \
+                const __m512 x = SIXTEEN(r), y = SIXTEEN(r + 16);                                \
+                __m512 w = _mm512_set1_ps(w0[j]);                                                \
+                a0 = _mm512_fmadd_ps(w, x, a0); b0 = _mm512_fmadd_ps(w, y, b0);                  \
+                w = _mm512_set1_ps(w1[j]);                                                       \
+                a1 = _mm512_fmadd_ps(w, x, a1); b1 = _mm512_fmadd_ps(w, y, b1);                  \
+                w = _mm512_set1_ps(w2[j]);                                                       \
+                a2 = _mm512_fmadd_ps(w, x, a2); b2 = _mm512_fmadd_ps(w, y, b2);                  \
+                w = _mm512_set1_ps(w3[j]);                                                       \
+                a3 = _mm512_fmadd_ps(w, x, a3); b3 = _mm512_fmadd_ps(w, y, b3);                  \
+            }                                                                                    \
+            _mm512_storeu_ps(c0 + d, a0); _mm512_storeu_ps(c0 + d + 16, b0);                     \
+            _mm512_storeu_ps(c1 + d, a1); _mm512_storeu_ps(c1 + d + 16, b1);                     \
+            _mm512_storeu_ps(c2 + d, a2); _mm512_storeu_ps(c2 + d + 16, b2);                     \
+            _mm512_storeu_ps(c3 + d, a3); _mm512_storeu_ps(c3 + d + 16, b3);                     \
+        }                                                                                        \
+    }                                                                                            \
+    if (tiled < G)                                                                               \
+        NARROW(acc + (size_t)tiled * d_stride, G - tiled, D, rows, n, p + (size_t)tiled * stride,  \
+               stride);                                                                          \
+}
+EKV__ACCUMULATE_TILES_AVX512(ekv__accumulate_int8_avx512, int8_t, ekv__int8_sixteen_avx512,
+                             ekv__accumulate_int8_avx2)
+EKV__ACCUMULATE_TILES_AVX512(ekv__accumulate_f16_avx512, uint16_t, ekv__f16_sixteen_avx512,
+                             ekv__accumulate_f16_avx2)
+
+/* The 16-value table of an int4 group (q * scale + zero for q = 0..15, as
+   ekv_dequantize_row computes it) from its (scale, zero) as floats */
+static EKV__AVX512 __m512 ekv__int4_table_avx512(const float *scale_zero)
+{
+    const __m512 codes = _mm512_setr_ps(0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f, 7.0f, 8.0f, 9.0f,
+                                        10.0f, 11.0f, 12.0f, 13.0f, 14.0f, 15.0f);
+    return _mm512_add_ps(_mm512_mul_ps(codes, _mm512_set1_ps(scale_zero[0])),
+                         _mm512_set1_ps(scale_zero[1]));
+}
+
+/* ekv__logits_int8_avx512's tiles on int4 rows (split order, q permuted alike): a group's
+   16 bytes give its low nibbles (the first 16 values) and its high ones (the next 16), each
+   looked up in the group's table (vpermps reads the low 4 bits of each index). Heads past a
+   multiple of 4 go to the AVX2 function. */
+static EKV__AVX512 void ekv__logits_int4_avx512(const float *q, int G, int D,
+                                                const unsigned char *rows, const uint16_t *pairs,
+                                                int n, float *spare, float *logits, size_t stride)
+{
+    const size_t row_bytes = (size_t)D / 2, groups = (size_t)D / EKV_INT4_GROUP;
+    const size_t d_stride = (size_t)D;
+    const float *scale_zero = spare;
+    const int tiled = G & ~3;
+    int h, j, group;
+    ekv__int4_pairs_avx2(pairs, (size_t)n * 2 * groups, spare);
+    for (h = 0; h < tiled; h += 4) {
+        const float *q0 = q + (size_t)h * d_stride, *q1 = q0 + d_stride, *q2 = q1 + d_stride,
+                    *q3 = q2 + d_stride;
+        float *out0 = logits + (size_t)h * stride, *out1 = out0 + stride, *out2 = out1 + stride,
+              *out3 = out2 + stride;
+        for (j = 0; j < n; j += 2) {
+            /* an odd last row is paired with itself; its second logits are not stored */
+            const int other = j + 1 < n ? j + 1 : j;
+            const unsigned char *r0 = rows + (size_t)j * row_bytes,
+                                *r1 = rows + (size_t)other * row_bytes;
+            const float *p0 = scale_zero + (size_t)j * 2 * groups,
+                        *p1 = scale_zero + (size_t)other * 2 * groups;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0,
+                   b3 = a0;
+            __m256 sums;
+            __m128 low, high;
+            for (group = 0; group < (int)groups; group++) {
+                const int d = group * EKV_INT4_GROUP;
+                const __m512 t0 = ekv__int4_table_avx512(p0 + 2 * group);
+                const __m512 t1 = ekv__int4_table_avx512(p1 + 2 * group);
+                const __m512i i0 = _mm512_cvtepu8_epi32(
+                    _mm_loadu_si128((const __m128i *)(const void *)(r0 + group * 16)));
+                const __m512i i1 = _mm512_cvtepu8_epi32(
+                    _mm_loadu_si128((const __m128i *)(const void *)(r1 + group * 16)));
+                __m512 x = _mm512_permutexvar_ps(i0, t0), y = _mm512_permutexvar_ps(i1, t1);
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + d), x, a0);
+                b0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + d), y, b0);
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q1 + d), x, a1);
+                b1 = _mm512_fmadd_ps(_mm512_loadu_ps(q1 + d), y, b1);
+                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q2 + d), x, a2);
+                b2 = _mm512_fmadd_ps(_mm512_loadu_ps(q2 + d), y, b2);
+                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q3 + d), x, a3);
+                b3 = _mm512_fmadd_ps(_mm512_loadu_ps(q3 + d), y, b3);
+                x = _mm512_permutexvar_ps(_mm512_srli_epi32(i0, 4), t0);
+                y = _mm512_permutexvar_ps(_mm512_srli_epi32(i1, 4), t1);
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + d + 16), x, a0);
+                b0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + d + 16), y, b0);
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q1 + d + 16), x, a1);
+                b1 = _mm512_fmadd_ps(_mm512_loadu_ps(q1 + d + 16), y, b1);
+                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q2 + d + 16), x, a2);
+                b2 = _mm512_fmadd_ps(_mm512_loadu_ps(q2 + d + 16), y, b2);
+                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q3 + d + 16), x, a3);
+                b3 = _mm512_fmadd_ps(_mm512_loadu_ps(q3 + d + 16), y, b3);
+            }
+            sums = ekv__sum8_avx2(ekv__fold_avx512(a0), ekv__fold_avx512(b0),
+                                  ekv__fold_avx512(a1), ekv__fold_avx512(b1),
+                                  ekv__fold_avx512(a2), ekv__fold_avx512(b2),
+                                  ekv__fold_avx512(a3), ekv__fold_avx512(b3));
+            low = _mm256_castps256_ps128(sums);
+            high = _mm256_extractf128_ps(sums, 1);
+            if (j + 1 < n) {
+                _mm_storel_pi((__m64 *)(void *)(out0 + j), low);
+                _mm_storeh_pi((__m64 *)(void *)(out1 + j), low);
+                _mm_storel_pi((__m64 *)(void *)(out2 + j), high);
+                _mm_storeh_pi((__m64 *)(void *)(out3 + j), high);
+            } else {
+                _mm_store_ss(out0 + j, low);
+                _mm_store_ss(out1 + j, _mm_movehl_ps(low, low));
+                _mm_store_ss(out2 + j, high);
+                _mm_store_ss(out3 + j, _mm_movehl_ps(high, high));
+            }
+        }
+    }
+    if (tiled < G)
+        ekv__logits_int4_avx2(q + (size_t)tiled * d_stride, G - tiled, D, rows, pairs, n, spare,
+                              logits + (size_t)tiled * stride, stride);
+}
+
+/* ekv__accumulate_int8_avx512's tiles on int4 rows (split order): 4 heads x one group of
+   32 columns, its low nibbles then its high ones, by the group's table. Heads past a
+   multiple of 4 go to the AVX2 function. */
+static EKV__AVX512 void ekv__accumulate_int4_avx512(float *acc, int G, int D,
+                                                    const unsigned char *rows,
+                                                    const uint16_t *pairs, int n, float *spare,
+                                                    const float *p, size_t stride)
+{
+    const size_t row_bytes = (size_t)D / 2, groups = (size_t)D / EKV_INT4_GROUP;
+    const size_t d_stride = (size_t)D;
+    const float *scale_zero = spare;
+    const int tiled = G & ~3;
+    int h, j, d;
+    ekv__int4_pairs_avx2(pairs, (size_t)n * 2 * groups, spare);
+    for (h = 0; h < tiled; h += 4) {
+        float *c0 = acc + (size_t)h * d_stride, *c1 = c0 + d_stride, *c2 = c1 + d_stride,
+              *c3 = c2 + d_stride;
+        const float *w0 = p + (size_t)h * stride, *w1 = w0 + stride, *w2 = w1 + stride,
+                    *w3 = w2 + stride;
+        for (d = 0; d < D; d += EKV_INT4_GROUP) {
+            const size_t group = (size_t)d / EKV_INT4_GROUP;
+            __m512 a0 = _mm512_loadu_ps(c0 + d), b0 = _mm512_loadu_ps(c0 + d + 16);
+            __m512 a1 = _mm512_loadu_ps(c1 + d), b1 = _mm512_loadu_ps(c1 + d + 16);
+            __m512 a2 = _mm512_loadu_ps(c2 + d), b2 = _mm512_loadu_ps(c2 + d + 16);
+            __m512 a3 = _mm512_loadu_ps(c3 + d), b3 = _mm512_loadu_ps(c3 + d + 16);
+            for (j = 0; j < n; j++) {
+                const __m512 table =
+                    ekv__int4_table_avx512(scale_zero + ((size_t)j * groups + group) * 2);
+                const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                    (const __m128i *)(const void *)(rows + (size_t)j * row_bytes + group * 16)));
+                const __m512 x = _mm512_permutexvar_ps(codes, table);
+                const __m512 y = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), table);
+                __m512 w = _mm512_set1_ps(w0[j]);
+                a0 = _mm512_fmadd_ps(w, x, a0); b0 = _mm512_fmadd_ps(w, y, b0);
+                w = _mm512_set1_ps(w1[j]);
+                a1 = _mm512_fmadd_ps(w, x, a1); b1 = _mm512_fmadd_ps(w, y, b1);
+                w = _mm512_set1_ps(w2[j]);
+                a2 = _mm512_fmadd_ps(w, x, a2); b2 = _mm512_fmadd_ps(w, y, b2);
+                w = _mm512_set1_ps(w3[j]);
+                a3 = _mm512_fmadd_ps(w, x, a3); b3 = _mm512_fmadd_ps(w, y, b3);
+            }
+            _mm512_storeu_ps(c0 + d, a0); _mm512_storeu_ps(c0 + d + 16, b0);
+            _mm512_storeu_ps(c1 + d, a1); _mm512_storeu_ps(c1 + d + 16, b1);
+            _mm512_storeu_ps(c2 + d, a2); _mm512_storeu_ps(c2 + d + 16, b2);
+            _mm512_storeu_ps(c3 + d, a3); _mm512_storeu_ps(c3 + d + 16, b3);
+        }
+    }
+    if (tiled < G)
+        ekv__accumulate_int4_avx2(acc + (size_t)tiled * d_stride, G - tiled, D, rows, pairs, n,
+                                  spare, p + (size_t)tiled * stride, stride);
+}
+
 static const ekv__cpu_path ekv__cpu_avx512 = {"avx512", 1, ekv__decode_avx512, ekv__logits_avx512,
                                               ekv__exp_sum_avx512, ekv__accumulate_avx512,
-                                              NULL, NULL, NULL, NULL, NULL, NULL};
+                                              ekv__logits_int8_avx512, ekv__accumulate_int8_avx512,
+                                              ekv__logits_f16_avx512, ekv__accumulate_f16_avx512,
+                                              ekv__logits_int4_avx512, ekv__accumulate_int4_avx512};
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif

@@ -373,11 +373,13 @@ int main(void)
 {
     /* lengths around the split size (512) and the 32-row block; a sequence with no tokens;
        head dims off the vector width (odd ones for the unpaired dtypes); groups 1 to 8,
-       odd ones too; big enough for 3 threads at 256 KB of KV each in every dtype */
+       odd ones too, and 5 and 6 past a 4-head tile (on a head_dim the tiles take, 64);
+       big enough for 3 threads at 256 KB of KV each in every dtype */
     static const shape shapes[] = {
         {3, 32, 8, 128, {900, 0, 500}, "b3 h32/8 d128 ragged"},
         {2, 6, 2, 64, {5001, 4000, 0}, "b2 h6/2 (g3) d64"},
         {1, 5, 1, 48, {13001, 0, 0}, "b1 h5/1 (g5) d48"},
+        {1, 6, 1, 64, {12001, 0, 0}, "b1 h6/1 (g6) d64"},
         {2, 16, 2, 96, {3001, 2000, 0}, "b2 h16/2 (g8) d96"},
         {2, 4, 4, 33, {3100, 1, 0}, "b2 h4/4 (g1) d33"},
         {1, 2, 1, 7, {60001, 0, 0}, "b1 h2/1 (g2) d7"},
