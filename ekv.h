@@ -5855,6 +5855,16 @@ static void ekv__run_workers(int workers, ekv__worker_fn function, void *context
 
 /* -- the kernel -- */
 
+/* p rounded up to the next 64-byte boundary (a cache line), NULL for NULL: the tiles' 64-
+   and 32-byte loads of q and of the accumulators then never straddle two lines (on a Zen 4
+   core, q 16 bytes off a line made the int8 scores about 20% slower). The allocation
+   holds EKV__LINE_FLOATS floats more. */
+#define EKV__LINE_FLOATS 16u
+static float *ekv__line_align(float *p)
+{
+    return p ? (float *)(void *)(((uintptr_t)(void *)p + 63u) & ~(uintptr_t)63u) : NULL;
+}
+
 typedef struct ekv__cpu_job {
     const ekv_host_cache *cache;
     const ekv__cpu_path *path;
@@ -6121,7 +6131,7 @@ EKV_DEF ekv_result ekv_cpu_attention_with(const ekv_host_cache *cache, const flo
     ekv_result result = ekv__cpu_check(cache, q, heads, softmax_scale, out, fn);
     ekv__cpu_job job;
     ekv_cpu_plan plan;
-    float *q_scaled = NULL, scale;
+    float *q_scaled = NULL, *q_raw = NULL, *acc_raw = NULL, *scratch_raw = NULL, scale;
     size_t pairs, i, item = 0, count;
     int b, g, s;
     if (result != EKV_SUCCESS) return result;
@@ -6136,17 +6146,24 @@ EKV_DEF ekv_result ekv_cpu_attention_with(const ekv_host_cache *cache, const flo
     job.items = plan.items;
     pairs = (size_t)cache->batch * (size_t)cache->kv_heads;
     count = (size_t)cache->batch * (size_t)heads * (size_t)cache->head_dim;
-    /* rows [BLOCK][D], logits [G][SPLIT], int8's weights [G][BLOCK] */
-    job.scratch_floats = (size_t)EKV__CPU_BLOCK * (size_t)job.head_dim +
-                         ((size_t)EKV_CPU_SPLIT + (size_t)EKV__CPU_BLOCK) * (size_t)job.group;
-    q_scaled = (float *)ekv__alloc(count, sizeof(float));
+    /* rows [BLOCK][D], logits [G][SPLIT], int8's weights [G][BLOCK]; whole cache lines */
+    job.scratch_floats = ((size_t)EKV__CPU_BLOCK * (size_t)job.head_dim +
+                          ((size_t)EKV_CPU_SPLIT + (size_t)EKV__CPU_BLOCK) * (size_t)job.group +
+                          15u) & ~(size_t)15u;
+    /* q, the accumulators and the scratch start on a cache line (EKV__LINE_FLOATS more) */
+    q_raw = (float *)ekv__alloc(count + EKV__LINE_FLOATS, sizeof(float));
+    q_scaled = ekv__line_align(q_raw);
     job.item_pair = (int *)ekv__alloc(plan.items, sizeof(int));
     job.first_item = (size_t *)ekv__alloc(pairs, sizeof(size_t));
     job.remaining = (int *)ekv__alloc(pairs, sizeof(int));
-    job.part_acc = (float *)ekv__alloc(plan.items * (size_t)job.group, (size_t)job.head_dim * sizeof(float));
+    acc_raw = (float *)ekv__alloc(plan.items * (size_t)job.group * (size_t)job.head_dim +
+                                      EKV__LINE_FLOATS, sizeof(float));
+    job.part_acc = ekv__line_align(acc_raw);
     job.part_max = (float *)ekv__alloc(plan.items, (size_t)job.group * sizeof(float));
     job.part_sum = (float *)ekv__alloc(plan.items, (size_t)job.group * sizeof(float));
-    job.scratch = (float *)ekv__alloc((size_t)plan.threads, job.scratch_floats * sizeof(float));
+    scratch_raw = (float *)ekv__alloc((size_t)plan.threads * job.scratch_floats + EKV__LINE_FLOATS,
+                                      sizeof(float));
+    job.scratch = ekv__line_align(scratch_raw);
     job.merge = (double *)ekv__alloc((size_t)plan.threads, (size_t)job.head_dim * sizeof(double));
     if (!q_scaled || !job.item_pair || !job.first_item || !job.remaining || !job.part_acc ||
         !job.part_max || !job.part_sum || !job.scratch || !job.merge) {
@@ -6175,14 +6192,14 @@ EKV_DEF ekv_result ekv_cpu_attention_with(const ekv_host_cache *cache, const flo
     ekv__run_workers(plan.threads, ekv__cpu_worker, &job);
     result = EKV_SUCCESS;
 done:
-    ekv__free(q_scaled);
+    ekv__free(q_raw);
     ekv__free(job.item_pair);
     ekv__free(job.first_item);
     ekv__free(job.remaining);
-    ekv__free(job.part_acc);
+    ekv__free(acc_raw);
     ekv__free(job.part_max);
     ekv__free(job.part_sum);
-    ekv__free(job.scratch);
+    ekv__free(scratch_raw);
     ekv__free(job.merge);
     return result;
 }

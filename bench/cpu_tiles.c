@@ -195,7 +195,7 @@ int main(int argc, char **argv)
         ekv_host_cache cache;
         ekv_rng rng;
         tiles t;
-        float *q_natural;
+        float *q_natural, *raw[5];
         size_t row_bytes, scale_bytes, blocks, b;
         unsigned char *big_k, *big_v, *big_ks = NULL, *big_vs = NULL;
         double error, t0, t_scores, t_sum, t_stream;
@@ -222,12 +222,18 @@ int main(int argc, char **argv)
         t.v = ekv__cache_values(&cache, 1, 0, 0, 0);
         t.k_scales = ekv__cache_row_scale(&cache, 0, 0, 0, 0);
         t.v_scales = ekv__cache_row_scale(&cache, 1, 0, 0, 0);
-        t.q = (float *)malloc((size_t)G * (size_t)D * sizeof(float));
+        /* on a cache line, as ekv_cpu_attention places q, its accumulators and scratch */
+        raw[0] = (float *)malloc(((size_t)G * (size_t)D + EKV__LINE_FLOATS) * sizeof(float));
         q_natural = (float *)malloc((size_t)G * (size_t)D * sizeof(float));
-        t.logits = (float *)malloc((size_t)G * TILE_ROWS * sizeof(float));
-        t.weights = (float *)malloc((size_t)G * TILE_ROWS * sizeof(float));
-        t.acc = (float *)malloc((size_t)G * (size_t)D * sizeof(float));
-        t.spare = (float *)malloc((size_t)TILE_ROWS * (size_t)D * sizeof(float) + 64);
+        raw[1] = (float *)malloc(((size_t)G * TILE_ROWS + EKV__LINE_FLOATS) * sizeof(float));
+        raw[2] = (float *)malloc(((size_t)G * TILE_ROWS + EKV__LINE_FLOATS) * sizeof(float));
+        raw[3] = (float *)malloc(((size_t)G * (size_t)D + EKV__LINE_FLOATS) * sizeof(float));
+        raw[4] = (float *)malloc(((size_t)TILE_ROWS * (size_t)D + 16 + EKV__LINE_FLOATS) * sizeof(float));
+        t.q = ekv__line_align(raw[0]);
+        t.logits = ekv__line_align(raw[1]);
+        t.weights = ekv__line_align(raw[2]);
+        t.acc = ekv__line_align(raw[3]);
+        t.spare = ekv__line_align(raw[4]);
         memcpy(q_natural, data.q, (size_t)G * (size_t)D * sizeof(float));
         memcpy(t.q, q_natural, (size_t)G * (size_t)D * sizeof(float));
         if (ekv__cpu_int4_split(path, t.dtype, D))
@@ -284,7 +290,8 @@ int main(int argc, char **argv)
                2.0 * (double)(row_bytes + scale_bytes) / t_stream * 1e-9, error);
         if (t.acc[0] != t.acc[0]) failed = 1; /* keeps the streamed sums live */
         free(big_k); free(big_v); free(big_ks); free(big_vs);
-        free(t.q); free(q_natural); free(t.logits); free(t.weights); free(t.acc); free(t.spare);
+        for (h = 0; h < 5; h++) free(raw[h]);
+        free(q_natural);
         ekv_cache_free(&cache);
         ekv_data_free(&data);
     }
