@@ -4549,6 +4549,26 @@ static EKV__AVX2 __m256 ekv__f16_eight_avx2(const uint16_t *in)
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)in));
 }
 
+/* A tile's logits of 2 rows x 4 heads (lanes: head 0 rows j, j + 1; head 1 rows j, j + 1;
+   ...) into out0 + h * stride + j for h < 4; without `pair` (an odd last row) row j's
+   only. */
+static EKV__AVX2 void ekv__store_tile_avx2(__m256 sums, float *out0, size_t stride, int j, int pair)
+{
+    const __m128 low = _mm256_castps256_ps128(sums), high = _mm256_extractf128_ps(sums, 1);
+    float *out = out0 + j;
+    if (pair) {
+        _mm_storel_pi((__m64 *)(void *)out, low);
+        _mm_storeh_pi((__m64 *)(void *)(out + stride), low);
+        _mm_storel_pi((__m64 *)(void *)(out + 2 * stride), high);
+        _mm_storeh_pi((__m64 *)(void *)(out + 3 * stride), high);
+    } else {
+        _mm_store_ss(out, low);
+        _mm_store_ss(out + stride, _mm_movehl_ps(low, low));
+        _mm_store_ss(out + 2 * stride, high);
+        _mm_store_ss(out + 3 * stride, _mm_movehl_ps(high, high));
+    }
+}
+
 /* ekv__logits_avx2 on int8 or f16 rows (EIGHT: 8 stored values as floats, exact), each
    row converted once for 4 heads: tiles of 2 rows x 4 heads (8 dot products, 8 lanes
    wide, summed across lanes together as there); the
@@ -4563,14 +4583,12 @@ static EKV__AVX2 void NAME(const float *q, int G, int D, const TYPE *rows, int n
     for (; h + 4 <= G; h += 4) {                                                                   \
         const float *q0 = q + (size_t)h * d_stride, *q1 = q0 + d_stride, *q2 = q1 + d_stride,      \
                     *q3 = q2 + d_stride;                                                           \
-        float *out0 = logits + (size_t)h * stride, *out1 = out0 + stride, *out2 = out1 + stride,   \
-              *out3 = out2 + stride;                                                               \
+        float *out0 = logits + (size_t)h * stride;                                                 \
         for (j = 0; j < n; j += 2) {                                                               \
             /* an odd last row is paired with itself; its second logits are not stored */          \
             const TYPE *r0 = rows + (size_t)j * d_stride, *r1 = j + 1 < n ? r0 + d_stride : r0;    \
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, \
                    b3 = a0, x, y, sums;                                                            \
-            __m128 low, high;                                                                      \
             for (d = 0; d < D; d += 8) {                                                           \
                 x = EIGHT(r0 + d);                                                                 \
                 y = EIGHT(r1 + d);                                                                 \
@@ -4585,19 +4603,7 @@ static EKV__AVX2 void NAME(const float *q, int G, int D, const TYPE *rows, int n
             }                                                                                      \
             /* lanes: head 0 rows j, j+1; head 1 rows j, j+1; ... */                               \
             sums = ekv__sum8_avx2(a0, b0, a1, b1, a2, b2, a3, b3);                                 \
-            low = _mm256_castps256_ps128(sums);                                                    \
-            high = _mm256_extractf128_ps(sums, 1);                                                 \
-            if (j + 1 < n) {                                                                       \
-                _mm_storel_pi((__m64 *)(void *)(out0 + j), low);                                   \
-                _mm_storeh_pi((__m64 *)(void *)(out1 + j), low);                                   \
-                _mm_storel_pi((__m64 *)(void *)(out2 + j), high);                                  \
-                _mm_storeh_pi((__m64 *)(void *)(out3 + j), high);                                  \
-            } else {                                                                               \
-                _mm_store_ss(out0 + j, low);                                                       \
-                _mm_store_ss(out1 + j, _mm_movehl_ps(low, low));                                   \
-                _mm_store_ss(out2 + j, high);                                                      \
-                _mm_store_ss(out3 + j, _mm_movehl_ps(high, high));                                 \
-            }                                                                                      \
+            ekv__store_tile_avx2(sums, out0, stride, j, j + 1 < n);                                \
         }                                                                                          \
     }                                                                                              \
     for (; h < G; h++) {                                                                           \
@@ -4718,8 +4724,7 @@ static EKV__AVX2 void ekv__logits_int4_avx2(const float *q, int G, int D, const 
     for (; h + 4 <= G; h += 4) {
         const float *q0 = q + (size_t)h * d_stride, *q1 = q0 + d_stride, *q2 = q1 + d_stride,
                     *q3 = q2 + d_stride;
-        float *out0 = logits + (size_t)h * stride, *out1 = out0 + stride, *out2 = out1 + stride,
-              *out3 = out2 + stride;
+        float *out0 = logits + (size_t)h * stride;
         for (j = 0; j < n; j += 2) {
             /* an odd last row is paired with itself; its second logits are not stored */
             const int other = j + 1 < n ? j + 1 : j;
@@ -4729,7 +4734,6 @@ static EKV__AVX2 void ekv__logits_int4_avx2(const float *q, int G, int D, const 
                         *p1 = scale_zero + (size_t)other * 2 * groups;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0,
                    b3 = a0, sums;
-            __m128 low, high;
             for (group = 0; group < (int)groups; group++) {
                 const __m256 s0 = _mm256_broadcast_ss(p0 + 2 * group);
                 const __m256 z0 = _mm256_broadcast_ss(p0 + 2 * group + 1);
@@ -4750,19 +4754,7 @@ static EKV__AVX2 void ekv__logits_int4_avx2(const float *q, int G, int D, const 
                 }
             }
             sums = ekv__sum8_avx2(a0, b0, a1, b1, a2, b2, a3, b3);
-            low = _mm256_castps256_ps128(sums);
-            high = _mm256_extractf128_ps(sums, 1);
-            if (j + 1 < n) {
-                _mm_storel_pi((__m64 *)(void *)(out0 + j), low);
-                _mm_storeh_pi((__m64 *)(void *)(out1 + j), low);
-                _mm_storel_pi((__m64 *)(void *)(out2 + j), high);
-                _mm_storeh_pi((__m64 *)(void *)(out3 + j), high);
-            } else {
-                _mm_store_ss(out0 + j, low);
-                _mm_store_ss(out1 + j, _mm_movehl_ps(low, low));
-                _mm_store_ss(out2 + j, high);
-                _mm_store_ss(out3 + j, _mm_movehl_ps(high, high));
-            }
+            ekv__store_tile_avx2(sums, out0, stride, j, j + 1 < n);
         }
     }
     for (; h < G; h++) {
@@ -5217,6 +5209,16 @@ static EKV__AVX512 __m256 ekv__fold_avx512(__m512 v)
                          _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
 }
 
+/* The 8 sums of the lanes of v0..v7 in lanes 0..7, as ekv__sum8_avx2 gives them: each
+   folded to 8 lanes first. */
+static EKV__AVX512 __m256 ekv__sum8_folded_avx512(__m512 v0, __m512 v1, __m512 v2, __m512 v3,
+                                                  __m512 v4, __m512 v5, __m512 v6, __m512 v7)
+{
+    return ekv__sum8_avx2(ekv__fold_avx512(v0), ekv__fold_avx512(v1), ekv__fold_avx512(v2),
+                          ekv__fold_avx512(v3), ekv__fold_avx512(v4), ekv__fold_avx512(v5),
+                          ekv__fold_avx512(v6), ekv__fold_avx512(v7));
+}
+
 /* 16 int8 values as floats (exact) */
 static EKV__AVX512 __m512 ekv__int8_sixteen_avx512(const int8_t *in)
 {
@@ -5243,15 +5245,13 @@ static EKV__AVX512 void NAME(const float *q, int G, int D, const TYPE *rows, int
     for (h = 0; h < tiled; h += 4) {                                                               \
         const float *q0 = q + (size_t)h * d_stride, *q1 = q0 + d_stride, *q2 = q1 + d_stride,      \
                     *q3 = q2 + d_stride;                                                           \
-        float *out0 = logits + (size_t)h * stride, *out1 = out0 + stride, *out2 = out1 + stride,   \
-              *out3 = out2 + stride;                                                               \
+        float *out0 = logits + (size_t)h * stride;                                                 \
         for (j = 0; j < n; j += 2) {                                                               \
             /* an odd last row is paired with itself; its second logits are not stored */          \
             const TYPE *r0 = rows + (size_t)j * d_stride, *r1 = j + 1 < n ? r0 + d_stride : r0;    \
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, \
                    b3 = a0, x, y;                                                                  \
             __m256 sums;                                                                           \
-            __m128 low, high;                                                                      \
             for (d = 0; d < D; d += 16) {                                                          \
                 x = SIXTEEN(r0 + d);                                                               \
                 y = SIXTEEN(r1 + d);                                                               \
@@ -5265,23 +5265,8 @@ static EKV__AVX512 void NAME(const float *q, int G, int D, const TYPE *rows, int
                 b3 = _mm512_fmadd_ps(_mm512_loadu_ps(q3 + d), y, b3);                              \
             }                                                                                      \
             /* lanes: head 0 rows j, j+1; head 1 rows j, j+1; ... */                               \
-            sums = ekv__sum8_avx2(ekv__fold_avx512(a0), ekv__fold_avx512(b0),                      \
-                                  ekv__fold_avx512(a1), ekv__fold_avx512(b1),                      \
-                                  ekv__fold_avx512(a2), ekv__fold_avx512(b2),                      \
-                                  ekv__fold_avx512(a3), ekv__fold_avx512(b3));                     \
-            low = _mm256_castps256_ps128(sums);                                                    \
-            high = _mm256_extractf128_ps(sums, 1);                                                 \
-            if (j + 1 < n) {                                                                       \
-                _mm_storel_pi((__m64 *)(void *)(out0 + j), low);                                   \
-                _mm_storeh_pi((__m64 *)(void *)(out1 + j), low);                                   \
-                _mm_storel_pi((__m64 *)(void *)(out2 + j), high);                                  \
-                _mm_storeh_pi((__m64 *)(void *)(out3 + j), high);                                  \
-            } else {                                                                               \
-                _mm_store_ss(out0 + j, low);                                                       \
-                _mm_store_ss(out1 + j, _mm_movehl_ps(low, low));                                   \
-                _mm_store_ss(out2 + j, high);                                                      \
-                _mm_store_ss(out3 + j, _mm_movehl_ps(high, high));                                 \
-            }                                                                                      \
+            sums = ekv__sum8_folded_avx512(a0, b0, a1, b1, a2, b2, a3, b3);                        \
+            ekv__store_tile_avx2(sums, out0, stride, j, j + 1 < n);                                \
         }                                                                                          \
     }                                                                                              \
     if (tiled < G)                                                                                 \
@@ -5375,8 +5360,7 @@ static EKV__AVX512 void ekv__logits_int4_avx512(const float *q, int G, int D,
     for (h = 0; h < tiled; h += 4) {
         const float *q0 = q + (size_t)h * d_stride, *q1 = q0 + d_stride, *q2 = q1 + d_stride,
                     *q3 = q2 + d_stride;
-        float *out0 = logits + (size_t)h * stride, *out1 = out0 + stride, *out2 = out1 + stride,
-              *out3 = out2 + stride;
+        float *out0 = logits + (size_t)h * stride;
         for (j = 0; j < n; j += 2) {
             /* an odd last row is paired with itself; its second logits are not stored */
             const int other = j + 1 < n ? j + 1 : j;
@@ -5387,7 +5371,6 @@ static EKV__AVX512 void ekv__logits_int4_avx512(const float *q, int G, int D,
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0,
                    b3 = a0;
             __m256 sums;
-            __m128 low, high;
             for (group = 0; group < (int)groups; group++) {
                 const int d = group * EKV_INT4_GROUP;
                 const __m512 t0 = ekv__int4_table_avx512(p0 + 2 * group);
@@ -5416,23 +5399,8 @@ static EKV__AVX512 void ekv__logits_int4_avx512(const float *q, int G, int D,
                 a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q3 + d + 16), x, a3);
                 b3 = _mm512_fmadd_ps(_mm512_loadu_ps(q3 + d + 16), y, b3);
             }
-            sums = ekv__sum8_avx2(ekv__fold_avx512(a0), ekv__fold_avx512(b0),
-                                  ekv__fold_avx512(a1), ekv__fold_avx512(b1),
-                                  ekv__fold_avx512(a2), ekv__fold_avx512(b2),
-                                  ekv__fold_avx512(a3), ekv__fold_avx512(b3));
-            low = _mm256_castps256_ps128(sums);
-            high = _mm256_extractf128_ps(sums, 1);
-            if (j + 1 < n) {
-                _mm_storel_pi((__m64 *)(void *)(out0 + j), low);
-                _mm_storeh_pi((__m64 *)(void *)(out1 + j), low);
-                _mm_storel_pi((__m64 *)(void *)(out2 + j), high);
-                _mm_storeh_pi((__m64 *)(void *)(out3 + j), high);
-            } else {
-                _mm_store_ss(out0 + j, low);
-                _mm_store_ss(out1 + j, _mm_movehl_ps(low, low));
-                _mm_store_ss(out2 + j, high);
-                _mm_store_ss(out3 + j, _mm_movehl_ps(high, high));
-            }
+            sums = ekv__sum8_folded_avx512(a0, b0, a1, b1, a2, b2, a3, b3);
+            ekv__store_tile_avx2(sums, out0, stride, j, j + 1 < n);
         }
     }
     if (tiled < G)
