@@ -300,7 +300,7 @@ static void test_admit_gather(void)
 static void test_pool_stress(void)
 {
     enum { BATCH = 6, KV_HEADS = 2, GROUP = 2, D = 64, CAPACITY = 128, P = 8, PAGES = 24,
-           STEPS = 3000 };
+           STEPS = 3000, FILL_EVERY = 1000, FILL = 48 };
     const int heads = KV_HEADS * GROUP, observe = 2;
     float k[BATCH * KV_HEADS * D], v[BATCH * KV_HEADS * D];
     static float q_observe[BATCH * KV_HEADS * GROUP * 2 * D];
@@ -319,12 +319,18 @@ static void test_pool_stress(void)
     if (!paged.k || !shadow.k) return;
     poison_paged(&paged);
     for (step = 0; step < STEPS; step++) {
-        const int op = (int)ekv_rng_below(&test_rng, 20);
-        if (op < 16) { /* append to a random subset */
+        /* every FILL_EVERY steps a burst of FILL appends to every sequence below capacity: at
+           most one sequence can sit at capacity (16 pages of 24), so the other five grow by
+           FILL tokens each, 5 * FILL / P = 30 pages > PAGES, and the burst must reach a full
+           pool; between bursts the walk is random (it reached a full pool only by chance) */
+        const int burst = step % FILL_EVERY < FILL;
+        const int op = burst ? 0 : (int)ekv_rng_below(&test_rng, 20);
+        if (op < 16) { /* append to a random subset (to all, in a burst) */
             unsigned char active[BATCH];
             int need = 0;
             for (b = 0; b < BATCH; b++) {
-                active[b] = (unsigned char)(ekv_rng_below(&test_rng, 2) && shadow.lengths[b] < CAPACITY);
+                active[b] = (unsigned char)((burst || ekv_rng_below(&test_rng, 2)) &&
+                                            shadow.lengths[b] < CAPACITY);
                 need += active[b] && shadow.lengths[b] % P == 0;
             }
             fill_random(k, sizeof k / sizeof k[0]);
