@@ -34,7 +34,7 @@ static ekv_config small_config(ekv_variant variant)
     c.heads = 4;
     c.kv_heads = 2;
     c.head_dim = 64;
-    c.reps = 3;
+    c.reps = 2; /* two: the phases' medians then add up to at most the mean loop (below) */
     c.warmup = 1;
     c.compression = 2;
     c.policy = EKV_POLICY_STRIDE;
@@ -89,10 +89,13 @@ static void test_all_variants(void)
                 CHECK(y->phases_ms[p] >= 0.0, "phase %d = %g", p, y->phases_ms[p]);
                 phases += y->phases_ms[p];
             }
-            /* medians of the phases need not add up to the median loop; they stay within
-               the slowest loop unless different repeats are slow in different phases */
-            CHECK(phases <= y->stats.max * (1 + 1e-9), "%s: phases %g > slowest loop %g",
-                  ekv_variant_name(y->variant), phases, y->stats.max);
+            /* the phases of a repeat lie inside its loop; the median of two is their mean,
+               so the phases' medians add up to the mean of the repeats' phase sums, at most
+               the mean loop. (With three repeats the sum of medians can pass even the
+               slowest loop when different repeats are slow in different phases: that made
+               the check fail by chance.) */
+            CHECK(phases <= y->stats.mean * (1 + 1e-9), "%s: phases %g > mean loop %g",
+                  ekv_variant_name(y->variant), phases, y->stats.mean);
             if (y->variant != EKV_VARIANT_ELASTIC)
                 CHECK(y->phases_ms[EKV_CYCLE_PHASE_COMPRESS] < 0.05 * y->stats.mean + 0.01,
                       "no compression outside elastic");

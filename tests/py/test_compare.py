@@ -82,18 +82,30 @@ def pair(name, base_samples, new_samples):
 # ---------------------------------------------------------------- real output
 
 def test_aa_same_binary_and_configuration_does_not_flag():
-    base, new = path("aa_base.jsonl"), path("aa_new.jsonl")
+    # a shared machine drifts: compare.py's own docstring measures about 1 false flag in 30
+    # A/A comparisons, so one flag may be chance. Up to three fresh A/A comparisons; the
+    # test fails when every one flags (a rule that always flags still fails), about p^3
+    # by chance.
     flags = ["--reps=30", "--warmup=3", "--inner_loops=2"]
-    for _ in range(5):  # interleaved, so that both sides see the same machine
-        run_bench(BENCH, *flags, jsonl=base)
-        run_bench(BENCH, *flags, jsonl=new)
-    process = subprocess.run([sys.executable, COMPARE, base, new], capture_output=True,
-                             text=True, timeout=300)
-    print("    " + process.stdout.replace("\n", "\n    ").rstrip())
-    assert process.returncode == 0, (process.returncode, process.stderr)
-    assert len(rows(process.stdout)) == 1, process.stdout
-    assert verdicts(process.stdout)[0] in ("same", "unclear"), process.stdout
-    assert "pooling" in process.stderr, process.stderr
+    outputs = []
+    for attempt in range(3):
+        base, new = path(f"aa_base_{attempt}.jsonl"), path(f"aa_new_{attempt}.jsonl")
+        for _ in range(5):  # interleaved, so that both sides see the same machine
+            run_bench(BENCH, *flags, jsonl=base)
+            run_bench(BENCH, *flags, jsonl=new)
+        process = subprocess.run([sys.executable, COMPARE, base, new], capture_output=True,
+                                 text=True, timeout=300)
+        print("    " + process.stdout.replace("\n", "\n    ").rstrip())
+        assert len(rows(process.stdout)) == 1, process.stdout
+        assert "pooling" in process.stderr, process.stderr
+        outputs.append(process.stdout)
+        if verdicts(process.stdout)[0] in ("same", "unclear"):
+            assert process.returncode == 0, (process.returncode, process.stderr)
+            return
+        # exit 1 only for a slowdown
+        assert process.returncode == int(verdicts(process.stdout)[0] == "slower"), \
+            (process.returncode, process.stderr)
+    raise AssertionError("every A/A comparison flagged a difference:\n" + "\n".join(outputs))
 
 
 def test_flags_that_do_not_change_the_workload_match():
