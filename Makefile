@@ -84,7 +84,8 @@ $(BUILD)/ekv_bench_native: bench/main.cu $(HEADERS) $(BUILD)/git_commit | $(BUIL
 	$(CXX) $(NATIVE_BENCH_FLAGS) $(call ekv_identity,$(NATIVE_BENCH_FLAGS)) -o $@ bench/main.cu
 
 bench-cpu: $(BUILD)/ekv_bench_native venv
-	$(VPY) bench/peers_cpu.py --bench $(BUILD)/ekv_bench_native --out $(BUILD)/bench_cpu.jsonl
+	$(VPY) bench/peers_cpu.py --bench $(BUILD)/ekv_bench_native --out $(BUILD)/bench_cpu.jsonl \
+	  --paired-out $(BUILD)/bench_cpu_paired.jsonl
 
 # Where the CPU kernel's time goes: its functions on one thread, on a block in L1 and
 # streaming from memory, next to this core's multiply-add peak (bench/cpu_tiles.c)

@@ -5,7 +5,8 @@ in one run, timed the way ekv times them.
 Run:  python3 bench/peers_cpu.py --bench build/ekv_bench_native [--seq 8192,16384]
           [--batch 1] [--heads 32] [--kv-heads 8] [--dim 128] [--dtypes f32,f16,int8,int4]
           [--reps 20] [--warmup 3] [--inner-loops 2] [--rounds 3] [--threads 0]
-          [--seed 42] [--out results.jsonl] [--no-torch]
+          [--seed 42] [--out results.jsonl] [--paired-out paired.jsonl] [--no-paired]
+          [--no-torch]
 
 What runs, in `rounds` interleaved rounds (so that a change of the machine's load during
 the run hits every row alike; compare.py and the table below pool the rounds):
@@ -29,6 +30,15 @@ of K/V that together exceed 3 x the last-level cache (ekv's rule: at most 64 cop
 2e9 bytes), `inner_loops` calls per sample, `warmup` samples dropped, `reps` kept, time per
 call = sample / inner_loops. Data: seeded standard normal q (x2, so attention is not
 uniform), k, v.
+
+Then, unless --no-paired, the ratios between ekv's own dtypes measured paired: for each
+seq and each pair of --dtypes among f16 vs f32, int8 vs f16 and int4 vs int8, one
+ekv_bench --paired-baseline run, whose timing loop alternates the two caches call by call
+(ABAB) in one process, so that a change of the machine's load hits both alike. Its
+speedup is the baseline's median over the dtype's, with a 95% bootstrap confidence
+interval; on a shared machine these ratios are the ones to read (the rounds above time
+each dtype seconds apart). Those rows go to --paired-out (not --out: their timing is
+interleaved, compare.py would pool it with the rounds').
 
 Rows follow ekv's JSON result shape (backend = the peer's name) so bench/compare.py and
 bench/plot.py read them; metrics.bytes counts K and V as the peer stores them plus q and
@@ -332,6 +342,44 @@ def run_ekv(arguments, label):
     return [json.loads(line) for line in process.stdout.splitlines() if line.strip()]
 
 
+# ekv's dtype pairs timed paired (dtype, baseline): each step down in bytes a row
+PAIRS = (("f16", "f32"), ("int8", "f16"), ("int4", "int8"))
+
+
+def run_paired(arguments, seq, dtype, baseline):
+    """One ekv_bench --paired-baseline run of `dtype` against `baseline` at `seq`: its
+    row, or None (ekv_bench failed, said on stderr)."""
+    command = [arguments.bench, "--backend=cpu", "--policy=none", "--compress=1",
+               f"--seq={seq}", f"--batch={arguments.batch}",
+               f"--heads={arguments.heads}", f"--kv-heads={arguments.kv_heads}",
+               f"--dim={arguments.dim}", f"--kv-dtype={dtype}", "--paired-baseline",
+               f"--baseline-dtype={baseline}",
+               f"--reps={arguments.reps}", f"--warmup={arguments.warmup}",
+               f"--inner_loops={arguments.inner_loops}", f"--threads={arguments.threads}",
+               f"--seed={arguments.seed}", "--label=bench-cpu paired", "--json", "--quiet"]
+    process = subprocess.run(command, capture_output=True, text=True)
+    if process.returncode != 0:
+        print(f"peers_cpu.py: {' '.join(command)} failed ({process.returncode}): "
+              f"{process.stderr.strip()}", file=sys.stderr)
+        return None
+    return json.loads(process.stdout.splitlines()[0])
+
+
+def paired_summary(rows):
+    """The markdown table of the paired runs: medians of both sides and the speedup."""
+    lines = ["paired (ABAB in one process, ekv_bench --paired-baseline): speedup = baseline "
+             "median / median, 95% bootstrap CI", "",
+             "| seq | KV | baseline KV | median ms | baseline median ms | speedup | 95% CI |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        c, b = row["configuration"], row["baseline"]
+        lines.append(f"| {c['seq_len']} | {c['kv_dtype']} | {b['kv_dtype']} "
+                     f"| {row['statistics']['median']:.3f} | {b['statistics']['median']:.3f} "
+                     f"| {b['speedup']:.2f}x | [{b['speedup_ci95']['lo']:.2f}, "
+                     f"{b['speedup_ci95']['hi']:.2f}] |")
+    return "\n".join(lines)
+
+
 def parse_list(text, kind):
     try:
         return [kind(item) for item in text.split(",") if item]
@@ -395,6 +443,9 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="ekv's and torch's; 0 = all cores")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", help="write every row as JSONL here")
+    parser.add_argument("--paired-out", help="write the paired runs' rows as JSONL here")
+    parser.add_argument("--no-paired", action="store_true",
+                        help="skip the paired runs of ekv's dtypes")
     parser.add_argument("--no-torch", action="store_true")
     arguments = parser.parse_args()
     sequences = parse_list(arguments.seq, int)
@@ -428,12 +479,25 @@ def main():
             rows += [row for row, _ in results if row is not None]
             failures += [why for _, why in results if why is not None]
         print(f"round {round_index + 1} of {arguments.rounds} done", file=sys.stderr)
+    dtypes = parse_list(arguments.dtypes, str)
+    pairs = [] if arguments.no_paired else [(seq, dtype, baseline) for seq in sequences
+                                            for dtype, baseline in PAIRS
+                                            if dtype in dtypes and baseline in dtypes]
+    paired = []
+    for seq, dtype, baseline in pairs:
+        row = run_paired(arguments, seq, dtype, baseline)
+        if row is None:
+            return 1
+        paired.append(row)
     load_after = os.getloadavg()
-    if arguments.out:
-        with open(arguments.out, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row, allow_nan=False) + "\n")
+    for path, written in ((arguments.out, rows), (arguments.paired_out, paired)):
+        if path:
+            with open(path, "w") as f:
+                for row in written:
+                    f.write(json.dumps(row, allow_nan=False) + "\n")
     print(summary(rows, load_before, load_after))
+    if paired:
+        print("\n" + paired_summary(paired))
     for why in failures:
         print(f"FAIL {why} (not timed)")
     return 1 if failures else 0

@@ -31,15 +31,16 @@ SCRIPT = os.path.join(ROOT, "bench", "peers_cpu.py")
 WORK = tempfile.mkdtemp(prefix="ekv_test_peers_cpu_")
 BENCH = bench_binary(WORK)
 OUT = os.path.join(WORK, "rows.jsonl")
+PAIRED = os.path.join(WORK, "paired.jsonl")
 REPS = 3
 ARGS = ["--bench", BENCH, "--seq", "64,96", "--heads", "4", "--kv-heads", "2", "--dim", "64",
         "--dtypes", "f32,f16", "--rounds", "2", "--reps", str(REPS), "--warmup", "0",
-        "--inner-loops", "1", "--no-torch", "--out", OUT]
+        "--inner-loops", "1", "--no-torch", "--out", OUT, "--paired-out", PAIRED]
 RUN = subprocess.run([sys.executable, SCRIPT] + ARGS, capture_output=True, text=True, timeout=600)
 
 
-def rows():
-    with open(OUT, encoding="utf-8") as handle:
+def rows(path=OUT):
+    with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
 
@@ -96,7 +97,8 @@ def test_table_ratios_are_pooled_medians():
     for r in rows():
         key = (r["configuration"]["seq_len"], r["backend"], r["configuration"]["kv_dtype"])
         pooled.setdefault(key, []).extend(r["samples_ms"])
-    lines = [line for line in RUN.stdout.splitlines() if line.startswith("| 96 |")]
+    lines = [line for line in RUN.stdout.split("paired (ABAB")[0].splitlines()
+             if line.startswith("| 96 |")]
     assert len(lines) == 3, RUN.stdout
     ekv_f32 = float(np.median(pooled[(96, "cpu", "f32")]))
     numpy_f32 = float(np.median(pooled[(96, "numpy-matmul", "f32")]))
@@ -107,6 +109,40 @@ def test_table_ratios_are_pooled_medians():
         assert abs(float(cells[3]) - median) <= 5e-4 * max(1.0, median), (cells, median)
         assert cells[7] == f"{ekv_f32 / median:.2f}x" and cells[8] == f"{numpy_f32 / median:.2f}x", cells
     assert re.search(r"load average before [0-9.]+ [0-9.]+ [0-9.]+, after", RUN.stdout)
+
+
+def test_paired_rows_and_table():
+    # f32,f16 asked: the one pair of PAIRS among them (f16 against f32), once per seq, each
+    # an ekv_bench --paired-baseline row whose speedup is the baseline median over its own
+    got = rows(PAIRED)
+    assert [(r["configuration"]["seq_len"], r["configuration"]["kv_dtype"], r["baseline"]["kv_dtype"])
+            for r in got] == [(64, "f16", "f32"), (96, "f16", "f32")], got
+    lines = [line for line in RUN.stdout.split("paired (ABAB")[-1].splitlines()
+             if line.startswith("| 64 |") or line.startswith("| 96 |")]
+    assert "paired (ABAB" in RUN.stdout and len(lines) == 2, RUN.stdout
+    for r, line in zip(got, lines):
+        b = r["baseline"]
+        assert r["configuration"]["paired_baseline"] is True and r["label"] == "bench-cpu paired"
+        assert len(r["samples_ms"]) == REPS and len(b["samples_ms"]) == REPS
+        assert close(r["statistics"]["median"], float(np.median(r["samples_ms"])))
+        assert close(b["speedup"], float(np.median(b["samples_ms"])) / float(np.median(r["samples_ms"])))
+        assert b["speedup_ci95"]["lo"] <= b["speedup"] <= b["speedup_ci95"]["hi"], b
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells[1:3] == ["f16", "f32"] and cells[5] == f"{b['speedup']:.2f}x", cells
+        assert cells[6] == f"[{b['speedup_ci95']['lo']:.2f}, {b['speedup_ci95']['hi']:.2f}]", cells
+    # and not among the rounds' rows, which compare.py pools
+    assert all(not r["configuration"]["paired_baseline"] for r in rows())
+
+
+def test_no_paired_runs_none():
+    paired = os.path.join(WORK, "none.jsonl")
+    done = subprocess.run([sys.executable, SCRIPT, "--bench", BENCH, "--seq", "64", "--heads", "4",
+                           "--kv-heads", "2", "--dim", "64", "--dtypes", "f32,f16,int8",
+                           "--rounds", "1", "--reps", "2", "--warmup", "0", "--inner-loops", "1",
+                           "--no-torch", "--no-paired", "--paired-out", paired],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "paired (ABAB" not in done.stdout and rows(paired) == [], done.stdout
 
 
 def test_numpy_decode_matches_reference():
